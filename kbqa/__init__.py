@@ -1,0 +1,1 @@
+"""kbqa: local knowledge-base question answering. Importing this package imports nothing."""
