@@ -1,0 +1,108 @@
+"""Plain text and Markdown: Markdown headings (ATX and setext) become heading paths."""
+
+from __future__ import annotations
+
+import re
+
+from ingest.loaders.encoding import decode_text_file
+from ingest.types import Section
+
+_ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_LIST_OR_QUOTE = re.compile(r"^ {0,3}([-*+>]|\d+[.)])(\s|$)")
+_INLINE_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_EMPHASIS = re.compile(r"(\*\*|__|\*|_|`)(.+?)\1")
+
+
+def load_txt(data: bytes) -> list[Section]:
+    return [Section(text=decode_text_file(data))]
+
+
+def load_markdown(data: bytes) -> list[Section]:
+    return parse_markdown(decode_text_file(data))
+
+
+def parse_markdown(text: str) -> list[Section]:
+    """One Section per heading's body; headings nest into "A > B > C" paths."""
+    sections: list[Section] = []
+    stack: list[tuple[int, str]] = []  # (level, title) of the open headings
+    body: list[str] = []
+    fence: str | None = None  # the marker that opened the current fenced block
+
+    def flush() -> None:
+        content = "\n".join(body).strip("\n")
+        if content.strip():
+            path = " > ".join(title for _, title in stack) or None
+            sections.append(Section(text=content, heading=path))
+        body.clear()
+
+    def open_heading(level: int, title: str) -> None:
+        flush()
+        while stack and stack[-1][0] >= level:
+            stack.pop()
+        stack.append((level, title))
+
+    lines = _without_front_matter(text.split("\n"))
+    for line in lines:
+        fence_match = _FENCE.match(line)
+        if fence is not None:
+            body.append(line)
+            if fence_match and _closes(fence_match.group(1), fence, line):
+                fence = None
+            continue
+        if fence_match:
+            fence = fence_match.group(1)
+            body.append(line)
+            continue
+        atx = _ATX.match(line)
+        if atx:
+            title = _plain(atx.group(2) or "")
+            if title:
+                open_heading(len(atx.group(1)), title)
+            continue
+        setext = _SETEXT.match(line)
+        if setext and _paragraph_tail(body):
+            title_lines = _paragraph_tail(body)
+            del body[len(body) - len(title_lines) :]
+            title = _plain(" ".join(part.strip() for part in title_lines))
+            open_heading(1 if setext.group(1)[0] == "=" else 2, title)
+            continue
+        body.append(line)
+    flush()
+    return sections
+
+
+def _closes(marker: str, fence: str, line: str) -> bool:
+    """A closing fence: same character, at least as long, nothing after it."""
+    return marker[0] == fence[0] and len(marker) >= len(fence) and not line.strip(" `~")
+
+
+def _paragraph_tail(body: list[str]) -> list[str]:
+    """The lines of the paragraph just above, if a setext underline may follow it."""
+    tail: list[str] = []
+    for line in reversed(body):
+        if not line.strip():
+            break
+        tail.insert(0, line)
+    if tail and tail[0].startswith(("    ", "\t")):  # indented code, not a paragraph
+        return []
+    if any(_LIST_OR_QUOTE.match(line) or _FENCE.match(line) for line in tail):
+        return []
+    return tail
+
+
+def _without_front_matter(lines: list[str]) -> list[str]:
+    """Drop the `---` fences of YAML front matter, keeping its lines as plain text."""
+    if lines and lines[0].strip() == "---":
+        for i in range(1, len(lines)):
+            if lines[i].strip() in ("---", "..."):
+                return [*lines[1:i], "", *lines[i + 1 :]]
+    return lines
+
+
+def _plain(title: str) -> str:
+    """Heading text without link targets, emphasis or code marks."""
+    title = _INLINE_LINK.sub(r"\1", title)
+    title = _EMPHASIS.sub(r"\2", title)
+    return " ".join(title.split())
