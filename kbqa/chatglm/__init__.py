@@ -7,3 +7,9 @@ __all__ = [
     "ChatGLM2",
     "ChatGLM2Config",
 ]
+
+# Tokenizer, chat prompt and streaming text (tokenizer.py, streaming.py).
+from kbqa.chatglm.streaming import StreamDecoder, stream_text
+from kbqa.chatglm.tokenizer import ChatGLM2Tokenizer, PromptTooLong
+
+__all__ += ["ChatGLM2Tokenizer", "PromptTooLong", "StreamDecoder", "stream_text"]
