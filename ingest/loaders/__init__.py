@@ -41,7 +41,8 @@ def load_document(path: Path, *, max_bytes: int) -> list[Section]:
     """
     loader = _LOADERS.get(path.suffix.lower())
     if loader is None:
-        raise UnsupportedFormat(f"unsupported file type {path.suffix or '(no extension)'!r}")
+        kind = f"'{path.suffix}'" if path.suffix else "(no extension)"
+        raise UnsupportedFormat(f"unsupported file type {kind}")
     data = _read(path, max_bytes)
     sections = [section for section in loader(data) if section.text.strip()]
     if not sections:
