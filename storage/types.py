@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +22,10 @@ class ChunkRecord:
     position: int
     embed_text: str
     """What was embedded and keyword-indexed (title-enhanced: file name + heading + text)."""
+    chunk_id: str | None = None
+    """Fixed id (LangChain ids, `kb migrate`); None = the KB assigns an opaque one."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """JSON-serialisable extras returned with the chunk (LangChain Document metadata)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class DocumentUpsert:
     mtime: float
     chunks: list[ChunkRecord]
     vectors: Vectors
+    doc_id: str | None = None
+    """Fixed id (`kb migrate` keeps ids); None = the KB assigns an opaque one."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,8 @@ class SearchHit:
     kb: str = ""
     extra: dict[str, float] = field(default_factory=dict)
     """Diagnostics: dense cosine, keyword rank, fused score."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """The chunk's stored metadata (see ChunkRecord.metadata)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,463 @@
+"""KnowledgeBase: one directory `<kbs_dir>/<name>/` holding `kb.sqlite` and `index.<gen>.faiss`.
+
+Crash safety: every change is one SQLite transaction that also bumps `meta.generation`; a
+process killed before COMMIT leaves the previous state, one killed after leaves the new one.
+The FAISS file is a cache derived from the vectors in SQLite, written only after the commit
+and named by generation, so a reader loads the file matching the generation it read inside
+its transaction, or rebuilds the index from SQLite when that file is missing or unreadable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from storage import db, rows
+from storage.check import check_kb
+from storage.errors import EmbeddingMismatch, KBDamaged, KBExists, KBNotFound, StorageError
+from storage.lock import WriteLock
+from storage.names import validate_kb_name
+from storage.search import hybrid_search
+from storage.types import ChunkRecord, DocumentInfo, DocumentUpsert, KBInfo, SearchHit, Vectors
+from storage.vector_index import (
+    IndexFileError,
+    IndexKind,
+    VectorIndex,
+    index_path,
+    prune_index_files,
+    read_index,
+    resolve_kind,
+    write_index,
+)
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".lock"
+BACKENDS = ("faiss",)
+
+
+class KnowledgeBase:
+    def __init__(
+        self, path: Path, conn: sqlite3.Connection, meta: dict[str, str], index: str, threshold: int
+    ) -> None:
+        resolve_kind(index, 0, threshold)  # reject an unknown mode before anything runs
+        self.name = path.name
+        self.path = path
+        self._conn = conn
+        self._meta = meta
+        self._dim = int(meta["dim"])
+        self._index_mode = index
+        self._threshold = threshold
+        # One connection and one cached index per object; the mutex lets threads share it.
+        self._mutex = threading.RLock()
+        self._lock = WriteLock(path / LOCK_FILE, f"knowledge base {self.name}")
+        self._index: VectorIndex | None = None
+        self._index_generation = -1
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        kbs_dir: Path,
+        name: str,
+        *,
+        embedding: str,
+        dim: int,
+        backend: str = "faiss",
+        index: str = "auto",
+        approximate_threshold: int = 200_000,
+    ) -> KnowledgeBase:
+        name = validate_kb_name(name)
+        if backend not in BACKENDS:
+            raise StorageError(f"unsupported storage backend {backend!r} (available: faiss)")
+        if dim <= 0:
+            raise StorageError(f"embedding dimension must be positive, got {dim}")
+        resolve_kind(index, 0, approximate_threshold)
+        kbs_dir.mkdir(parents=True, exist_ok=True)
+        target = kbs_dir / name
+        if target.exists():
+            raise KBExists(f"knowledge base {name} already exists")
+        # Build in a hidden directory, then rename: a crash never leaves a half-created KB
+        # under a valid name (valid names cannot start with '.').
+        staging = kbs_dir / f".creating-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            meta = {
+                "schema_version": str(db.SCHEMA_VERSION),
+                "name": name,
+                "backend": backend,
+                "embedding": embedding,
+                "dim": str(dim),
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "generation": "0",
+            }
+            conn = db.connect(staging / db.DB_FILE, create=True)
+            try:
+                db.create_schema(conn, meta)
+            finally:
+                conn.close()
+            empty = VectorIndex.build(
+                "flat", dim, np.empty(0, np.int64), np.empty((0, dim), np.float32)
+            )
+            write_index(staging, 0, empty)
+            try:
+                os.rename(staging, target)
+            except OSError as exc:
+                raise KBExists(f"knowledge base {name} already exists") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return cls.open(kbs_dir, name, index=index, approximate_threshold=approximate_threshold)
+
+    @classmethod
+    def open(
+        cls, kbs_dir: Path, name: str, *, index: str = "auto", approximate_threshold: int = 200_000
+    ) -> KnowledgeBase:
+        name = validate_kb_name(name)
+        path = kbs_dir / name
+        if not path.is_dir():
+            raise KBNotFound(f"knowledge base {name} does not exist")
+        db_path = path / db.DB_FILE
+        if not db_path.is_file():
+            raise KBDamaged(f"knowledge base {name} is damaged: {db.DB_FILE} is missing")
+        conn = db.connect(db_path)
+        try:
+            with db.transaction(conn):
+                missing = db.missing_tables(conn)
+                meta = {} if missing else db.read_meta(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise KBDamaged(f"knowledge base {name} is damaged: {exc}") from exc
+        problems = [f"table {t} is missing" for t in missing] or db.meta_problems(meta)
+        if problems:
+            conn.close()
+            raise KBDamaged(f"knowledge base {name} is damaged: {'; '.join(problems)}")
+        return cls(path, conn, meta, index, approximate_threshold)
+
+    @staticmethod
+    def list_names(kbs_dir: Path) -> list[str]:
+        if not kbs_dir.is_dir():
+            return []
+        names = []
+        for entry in kbs_dir.iterdir():
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue  # staging and deleted directories are hidden
+            if (entry / db.DB_FILE).exists():
+                names.append(entry.name)
+        return sorted(names)
+
+    @staticmethod
+    def delete(kbs_dir: Path, name: str) -> None:
+        """Delete a KB; KBBusy if an ingest holds its lock. Atomic: a rename, then cleanup."""
+        name = validate_kb_name(name)
+        path = kbs_dir / name
+        if not path.is_dir():
+            raise KBNotFound(f"knowledge base {name} does not exist")
+        doomed = kbs_dir / f".deleting-{uuid.uuid4().hex}"
+        with WriteLock(path / LOCK_FILE, f"knowledge base {name}").hold(timeout=0):
+            os.rename(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    @staticmethod
+    def diagnose(kbs_dir: Path, name: str) -> list[str]:
+        """`check()` of a KB by name, with a KB that cannot even be opened reported as a problem."""
+        try:
+            kb = KnowledgeBase.open(kbs_dir, name)
+        except KBDamaged as exc:
+            return [str(exc)]
+        with kb:
+            return kb.check()
+
+    def write_lock(self, timeout: float | None = None) -> AbstractContextManager[None]:
+        """Serialise writers across processes (flock on `<kb>/.lock`); re-entrant."""
+        return self._lock.hold(timeout)
+
+    def close(self) -> None:
+        with self._mutex:
+            if not self._closed:
+                self._closed = True
+                self._index = None
+                self._conn.close()
+
+    def __enter__(self) -> KnowledgeBase:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def info(self) -> KBInfo:
+        with self._reading():
+            meta = db.read_meta(self._conn)
+            documents = self._conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+            chunks = self._conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        return KBInfo(
+            name=self.name,
+            backend=meta["backend"],
+            embedding=meta["embedding"],
+            dim=int(meta["dim"]),
+            created_at=meta["created_at"],
+            documents=documents,
+            chunks=chunks,
+        )
+
+    def documents(self) -> list[DocumentInfo]:
+        with self._reading():
+            found = self._conn.execute(
+                "SELECT d.doc_id, d.path, d.root, d.source, d.content_hash, d.size, d.mtime, "
+                "count(c.id) FROM documents d LEFT JOIN chunks c ON c.doc_id = d.doc_id "
+                "GROUP BY d.doc_id ORDER BY d.source, d.path"
+            ).fetchall()
+        return [DocumentInfo(*row) for row in found]
+
+    def search(
+        self,
+        query_vector: np.ndarray,
+        query_text: str,
+        k: int,
+        *,
+        candidates: int = 30,
+        sources: list[str] | None = None,
+        dense_weight: float | None = None,
+        keyword_weight: float = 1.0,
+    ) -> list[SearchHit]:
+        """Hybrid search. `sources` (relative sources or absolute paths) filters before the cut.
+
+        dense_weight None = automatic (see storage.fusion): 1.0, or 0.5 for CJK queries.
+        """
+        query = self._unit_query(query_vector)
+        with self._reading():
+            index = self._current_index(db.read_generation(self._conn))
+            return hybrid_search(
+                self._conn,
+                index,
+                query,
+                query_text,
+                k,
+                candidates=candidates,
+                sources=sources,
+                dense_weight=dense_weight,
+                keyword_weight=keyword_weight,
+                kb_name=self.name,
+            )
+
+    def get_chunks(self, chunk_ids: list[str]) -> list[SearchHit]:
+        """Chunks by id in the order asked, missing ids skipped; score 0."""
+        with self._reading():
+            found = rows.load_chunks(self._conn, "chunk_id", chunk_ids, self._dim, self.name)
+        return [found[i].hit for i in dict.fromkeys(chunk_ids) if i in found]
+
+    def vectors(self, chunk_ids: list[str]) -> dict[str, Vectors]:
+        """Stored unit vectors [dim] by chunk id (missing ids absent), e.g. for MMR."""
+        with self._reading():
+            found = rows.load_chunks(self._conn, "chunk_id", chunk_ids, self._dim, self.name)
+        return {str(key): chunk.vector for key, chunk in found.items()}
+
+    def iter_documents_with_vectors(self) -> Iterator[DocumentUpsert]:
+        """Every document with its chunks, ids and vectors (for `kb migrate`, no re-embedding)."""
+        for info in self.documents():
+            with self._reading():
+                found = self._conn.execute(
+                    "SELECT chunk_id, position, text, page, heading, embed_text, metadata, vector "
+                    "FROM chunks WHERE doc_id = ? ORDER BY position, id",
+                    (info.doc_id,),
+                ).fetchall()
+            if not found:
+                continue  # removed since the listing
+            chunks = [
+                ChunkRecord(text, page, heading, position, embed, chunk_id, json.loads(meta))
+                for chunk_id, position, text, page, heading, embed, meta, _ in found
+            ]
+            vectors = np.frombuffer(b"".join(r[-1] for r in found), np.float32)
+            yield DocumentUpsert(
+                path=info.path,
+                root=info.root,
+                source=info.source,
+                content_hash=info.content_hash,
+                size=info.size,
+                mtime=info.mtime,
+                chunks=chunks,
+                vectors=vectors.reshape(len(found), self._dim),
+                doc_id=info.doc_id,
+            )
+
+    def check(self) -> list[str]:
+        """[] when healthy, else one line per problem."""
+        with self._mutex:
+            self._ensure_open()
+            return check_kb(self._conn, self.path)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def sync(
+        self,
+        upserts: list[DocumentUpsert],
+        removals: list[str],
+        *,
+        chunk_removals: Sequence[str] = (),
+    ) -> int:
+        """Apply upserts (replacing documents with the same path), remove documents (by path or
+        doc_id) and chunks (by chunk id), all in one atomic commit. Returns chunks written."""
+        prepared = [rows.prepare_document(u, self._dim, self.name) for u in upserts]
+        written, _, _ = self._commit(prepared, removals, chunk_removals)
+        return written
+
+    def remove_documents(self, doc_ids_or_paths: list[str]) -> int:
+        """Remove documents by doc_id or path; returns how many documents were removed."""
+        return self._commit([], doc_ids_or_paths, ())[1]
+
+    def remove_chunks(self, chunk_ids: list[str]) -> int:
+        """Remove chunks by id (a document left empty goes too); returns chunks removed."""
+        return self._commit([], (), chunk_ids)[2]
+
+    def _commit(
+        self,
+        prepared: list[rows.PreparedDocument],
+        doc_selectors: Sequence[str],
+        chunk_ids: Sequence[str],
+    ) -> tuple[int, int, int]:
+        with self._mutex, self._lock.hold(), _damage_as_kbdamaged(self.name):
+            self._ensure_open()
+            with db.transaction(self._conn, "IMMEDIATE"):
+                generation = db.read_generation(self._conn)
+                base = self._current_index(generation)
+                doomed_docs = rows.find_documents(self._conn, doc_selectors)
+                removed = rows.delete_documents(self._conn, doomed_docs)
+                removed_chunks = rows.delete_chunks(self._conn, chunk_ids)
+                removed += removed_chunks
+                added: list[int] = []
+                next_rowid = rows.next_rowid(self._conn)
+                for doc in prepared:
+                    # Replace by path (and by fixed ids): the old chunks and their ids vanish.
+                    selectors = [doc.path, doc.doc_id] if doc.fixed_doc_id else [doc.path]
+                    replaced = rows.find_documents(self._conn, selectors)
+                    removed += rows.delete_documents(self._conn, replaced)
+                    removed += rows.delete_chunks(self._conn, doc.fixed_chunk_ids)
+                    added += rows.insert_document(self._conn, doc, next_rowid + len(added))
+                if not removed and not added:
+                    return 0, 0, 0
+                self._conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation + 1),)
+                )
+            # Committed. From here on only the derived FAISS cache is updated.
+            vectors = [doc.vectors for doc in prepared]
+            self._refresh_index(base, generation + 1, removed, added, vectors)
+            return len(added), len(doomed_docs), len(removed_chunks)
+
+    def _refresh_index(
+        self,
+        base: VectorIndex,
+        generation: int,
+        removed: list[int],
+        added: list[int],
+        vectors: list[Vectors],
+    ) -> None:
+        self._index = None  # if anything below fails, the next search rebuilds from SQLite
+        count = base.ntotal - len(removed) + len(added)
+        kind = resolve_kind(self._index_mode, count, self._threshold)
+        if kind == base.kind and (base.can_remove or not removed):
+            base.remove(np.asarray(removed, dtype=np.int64))
+            if added:
+                base.add(np.asarray(added, dtype=np.int64), np.concatenate(vectors))
+            index = base
+        else:
+            with db.transaction(self._conn):
+                index = self._build_index(kind)
+        self._index, self._index_generation = index, generation
+        try:
+            write_index(self.path, generation, index)
+            prune_index_files(self.path, keep_from=generation - 1)
+        except OSError as exc:
+            log.warning(
+                "could not write the index of %s (%s); it is rebuilt on open", self.name, exc
+            )
+
+    # -- internals -------------------------------------------------------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """One read transaction (a consistent snapshot), under the object's mutex."""
+        with self._mutex, _damage_as_kbdamaged(self.name):
+            self._ensure_open()
+            with db.transaction(self._conn):
+                yield
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"knowledge base {self.name} is closed")
+
+    def _unit_query(self, query_vector: np.ndarray) -> Vectors:
+        query = np.asarray(query_vector, dtype=np.float32).reshape(-1)  # [dim]
+        if query.shape[0] != self._dim:
+            raise EmbeddingMismatch(
+                f"knowledge base {self.name} stores {self._dim}-dimensional vectors "
+                f"(embedding {self._meta['embedding']}); the query vector has {query.shape[0]}"
+            )
+        norm = float(np.linalg.norm(query))
+        return query / norm if norm > 0 else query
+
+    def _current_index(self, generation: int) -> VectorIndex:
+        """The FAISS index of `generation`; call inside a transaction that read it."""
+        if self._index is not None and self._index_generation == generation:
+            return self._index
+        count = self._conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        kind = resolve_kind(self._index_mode, count, self._threshold)
+        path = index_path(self.path, generation)
+        index: VectorIndex | None = None
+        missing = False
+        try:
+            index = read_index(path)
+        except FileNotFoundError:
+            missing = True
+        except IndexFileError as exc:
+            log.warning("%s is unreadable (%s); rebuilding from the database", path, exc)
+        if index is not None and (index.dim, index.ntotal, index.kind) != (self._dim, count, kind):
+            index = None  # another kind than configured, or not this generation's content
+        if index is None:
+            index = self._build_index(kind)
+            if missing and self._lock.try_hold():  # only ever write files under the lock
+                try:
+                    write_index(self.path, generation, index)
+                except OSError as exc:
+                    log.warning("could not write %s: %s", path, exc)
+                finally:
+                    self._lock.release()
+        self._index, self._index_generation = index, generation
+        return index
+
+    def _build_index(self, kind: IndexKind) -> VectorIndex:
+        ids, vectors = rows.read_all_vectors(self._conn, self._dim, self.name)
+        return VectorIndex.build(kind, self._dim, ids, vectors)
+
+
+@contextmanager
+def _damage_as_kbdamaged(name: str) -> Iterator[None]:
+    """Report SQLite corruption as KBDamaged (one line for the user), other errors as they are."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        code = getattr(exc, "sqlite_errorname", "")
+        if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            raise KBDamaged(
+                f"knowledge base {name} is damaged: {exc}; run `kbqa kb check`"
+            ) from exc
+        raise
