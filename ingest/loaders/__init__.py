@@ -44,7 +44,18 @@ def load_document(path: Path, *, max_bytes: int) -> list[Section]:
         kind = f"'{path.suffix}'" if path.suffix else "(no extension)"
         raise UnsupportedFormat(f"unsupported file type {kind}")
     data = _read(path, max_bytes)
-    sections = [section for section in loader(data) if section.text.strip()]
+    try:
+        sections = [section for section in loader(data) if section.text.strip()]
+    except LoadError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever a library put in it
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from exc
+    except (RecursionError, MemoryError) as exc:
+        raise LoadError(f"document too deeply nested or too large ({type(exc).__name__})") from exc
+    except Exception as exc:  # one unforeseen failure must not stop an ingest of many files
+        reason = " ".join(str(exc).split())[:200]
+        raise LoadError(f"cannot read the file: {type(exc).__name__}: {reason}") from exc
     if not sections:
         raise LoadError("no text found")
     return sections

@@ -19,6 +19,9 @@ def load_xlsx(data: bytes) -> list[Section]:
         raise LoadError(f"corrupt XLSX: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # broken XML inside a valid zip
         raise LoadError(f"corrupt XLSX: {type(exc).__name__}") from exc
+    if not workbook.worksheets:  # openpyxl silently drops sheets whose parts are missing
+        workbook.close()
+        raise LoadError("corrupt XLSX: no readable worksheet")
     sections: list[Section] = []
     try:
         for sheet in workbook.worksheets:
