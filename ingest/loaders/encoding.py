@@ -18,7 +18,12 @@ _BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
-_CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
+_IDEOGRAPH = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+# Ideographs, CJK and full-width punctuation, general punctuation (“” — …) and currency (€).
+_PLAUSIBLE = re.compile(
+    r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+    r"\u3000-\u303f\uff00-\uffef\u2000-\u206f\u20a0-\u20cf]"
+)
 _CONTROL_OK = frozenset("\t\n\r\f\v")
 _SAMPLE = 65536
 
@@ -66,22 +71,24 @@ def decode_text_file(data: bytes) -> str:
 def _reads_as_chinese(text: str) -> bool:
     """True when the non-ASCII characters are Chinese as GBK text decodes, not noise.
 
-    Real GBK Chinese is almost all CJK, mostly within GB2312, and comes in runs; Latin-1 or
-    Big5 bytes decoded as GB18030 give isolated or rare characters.
+    Real GBK Chinese is Chinese characters and symbols, mostly within GB2312, in runs;
+    Latin-1 or Big5 bytes decoded as GB18030 give isolated or rare characters.
     """
     sample = text[:_SAMPLE]
     non_ascii = [c for c in sample if ord(c) > 127]
     if not non_ascii:
         return True
-    cjk_positions = [i for i, c in enumerate(sample) if _CJK.match(c)]
-    if len(cjk_positions) < 0.9 * len(non_ascii):
+    plausible = sum(1 for c in non_ascii if _PLAUSIBLE.match(c) or _in_gb2312(c))
+    if plausible < 0.9 * len(non_ascii):
         return False
-    common = sum(1 for i in cjk_positions if _in_gb2312(sample[i]))
-    if common < 0.8 * len(cjk_positions):
+    ideographs = [i for i, c in enumerate(sample) if _IDEOGRAPH.match(c)]
+    if not ideographs:
         return False
-    cjk_set = set(cjk_positions)
-    in_runs = sum(1 for i in cjk_positions if i - 1 in cjk_set or i + 1 in cjk_set)
-    return in_runs >= 0.5 * len(cjk_positions)
+    if sum(1 for i in ideographs if _in_gb2312(sample[i])) < 0.8 * len(ideographs):
+        return False
+    positions = set(ideographs)
+    in_runs = sum(1 for i in ideographs if i - 1 in positions or i + 1 in positions)
+    return in_runs >= 0.5 * len(ideographs)
 
 
 def _in_gb2312(char: str) -> bool:
