@@ -79,7 +79,7 @@ def load_pretrained(
         model = ChatGLM2(config)
     if bits:
         swap_linears(model, bits)
-    expected = {k: v for k, v in model.state_dict().items()}
+    expected = model.state_dict()
     state: dict[str, Tensor] = {}
     for name, tensor, file in iter_tensors(folder):
         if name in IGNORED_KEYS:
@@ -99,6 +99,11 @@ def load_pretrained(
             state[name] = weight
             state[name.removesuffix("weight") + "weight_scale"] = scale
             continue
+        if tensor.dtype == torch.int8 and want.dtype != torch.int8:
+            raise CheckpointError(
+                f"{file}: {name} is quantized (int8) but config.json has quantization_bit "
+                f"{config.quantization_bit}"
+            )
         if tensor.shape != want.shape:
             raise _shape_error(file, name, tensor, tuple(want.shape))
         if want.dtype == torch.int8:
