@@ -9,6 +9,7 @@ The attention code places them before the prompt's keys/values, unrotated and al
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,9 +78,10 @@ def load_ptuning(model: ChatGLM2, path: str | Path) -> None:
         if name.startswith(PREFIX)
     }
 
-    config = model.config
-    config.pre_seq_len = pre_seq_len
-    config.prefix_projection = bool(raw.get("prefix_projection", False))
+    projection = bool(raw.get("prefix_projection", False))
+    config = dataclasses.replace(
+        model.config, pre_seq_len=pre_seq_len, prefix_projection=projection
+    )
     with torch.device("meta"):
         encoder = PrefixEncoder(config)
     expected = encoder.state_dict()
@@ -96,6 +98,9 @@ def load_ptuning(model: ChatGLM2, path: str | Path) -> None:
         state[name] = tensor.to(device=model.device, dtype=model.dtype)
     encoder.load_state_dict(state, assign=True)
     encoder.eval().requires_grad_(False)
+    # The model's config object is shared by its modules: update it in place, once valid.
+    model.config.pre_seq_len = pre_seq_len
+    model.config.prefix_projection = projection
     model.transformer.prefix_encoder = encoder
     # Existing caches were sized without the prefix: rebuild them with it.
     if model.max_seq_length:
