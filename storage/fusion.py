@@ -1,15 +1,20 @@
 """Weighted reciprocal rank fusion of the dense and the keyword candidate lists.
 
-fused(c) = w_dense / (K + rank_dense(c)) + w_keyword / (K + rank_keyword(c)), ranks from 1,
-a missing list contributes 0, K = 60 (the usual RRF constant, which keeps any single list
-from dominating through one top rank).
+    fused(c) = w_dense   * cos(c)  / (K + rank_dense(c))
+             + w_keyword * kw(c)   / (K + rank_keyword(c))
 
-Why weights: the bundled embedding model is English-only, so for Chinese questions its
-ranking is close to noise while BM25 over jieba tokens is reliable. With equal weights the
-top dense candidate (noise) ties with the top keyword hit; with the dense weight halved for
-queries containing CJK, a keyword hit at rank r still outranks the best dense-only candidate
-for every r < 62, i.e. for the whole candidate list, and dense similarity only reorders
-chunks that keyword search also found. A KB built with a Chinese-capable embedding can pass
+ranks from 1; a list that lacks c contributes 0; K = 60 (the usual RRF constant). cos is the
+dense cosine clipped to 0..1 and kw the chunk's BM25 divided by the best BM25 among the
+keyword candidates (0..1).
+
+Plain RRF uses ranks only, so a dense list that is noise still hands its top candidate a
+full 1/(K+1), and a chunk that merely shares one common token with the query ("4" from
+"INT4") plus a noisy dense rank 1 outranks the chunk that matches every query term. Scaling
+each contribution by the strength of its own signal keeps weak evidence weak.
+
+The dense weight is halved for queries containing CJK characters: the bundled embedding model
+is English-only, and on Chinese text its cosines are high and uninformative, while BM25 over
+jieba tokens is reliable. A KB built with a Chinese-capable embedding can pass
 dense_weight=1.0 explicitly.
 """
 
@@ -37,24 +42,26 @@ def dense_weight_for(query_text: str) -> float:
 
 
 def fuse(
-    dense: Sequence[int],
+    dense: Sequence[tuple[int, float]],
     keyword: Sequence[tuple[int, float]],
     *,
     dense_weight: float,
     keyword_weight: float = 1.0,
     rank_constant: int = RANK_CONSTANT,
 ) -> list[FusedCandidate]:
-    """Fuse `dense` (keys, best first) with `keyword` ((key, bm25 > 0), best first).
+    """Fuse `dense` ((key, cosine), best first) with `keyword` ((key, bm25 > 0), best first).
 
     Returns every candidate of either list, best first; ties go to the stronger keyword match.
     """
     fused: dict[int, float] = {}
-    for rank, key in enumerate(dense, start=1):
-        fused[key] = fused.get(key, 0.0) + dense_weight / (rank_constant + rank)
+    for rank, (key, cosine) in enumerate(dense, start=1):
+        strength = min(max(cosine, 0.0), 1.0)
+        fused[key] = fused.get(key, 0.0) + dense_weight * strength / (rank_constant + rank)
     best_bm25 = max((score for _, score in keyword), default=0.0)
     keyword_norm: dict[int, float] = {}
     for rank, (key, score) in enumerate(keyword, start=1):
-        fused[key] = fused.get(key, 0.0) + keyword_weight / (rank_constant + rank)
-        keyword_norm[key] = score / best_bm25 if best_bm25 > 0 else 0.0
+        strength = score / best_bm25 if best_bm25 > 0 else 0.0
+        keyword_norm[key] = strength
+        fused[key] = fused.get(key, 0.0) + keyword_weight * strength / (rank_constant + rank)
     ordered = sorted(fused.items(), key=lambda item: (-item[1], -keyword_norm.get(item[0], 0.0)))
     return [FusedCandidate(key, score, keyword_norm.get(key, 0.0)) for key, score in ordered]

@@ -71,7 +71,7 @@ def hybrid_search(
     keyword = keyword_search(conn, query_text, n, sources)
     weight = dense_weight_for(query_text) if dense_weight is None else dense_weight
     fused = fuse(
-        [rowid for rowid, _ in dense], keyword, dense_weight=weight, keyword_weight=keyword_weight
+        dense, keyword, dense_weight=weight, keyword_weight=keyword_weight
     )[:k]
     stored = load_chunks(conn, "id", [c.key for c in fused], index.dim, kb_name)
     hits = []
