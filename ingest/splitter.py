@@ -2,8 +2,9 @@
 
 Each section is cut into small "atoms" (clauses, code lines, table rows) that remember how
 strong the boundary after them is. Atoms are then packed greedily up to the chunk size; when
-a chunk is full it is cut at the strongest boundary in its second half, so chunks end at
-paragraph or sentence ends wherever the text allows. The next chunk starts with the last
+a chunk is full it is cut at the strongest boundary in its second half (or at an earlier
+paragraph end when the second half has no sentence end), so chunks end at paragraph or
+sentence ends wherever the text allows. The next chunk starts with the last
 whole sentences (else clauses) of the previous one, up to the overlap.
 """
 
@@ -56,13 +57,13 @@ def split_sections(
         text = _normalise(section.text)
         size = chunk_size_zh if is_mostly_chinese(text) else chunk_size
         if isinstance(section, TableSection):
-            atoms = _table_atoms(text, size)
-            overlap = 0  # every row stands alone; repeating rows only adds noise
+            # Rows stand alone: no overlap; a row over the size is packed on its own.
+            groups, overlap = _table_groups(text, size), 0
         else:
-            atoms = _text_atoms(text, size)
-            overlap = min(chunk_overlap, size // 2)
-        for piece in _pack(atoms, size, overlap):
-            chunks.append(Chunk(piece, section.page, section.heading, position=len(chunks)))
+            groups, overlap = [_text_atoms(text, size)], min(chunk_overlap, size // 2)
+        for atoms in groups:
+            for piece in _pack(atoms, size, overlap):
+                chunks.append(Chunk(piece, section.page, section.heading, position=len(chunks)))
     return chunks
 
 
@@ -86,16 +87,17 @@ def _normalise(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
 
 
-def _table_atoms(text: str, size: int) -> list[_Atom]:
-    atoms: list[_Atom] = []
-    for row in text.split("\n"):
-        if not row.strip():
+def _table_groups(text: str, size: int) -> list[list[_Atom]]:
+    """Runs of rows that fit the size, one atom per row; each longer row is its own group."""
+    groups: list[list[_Atom]] = [[]]
+    for row in (line.strip() for line in text.split("\n")):
+        if not row:
             continue
         if len(row) <= size:
-            atoms.append(_Atom(row.strip(), "\n", PARAGRAPH))
+            groups[-1].append(_Atom(row, "\n", PARAGRAPH))
         else:
-            atoms.extend(_close(_line_atoms(row.strip(), size), "\n", PARAGRAPH))
-    return atoms
+            groups.extend([_line_atoms(row, size), []])
+    return [group for group in groups if group]
 
 
 def _text_atoms(text: str, size: int) -> list[_Atom]:
@@ -225,7 +227,8 @@ def _pack(atoms: list[_Atom], size: int, overlap: int) -> list[str]:
 def _best_cut(atoms: list[_Atom], start: int, fresh: int, end: int, length: _Length) -> int:
     """The cut (index after the chunk's last atom) at the strongest boundary past half full.
 
-    Ties go to the later cut, so chunks stay as full as the boundaries allow.
+    Ties go to the later cut, so chunks stay as full as the boundaries allow. When no
+    sentence ends past half full (a long sentence, a code block), an earlier paragraph end wins.
     """
     least = _MIN_FILL * length(start, end)
     best = end
@@ -234,6 +237,10 @@ def _best_cut(atoms: list[_Atom], start: int, fresh: int, end: int, length: _Len
             break
         if atoms[k - 1].strength > atoms[best - 1].strength:
             best = k
+    if atoms[best - 1].strength < SENTENCE:
+        for k in range(best - 1, fresh, -1):
+            if atoms[k - 1].strength == PARAGRAPH:
+                return k
     return best
 
 
