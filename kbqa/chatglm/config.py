@@ -25,7 +25,7 @@ class ChatGLM2Config:
     post_layer_norm: bool = True  # final_layernorm present
     apply_residual_connection_post_layernorm: bool = False
     original_rope: bool = True
-    rope_ratio: float = 1.0  # rotary base = 10000 * rope_ratio
+    rope_ratio: float = 1.0  # rotary positions are divided by it (chatglm2-6b-32k: 16)
     quantization_bit: int = 0  # 0: floating point; 4 or 8: the chatglm2-6b-int4/int8 layout
     pre_seq_len: int | None = None  # P-tuning v2 prefix length
     prefix_projection: bool = False

@@ -38,15 +38,19 @@ class RMSNorm(nn.Module):
         return (self.weight.float() * xf).to(x.dtype)
 
 
-def rope_table(seq_length: int, kv_channels: int, base: float, device: Any = None) -> Tensor:
+def rope_table(
+    seq_length: int, kv_channels: int, rope_ratio: float = 1.0, device: Any = None
+) -> Tensor:
     """cos/sin for every position, fp32: [seq_length, kv_channels // 4, 2].
 
     Only the first half of each head's channels is rotated, as kv_channels // 4 pairs.
+    rope_ratio interpolates positions (position / rope_ratio), as chatglm2-6b-32k does; the
+    base stays 10000 (ChatGLM3 instead multiplies the base, a different model family).
     """
     rot_dim = kv_channels // 2
     exponent = torch.arange(0, rot_dim, 2, dtype=torch.float32, device=device) / rot_dim
-    inv_freq = 1.0 / (base**exponent)  # [rot_dim / 2]
-    positions = torch.arange(seq_length, dtype=torch.float32, device=device)
+    inv_freq = 1.0 / (ROPE_BASE**exponent)  # [rot_dim / 2]
+    positions = torch.arange(seq_length, dtype=torch.float32, device=device) / rope_ratio
     angles = torch.outer(positions, inv_freq)  # [T, rot_dim / 2]
     return torch.stack([angles.cos(), angles.sin()], dim=-1)  # [T, rot_dim / 2, 2]
 
@@ -232,8 +236,8 @@ class ChatGLMTransformer(nn.Module):
         self.register_buffer("rope", self._rope(), persistent=False)
 
     def _rope(self, device: Any = None) -> Tensor:
-        base = ROPE_BASE * self.config.rope_ratio
-        return rope_table(self.config.seq_length, self.config.kv_channels, base, device)
+        cfg = self.config
+        return rope_table(cfg.seq_length, cfg.kv_channels, cfg.rope_ratio, device)
 
     def reset_rope(self, device: Any) -> None:
         """Recompute the (non-persistent) rotary table, e.g. after building on the meta device."""

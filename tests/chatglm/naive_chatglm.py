@@ -2,8 +2,9 @@
 
 One sequence, float64, explicit loops over heads and positions: each query head h reads
 key/value group h // (heads / groups); the first half of every head's channels is rotated as
-interleaved pairs (x[2i], x[2i+1]) by angle pos * base ** (-2i / (kv_channels / 2)). P-tuning
-prefix rows come straight from the prefix encoder's output width, laid out
+interleaved pairs (x[2i], x[2i+1]) by the angle
+    (pos / rope_ratio) * 10000 ** (-2i / (kv_channels / 2)).
+P-tuning prefix rows come straight from the prefix encoder's output width, laid out
 [layer][key|value][group][channel], and are neither rotated nor masked.
 """
 
@@ -21,11 +22,11 @@ def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return weight * x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
 
 
-def _rotate(vec: Tensor, pos: int, base: float) -> Tensor:
+def _rotate(vec: Tensor, pos: float) -> Tensor:
     out = vec.clone()
     half = vec.numel() // 2
     for i in range(half // 2):
-        angle = pos * base ** (-2 * i / half)
+        angle = pos * 10000.0 ** (-2 * i / half)
         a, b = vec[2 * i], vec[2 * i + 1]
         out[2 * i] = a * math.cos(angle) - b * math.sin(angle)
         out[2 * i + 1] = b * math.cos(angle) + a * math.sin(angle)
@@ -56,7 +57,7 @@ def naive_hidden(state: dict[str, Tensor], cfg: ChatGLM2Config, ids: list[int]) 
         cfg.kv_channels,
         cfg.ffn_hidden_size,
     )
-    eps, base = cfg.layernorm_epsilon, 10000.0 * cfg.rope_ratio
+    eps, ratio = cfg.layernorm_epsilon, cfg.rope_ratio
     seq = len(ids)
     prefix = _prefix_rows(state, cfg) if cfg.pre_seq_len else None
     x = w["transformer.embedding.word_embeddings.weight"][ids]
@@ -71,7 +72,7 @@ def naive_hidden(state: dict[str, Tensor], cfg: ChatGLM2Config, ids: list[int]) 
         out = torch.zeros(seq, n * d, dtype=torch.float64)
         for head in range(n):
             group = head // (n // g)
-            keys = [_rotate(k_all[t, group * d : (group + 1) * d], t, base) for t in range(seq)]
+            keys = [_rotate(k_all[t, group * d : (group + 1) * d], t / ratio) for t in range(seq)]
             values = [v_all[t, group * d : (group + 1) * d] for t in range(seq)]
             extra_k: list[Tensor] = []
             extra_v: list[Tensor] = []
@@ -82,7 +83,7 @@ def naive_hidden(state: dict[str, Tensor], cfg: ChatGLM2Config, ids: list[int]) 
                 extra_k = [row[group * d : (group + 1) * d] for row in k_rows]
                 extra_v = [row[group * d : (group + 1) * d] for row in v_rows]
             for s in range(seq):
-                query = _rotate(q_all[s, head * d : (head + 1) * d], s, base)
+                query = _rotate(q_all[s, head * d : (head + 1) * d], s / ratio)
                 ks = extra_k + keys[: s + 1]
                 vs = extra_v + values[: s + 1]
                 scores = torch.stack([query @ key for key in ks]) / math.sqrt(d)
