@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -205,7 +205,12 @@ def ingest_paths(
     candidates, folders = collect_files(paths)
     report = IngestReport(kb=kb_name)
     with open_or_create_kb(settings, kb_name, embedding=embedding, backend=backend) as kb:
-        embedder = _embedder(settings, kb.info().embedding)
+        model = kb.info().embedding
+
+        def embedder() -> Embedder:
+            # Loaded on first use: a run where nothing changed needs no model.
+            return _embedder(settings, model)
+
         with kb.write_lock():
             known = {doc.path: doc for doc in kb.documents()}
             progress.start(len(candidates))
@@ -229,7 +234,7 @@ def ingest_paths(
 
 def _prepare(
     settings: Settings,
-    embedder: Embedder,
+    embedder: Callable[[], Embedder],
     candidate: _Candidate,
     known: dict[str, DocumentInfo],
     report: IngestReport,
@@ -260,7 +265,7 @@ def _prepare(
 
 def _read_and_embed(
     settings: Settings,
-    embedder: Embedder,
+    embedder: Callable[[], Embedder],
     candidate: _Candidate,
     known: dict[str, DocumentInfo],
 ) -> DocumentUpsert | None:
@@ -299,7 +304,7 @@ def _read_and_embed(
         size=stat.st_size,
         mtime=stat.st_mtime,
         chunks=records,
-        vectors=embedder.embed([r.embed_text for r in records]),
+        vectors=embedder().embed([r.embed_text for r in records]),
     )
 
 

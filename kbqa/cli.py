@@ -308,8 +308,10 @@ def config_show(json_out: JsonOption = False, home: HomeOption = None, config: C
 
 
 def _register_optional_commands() -> None:
-    from kbqa import cli_answer
-
+    try:
+        from kbqa import cli_answer
+    except ImportError:
+        return
     cli_answer.register(app, lambda: settings_for(None, None))
 
 
