@@ -164,8 +164,8 @@ def build_random(
     bits = _resolve_bits(cfg, quantize)
     with torch.device("meta"):
         model = ChatGLM2(cfg)
+    model.to(dtype)  # still on meta: the weights are allocated once, in their final dtype
     model.to_empty(device=device)
-    model.to(dtype)
     init_random(model)
     model.transformer.reset_rope(device)
     if bits:
