@@ -1,16 +1,19 @@
-"""Plain text and Markdown: Markdown headings (ATX and setext) become heading paths."""
+"""Plain text and Markdown: headings (ATX and setext) become heading paths, pipe tables rows."""
 
 from __future__ import annotations
 
 import re
 
 from ingest.loaders.encoding import decode_text_file
+from ingest.tables import TableSection, format_table
 from ingest.types import Section
 
 _ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _LIST_OR_QUOTE = re.compile(r"^ {0,3}([-*+>]|\d+[.)])(\s|$)")
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
+_CELL_SPLIT = re.compile(r"(?<!\\)\|")
 _INLINE_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _EMPHASIS = re.compile(r"(\*\*|__|\*|_|`)(.+?)\1")
 
@@ -30,11 +33,13 @@ def parse_markdown(text: str) -> list[Section]:
     body: list[str] = []
     fence: str | None = None  # the marker that opened the current fenced block
 
+    def heading() -> str | None:
+        return " > ".join(title for _, title in stack) or None
+
     def flush() -> None:
         content = "\n".join(body).strip("\n")
         if content.strip():
-            path = " > ".join(title for _, title in stack) or None
-            sections.append(Section(text=content, heading=path))
+            sections.append(Section(text=content, heading=heading()))
         body.clear()
 
     def open_heading(level: int, title: str) -> None:
@@ -44,7 +49,10 @@ def parse_markdown(text: str) -> list[Section]:
         stack.append((level, title))
 
     lines = _without_front_matter(text.split("\n"))
-    for line in lines:
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
         fence_match = _FENCE.match(line)
         if fence is not None:
             body.append(line)
@@ -54,6 +62,17 @@ def parse_markdown(text: str) -> list[Section]:
         if fence_match:
             fence = fence_match.group(1)
             body.append(line)
+            continue
+        if "|" in line and i < len(lines) and _is_table_rule(lines[i]):
+            rows = [_cells(line)]
+            i += 1
+            while i < len(lines) and "|" in lines[i] and lines[i].strip():
+                rows.append(_cells(lines[i]))
+                i += 1
+            flush()
+            table = format_table(rows)
+            if table:
+                sections.append(TableSection(text=table, heading=heading()))
             continue
         atx = _ATX.match(line)
         if atx:
@@ -71,6 +90,19 @@ def parse_markdown(text: str) -> list[Section]:
         body.append(line)
     flush()
     return sections
+
+
+def _is_table_rule(line: str) -> bool:
+    """The delimiter row under a pipe table's header: `| --- | :-: |`."""
+    return "|" in line and bool(_TABLE_RULE.match(line))
+
+
+def _cells(line: str) -> list[str]:
+    stripped = line.strip()
+    stripped = stripped.removeprefix("|")
+    if stripped.endswith("|") and not stripped.endswith("\\|"):
+        stripped = stripped[:-1]
+    return [_plain(cell.replace("\\|", "|")) for cell in _CELL_SPLIT.split(stripped)]
 
 
 def _closes(marker: str, fence: str, line: str) -> bool:

@@ -184,3 +184,18 @@ def test_jsonl_one_record_per_line(write) -> None:
     text = '{"id": 1, "text": "第一条\\n记录"}\n\n{"id": 2, "tags": ["a", "b"]}\n'
     rows = "id: 1; text: 第一条 记录\nid: 2; tags: a, b"
     assert load(write("r.jsonl", text)) == [TableSection(rows)]
+
+
+def test_markdown_pipe_table_rows_keep_headers(write) -> None:
+    text = (
+        "# 规格\n说明。\n\n"
+        "| 版本 | 显存 | 备注 |\n|:---|---:|---|\n"
+        "| **INT4** | 6 GB | a \\| b |\n| FP16 | 13 GB | |\n\n"
+        "之后的段落。\n"
+    )
+    rows = "版本: INT4; 显存: 6 GB; 备注: a | b\n版本: FP16; 显存: 13 GB"
+    assert load(write("t.md", text)) == [
+        Section("说明。", heading="规格"),
+        TableSection(rows, heading="规格"),
+        Section("之后的段落。", heading="规格"),
+    ]
