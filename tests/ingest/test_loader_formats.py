@@ -199,3 +199,9 @@ def test_markdown_pipe_table_rows_keep_headers(write) -> None:
         TableSection(rows, heading="规格"),
         Section("之后的段落。", heading="规格"),
     ]
+
+
+def test_pdf_line_wraps_inside_chinese_are_joined(write) -> None:
+    data = pdf_bytes([["INT4 量化后显存需求", "约 6 GB，适合单卡部署。", "Second line stays."]])
+    expected = "INT4 量化后显存需求约 6 GB，适合单卡部署。\nSecond line stays."
+    assert load(write("wrap.pdf", data))[0].text == expected
