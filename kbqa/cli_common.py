@@ -64,6 +64,8 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one line on stderr and an exit status, never a traceback."""
     from ingest.pipeline import IngestUsageError
+    from kbqa.errors import KBQAError
+    from kbqa.llm.errors import LLMUnavailable
     from storage.embeddings import EmbeddingUnavailable
     from storage.errors import (
         EmbeddingMismatch,
@@ -88,6 +90,10 @@ def user_errors() -> Iterator[None]:
     except typer.Exit:
         raise
     except usage as e:
+        raise fail(str(e), EXIT_USAGE) from None
+    except KBQAError as e:
+        raise fail(str(e), e.exit_code) from None
+    except LLMUnavailable as e:
         raise fail(str(e), EXIT_USAGE) from None
     except (KBDamaged, StorageError) as e:
         raise fail(str(e), EXIT_PARTIAL) from None
