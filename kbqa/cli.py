@@ -12,17 +12,17 @@ from rich.table import Table
 from kbqa.cli_common import (
     EXIT_OK,
     EXIT_PARTIAL,
+    CliState,
     ConfigOption,
     HomeOption,
     JsonOption,
     KbOption,
     KbsOption,
-    CliState,
     fail,
     print_json,
     settings_for,
-    stdout,
     stderr,
+    stdout,
     user_errors,
 )
 
@@ -63,7 +63,6 @@ def ingest(
 ) -> None:
     """Add new files, replace changed ones and remove vanished ones from a knowledge base."""
     from ingest.pipeline import ingest_paths
-
     from kbqa.cli_progress import IngestProgress
 
     with user_errors():
@@ -156,13 +155,17 @@ def _print_hits(result: dict[str, Any]) -> None:
         where = hit["source"] + (f" p.{hit['page']}" if hit["page"] else "")
         if hit["heading"]:
             where += f" › {hit['heading']}"
-        stdout.print(f"[bold]{rank}.[/] [cyan]{where}[/]  score {hit['score']:.3f}", highlight=False)
+        stdout.print(
+            f"[bold]{rank}.[/] [cyan]{where}[/]  score {hit['score']:.3f}", highlight=False
+        )
         stdout.print(hit["text"].strip()[:500], markup=False, highlight=False)
         stdout.print()
 
 
 @kb_app.command("list")
-def kb_list(json_out: JsonOption = False, home: HomeOption = None, config: ConfigOption = None) -> None:
+def kb_list(
+    json_out: JsonOption = False, home: HomeOption = None, config: ConfigOption = None
+) -> None:
     """List knowledge bases."""
     from kbqa.kb_admin import list_kbs
 
@@ -174,7 +177,11 @@ def kb_list(json_out: JsonOption = False, home: HomeOption = None, config: Confi
     table = Table("name", "backend", "embedding", "documents", "chunks")
     for item in kbs:
         table.add_row(
-            item["name"], item["backend"], item["embedding"], str(item["documents"]), str(item["chunks"])
+            item["name"],
+            item["backend"],
+            item["embedding"],
+            str(item["documents"]),
+            str(item["chunks"]),
         )
     stdout.print(table)
 
@@ -292,7 +299,9 @@ def docs_remove(
 
 
 @config_app.command("show")
-def config_show(json_out: JsonOption = False, home: HomeOption = None, config: ConfigOption = None) -> None:
+def config_show(
+    json_out: JsonOption = False, home: HomeOption = None, config: ConfigOption = None
+) -> None:
     """Print the effective settings (file + environment overrides)."""
     with user_errors():
         settings = settings_for(home, config)

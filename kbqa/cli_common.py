@@ -1,4 +1,4 @@
-"""What every kbqa command shares: options, settings, output and the mapping of errors to exit codes."""
+"""What every kbqa command shares: options, settings, output, errors mapped to exit codes."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the errors a user can cause into one line on stderr and an exit status, never a traceback."""
+    """Errors a user can cause become one line on stderr and an exit status, never a traceback."""
     from ingest.pipeline import IngestUsageError
     from kbqa.errors import KBQAError
     from kbqa.llm.errors import LLMUnavailable

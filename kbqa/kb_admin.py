@@ -86,15 +86,24 @@ def migrate_kb(settings: Settings, source: str, target: str, backend: str) -> di
     validate_kb_name(target)
     with open_kb(settings, source) as src:
         info = src.info()
-        with KnowledgeBase.create(
-            settings.kbs_dir,
-            target,
-            embedding=info.embedding,
-            dim=info.dim,
-            backend=backend,
-            index=settings.storage.index,
-            approximate_threshold=settings.storage.approximate_threshold,
-        ) as dst, dst.write_lock():
+        with (
+            KnowledgeBase.create(
+                settings.kbs_dir,
+                target,
+                embedding=info.embedding,
+                dim=info.dim,
+                backend=backend,
+                index=settings.storage.index,
+                approximate_threshold=settings.storage.approximate_threshold,
+            ) as dst,
+            dst.write_lock(),
+        ):
             documents = list(src.iter_documents_with_vectors())
             chunks = dst.sync(documents, [])
-    return {"from": source, "to": target, "backend": backend, "documents": len(documents), "chunks": chunks}
+    return {
+        "from": source,
+        "to": target,
+        "backend": backend,
+        "documents": len(documents),
+        "chunks": chunks,
+    }

@@ -1,5 +1,5 @@
-"""One typed settings tree: `$KBQA_HOME/config.toml` (or `--config FILE`), then `KBQA_<SECTION>__<KEY>`
-environment overrides, validated at start.
+"""One typed settings tree: `$KBQA_HOME/config.toml` (or `--config FILE`), then
+`KBQA_<SECTION>__<KEY>` environment overrides, validated at start.
 
 Precedence, highest first: explicit arguments, environment, the TOML file, the defaults below.
 """
@@ -27,7 +27,7 @@ class _Section(BaseModel):
 
 class EmbeddingSettings(_Section):
     model: str = DEFAULT_EMBEDDING
-    """`default`, a sentence-transformers model directory, or a model name already in the local cache."""
+    """`default`, a sentence-transformers model directory, or a model name in the local cache."""
     device: str = "cpu"
     batch_size: int = Field(default=32, ge=1, le=4096)
 
@@ -36,7 +36,7 @@ class IngestSettings(_Section):
     chunk_size: int = Field(default=400, ge=50, le=8000)
     """Target chunk length in characters for English text."""
     chunk_size_zh: int = Field(default=250, ge=50, le=8000)
-    """Target chunk length in characters for Chinese text (a Chinese character carries more meaning)."""
+    """Target chunk length in characters for Chinese text (a character carries more meaning)."""
     chunk_overlap: int = Field(default=50, ge=0, le=2000)
     max_file_mb: float = Field(default=50.0, gt=0)
     title_enhance: bool = True

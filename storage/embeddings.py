@@ -58,10 +58,9 @@ class Embedder:
         self.batch_size = batch_size
         self._model = _load(resolve_model(name), device)
         self._lock = threading.Lock()
-        get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
-            self._model, "get_sentence_embedding_dimension"
-        )
-        dim = get_dim()
+        # sentence-transformers 6 renamed the method; older releases only have the long name.
+        get_dim = getattr(self._model, "get_embedding_dimension", None)
+        dim = get_dim() if get_dim else self._model.get_sentence_embedding_dimension()
         if dim is None:
             raise EmbeddingUnavailable(f"embedding model {name} does not report its dimension")
         self.dim: int = int(dim)

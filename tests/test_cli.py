@@ -29,9 +29,12 @@ def docs(tmp_path: Path) -> Path:
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "guide.md").write_text(
-        "# Aurora 指南\n\n## 显存\n\nINT4 量化后显存需求约 6 GB，FP16 需要 13 GB。\n", encoding="utf-8"
+        "# Aurora 指南\n\n## 显存\n\nINT4 量化后显存需求约 6 GB，FP16 需要 13 GB。\n",
+        encoding="utf-8",
     )
-    (folder / "gbk.txt").write_bytes("部署时请使用 python3.9 以上版本，驱动 450.80.02。".encode("gbk"))
+    (folder / "gbk.txt").write_bytes(
+        "部署时请使用 python3.9 以上版本，驱动 450.80.02。".encode("gbk")
+    )
     (folder / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
     (folder / "tool.exe").write_bytes(b"MZ")
     return folder

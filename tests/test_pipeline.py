@@ -68,7 +68,9 @@ def test_second_ingest_skips_unchanged_replaces_changed_removes_vanished(
     assert before.keys() != sources(settings)
 
 
-def test_documents_from_elsewhere_are_untouched(settings: Settings, docs: Path, tmp_path: Path) -> None:
+def test_documents_from_elsewhere_are_untouched(
+    settings: Settings, docs: Path, tmp_path: Path
+) -> None:
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("Kept from another folder.\n")
