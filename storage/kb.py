@@ -10,7 +10,6 @@ its transaction, or rebuilds the index from SQLite when that file is missing or 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sqlite3
@@ -27,22 +26,12 @@ import numpy as np
 from storage import db, rows
 from storage.check import check_kb
 from storage.errors import EmbeddingMismatch, KBDamaged, KBExists, KBNotFound, StorageError
+from storage.index_cache import IndexCache
 from storage.lock import WriteLock
 from storage.names import validate_kb_name
 from storage.search import hybrid_search
 from storage.types import ChunkRecord, DocumentInfo, DocumentUpsert, KBInfo, SearchHit, Vectors
-from storage.vector_index import (
-    IndexFileError,
-    IndexKind,
-    VectorIndex,
-    index_path,
-    prune_index_files,
-    read_index,
-    resolve_kind,
-    write_index,
-)
-
-log = logging.getLogger(__name__)
+from storage.vector_index import VectorIndex, resolve_kind, write_index
 
 LOCK_FILE = ".lock"
 BACKENDS = ("faiss",)
@@ -52,19 +41,15 @@ class KnowledgeBase:
     def __init__(
         self, path: Path, conn: sqlite3.Connection, meta: dict[str, str], index: str, threshold: int
     ) -> None:
-        resolve_kind(index, 0, threshold)  # reject an unknown mode before anything runs
         self.name = path.name
         self.path = path
         self._conn = conn
         self._meta = meta
         self._dim = int(meta["dim"])
-        self._index_mode = index
-        self._threshold = threshold
         # One connection and one cached index per object; the mutex lets threads share it.
         self._mutex = threading.RLock()
         self._lock = WriteLock(path / LOCK_FILE, f"knowledge base {self.name}")
-        self._index: VectorIndex | None = None
-        self._index_generation = -1
+        self._index = IndexCache(path, self._dim, index, threshold, self._lock)
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -189,7 +174,7 @@ class KnowledgeBase:
         with self._mutex:
             if not self._closed:
                 self._closed = True
-                self._index = None
+                self._index.clear()
                 self._conn.close()
 
     def __enter__(self) -> KnowledgeBase:
@@ -246,7 +231,7 @@ class KnowledgeBase:
         """
         query = self._unit_query(query_vector)
         with self._reading():
-            index = self._current_index(db.read_generation(self._conn))
+            index = self._index.current(self._conn, db.read_generation(self._conn))
             return hybrid_search(
                 self._conn,
                 index,
@@ -339,7 +324,7 @@ class KnowledgeBase:
             self._ensure_open()
             with db.transaction(self._conn, "IMMEDIATE"):
                 generation = db.read_generation(self._conn)
-                base = self._current_index(generation)
+                base = self._index.current(self._conn, generation)
                 doomed_docs = rows.find_documents(self._conn, doc_selectors)
                 removed = rows.delete_documents(self._conn, doomed_docs)
                 removed_chunks = rows.delete_chunks(self._conn, chunk_ids)
@@ -360,36 +345,8 @@ class KnowledgeBase:
                 )
             # Committed. From here on only the derived FAISS cache is updated.
             vectors = [doc.vectors for doc in prepared]
-            self._refresh_index(base, generation + 1, removed, added, vectors)
+            self._index.committed(self._conn, base, generation + 1, removed, added, vectors)
             return len(added), len(doomed_docs), len(removed_chunks)
-
-    def _refresh_index(
-        self,
-        base: VectorIndex,
-        generation: int,
-        removed: list[int],
-        added: list[int],
-        vectors: list[Vectors],
-    ) -> None:
-        self._index = None  # if anything below fails, the next search rebuilds from SQLite
-        count = base.ntotal - len(removed) + len(added)
-        kind = resolve_kind(self._index_mode, count, self._threshold)
-        if kind == base.kind and (base.can_remove or not removed):
-            base.remove(np.asarray(removed, dtype=np.int64))
-            if added:
-                base.add(np.asarray(added, dtype=np.int64), np.concatenate(vectors))
-            index = base
-        else:
-            with db.transaction(self._conn):
-                index = self._build_index(kind)
-        self._index, self._index_generation = index, generation
-        try:
-            write_index(self.path, generation, index)
-            prune_index_files(self.path, keep_from=generation - 1)
-        except OSError as exc:
-            log.warning(
-                "could not write the index of %s (%s); it is rebuilt on open", self.name, exc
-            )
 
     # -- internals -------------------------------------------------------------------------
 
@@ -414,39 +371,6 @@ class KnowledgeBase:
             )
         norm = float(np.linalg.norm(query))
         return query / norm if norm > 0 else query
-
-    def _current_index(self, generation: int) -> VectorIndex:
-        """The FAISS index of `generation`; call inside a transaction that read it."""
-        if self._index is not None and self._index_generation == generation:
-            return self._index
-        count = self._conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
-        kind = resolve_kind(self._index_mode, count, self._threshold)
-        path = index_path(self.path, generation)
-        index: VectorIndex | None = None
-        missing = False
-        try:
-            index = read_index(path)
-        except FileNotFoundError:
-            missing = True
-        except IndexFileError as exc:
-            log.warning("%s is unreadable (%s); rebuilding from the database", path, exc)
-        if index is not None and (index.dim, index.ntotal, index.kind) != (self._dim, count, kind):
-            index = None  # another kind than configured, or not this generation's content
-        if index is None:
-            index = self._build_index(kind)
-            if missing and self._lock.try_hold():  # only ever write files under the lock
-                try:
-                    write_index(self.path, generation, index)
-                except OSError as exc:
-                    log.warning("could not write %s: %s", path, exc)
-                finally:
-                    self._lock.release()
-        self._index, self._index_generation = index, generation
-        return index
-
-    def _build_index(self, kind: IndexKind) -> VectorIndex:
-        ids, vectors = rows.read_all_vectors(self._conn, self._dim, self.name)
-        return VectorIndex.build(kind, self._dim, ids, vectors)
 
 
 @contextmanager

@@ -70,9 +70,7 @@ def hybrid_search(
     dense = index.search(query, n, allowed)
     keyword = keyword_search(conn, query_text, n, sources)
     weight = dense_weight_for(query_text) if dense_weight is None else dense_weight
-    fused = fuse(
-        dense, keyword, dense_weight=weight, keyword_weight=keyword_weight
-    )[:k]
+    fused = fuse(dense, keyword, dense_weight=weight, keyword_weight=keyword_weight)[:k]
     stored = load_chunks(conn, "id", [c.key for c in fused], index.dim, kb_name)
     hits = []
     for candidate in fused:

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 from storage_helpers import make_doc, unit_vectors
 
-from storage import kb as kb_module
-from storage import rows
+from storage import index_cache, rows
 from storage.kb import KnowledgeBase
 from storage.keyword import tokenize
 from storage.types import DocumentUpsert
@@ -60,7 +59,7 @@ def main() -> None:
     if mode == "big":
         upserts, removals = big_sync_arguments()
         if "--die-after-commit" in sys.argv:
-            kb_module.write_index = _die  # type: ignore[assignment]
+            index_cache.write_index = _die  # type: ignore[assignment]
         if "--die-mid-transaction" in sys.argv:
             real_insert = rows.insert_document
             inserted = []
