@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 import weakref
-from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -254,8 +255,8 @@ class ChatGLM2Chat(BaseChatModel):
             return cancel.is_set() or (user_cancel is not None and user_cancel.is_set())
 
         lock = model_lock(self.chatglm)
-        if not lock.acquire(timeout=-1 if self.timeout is None else self.timeout):
-            raise LLMUnavailable(f"ChatGLM2 is busy with another request (waited {self.timeout} s)")
+        if not self._acquire(lock, cancelled):
+            return  # cancelled while waiting for the model: nobody is listening any more
         n_generated = 0
         tokens: Iterator[int] | None = None
         try:
@@ -299,6 +300,18 @@ class ChatGLM2Chat(BaseChatModel):
             generation_info=metadata,
         )
 
+    def _acquire(self, lock: threading.Lock, cancelled: Callable[[], bool]) -> bool:
+        """Wait for the model, in short slices so that a cancelled caller stops waiting."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while not lock.acquire(timeout=0.05):
+            if cancelled():
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                raise LLMUnavailable(
+                    f"ChatGLM2 is busy with another request (waited {self.timeout} s)"
+                )
+        return True
+
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -336,7 +349,7 @@ class ChatGLM2Chat(BaseChatModel):
         cancel = threading.Event()
 
         def put(item: ChatGenerationChunk | BaseException | None) -> None:
-            if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody to hand it to
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def produce() -> None:
@@ -358,7 +371,8 @@ class ChatGLM2Chat(BaseChatModel):
                 yield item
         finally:
             cancel.set()
-            # Wait for the worker to finish its step and release the model before returning.
+            # Wait for the worker to finish its step (or stop waiting for the model) and
+            # release it, so the next call finds the model free.
             await asyncio.shield(worker)
 
     async def _agenerate(

@@ -281,6 +281,22 @@ def test_one_generation_at_a_time(chat: ChatGLM2Chat, tiny_parts: Parts) -> None
         other.invoke("Hello")
 
 
+async def test_a_call_cancelled_while_waiting_for_the_model_stops_waiting(
+    chat: ChatGLM2Chat, spy: GenerateSpy
+) -> None:
+    lock = model_lock(chat.chatglm)
+    lock.acquire()  # another request holds the model
+    try:
+        task = asyncio.create_task(chat.ainvoke("Hello"))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=2)
+    finally:
+        lock.release()
+    assert spy.prompts == []  # it never reached the model
+
+
 async def test_async_batch_matches_sync(chat: ChatGLM2Chat) -> None:
     alone = [chat.invoke(q).content for q in ("Hello", "Hey")]
     assert [m.content for m in await chat.abatch(["Hello", "Hey"])] == alone
