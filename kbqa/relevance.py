@@ -1,0 +1,149 @@
+"""The 0..1 relevance that decides which retrieved chunks reach the model.
+
+    relevance = max(dense_weight * dense, lexical)
+
+- `dense` is the hit's score from storage: the cosine between the question's and the chunk's
+  embeddings, clipped to 0..1 (or a reranker's score where one is configured).
+- `dense_weight` is 1, except 0.5 for a question containing Chinese (or Japanese) characters
+  searched with the bundled embedding, all-MiniLM-L6-v2: it is English-only, and on such
+  questions its cosines are noise (off-topic Chinese questions reach ~0.47 on a Chinese README,
+  answerable ones score no higher).
+- `lexical` is the weighted share of the question's terms that occur in the chunk (its text,
+  heading and file name): sum of the weights of the terms found / sum of all the weights.
+
+Terms: the question is NFKC-folded and lower-cased; Chinese runs are segmented with jieba and
+other text is split into words (`int4`, `chatglm2-6b`, `450.80.02` stay whole). Function and
+question words (的, 什么, 多少, how, what, …) are dropped. A lone Chinese character is usually a
+function word, but jieba also splits real words into characters (年假 → 年 假), so adjacent
+lone characters are joined back into one term and a lone one left over is dropped. Terms with
+a Latin letter or a digit (names, versions, identifiers: `INT4`, `Harbor`) weigh 2, others 1:
+they are rarer and say more about what is asked. A Latin word also matches its plural; a
+Chinese term of three or more characters that does not occur whole earns the share of its
+character pairs that do (繁体中文 against 繁体分词: 1 of 3).
+
+With `retrieval.min_relevance` = 0.45 on real documents (bench/eval_answers.py, results in
+bench/RESULTS.md) no answerable question was refused and off-topic ones were; questions on the
+documents' topics that the documents do not answer still pass, and are left to the model.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import replace
+from functools import lru_cache
+
+from storage.embeddings import DEFAULT_EMBEDDING
+from storage.keyword import STOPWORDS, has_cjk
+from storage.types import SearchHit
+
+CJK_DENSE_WEIGHT = 0.5
+
+RELEVANCE = "relevance"
+"""Key of the relevance in SearchHit.extra once `with_relevance` has scored a hit."""
+
+# Question and filler words that say nothing about the topic (beyond storage's stop words).
+_FILLER_WORDS = (
+    # Chinese question words, modal verbs and politeness.
+    "多少 几 哪 哪里 哪儿 哪个 哪些 哪几种 怎么样 怎样 什么样 是否 是不是 能否 能不能 "
+    "可以 可不可以 有没有 要 需要 吗 呢 吧 么 请 告诉 一下 知道 情况 问题 "
+    # English ones.
+    "much many long when where why there any some about tell please know get use used using "
+    "should would will shall may might must need needs"
+)
+_FILLER = frozenset(_FILLER_WORDS.split())
+_CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_WORD = re.compile(r"[^\W_]+(?:[._\-+][^\W_]+)*")
+_ASCII_ALNUM = re.compile(r"[a-z0-9]")
+
+
+def _segment(run: str) -> list[str]:
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.ERROR)
+    words = [w for w in jieba.cut(run) if w.strip()]
+    terms: list[str] = []
+    singles = ""
+    for word in [*words, ""]:  # "" flushes the last run of single characters
+        if len(word) == 1 and word not in STOPWORDS and word not in _FILLER:
+            singles += word
+            continue
+        if len(singles) > 1:
+            terms.append(singles)
+        singles = ""
+        if len(word) > 1:
+            terms.append(word)
+    return terms
+
+
+@lru_cache(maxsize=256)
+def query_terms(question: str) -> dict[str, int]:
+    """The question's distinct terms and their weights (see the module docstring)."""
+    text = unicodedata.normalize("NFKC", question).lower()
+    found: list[str] = []
+    position = 0
+    for match in _CJK_RUN.finditer(text):
+        found += _WORD.findall(text[position : match.start()])
+        found += _segment(match.group())
+        position = match.end()
+    found += _WORD.findall(text[position:])
+    terms: dict[str, int] = {}
+    for term in found:
+        if term in STOPWORDS or term in _FILLER or (len(term) == 1 and not term.isdigit()):
+            continue
+        terms[term] = 2 if _ASCII_ALNUM.search(term) else 1
+    return terms
+
+
+def _found(term: str, text: str) -> float:
+    """1 if `term` occurs in `text`; for a long Chinese term the share of its pairs that do."""
+    if not has_cjk(term):
+        return 1.0 if _occurs(term, text) else 0.0
+    if term in text or len(term) < 3:
+        return 1.0 if term in text else 0.0
+    pairs = [term[i : i + 2] for i in range(len(term) - 1)]
+    return sum(pair in text for pair in pairs) / len(pairs)
+
+
+def _occurs(term: str, text: str) -> bool:
+    # Whole words only ("int" must not match "print"); a plural also counts.
+    pattern = rf"(?<![^\W_]){re.escape(term)}(?:s|es)?(?![^\W_])"
+    if re.search(pattern, text):
+        return True
+    return term.endswith("s") and len(term) > 3 and _occurs(term[:-1], text)
+
+
+def lexical_score(question: str, hit: SearchHit) -> float:
+    """Weighted share of the question's terms found in the chunk, 0..1."""
+    terms = query_terms(question)
+    total = sum(terms.values())
+    if total == 0:
+        return 0.0
+    haystack = unicodedata.normalize(
+        "NFKC", f"{hit.source}\n{hit.heading or ''}\n{hit.text}"
+    ).lower()
+    found = sum(weight * _found(term, haystack) for term, weight in terms.items())
+    return found / total
+
+
+def dense_weight(question: str, embedding: str) -> float:
+    """How much the dense cosine counts for `question` with the KB's `embedding` model."""
+    english_only = embedding in ("", DEFAULT_EMBEDDING)
+    return CJK_DENSE_WEIGHT if english_only and has_cjk(question) else 1.0
+
+
+def relevance(question: str, hit: SearchHit, embedding: str = DEFAULT_EMBEDDING) -> float:
+    dense = min(max(hit.score, 0.0), 1.0) * dense_weight(question, embedding)
+    return max(dense, lexical_score(question, hit))
+
+
+def with_relevance(question: str, hit: SearchHit, embedding: str = DEFAULT_EMBEDDING) -> SearchHit:
+    """`hit` with its relevance to `question` stored in extra["relevance"]."""
+    return replace(hit, extra={**hit.extra, RELEVANCE: relevance(question, hit, embedding)})
+
+
+def relevance_of(hit: SearchHit) -> float:
+    """The relevance `with_relevance` stored (the dense score for a hit it has not seen)."""
+    return hit.extra.get(RELEVANCE, hit.score)

@@ -1,0 +1,121 @@
+"""Search one or several knowledge bases for a question and merge their hits.
+
+Each KB keeps the embedding model it was built with, so the question is embedded once per
+distinct model among the KBs asked. Hits from all KBs are scored with the same 0..1 relevance
+(kbqa.relevance) and merged by it, the KB's own fusion score breaking ties.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from kbqa.errors import ConfigError, NotFound, UsageError
+from kbqa.relevance import relevance_of, with_relevance
+from kbqa.settings import Settings
+from storage.embeddings import EmbeddingUnavailable, get_embedder
+from storage.errors import InvalidKBName, KBNotFound, StorageError
+from storage.kb import KnowledgeBase
+from storage.names import validate_kb_name
+from storage.types import SearchHit, Vectors
+
+_MIN_PER_KB = 12
+"""Hits taken from each KB before the merge: re-ranking by relevance needs a few spares."""
+
+
+class Retriever:
+    """Opens KBs on first use and keeps them open; safe to share between threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._kbs: dict[str, KnowledgeBase] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            for kb in self._kbs.values():
+                kb.close()
+            self._kbs.clear()
+
+    def __enter__(self) -> Retriever:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_names(self, names: Sequence[str]) -> list[str]:
+        """Valid, distinct KB names in the order given; raises UsageError/NotFound otherwise."""
+        if not names:
+            raise UsageError("no knowledge base given")
+        checked: list[str] = []
+        for name in names:
+            try:
+                valid = validate_kb_name(name)
+            except InvalidKBName as e:
+                raise UsageError(str(e)) from None
+            if valid not in checked:
+                checked.append(valid)
+        for name in checked:
+            self._open(name)
+        return checked
+
+    def _open(self, name: str) -> KnowledgeBase:
+        with self._lock:
+            kb = self._kbs.get(name)
+            if kb is not None and kb.path.is_dir():
+                return kb
+            if kb is not None:  # deleted since it was opened
+                kb.close()
+                del self._kbs[name]
+            try:
+                kb = KnowledgeBase.open(
+                    self.settings.kbs_dir,
+                    name,
+                    index=self.settings.storage.index,
+                    approximate_threshold=self.settings.storage.approximate_threshold,
+                )
+            except KBNotFound:
+                known = KnowledgeBase.list_names(self.settings.kbs_dir)
+                hint = f" (existing: {', '.join(known)})" if known else " (run kbqa ingest first)"
+                raise NotFound(f"knowledge base {name} does not exist{hint}") from None
+            except StorageError as e:
+                raise ConfigError(str(e)) from None
+            self._kbs[name] = kb
+            return kb
+
+    def _embed(self, model: str, kb_name: str, text: str) -> Vectors:
+        embedding = self.settings.embedding
+        try:
+            embedder = get_embedder(model, embedding.device, embedding.batch_size)
+        except EmbeddingUnavailable as e:
+            raise ConfigError(f"knowledge base {kb_name}: {e}") from None
+        return embedder.embed_query(text)
+
+    def search(self, query: str, kbs: Sequence[str], k: int) -> list[SearchHit]:
+        """The `k` most relevant hits for `query` across `kbs`, most relevant first.
+
+        Every hit carries its KB name (`hit.kb`) and its relevance (`extra["relevance"]`).
+        """
+        if k <= 0:
+            return []
+        names = self.check_names(kbs)
+        opened = [(name, self._open(name)) for name in names]
+        vectors: dict[str, Vectors] = {}
+        per_kb = min(max(3 * k, _MIN_PER_KB), max(self.settings.retrieval.candidates, k))
+        merged: list[SearchHit] = []
+        for name, kb in opened:
+            model = kb.info().embedding
+            if model not in vectors:
+                vectors[model] = self._embed(model, name, query)
+            try:
+                hits = kb.search(
+                    vectors[model],
+                    query,
+                    per_kb,
+                    candidates=self.settings.retrieval.candidates,
+                )
+            except StorageError as e:
+                raise ConfigError(str(e)) from None
+            merged += [with_relevance(query, hit, model) for hit in hits]
+        merged.sort(key=lambda h: (relevance_of(h), h.extra.get("fused", 0.0)), reverse=True)
+        return merged[:k]
