@@ -14,6 +14,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -34,6 +35,9 @@ from storage.types import ChunkRecord, DocumentInfo, DocumentUpsert, KBInfo, Sea
 from storage.vector_index import VectorIndex, resolve_kind, write_index
 
 LOCK_FILE = ".lock"
+# Hidden work directories of create/delete; ones this old were left by a killed process.
+_LEFTOVER_PATTERNS = (".creating-*", ".deleting-*")
+_LEFTOVER_AGE_SECONDS = 3600
 BACKENDS = ("faiss",)
 
 
@@ -78,6 +82,7 @@ class KnowledgeBase:
             raise KBExists(f"knowledge base {name} already exists")
         # Build in a hidden directory, then rename: a crash never leaves a half-created KB
         # under a valid name (valid names cannot start with '.').
+        _sweep_leftovers(kbs_dir)
         staging = kbs_dir / f".creating-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
@@ -155,6 +160,7 @@ class KnowledgeBase:
         with WriteLock(path / LOCK_FILE, f"knowledge base {name}").hold(timeout=0):
             os.rename(path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
+        _sweep_leftovers(kbs_dir)
 
     @staticmethod
     def diagnose(kbs_dir: Path, name: str) -> list[str]:
@@ -385,3 +391,14 @@ def _damage_as_kbdamaged(name: str) -> Iterator[None]:
                 f"knowledge base {name} is damaged: {exc}; run `kbqa kb check`"
             ) from exc
         raise
+
+
+def _sweep_leftovers(kbs_dir: Path) -> None:
+    now = time.time()
+    for pattern in _LEFTOVER_PATTERNS:
+        for leftover in kbs_dir.glob(pattern):
+            try:
+                if now - leftover.stat().st_mtime > _LEFTOVER_AGE_SECONDS:
+                    shutil.rmtree(leftover, ignore_errors=True)
+            except FileNotFoundError:
+                continue  # another process swept it first

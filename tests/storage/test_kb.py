@@ -43,6 +43,19 @@ def test_create_open_list_delete(kbs_dir: Path) -> None:
     assert [p.name for p in kbs_dir.iterdir()] == ["alpha"]  # no staging/deleted leftovers
 
 
+def test_leftovers_of_killed_create_and_delete_are_swept(kbs_dir: Path) -> None:
+    import os
+
+    kbs_dir.mkdir()
+    old, fresh = kbs_dir / ".creating-old", kbs_dir / ".deleting-fresh"
+    for leftover in (old, fresh):
+        (leftover / "sub").mkdir(parents=True)
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    KnowledgeBase.create(kbs_dir, "a", embedding="m", dim=4).close()
+    assert not old.exists() and fresh.exists()  # a fresh one may belong to a running process
+    assert KnowledgeBase.list_names(kbs_dir) == ["a"]
+
+
 def test_create_existing_open_missing_delete_missing(kbs_dir: Path) -> None:
     KnowledgeBase.create(kbs_dir, "a", embedding="m", dim=4).close()
     with pytest.raises(KBExists):
