@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from storage import db, rows
+from storage.errors import KBDamaged
 from storage.lock import WriteLock
 from storage.types import Vectors
 from storage.vector_index import (
@@ -89,15 +90,12 @@ class IndexCache:
         cannot delete, so a commit that removes chunks from one rebuilds it.
         """
         self._index = None  # if anything below fails, the next use rebuilds from SQLite
-        kind = resolve_kind(self._mode, base.ntotal - len(removed) + len(added), self._threshold)
-        if kind == base.kind and (base.can_remove or not removed):
-            base.remove(np.asarray(removed, dtype=np.int64))
-            if added:
-                base.add(np.asarray(added, dtype=np.int64), np.concatenate(vectors))
-            index = base
-        else:
-            with db.transaction(conn):
-                index = self._build(conn, kind)
+        try:
+            index = self._derive(conn, base, removed, added, vectors)
+        except (RuntimeError, KBDamaged) as exc:
+            # The commit stands; only the cache failed. Report it, do not fail the sync.
+            log.warning("could not update the index of %s: %s", self._dir.name, exc)
+            return
         self._index, self._generation = index, generation
         try:
             write_index(self._dir, generation, index)
@@ -107,6 +105,23 @@ class IndexCache:
             log.warning(
                 "could not write the index in %s (%s); it is rebuilt on open", self._dir, exc
             )
+
+    def _derive(
+        self,
+        conn: sqlite3.Connection,
+        base: VectorIndex,
+        removed: list[int],
+        added: list[int],
+        vectors: list[Vectors],
+    ) -> VectorIndex:
+        kind = resolve_kind(self._mode, base.ntotal - len(removed) + len(added), self._threshold)
+        if kind == base.kind and (base.can_remove or not removed):
+            base.remove(np.asarray(removed, dtype=np.int64))
+            if added:
+                base.add(np.asarray(added, dtype=np.int64), np.concatenate(vectors))
+            return base
+        with db.transaction(conn):
+            return self._build(conn, kind)
 
     def _build(self, conn: sqlite3.Connection, kind: IndexKind) -> VectorIndex:
         ids, vectors = rows.read_all_vectors(conn, self._dim, self._dir.name)
