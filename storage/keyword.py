@@ -5,7 +5,9 @@ and `_` inside tokens, so a token like "python3.9" or "chatglm2-6b" stays one FT
 Chinese (and Japanese kana) runs are segmented with jieba's search mode, which emits both
 words and their sub-words ("知识库" → 知识, 知识库); everything else is split into word
 tokens. Mixed tokens are indexed whole and also by their parts, so "INT4" finds "int4"
-and "int 4", and "450.80.02" finds the exact version as well as "450".
+and "int 4", "450.80.02" finds the exact version as well as "450", and "python3.9" also
+yields "3.9", so it finds "Python 3.9". "C++", "C#" and "F#" become "cpp", "csharp" and
+"fsharp": FTS5 would otherwise index them all as the letter "c" or "f".
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ _CJK_RUN = re.compile(f"([{_CJK}]+)")
 _WORD = re.compile(r"[^\W_]+(?:[._\-][^\W_]+)*")
 _CONNECTOR = re.compile(r"[._\-]")
 _LETTERS_OR_DIGITS = re.compile(r"\d+|[^\W\d_]+")
+# A dotted number inside a longer word: "3.9" in "python3.9", "11.8" in "cuda11.8".
+_DOTTED_NUMBER = re.compile(r"(?<!\d)\d+(?:\.\d+)+")
+# Languages named with symbols that tokenisers drop ("c++" would become "c"): spelled out.
+_SYMBOL_NAMES = re.compile(r"(?<![a-z0-9_])([cf])(\+\+|#)(?![a-z_])")
+_SPELLED = {"++": "pp", "#": "sharp"}
 _HAS_CJK = re.compile(f"[{_CJK}]")
 
 # Chinese function and question words, then English function words: frequent in questions,
@@ -70,12 +77,14 @@ def _word_tokens(word: str) -> Iterator[str]:
         if len(runs) > 1:
             # Lone letters split off a mixed token ("6b" → "b") match everything; drop them.
             yield from (run for run in runs if len(run) > 1 or run.isdigit())
+    yield from (number for number in _DOTTED_NUMBER.findall(word) if number != word)
 
 
 def tokenize(text: str) -> list[str]:
     """Lower-case keyword tokens of `text`, in order, stopwords and punctuation dropped."""
     # NFKC folds full-width forms (ＩＮＴ４, ，) that Chinese input methods produce.
     text = unicodedata.normalize("NFKC", text).lower()
+    text = _SYMBOL_NAMES.sub(lambda m: m.group(1) + _SPELLED[m.group(2)], text)
     tokens: list[str] = []
     for i, segment in enumerate(_CJK_RUN.split(text)):
         if not segment:
