@@ -21,6 +21,10 @@ they are rarer and say more about what is asked. A Latin word also matches its p
 Chinese term of three or more characters that does not occur whole earns the share of its
 character pairs that do (繁体中文 against 繁体分词: 1 of 3).
 
+A follow-up searched as "earlier questions + new question" (see kbqa.prompting) scores the
+lexical share only for chunks holding at least one term of the new question itself (see
+`lexical_score`), so changing the subject is not answered from the previous topic's chunks.
+
 With `retrieval.min_relevance` = 0.45 on real documents (bench/eval_answers.py, results in
 bench/RESULTS.md) no answerable question was refused and off-topic ones were; questions on the
 documents' topics that the documents do not answer still pass, and are left to the model.
@@ -115,8 +119,13 @@ def _occurs(term: str, text: str) -> bool:
     return term.endswith("s") and len(term) > 3 and _occurs(term[:-1], text)
 
 
-def lexical_score(question: str, hit: SearchHit) -> float:
-    """Weighted share of the question's terms found in the chunk, 0..1."""
+def lexical_score(question: str, hit: SearchHit, focus: str | None = None) -> float:
+    """Weighted share of the question's terms found in the chunk, 0..1.
+
+    `focus`: the user's newest message when `question` joins it to earlier ones (a follow-up
+    searched without rewriting). A chunk that contains none of the focus's own terms gets 0:
+    it matches only the earlier questions, and the user may have changed the subject.
+    """
     terms = query_terms(question)
     total = sum(terms.values())
     if total == 0:
@@ -124,6 +133,10 @@ def lexical_score(question: str, hit: SearchHit) -> float:
     haystack = unicodedata.normalize(
         "NFKC", f"{hit.source}\n{hit.heading or ''}\n{hit.text}"
     ).lower()
+    if focus is not None:
+        focus_terms = query_terms(focus)
+        if focus_terms and not any(_found(term, haystack) for term in focus_terms):
+            return 0.0
     found = sum(weight * _found(term, haystack) for term, weight in terms.items())
     return found / total
 
@@ -134,14 +147,20 @@ def dense_weight(question: str, embedding: str) -> float:
     return CJK_DENSE_WEIGHT if english_only and has_cjk(question) else 1.0
 
 
-def relevance(question: str, hit: SearchHit, embedding: str = DEFAULT_EMBEDDING) -> float:
-    dense = min(max(hit.score, 0.0), 1.0) * dense_weight(question, embedding)
-    return max(dense, lexical_score(question, hit))
+def relevance(
+    question: str, hit: SearchHit, *, weight: float = 1.0, focus: str | None = None
+) -> float:
+    """max(weight * dense, lexical); `weight` from `dense_weight`, 1 for a reranker's score."""
+    dense = min(max(hit.score, 0.0), 1.0) * weight
+    return max(dense, lexical_score(question, hit, focus))
 
 
-def with_relevance(question: str, hit: SearchHit, embedding: str = DEFAULT_EMBEDDING) -> SearchHit:
+def with_relevance(
+    question: str, hit: SearchHit, *, weight: float = 1.0, focus: str | None = None
+) -> SearchHit:
     """`hit` with its relevance to `question` stored in extra["relevance"]."""
-    return replace(hit, extra={**hit.extra, RELEVANCE: relevance(question, hit, embedding)})
+    score = relevance(question, hit, weight=weight, focus=focus)
+    return replace(hit, extra={**hit.extra, RELEVANCE: score})
 
 
 def relevance_of(hit: SearchHit) -> float:

@@ -2,7 +2,8 @@
 
 Each KB keeps the embedding model it was built with, so the question is embedded once per
 distinct model among the KBs asked. Hits from all KBs are scored with the same 0..1 relevance
-(kbqa.relevance) and merged by it, the KB's own fusion score breaking ties.
+(kbqa.relevance) and merged by it, the KB's own fusion score breaking ties. With
+`retrieval.reranker` set, a cross-encoder (kbqa.rerank) rescores the merged candidates.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import threading
 from collections.abc import Sequence
 
 from kbqa.errors import ConfigError, NotFound, UsageError
-from kbqa.relevance import relevance_of, with_relevance
+from kbqa.relevance import dense_weight, relevance_of, with_relevance
 from kbqa.rerank import rerank_hits
 from kbqa.settings import Settings
 from storage.embeddings import EmbeddingUnavailable, get_embedder
@@ -92,10 +93,13 @@ class Retriever:
             raise ConfigError(f"knowledge base {kb_name}: {e}") from None
         return embedder.embed_query(text)
 
-    def search(self, query: str, kbs: Sequence[str], k: int) -> list[SearchHit]:
+    def search(
+        self, query: str, kbs: Sequence[str], k: int, *, focus: str | None = None
+    ) -> list[SearchHit]:
         """The `k` most relevant hits for `query` across `kbs`, most relevant first.
 
         Every hit carries its KB name (`hit.kb`) and its relevance (`extra["relevance"]`).
+        `focus`: the newest question when `query` also holds earlier ones (kbqa.relevance).
         """
         if k <= 0:
             return []
@@ -117,7 +121,8 @@ class Retriever:
                 )
             except StorageError as e:
                 raise ConfigError(str(e)) from None
-            merged += [with_relevance(query, hit, model) for hit in hits]
+            weight = dense_weight(query, model)
+            merged += [with_relevance(query, h, weight=weight, focus=focus) for h in hits]
         merged.sort(key=lambda h: (relevance_of(h), h.extra.get("fused", 0.0)), reverse=True)
         if self.settings.retrieval.reranker:  # a cross-encoder reorders all the candidates
             merged = rerank_hits(self.settings, query, merged)
