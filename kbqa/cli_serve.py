@@ -1,0 +1,61 @@
+"""`kbqa serve`: the HTTP API and web page, on 127.0.0.1 unless told otherwise."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from kbqa.cli_common import fail, stderr, user_errors
+from kbqa.settings import Settings
+
+GRACEFUL_SHUTDOWN_S = 10
+"""On SIGTERM, open streams get this long to finish before they are cancelled."""
+
+
+def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
+    @app.command()
+    def serve(
+        host: Annotated[
+            str | None, typer.Option(help="Address to bind (default server.host, 127.0.0.1).")
+        ] = None,
+        port: Annotated[
+            int | None,
+            typer.Option(min=1, max=65535, help="Port to listen on (default server.port, 8000)."),
+        ] = None,
+    ) -> None:
+        """Serve the API (ours, ChatGLM2 api.py's and OpenAI's) and the web page over HTTP."""
+        import uvicorn
+
+        from kbqa.errors import KBQAError
+        from kbqa.llm.errors import LLMUnavailable
+        from kbqa.server.app import create_app, prepare
+
+        with user_errors():
+            settings = get_settings()
+            web_app = create_app(settings)
+            stderr.print(f"loading the model ({settings.llm.backend} backend)…", highlight=False)
+            try:
+                prepare(web_app)
+            except KBQAError as e:
+                raise fail(str(e), e.exit_code) from None
+            except LLMUnavailable as e:
+                raise fail(str(e)) from None
+        config = uvicorn.Config(
+            web_app,
+            host=host or settings.server.host,
+            port=port or settings.server.port,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            log_level="info",
+        )
+        _exit_cleanly_after_signals()
+        uvicorn.Server(config).run()
+
+
+def _exit_cleanly_after_signals() -> None:
+    """uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever
+    handler was installed before it ran; make that a no-op so a clean shutdown exits 0."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)

@@ -1,0 +1,1 @@
+"""The HTTP service: `create_app(settings)` in kbqa.server.app, one router per concern."""

@@ -1,0 +1,104 @@
+"""The FastAPI application factory.
+
+`create_app(settings)` wires the routers, the error shape, the body limits and the static web
+page; the chat model loads once, in the lifespan, unless the caller injects one (tests inject a
+small deterministic model where the model itself is not under test).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from langchain_core.language_models import BaseChatModel
+
+from kbqa.chain import QAChain
+from kbqa.llm.factory import build_chat_model
+from kbqa.retrieval import Retriever
+from kbqa.server import routes_ask, routes_chatglm, routes_health, routes_kbs, routes_openai
+from kbqa.server.errors import install_error_handlers
+from kbqa.server.generation import GenerationGate
+from kbqa.server.jobs import JobManager
+from kbqa.server.limits import BodyLimit, upload_aware_limit
+from kbqa.server.routes_health import STATIC_DIR
+from kbqa.server.state import ServerState
+from kbqa.settings import Settings
+
+log = logging.getLogger("kbqa.server")
+
+GENERATION_CONCURRENCY = 1
+"""Generations at once: the bundled model and the local ChatGLM2 decode one stream at a time."""
+
+
+def create_app(settings: Settings, *, chat_model: BaseChatModel | None = None) -> FastAPI:
+    state = ServerState(
+        settings=settings,
+        gate=GenerationGate(
+            concurrency=GENERATION_CONCURRENCY,
+            queue_size=settings.server.queue_size,
+            timeout_s=settings.server.request_timeout_s,
+        ),
+        jobs=JobManager(settings),
+        chat_model=chat_model,
+    )
+    app = FastAPI(
+        title="kbqa",
+        summary="Answers from your own documents, with sources; ChatGLM2- and OpenAI-compatible.",
+        version="0.1.0",
+        lifespan=_lifespan,
+        # A JSON body without a Content-Type is read as JSON (ChatGLM2's api.py did the same).
+        strict_content_type=False,
+    )
+    app.state.kbqa = state
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit_for=upload_aware_limit(settings.server.max_upload_mb))
+    for module in (routes_health, routes_ask, routes_openai, routes_chatglm, routes_kbs):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServerState = app.state.kbqa
+    if state.chain is None:
+        await anyio.to_thread.run_sync(load_components, state)
+    log.info("kbqa: model %s ready", state.model_name)
+    try:
+        yield
+    finally:
+        # Streams still open at shutdown stop at their next token; a running upload ingest
+        # finishes (it commits whole or not at all) and queued ones are dropped.
+        state.gate.cancel_all()
+        await anyio.to_thread.run_sync(state.jobs.shutdown)
+        if state.retriever is not None:
+            state.retriever.close()
+
+
+def prepare(app: FastAPI) -> None:
+    """Load the model now rather than in the lifespan (the CLI reports a failure as one line)."""
+    load_components(app.state.kbqa)
+
+
+def load_components(state: ServerState) -> None:
+    """Build the chat model (unless injected), the retriever and the chain: once per process."""
+    if state.chat_model is None:
+        state.chat_model = build_chat_model(state.settings)
+    state.model_name = backend_model_name(state.chat_model)
+    state.retriever = Retriever(state.settings)
+    chain = QAChain(state.settings, state.chat_model, state.retriever)
+    chain.budget()  # loads a lazily loaded model now, and checks the prompt's token budget
+    state.chain = chain
+
+
+def backend_model_name(model: BaseChatModel) -> str:
+    """The name the backend knows itself by (SmolLM2-135M-Instruct, chatglm2-6b, …)."""
+    for attribute in ("model_name", "model"):
+        value = getattr(model, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return model._llm_type

@@ -1,0 +1,148 @@
+"""OpenAI-compatible routes: `GET /v1/models`, `POST /v1/chat/completions` (streaming and not).
+
+Models: `kbqa` answers from the `default` KB, `kbqa/<kb>` from that KB (both add a top-level
+`sources` field), and the backend's own model name chats plainly, without a KB.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Depends
+from starlette.responses import Response
+
+from kbqa.answer import DoneEvent, Event, SourcesEvent, TokenEvent
+from kbqa.server.answering import Options, Question, answer_events, chat_tokens, split_conversation
+from kbqa.server.auth import require_api_key
+from kbqa.server.errors import ERROR_RESPONSES, ApiError
+from kbqa.server.schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ModelCard,
+    ModelList,
+    Source,
+)
+from kbqa.server.state import ServerState, StateDep
+from kbqa.server.streaming import SSE_RESPONSE, error_message, event_stream, generate, sse
+from storage.kb import KnowledgeBase
+
+KB_MODEL = "kbqa"
+
+router = APIRouter(
+    tags=["OpenAI-compatible"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES
+)
+
+
+@router.get("/v1/models")
+def list_models(state: StateDep) -> ModelList:
+    return ModelList(data=[ModelCard(id=name, created=0) for name in model_names(state)])
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=SSE_RESPONSE)
+async def chat_completions(
+    body: ChatCompletionRequest, state: StateDep
+) -> Response | ChatCompletion:
+    produce = await anyio.to_thread.run_sync(partial(plan_completion, state, body))
+    reply = Reply(body.model, with_sources=body.model != state.model_name)
+    if body.stream:
+        return await event_stream(state, produce, reply.chunks)
+    return reply.completion(await generate(state, partial(_collect, produce)))
+
+
+def model_names(state: ServerState) -> list[str]:
+    kbs = KnowledgeBase.list_names(state.settings.kbs_dir)
+    return [KB_MODEL, *(f"{KB_MODEL}/{kb}" for kb in kbs), state.model_name]
+
+
+def plan_completion(state: ServerState, body: ChatCompletionRequest) -> Any:
+    """What answering `body` means: a KB answer or plain chat, as a `produce(cancel)`."""
+    options = Options(body.token_limit, body.temperature, body.top_p, tuple(body.stop_list))
+    if body.model == state.model_name and body.model != KB_MODEL:
+        return partial(chat_tokens, state, body.messages, options)
+    kbs = _kbs_of_model(state, body.model)
+    text, history = split_conversation(body.messages)
+    return partial(answer_events, state, Question(text, kbs, history, None, options))
+
+
+def _kbs_of_model(state: ServerState, model: str) -> list[str]:
+    if model == KB_MODEL:
+        kb = "default"
+    elif model.startswith(f"{KB_MODEL}/"):
+        kb = model.removeprefix(f"{KB_MODEL}/")
+    else:
+        raise ApiError(404, "model_not_found", f"no model {model!r} (see GET /v1/models)")
+    if kb not in KnowledgeBase.list_names(state.settings.kbs_dir):
+        raise ApiError(404, "model_not_found", f"no model {model!r}: no knowledge base {kb!r}")
+    return [kb]
+
+
+def _collect(produce: Any, cancel: Any) -> list[Event]:
+    events: Iterator[Event] = produce(cancel)
+    return list(events)
+
+
+class Reply:
+    """One completion's id, time and model, rendered whole or as chunks."""
+
+    def __init__(self, model: str, *, with_sources: bool) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.with_sources = with_sources
+
+    def completion(self, events: list[Event]) -> ChatCompletion:
+        done = next(e for e in events if isinstance(e, DoneEvent))
+        return ChatCompletion(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[Choice(message=AssistantMessage(content=done.answer))],
+            sources=self._sources(events),
+        )
+
+    async def chunks(self, events: AsyncIterator[Event]) -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                if isinstance(event, SourcesEvent):
+                    delta = Delta(role="assistant", content="")
+                    yield self._chunk(delta, sources=self._sources([event]))
+                elif isinstance(event, TokenEvent):
+                    yield self._chunk(Delta(content=event.text))
+                else:
+                    yield self._chunk(Delta(), finish_reason="stop")
+        except Exception as e:
+            yield sse({"error": {"code": "generation_failed", "message": error_message(e)}})
+        yield "data: [DONE]\n\n"
+
+    def _chunk(self, delta: Delta, **fields: Any) -> str:
+        finish = fields.pop("finish_reason", None)
+        chunk = ChatCompletionChunk(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+            **fields,
+        )
+        data = chunk.model_dump(mode="json")
+        # Like OpenAI: a delta carries only what it has; absent extras are left out.
+        data["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
+        for key in ("usage", "sources"):
+            if data[key] is None:
+                del data[key]
+        return sse(data)
+
+    def _sources(self, events: list[Event]) -> list[Source] | None:
+        if not self.with_sources:
+            return None
+        found = next((e for e in events if isinstance(e, SourcesEvent)), SourcesEvent([]))
+        return [Source.model_validate(s.to_json()) for s in found.sources]

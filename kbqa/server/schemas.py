@@ -1,0 +1,341 @@
+"""Request and response bodies of every route (DESIGN.md's HTTP contract), in one place.
+
+Requests ignore fields they do not know (clients written for other servers send extras) but
+check the types and ranges of those they do; a KB name is validated where it is parsed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from storage.errors import InvalidKBName
+from storage.names import validate_kb_name
+
+MAX_KBS_PER_REQUEST = 16
+MAX_HISTORY_TURNS = 100
+MAX_TEXT_CHARS = 200_000
+"""A question or message longer than this is never a real one; the chain refuses shorter ones
+that do not fit the model's context with a 413 of its own."""
+
+
+def _kb_name(value: str) -> str:
+    try:
+        return validate_kb_name(value)
+    except InvalidKBName as e:
+        raise ValueError(str(e)) from None
+
+
+KbName = Annotated[str, AfterValidator(_kb_name)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Question = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+History = Annotated[list[tuple[Text, Text]], Field(max_length=MAX_HISTORY_TURNS)]
+TopK = Annotated[int, Field(ge=1, le=100)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Open(BaseModel):
+    """A response that passes on fields added by lower layers."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# -- /v1/ask ---------------------------------------------------------------------------------
+
+
+class AskRequest(_Request):
+    question: Question
+    kb: KbName | Annotated[list[KbName], Field(min_length=1, max_length=MAX_KBS_PER_REQUEST)] = (
+        "default"
+    )
+    top_k: TopK | None = None
+    history: History = []
+    stream: bool = False
+
+    @property
+    def kbs(self) -> list[str]:
+        return [self.kb] if isinstance(self.kb, str) else list(dict.fromkeys(self.kb))
+
+
+class Source(_Open):
+    index: int
+    chunk_id: str
+    doc_id: str
+    source: str
+    page: int | None = None
+    heading: str | None = None
+    text: str
+    score: float
+
+
+class Timings(_Open):
+    retrieval_ms: float | None = None
+    first_token_ms: float | None = None
+    total_ms: float | None = None
+    tokens_per_s: float | None = None
+
+
+class AskResponse(_Open):
+    answer: str
+    refused: bool
+    sources: list[Source]
+    timings: Timings
+
+
+# -- POST / (ChatGLM2 api.py) ----------------------------------------------------------------
+
+
+class ChatGLMRequest(_Request):
+    prompt: Question
+    history: History | None = None
+    max_length: Annotated[int, Field(ge=1)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=10.0)] | None = None
+
+
+class ChatGLMResponse(BaseModel):
+    response: str
+    history: list[tuple[str, str]]
+    status: int = 200
+    time: str = Field(description="Local time of the answer, YYYY-mm-dd HH:MM:SS")
+
+
+# -- OpenAI-compatible ------------------------------------------------------------------------
+
+
+class ContentPart(_Request):
+    type: str
+    text: Text | None = None
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | list[ContentPart] | None = None
+
+    @property
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Request):
+    model: Annotated[str, Field(min_length=1, max_length=200)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=2 * MAX_HISTORY_TURNS)]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
+    n: Annotated[int, Field(ge=1, le=1, description="Only one choice is generated")] | None = None
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"] = "stop"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None
+    sources: list[Source] | None = Field(
+        default=None, description="The chunks the answer was generated from (KB models only)"
+    )
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    sources: list[Source] | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "kbqa"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# -- knowledge bases, documents, jobs ---------------------------------------------------------
+
+
+class KbInfo(_Open):
+    name: str
+    backend: str
+    embedding: str
+    documents: int
+    chunks: int
+    created_at: str
+    error: str | None = None
+    """Set when the KB is damaged and could not be read."""
+
+
+class KbList(BaseModel):
+    kbs: list[KbInfo]
+
+
+class KbCreate(_Request):
+    name: KbName
+    embedding: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+    backend: Literal["faiss", "milvus"] | None = None
+
+
+class KbDeleted(BaseModel):
+    deleted: str
+
+
+class SearchRequest(_Request):
+    query: Question
+    top_k: TopK = 5
+
+
+class SearchHit(BaseModel):
+    chunk_id: str
+    doc_id: str
+    text: str
+    source: str
+    page: int | None
+    heading: str | None
+    score: float
+
+
+class SearchResponse(BaseModel):
+    query: str
+    results: list[SearchHit]
+
+
+class Document(BaseModel):
+    doc_id: str
+    source: str
+    chunks: int
+
+
+class DocumentList(BaseModel):
+    documents: list[Document]
+
+
+class DocumentRemoved(BaseModel):
+    removed: str
+
+
+class JobCreated(BaseModel):
+    job_id: str
+
+
+class FileFailure(BaseModel):
+    path: str
+    error: str
+
+
+class FileSkipped(BaseModel):
+    path: str
+    reason: str
+
+
+class IngestResult(_Open):
+    """The JSON of `kbqa ingest --json`."""
+
+    kb: str
+    added: int
+    updated: int
+    unchanged: int
+    removed: int
+    failed: list[FileFailure]
+    skipped: list[FileSkipped]
+    chunks: int
+    seconds: float
+
+
+class JobProgress(BaseModel):
+    files_total: int
+    files_done: int
+    chunks: int
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    kb: str
+    state: Literal["queued", "running", "done", "failed"]
+    files: list[str]
+    progress: JobProgress
+    result: IngestResult | None
+    error: str | None
+
+
+# -- health -----------------------------------------------------------------------------------
+
+
+class QueueStatus(BaseModel):
+    running: int
+    waiting: int
+    concurrency: int
+    queue_size: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: str
+    queue: QueueStatus
+
+
+def as_json(value: Any) -> Any:
+    """A pydantic model's JSON-ready dict (None stays None)."""
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
