@@ -26,9 +26,17 @@ import numpy as np
 
 from storage import db, rows
 from storage.check import check_kb
+from storage.dense import DenseCache
 from storage.errors import EmbeddingMismatch, KBDamaged, KBExists, KBNotFound, StorageError
 from storage.index_cache import IndexCache
 from storage.lock import WriteLock
+from storage.milvus_client import default_uri, new_collection_name
+from storage.milvus_index import (
+    META_KEY,
+    MilvusVectors,
+    create_kb_collection,
+    drop_kb_collection,
+)
 from storage.names import validate_kb_name
 from storage.search import hybrid_search
 from storage.types import ChunkRecord, DocumentInfo, DocumentUpsert, KBInfo, SearchHit, Vectors
@@ -38,12 +46,18 @@ LOCK_FILE = ".lock"
 # Hidden work directories of create/delete; ones this old were left by a killed process.
 _LEFTOVER_PATTERNS = (".creating-*", ".deleting-*")
 _LEFTOVER_AGE_SECONDS = 3600
-BACKENDS = ("faiss",)
+BACKENDS = ("faiss", "milvus")
 
 
 class KnowledgeBase:
     def __init__(
-        self, path: Path, conn: sqlite3.Connection, meta: dict[str, str], index: str, threshold: int
+        self,
+        path: Path,
+        conn: sqlite3.Connection,
+        meta: dict[str, str],
+        index: str,
+        threshold: int,
+        milvus_uri: str,
     ) -> None:
         self.name = path.name
         self.path = path
@@ -53,7 +67,7 @@ class KnowledgeBase:
         # One connection and one cached index per object; the mutex lets threads share it.
         self._mutex = threading.RLock()
         self._lock = WriteLock(path / LOCK_FILE, f"knowledge base {self.name}")
-        self._index = IndexCache(path, self._dim, index, threshold, self._lock)
+        self._index = _dense_cache(path, meta, self._lock, index, threshold, milvus_uri)
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -69,10 +83,14 @@ class KnowledgeBase:
         backend: str = "faiss",
         index: str = "auto",
         approximate_threshold: int = 200_000,
+        milvus_uri: str | None = None,
     ) -> KnowledgeBase:
+        """`milvus_uri`: Milvus server or Milvus Lite file; None = `<kbs_dir>/../milvus.db`."""
         name = validate_kb_name(name)
         if backend not in BACKENDS:
-            raise StorageError(f"unsupported storage backend {backend!r} (available: faiss)")
+            raise StorageError(
+                f"unsupported storage backend {backend!r} (available: {', '.join(BACKENDS)})"
+            )
         if dim <= 0:
             raise StorageError(f"embedding dimension must be positive, got {dim}")
         resolve_kind(index, 0, approximate_threshold)
@@ -95,26 +113,45 @@ class KnowledgeBase:
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "generation": "0",
             }
+            if backend == "milvus":
+                meta[META_KEY] = new_collection_name(name)
             conn = db.connect(staging / db.DB_FILE, create=True)
             try:
                 db.create_schema(conn, meta)
             finally:
                 conn.close()
-            empty = VectorIndex.build(
-                "flat", dim, np.empty(0, np.int64), np.empty((0, dim), np.float32)
-            )
-            write_index(staging, 0, empty)
+            milvus_uri = milvus_uri or default_uri(kbs_dir)
+            if backend == "milvus":  # fails here, leaving nothing behind, if Milvus is down
+                create_kb_collection(staging, milvus_uri, index, approximate_threshold)
+            else:
+                empty = VectorIndex.build(
+                    "flat", dim, np.empty(0, np.int64), np.empty((0, dim), np.float32)
+                )
+                write_index(staging, 0, empty)
             try:
                 os.rename(staging, target)
             except OSError as exc:
+                drop_kb_collection(staging, milvus_uri)
                 raise KBExists(f"knowledge base {name} already exists") from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return cls.open(kbs_dir, name, index=index, approximate_threshold=approximate_threshold)
+        return cls.open(
+            kbs_dir,
+            name,
+            index=index,
+            approximate_threshold=approximate_threshold,
+            milvus_uri=milvus_uri,
+        )
 
     @classmethod
     def open(
-        cls, kbs_dir: Path, name: str, *, index: str = "auto", approximate_threshold: int = 200_000
+        cls,
+        kbs_dir: Path,
+        name: str,
+        *,
+        index: str = "auto",
+        approximate_threshold: int = 200_000,
+        milvus_uri: str | None = None,
     ) -> KnowledgeBase:
         name = validate_kb_name(name)
         path = kbs_dir / name
@@ -135,7 +172,12 @@ class KnowledgeBase:
         if problems:
             conn.close()
             raise KBDamaged(f"knowledge base {name} is damaged: {'; '.join(problems)}")
-        return cls(path, conn, meta, index, approximate_threshold)
+        try:
+            uri = milvus_uri or default_uri(kbs_dir)
+            return cls(path, conn, meta, index, approximate_threshold, uri)
+        except BaseException:
+            conn.close()
+            raise
 
     @staticmethod
     def list_names(kbs_dir: Path) -> list[str]:
@@ -150,23 +192,27 @@ class KnowledgeBase:
         return sorted(names)
 
     @staticmethod
-    def delete(kbs_dir: Path, name: str) -> None:
-        """Delete a KB; KBBusy if an ingest holds its lock. Atomic: a rename, then cleanup."""
+    def delete(kbs_dir: Path, name: str, *, milvus_uri: str | None = None) -> None:
+        """Delete a KB; KBBusy if an ingest holds its lock. Atomic: a rename, then cleanup.
+
+        A milvus KB's collection is dropped first: if Milvus cannot be reached, the KB stays.
+        """
         name = validate_kb_name(name)
         path = kbs_dir / name
         if not path.is_dir():
             raise KBNotFound(f"knowledge base {name} does not exist")
         doomed = kbs_dir / f".deleting-{uuid.uuid4().hex}"
         with WriteLock(path / LOCK_FILE, f"knowledge base {name}").hold(timeout=0):
+            drop_kb_collection(path, milvus_uri or default_uri(kbs_dir))
             os.rename(path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
         _sweep_leftovers(kbs_dir)
 
     @staticmethod
-    def diagnose(kbs_dir: Path, name: str) -> list[str]:
+    def diagnose(kbs_dir: Path, name: str, *, milvus_uri: str | None = None) -> list[str]:
         """`check()` of a KB by name, with a KB that cannot even be opened reported as a problem."""
         try:
-            kb = KnowledgeBase.open(kbs_dir, name)
+            kb = KnowledgeBase.open(kbs_dir, name, milvus_uri=milvus_uri)
         except KBDamaged as exc:
             return [str(exc)]
         with kb:
@@ -295,7 +341,10 @@ class KnowledgeBase:
         """[] when healthy, else one line per problem."""
         with self._mutex:
             self._ensure_open()
-            return check_kb(self._conn, self.path)
+            problems = check_kb(self._conn, self.path)
+            if isinstance(self._index, MilvusVectors):
+                problems += self._index.check(self._conn)
+            return problems
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -377,6 +426,18 @@ class KnowledgeBase:
             )
         norm = float(np.linalg.norm(query))
         return query / norm if norm > 0 else query
+
+
+def _dense_cache(
+    path: Path, meta: dict[str, str], lock: WriteLock, index: str, threshold: int, milvus_uri: str
+) -> DenseCache:
+    """The KB's vector backend: a FAISS file cache, or a Milvus collection (milvus KBs)."""
+    dim = int(meta["dim"])
+    if meta["backend"] != "milvus":
+        return IndexCache(path, dim, index, threshold, lock)
+    if not meta.get(META_KEY):
+        raise KBDamaged(f"knowledge base {path.name} is damaged: meta key {META_KEY!r} is missing")
+    return MilvusVectors(path, milvus_uri, meta[META_KEY], dim, index, threshold, lock)
 
 
 @contextmanager

@@ -1,7 +1,9 @@
 """Hybrid search over one KB snapshot: dense k-NN + BM25 keyword search, fused.
 
 Runs inside the caller's read transaction, with the FAISS index that matches its generation,
-so the ids FAISS returns always resolve to the rows of that same snapshot.
+so the ids FAISS returns always resolve to the rows of that same snapshot. A Milvus collection
+may be a little ahead of the snapshot (another process is writing); ids it returns that the
+snapshot lacks are skipped.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from storage.dense import DenseIndex
 from storage.fusion import dense_weight_for, fuse
 from storage.keyword import fts_match_expression
 from storage.rows import IN_JSON, load_chunks
 from storage.types import SearchHit, Vectors
-from storage.vector_index import VectorIndex
 
 # Chunks of the documents a `sources` list names, by relative source or by absolute path.
 _SOURCE_FILTER = (
@@ -45,7 +47,7 @@ def keyword_search(
 
 def hybrid_search(
     conn: sqlite3.Connection,
-    index: VectorIndex,
+    index: DenseIndex,
     query: Vectors,
     query_text: str,
     k: int,
@@ -67,7 +69,7 @@ def hybrid_search(
         allowed = np.fromiter((rowid for (rowid,) in rows), dtype=np.int64)
         if len(allowed) == 0:
             return []
-    dense = index.search(query, n, allowed)
+    dense = index.search(query, n, allowed, sources)
     keyword = keyword_search(conn, query_text, n, sources)
     weight = dense_weight_for(query_text) if dense_weight is None else dense_weight
     fused = fuse(dense, keyword, dense_weight=weight, keyword_weight=keyword_weight)[:k]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,8 +91,18 @@ class VectorIndex:
     def reconstruct(self, ids: Ids) -> Vectors:
         return np.asarray(self._index.reconstruct_batch(ids), dtype=np.float32)
 
-    def search(self, query: Vectors, n: int, allowed: Ids | None = None) -> list[tuple[int, float]]:
-        """Top `n` (id, inner product) for one query [dim], optionally only among `allowed` ids."""
+    def search(
+        self,
+        query: Vectors,
+        n: int,
+        allowed: Ids | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> list[tuple[int, float]]:
+        """Top `n` (id, inner product) for one query [dim], optionally only among `allowed` ids.
+
+        `sources`, which `allowed` was resolved from, is for indexes that store them (Milvus).
+        """
+        del sources
         if n <= 0 or self.ntotal == 0 or (allowed is not None and len(allowed) == 0):
             return []
         query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)  # [1, dim]
