@@ -1,0 +1,435 @@
+"""Continuous batching: concurrent generations share every forward pass of one model.
+
+A `BatchEngine` owns a `SlotCache` of max_batch rows × max_seq positions (its memory bound)
+and a loop, on a background thread, that repeats one step:
+
+1. cancelled requests leave; if a row is free, the oldest waiting request starts its prefill;
+2. the request in prefill runs one chunk of its prompt (`prefill_chunk` tokens while others
+   are decoding, so their streams keep flowing; the whole prompt when none is); after its last
+   chunk it samples its first token and joins the decoding rows;
+3. all decoding rows run one token together (`DecodeStep`: a CUDA graph on CUDA), each samples
+   with its own settings, and those that finish (a stop id, max_new_tokens, cancel) leave.
+
+Decoding sequences always occupy cache rows 0..n-1 (row i is batch element i): one that
+leaves is replaced by the last, whose cache row is copied over (tens of µs on a GPU), so a
+step attends over a contiguous block of rows. Requests that find every row taken wait in FIFO
+order; admission control (refusing when too many wait) belongs to the caller.
+
+Each `Request` is a thread-safe token stream: iterate it from any thread, or pass `on_token`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from kbqa.chatglm.batched import DecodeStep, SlotCache, prefill
+from kbqa.chatglm.model import ChatGLM2
+from kbqa.chatglm.sampling import SamplingParams, sample_rows
+
+log = logging.getLogger("kbqa.chatglm")
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+Cancel = threading.Event | Callable[[], bool]
+
+
+class Request:
+    """One submitted generation: iterate it for the new token ids (one consumer).
+
+    Ends on a stop id (not yielded; reason "stop"), after max_new_tokens ("length"), when
+    cancelled ("cancelled"), or on an engine error, which iteration re-raises ("error").
+    Leaving an iteration early cancels the request.
+    """
+
+    def __init__(
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        params: SamplingParams,
+        stop_ids: frozenset[int],
+        cancel: Cancel | None,
+        on_token: Callable[[int], None] | None,
+    ) -> None:
+        self.prompt = prompt
+        self.max_new_tokens = max_new_tokens
+        self.params = params
+        self.stop_ids = stop_ids
+        self.tokens: list[int] = []
+        self.token_times: list[float] = []  # time.perf_counter() at which each token came out
+        self.submitted_at = time.perf_counter()
+        self.finish_reason: FinishReason | None = None
+        self.error: BaseException | None = None
+        self._user_cancel = cancel
+        self._on_token = on_token
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        self._items: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        if self._cancel.is_set():
+            return True
+        user = self._user_cancel
+        if user is None:
+            return False
+        return user.is_set() if isinstance(user, threading.Event) else bool(user())
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def __iter__(self) -> Iterator[int]:
+        try:
+            while (item := self._items.get()) is not None:
+                yield item
+        finally:
+            if not self.done:
+                self.cancel()  # the consumer stopped listening
+        if self.error is not None:
+            raise self.error
+
+    def result(self, timeout: float | None = None) -> list[int]:
+        """Wait for the end and return all new tokens (re-raises an engine error)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError("generation did not finish in time")
+        if self.error is not None:
+            raise self.error
+        return list(self.tokens)
+
+    # -- called by the engine thread --
+
+    def _emit(self, token: int) -> None:
+        self.tokens.append(token)
+        self.token_times.append(time.perf_counter())
+        self._items.put(token)
+        if self._on_token is not None:
+            self._on_token(token)
+
+    def _finish(self, reason: FinishReason, error: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.finish_reason = reason
+        self.error = error
+        self._items.put(None)
+        self._done.set()
+
+
+@dataclass
+class _Seq:
+    """A request holding a cache row: prefilling (done < prompt length) or decoding."""
+
+    request: Request
+    row: int
+    generator: torch.Generator | None
+    done: int = 0  # prompt tokens in the cache
+    length: int = 0  # positions in the cache (prompt, then fed-back tokens)
+    next_token: int = 0  # sampled, not yet in the cache
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    decode_steps: int = 0
+    decode_tokens: int = 0  # tokens produced by decode steps (prefill's first tokens apart)
+    prefill_tokens: int = 0
+    max_running: int = 0
+
+
+class BatchEngine:
+    """Continuous batching over one ChatGLM2. `start()` runs the loop on a thread (or drive it
+    with `step()`); `close()` stops it and cancels what is left. Use one engine per model."""
+
+    def __init__(
+        self,
+        model: ChatGLM2,
+        *,
+        max_batch: int = 16,
+        max_seq: int = 2048,
+        prefill_chunk: int = 512,
+        cuda_graphs: bool | None = None,
+    ) -> None:
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be positive, got {prefill_chunk}")
+        self.model = model
+        self.max_batch = max_batch
+        self.max_seq = max_seq
+        self.prefill_chunk = prefill_chunk
+        self.cache = SlotCache(model, max_batch, max_seq)
+        self.decoder = DecodeStep(model, self.cache, cuda_graphs)
+        self.stats = EngineStats()
+        self._waiting: deque[Request] = deque()
+        self._wake = threading.Condition()
+        self._running: list[_Seq] = []  # _running[i].row == i
+        self._prefilling: _Seq | None = None
+        self._seen: Tensor | None = None  # [max_batch, V] bool, for repetition penalties
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- the public side (any thread) --
+
+    def submit(
+        self,
+        prompt: Sequence[int],
+        *,
+        max_new_tokens: int = 256,
+        params: SamplingParams | None = None,
+        stop_ids: Iterable[int] | None = None,
+        cancel: Cancel | None = None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Request:
+        """Queue a generation. stop_ids defaults to the config's eos; max_new_tokens is capped
+        by max_seq. Raises ValueError for a prompt that cannot fit."""
+        ids = [int(i) for i in prompt]
+        vocab = self.model.config.padded_vocab_size
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise ValueError(f"token ids must be in [0, {vocab})")
+        if len(ids) >= self.max_seq:
+            raise ValueError(
+                f"prompt of {len(ids)} tokens leaves no room in the engine's max_seq {self.max_seq}"
+            )
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        stops = frozenset(stop_ids if stop_ids is not None else [self.model.config.eos_token_id])
+        request = Request(
+            ids,
+            min(max_new_tokens, self.max_seq - len(ids)),
+            params or SamplingParams(),
+            stops,
+            cancel,
+            on_token,
+        )
+        if request.max_new_tokens == 0:
+            request._finish("length")
+            return request
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the batching engine is closed")
+            self._waiting.append(request)
+            self._wake.notify()
+        return request
+
+    def start(self) -> BatchEngine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="kbqa-batching", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the loop (after its current step) and cancel every unfinished request."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        for seq in [*self._running, *([self._prefilling] if self._prefilling else [])]:
+            seq.request._finish("cancelled")
+        self._running, self._prefilling = [], None
+        with self._wake:
+            while self._waiting:
+                self._waiting.popleft()._finish("cancelled")
+
+    def __enter__(self) -> BatchEngine:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting) + (self._prefilling is not None)
+
+    # -- the engine thread --
+
+    def _loop(self) -> None:
+        if self.model.device.type == "cuda":
+            torch.cuda.set_device(self.model.device)
+        while True:
+            with self._wake:
+                while not self._closed and not self._has_work():
+                    self._wake.wait()
+                if self._closed:
+                    return
+            try:
+                self.step()
+            except Exception as e:  # a bug, not a request's fault: fail what runs, go on
+                log.exception("batching step failed")
+                self._fail_all(e)
+
+    def _fail_all(self, error: Exception) -> None:
+        for seq in [*self._running, *([self._prefilling] if self._prefilling else [])]:
+            seq.request._finish("error", error)
+        self._running, self._prefilling = [], None
+
+    def _has_work(self) -> bool:
+        return bool(self._waiting or self._running or self._prefilling)
+
+    def step(self) -> bool:
+        """One scheduling step; False when there was nothing to do."""
+        self._drop_cancelled()
+        if self._prefilling is None and len(self._running) < self.max_batch:
+            self._admit()
+        if self._prefilling is None and not self._running:
+            return False
+        self.stats.steps += 1
+        with torch.no_grad():
+            if self._prefilling is not None:
+                seq = self._prefilling
+                try:
+                    self._prefill(seq)
+                except Exception as e:  # only this request fails (too long for memory, say)
+                    log.exception("prefill failed")
+                    self._prefilling = None
+                    seq.request._finish("error", e)
+            if self._running:
+                try:
+                    self._decode()
+                except Exception as e:
+                    log.exception("decode step failed")
+                    for seq in self._running:
+                        seq.request._finish("error", e)
+                    self._running = []
+        return True
+
+    def _drop_cancelled(self) -> None:
+        if self._prefilling is not None and self._prefilling.request.cancelled:
+            self._prefilling.request._finish("cancelled")
+            self._prefilling = None
+        gone = [s for s in self._running if s.request.cancelled]
+        for seq in gone:
+            seq.request._finish("cancelled")
+        if gone:
+            self._retire(gone)
+        with self._wake:
+            if any(r.cancelled for r in self._waiting):
+                for r in [r for r in self._waiting if r.cancelled]:
+                    self._waiting.remove(r)
+                    r._finish("cancelled")
+
+    def _admit(self) -> None:
+        with self._wake:
+            if not self._waiting:
+                return
+            request = self._waiting.popleft()
+        generator = None
+        if request.params.seed is not None:
+            generator = torch.Generator(device=self.model.device)
+            generator.manual_seed(request.params.seed)
+        # Rows 0..n-1 decode; row n is free whenever no prefill holds it.
+        self._prefilling = _Seq(request, len(self._running), generator)
+
+    def _prefill(self, seq: _Seq) -> None:
+        prompt = seq.request.prompt
+        remaining = len(prompt) - seq.done
+        n = min(remaining, self.prefill_chunk) if self._running else remaining
+        last = n == remaining
+        ids = torch.tensor(prompt[seq.done : seq.done + n], device=self.model.device)
+        logits = prefill(self.model, self.cache, ids, seq.done, seq.row, logits=last)
+        seq.done += n
+        seq.length = seq.done
+        self.stats.prefill_tokens += n
+        if logits is None:
+            return
+        self._prefilling = None
+        if seq.request.params.repetition_penalty != 1.0:
+            seen = self._seen_rows()
+            seen[seq.row] = False
+            seen[seq.row, torch.tensor(prompt, device=seen.device)] = True
+        seen_row = self._seen[seq.row : seq.row + 1] if self._seen is not None else None
+        token = sample_rows(logits.unsqueeze(0), [seq.request.params], seen_row, [seq.generator])
+        if not self._accept(seq, int(token[0])):
+            return
+        row = len(self._running)
+        if seq.row != row:  # decoders left while it prefilled: move it next to them
+            self._move(seq, row)
+        self._running.append(seq)
+        self.stats.max_running = max(self.stats.max_running, len(self._running))
+
+    def _decode(self) -> None:
+        seqs = self._running
+        logits = self.decoder([s.next_token for s in seqs], [s.length for s in seqs])  # [n, V]
+        params = [s.request.params for s in seqs]
+        seen = self._seen[: len(seqs)] if self._seen is not None else None
+        tokens = sample_rows(logits, params, seen, [s.generator for s in seqs])  # [n]
+        self.stats.decode_steps += 1
+        self.stats.decode_tokens += len(seqs)
+        finished = [s for s, t in zip(seqs, tokens.tolist(), strict=True) if not self._fed(s, t)]
+        if finished:
+            self._retire(finished)
+
+    def _fed(self, seq: _Seq, token: int) -> bool:
+        seq.length += 1  # next_token is now in the cache
+        return self._accept(seq, token)
+
+    def _accept(self, seq: _Seq, token: int) -> bool:
+        """Hand a sampled token to its request; False when the request is now finished."""
+        request = seq.request
+        if token in request.stop_ids:
+            request._finish("stop")
+            return False
+        request._emit(token)
+        seq.next_token = token
+        if len(request.tokens) >= request.max_new_tokens:
+            request._finish("length")
+            return False
+        if request.params.repetition_penalty != 1.0:
+            self._seen_rows()[seq.row, token] = True
+        return True
+
+    def _retire(self, leaving: list[_Seq]) -> None:
+        """Remove sequences from the decoding rows, moving the last rows into the holes."""
+        gone = {id(s) for s in leaving}
+        survivors = [s for s in self._running if id(s) not in gone]
+        n = len(survivors)
+        holes = sorted(s.row for s in leaving if s.row < n)
+        movers = [s for s in survivors if s.row >= n]
+        for hole, seq in zip(holes, movers, strict=True):
+            self._move(seq, hole)
+        self._running = sorted(survivors, key=lambda s: s.row)
+
+    def _move(self, seq: _Seq, row: int) -> None:
+        self.cache.move(seq.row, row, seq.length)
+        if self._seen is not None:
+            self._seen[row] = self._seen[seq.row]
+        seq.row = row
+
+    def _seen_rows(self) -> Tensor:
+        if self._seen is None:
+            vocab = self.model.config.padded_vocab_size
+            self._seen = torch.zeros(
+                self.max_batch, vocab, dtype=torch.bool, device=self.model.device
+            )
+        return self._seen
+
+
+def wait_all(requests: Iterable[Request], timeout: float | None = None) -> None:
+    """Block until every request has finished (errors are left on the requests)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for request in requests:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        with contextlib.suppress(Exception):
+            request.result(left)
