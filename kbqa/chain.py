@@ -86,9 +86,11 @@ class QAChain:
 
         return cls(settings, build_chat_model(settings), Retriever(settings))
 
-    def warm_up(self) -> None:
-        """Load the model now (it loads on the first question otherwise, inside its timings)."""
+    def warm_up(self, kbs: Sequence[str] = ()) -> None:
+        """Load the model, and open `kbs` with their embedding models, now rather than inside
+        the first answer's timings. Unknown or invalid KB names raise here."""
         self.budget()
+        self.retriever.warm_up(kbs)
 
     # -- public API ------------------------------------------------------------------------
 

@@ -12,10 +12,10 @@ import threading
 from collections.abc import Sequence
 
 from kbqa.errors import ConfigError, NotFound, UsageError
-from kbqa.relevance import dense_weight, relevance_of, with_relevance
+from kbqa.relevance import dense_weight, query_terms, relevance_of, with_relevance
 from kbqa.rerank import rerank_hits
 from kbqa.settings import Settings
-from storage.embeddings import EmbeddingUnavailable, get_embedder
+from storage.embeddings import Embedder, EmbeddingUnavailable, get_embedder
 from storage.errors import InvalidKBName, KBNotFound, StorageError
 from storage.kb import KnowledgeBase
 from storage.names import validate_kb_name
@@ -85,13 +85,21 @@ class Retriever:
             self._kbs[name] = kb
             return kb
 
-    def _embed(self, model: str, kb_name: str, text: str) -> Vectors:
+    def warm_up(self, kbs: Sequence[str]) -> None:
+        """Open `kbs` and load their embedding models and the Chinese segmenter."""
+        for name in self.check_names(kbs) if kbs else []:
+            self._embedder(self._open(name).info().embedding, name)
+        query_terms("预热 warm-up")
+
+    def _embedder(self, model: str, kb_name: str) -> Embedder:
         embedding = self.settings.embedding
         try:
-            embedder = get_embedder(model, embedding.device, embedding.batch_size)
+            return get_embedder(model, embedding.device, embedding.batch_size)
         except EmbeddingUnavailable as e:
             raise ConfigError(f"knowledge base {kb_name}: {e}") from None
-        return embedder.embed_query(text)
+
+    def _embed(self, model: str, kb_name: str, text: str) -> Vectors:
+        return self._embedder(model, kb_name).embed_query(text)
 
     def search(
         self, query: str, kbs: Sequence[str], k: int, *, focus: str | None = None

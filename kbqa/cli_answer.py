@@ -1,0 +1,318 @@
+"""`kbqa ask` and `kbqa chat`: thin terminal front ends over kbqa.chain.QAChain.
+
+The answer streams to stdout as it is generated, then its sources; rich styling on a
+terminal, plain text when piped. Errors are one line on stderr: exit 2 for usage and
+configuration errors, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from kbqa.cli_common import (
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    ConfigOption,
+    HomeOption,
+    JsonOption,
+    KbsOption,
+    fail,
+    print_json,
+    settings_for,
+    stderr,
+    stdout,
+    user_errors,
+)
+from kbqa.settings import Settings
+
+if TYPE_CHECKING:
+    from kbqa.answer import Answer, Source
+    from kbqa.chain import QAChain
+
+TopKOption = Annotated[
+    int | None,
+    typer.Option(
+        "-k", "--top-k", min=1, max=100, help="Chunks to retrieve (default retrieval.top_k)."
+    ),
+]
+CHAT_HELP = (
+    "kbqa chat — 输入问题开始对话；clear 清空历史，Ctrl-C 停止当前回答，exit 退出。\n"
+    "Type a question; `clear` resets the history, Ctrl-C stops the answer, `exit` quits."
+)
+
+
+@contextmanager
+def answer_errors() -> Iterator[None]:
+    """user_errors() plus the answering path's own errors, each as one line on stderr."""
+    from kbqa.errors import KBQAError
+    from kbqa.llm.errors import LLMUnavailable
+
+    with user_errors():
+        try:
+            yield
+        except (typer.Exit, KeyboardInterrupt):
+            raise
+        except KBQAError as e:
+            raise fail(str(e), e.exit_code) from None
+        except LLMUnavailable as e:
+            raise fail(str(e), EXIT_USAGE) from None
+        except Exception as e:  # a bug: still one line, never a traceback (DESIGN.md)
+            raise fail(f"unexpected {type(e).__name__}: {e}", EXIT_PARTIAL) from None
+
+
+def _settings(
+    get_settings: Callable[[], Settings], home: Path | None, config: Path | None
+) -> Settings:
+    return settings_for(home, config) if home or config else get_settings()
+
+
+def _chain(settings: Settings, kbs: list[str]) -> QAChain:
+    from kbqa.chain import QAChain
+
+    chain = QAChain.from_settings(settings)
+    if stderr.is_terminal:
+        with stderr.status("loading the models…"):
+            chain.warm_up(kbs)
+    else:
+        chain.warm_up(kbs)
+    return chain
+
+
+def read_history(path: Path) -> Any:
+    """The JSON in a --history file ([[question, answer], …]; the chain checks the shape)."""
+    from kbqa.errors import UsageError
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read history file {path}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"history file {path} is not JSON: {e}") from None
+
+
+def read_questions(path: Path) -> list[dict[str, Any]]:
+    """JSON lines of {"question", "history"?}, all checked before any model loads."""
+    from kbqa.errors import UsageError
+    from kbqa.prompting import check_history
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read questions file {path}: {e}") from None
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path} line {number} is not JSON: {e}") from None
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+            raise UsageError(f'{path} line {number} is not an object with a "question" string')
+        try:
+            check_history(item.get("history"))
+        except UsageError as e:
+            raise UsageError(f"{path} line {number}: {e}") from None
+        items.append(item)
+    if not items:
+        raise UsageError(f"questions file {path} holds no questions")
+    return items
+
+
+def print_sources(sources: list[Source]) -> None:
+    if not sources:
+        return
+    stdout.print()
+    stdout.print("Sources:", style="bold")
+    for s in sources:
+        where = s.source + (f" › {s.heading}" if s.heading else "")
+        where += f" (p. {s.page})" if s.page is not None else ""
+        kb = f" [{s.kb}]" if s.kb else ""
+        stdout.print(f"[{s.index}] {where}{kb}  {s.score:.2f}", style="dim", markup=False)
+
+
+def stream_answer(
+    chain: QAChain,
+    question: str,
+    kbs: list[str],
+    history: Any,
+    top_k: int | None,
+    cancel: threading.Event | None = None,
+) -> Answer:
+    """Print the answer as it is generated, then its sources; return it."""
+    from kbqa.answer import Answer, DoneEvent, SourcesEvent, TokenEvent
+
+    sources: list[Source] = []
+    for event in chain.stream(question, kbs, history, top_k, cancel):
+        if isinstance(event, SourcesEvent):
+            sources = event.sources
+        elif isinstance(event, TokenEvent):
+            stdout.print(event.text, end="", markup=False, highlight=False)
+        elif isinstance(event, DoneEvent):
+            if event.cancelled:
+                stdout.print(" [stopped]", style="yellow", end="", markup=False)
+            stdout.print()
+            print_sources(sources)
+            return Answer(event.answer, event.refused, sources, event.timings)
+    raise RuntimeError("the answer stream ended without a DoneEvent")
+
+
+def ask_command(
+    get_settings: Callable[[], Settings],
+    question: str | None,
+    kb: list[str] | None,
+    history: Path | None,
+    questions: Path | None,
+    json_out: bool,
+    top_k: int | None,
+    home: Path | None,
+    config: Path | None,
+) -> None:
+    if (question is None) == (questions is None):
+        raise fail("give either a QUESTION or --questions FILE")
+    kbs = kb or ["default"]
+    failed = False
+    with answer_errors():
+        settings = _settings(get_settings, home, config)
+        if questions is not None:
+            if history is not None:
+                raise fail('--history does not combine with --questions (give "history" per line)')
+            items = read_questions(questions)
+            chain = _chain(settings, kbs)
+            for item in items:
+                failed |= not _answer_line(chain, item, kbs, top_k)
+        else:
+            past = read_history(history) if history is not None else None
+            chain = _chain(settings, kbs)
+            if json_out:
+                print_json(chain.ask(question or "", kbs, past, top_k).to_json())
+            else:
+                stream_answer(chain, question or "", kbs, past, top_k)
+    if failed:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _answer_line(chain: QAChain, item: dict[str, Any], kbs: list[str], top_k: int | None) -> bool:
+    """One --questions line → one JSON line; an error becomes {"question","error"}."""
+    from kbqa.errors import UsageError
+
+    try:
+        answer = chain.ask(item["question"], kbs, item.get("history"), top_k)
+    except UsageError as e:  # this question is unusable (empty, too long); go on with the rest
+        print_json({"question": item["question"], "error": str(e)})
+        return False
+    print_json(answer.to_json())
+    return True
+
+
+@contextmanager
+def ctrl_c_sets(event: threading.Event) -> Iterator[None]:
+    """While inside, Ctrl-C sets `event` instead of raising KeyboardInterrupt."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        event.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def chat_command(
+    get_settings: Callable[[], Settings],
+    kb: list[str] | None,
+    top_k: int | None,
+    json_out: bool,
+    home: Path | None,
+    config: Path | None,
+) -> None:
+    from kbqa.errors import KBQAError
+    from kbqa.llm.errors import LLMUnavailable
+
+    kbs = kb or ["default"]
+    with answer_errors():
+        settings = _settings(get_settings, home, config)
+        chain = _chain(settings, kbs)
+    if not json_out:
+        stdout.print(CHAT_HELP, style="bold", markup=False)
+    history: list[list[str]] = []
+    while True:
+        try:
+            line = input("\n> " if sys.stdin.isatty() else "")
+        except EOFError:
+            break
+        except KeyboardInterrupt:  # at the prompt: nothing to stop
+            stdout.print("\n(type exit to quit)", style="dim", markup=False)
+            continue
+        command = line.strip()
+        if not command:
+            continue
+        if command.lower() in ("exit", "quit"):
+            break
+        if command.lower() == "clear":
+            history = []
+            if not json_out:
+                stdout.print("(history cleared / 对话历史已清空)", style="dim", markup=False)
+            continue
+        cancel = threading.Event()
+        try:
+            with ctrl_c_sets(cancel):
+                if json_out:
+                    answer = chain.ask(command, kbs, history, top_k, cancel)
+                    print_json(answer.to_json())
+                else:
+                    answer = stream_answer(chain, command, kbs, history, top_k, cancel)
+        except (KBQAError, LLMUnavailable) as e:  # this question failed; the session goes on
+            stderr.print(f"error: {e}", markup=False, highlight=False)
+            continue
+        history.append([command, answer.answer])
+
+
+def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
+    """Add `ask` and `chat` to the kbqa app; `get_settings` returns the validated settings."""
+
+    @app.command()
+    def ask(
+        question: Annotated[str | None, typer.Argument(help="The question.")] = None,
+        kb: KbsOption = None,
+        history: Annotated[
+            Path | None,
+            typer.Option(
+                "--history", help="JSON file of earlier turns, a list of (question, answer) pairs."
+            ),
+        ] = None,
+        questions: Annotated[
+            Path | None,
+            typer.Option(
+                "--questions", help='JSON lines {"question", "history"?}; one answer each.'
+            ),
+        ] = None,
+        json_out: JsonOption = False,
+        top_k: TopKOption = None,
+        home: HomeOption = None,
+        config: ConfigOption = None,
+    ) -> None:
+        """Answer a question from the knowledge base(s), citing the passages used."""
+        ask_command(get_settings, question, kb, history, questions, json_out, top_k, home, config)
+
+    @app.command()
+    def chat(
+        kb: KbsOption = None,
+        top_k: TopKOption = None,
+        json_out: JsonOption = False,
+        home: HomeOption = None,
+        config: ConfigOption = None,
+    ) -> None:
+        """Interactive question answering with history (clear, Ctrl-C, exit)."""
+        chat_command(get_settings, kb, top_k, json_out, home, config)
