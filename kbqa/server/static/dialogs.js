@@ -31,6 +31,12 @@ export function promptApiKey(refused) {
   });
 }
 
+// Cancel buttons are type="button": a submit button first in its form would be the one that
+// Enter in the key field presses.
+for (const button of document.querySelectorAll("dialog [data-dismiss]")) {
+  button.addEventListener("click", () => button.closest("dialog").close("cancel"));
+}
+
 function openModal(dialog, initialFocus) {
   return new Promise((resolve) => {
     const restore = document.activeElement;

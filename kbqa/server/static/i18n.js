@@ -42,8 +42,10 @@ const MESSAGES = {
     "manage.nameLong": "At most 64 characters.",
     "manage.nameDot": "A name must not start with a dot.",
     "manage.nameChars": "Only letters, digits, _ - . are allowed (found {chars}).",
+    "manage.creating": "Creating {name}…",
     "manage.created": "Created {name}.",
-    "manage.kbSummary": "{documents} documents · {chunks} chunks",
+    "manage.kbSummary":
+      "{documents} {documents:document|documents} · {chunks} {chunks:chunk|chunks}",
     "manage.kbDamaged": "damaged: {error}",
     "manage.noKbs": "No knowledge bases yet.",
     "manage.deleteKb": "Delete knowledge base {name}",
@@ -51,17 +53,17 @@ const MESSAGES = {
     "manage.docsIn": "Documents in {name}",
     "manage.pickKbFirst": "Create or pick a knowledge base first.",
     "manage.noDocs": "No documents yet. Upload some.",
-    "manage.chunks": "{chunks} chunks",
+    "manage.chunks": "{chunks} {chunks:chunk|chunks}",
     "manage.deleteDoc": "Delete {name}",
     "manage.delete": "Delete",
     "manage.drop": "Drop files here, or",
     "manage.choose": "Choose files",
     "manage.formats": "Supported: {formats}",
-    "manage.uploading": "Uploading {count} files… {percent}%",
+    "manage.uploading": "Uploading {count} {count:file|files}… {percent}%",
     "manage.queued": "Waiting to be ingested…",
-    "manage.ingesting": "Ingesting: {done} of {total} files, {chunks} chunks",
+    "manage.ingesting": "Ingesting: {done} of {total} files, {chunks} {chunks:chunk|chunks}",
     "manage.ingested":
-      "Done: {added} added, {updated} updated, {unchanged} unchanged, {chunks} chunks.",
+      "Done: {added} added, {updated} updated, {unchanged} unchanged, {chunks} {chunks:chunk|chunks}.",
     "manage.jobFailed": "Ingestion failed: {message}",
     "manage.unsupported": "{name}: unsupported file type (not uploaded)",
     "manage.progress": "Upload progress",
@@ -118,6 +120,7 @@ const MESSAGES = {
     "manage.nameLong": "最多 64 个字符。",
     "manage.nameDot": "名称不能以 . 开头。",
     "manage.nameChars": "只能包含字母、数字和 _ - .（发现 {chars}）。",
+    "manage.creating": "正在新建 {name}…",
     "manage.created": "已新建 {name}。",
     "manage.kbSummary": "{documents} 个文档 · {chunks} 个分块",
     "manage.kbDamaged": "已损坏：{error}",
@@ -169,10 +172,17 @@ export function language() {
   return current;
 }
 
-/** The message `key` in the current language, with {name} placeholders filled from `args`. */
+/**
+ * The message `key` in the current language, with {name} placeholders filled from `args`;
+ * {name:one|other} picks a word by whether args[name] is 1 (English plurals).
+ */
 export function t(key, args = {}) {
   const template = MESSAGES[current][key] ?? MESSAGES.en[key] ?? key;
-  return template.replace(/\{(\w+)\}/g, (whole, name) => (name in args ? String(args[name]) : whole));
+  return template.replace(/\{(\w+)(?::([^|}]*)\|([^}]*))?\}/g, (whole, name, one, other) => {
+    if (!(name in args)) return whole;
+    if (one === undefined) return String(args[name]);
+    return Number(args[name]) === 1 ? one : other;
+  });
 }
 
 /** Give `el` the text of `key` now and after every language switch. */

@@ -170,10 +170,15 @@ export class ManageView {
     const name = input.value.trim().normalize("NFC");
     const problem = kbNameProblem(name);
     if (problem) return this.showNameProblem(problem);
+    const button = byId("create-kb");
+    button.disabled = true;
+    setText(byId("new-kb-status"), "manage.creating", { name });
     try {
       await api.createKb(name);
     } catch (error) {
       return this.showNameProblem(null, error.message);
+    } finally {
+      button.disabled = false;
     }
     input.value = "";
     setText(byId("new-kb-status"), "manage.created", { name });

@@ -107,9 +107,10 @@ function withInline(tag, text, cite) {
   return el;
 }
 
-// `code`, **strong**, __strong__, *em*, and citations [1] / [1, 2] / [1][2] / 【1】.
+// `code`, **strong**, *em*, and citations [1] / [1, 2] / [1][2] / 【1】. Underscores are left
+// alone: in identifiers (window.__name__, snake_case) they are far more common than emphasis.
 const INLINE =
-  /`([^`]+)`|\*\*(?=\S)(.+?)\*\*|__(?=\S)(.+?)__|\*(?=[^\s*])([^*]+?)\*|[[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]/g;
+  /`([^`]+)`|\*\*(?=\S)(.+?)(?<=\S)\*\*|\*(?=[^\s*])([^*]+?)(?<=\S)\*|[[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]/g;
 
 /** Inline nodes for one line of text. */
 export function inline(text, cite = () => null) {
@@ -125,11 +126,9 @@ export function inline(text, cite = () => null) {
 }
 
 function inlineMatch(match, cite) {
-  const [whole, code, strong, strongUnderscore, em, citations] = match;
+  const [whole, code, strong, em, citations] = match;
   if (code !== undefined) return [element("code", [document.createTextNode(code)])];
-  if (strong !== undefined || strongUnderscore !== undefined) {
-    return [element("strong", inline(strong ?? strongUnderscore, cite))];
-  }
+  if (strong !== undefined) return [element("strong", inline(strong, cite))];
   if (em !== undefined) return [element("em", inline(em, cite))];
   const numbers = citations.split(/[,，、]/).map((n) => Number.parseInt(n.trim(), 10));
   const nodes = numbers.map((n) => cite(n));
