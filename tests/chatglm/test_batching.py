@@ -1,0 +1,266 @@
+"""Continuous batching gives every request exactly the tokens it gets alone.
+
+The reference is `model.generate` (one request at a time) on the same model in float64. The
+engine is driven step by step where the test needs to know what runs when (joining mid-batch,
+cancelling mid-prefill), and by its own thread where it is used as the server uses it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import torch
+from naive_chatglm import randomize
+
+from kbqa.chatglm import ChatGLM2
+from kbqa.chatglm.batched import SlotCache, batch_bucket, key_bucket
+from kbqa.chatglm.batching import BatchEngine, Request
+from kbqa.chatglm.sampling import SamplingParams
+
+VOCAB = 65024  # the tiny preset's
+NEW = 12
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model's matrices are too small to split
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> ChatGLM2:
+    torch.manual_seed(0)
+    return ChatGLM2.from_config("tiny", dtype=torch.float64)
+
+
+def _prompts(lengths: list[int], seed: int = 1) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in lengths]
+
+
+def _alone(model: ChatGLM2, prompt: list[int], max_new: int = NEW, **options: object) -> list[int]:
+    options = {"temperature": 0.0, "eos_token_ids": [], **options}
+    return list(model.generate(prompt, max_new_tokens=max_new, **options))  # type: ignore[arg-type]
+
+
+def _drain(engine: BatchEngine) -> None:
+    for _ in range(10_000):
+        if not engine.step():
+            return
+    raise AssertionError("the engine did not run dry")
+
+
+def test_greedy_batch_equals_one_at_a_time_with_queueing(model: ChatGLM2) -> None:
+    # Seven requests of different lengths on three rows: four wait, and rows are reused as
+    # requests finish at different times; prompts longer than a chunk prefill in pieces.
+    prompts = _prompts([5, 33, 1, 70, 9, 24, 50])
+    budgets = [NEW, 3, NEW, 7, 1, NEW, 5]
+    engine = BatchEngine(model, max_batch=3, max_seq=128, prefill_chunk=16)
+    requests = [
+        engine.submit(p, max_new_tokens=n, stop_ids=[])
+        for p, n in zip(prompts, budgets, strict=True)
+    ]
+    assert engine.waiting == 7
+    running_seen: list[int] = []
+    while engine.step():
+        running_seen.append(engine.running)
+    assert max(running_seen) == 3 == engine.stats.max_running  # never more than max_batch
+    for request, prompt, n in zip(requests, prompts, budgets, strict=True):
+        assert request.tokens == _alone(model, prompt, n)
+        assert request.finish_reason == "length"
+    assert engine.stats.prefill_tokens == sum(len(p) for p in prompts)
+
+
+def test_requests_joining_mid_batch(model: ChatGLM2) -> None:
+    first, late = _prompts([20, 8]), _prompts([45, 3, 12], seed=2)
+    engine = BatchEngine(model, max_batch=4, max_seq=96, prefill_chunk=10)
+    early = [engine.submit(p, max_new_tokens=30, stop_ids=[]) for p in first]
+    for _ in range(8):
+        engine.step()
+    assert engine.running == 2 and all(r.tokens for r in early)
+    joined = [engine.submit(p, max_new_tokens=NEW, stop_ids=[]) for p in late]
+    engine.step()
+    # The newcomer's prompt (45 tokens) prefills in chunks while the others keep decoding.
+    progress = [len(r.tokens) for r in early]
+    engine.step()
+    assert [len(r.tokens) for r in early] == [n + 1 for n in progress]
+    _drain(engine)
+    assert all(r.tokens for r in joined)
+    assert joined[0].token_times[0] < early[0].token_times[-1]  # it really joined mid-stream
+    for request, prompt in zip(early, first, strict=True):
+        assert request.tokens == _alone(model, prompt, 30)
+    for request, prompt in zip(joined, late, strict=True):
+        assert request.tokens == _alone(model, prompt)
+
+
+def test_cancelled_requests_leave_and_the_rest_are_unaffected(model: ChatGLM2) -> None:
+    prompts = _prompts([6, 30, 11, 4, 19])
+    event = threading.Event()
+    engine = BatchEngine(model, max_batch=3, max_seq=64, prefill_chunk=8)
+    requests = [engine.submit(p, max_new_tokens=20, stop_ids=[]) for p in prompts[:4]]
+    by_event = engine.submit(prompts[4], max_new_tokens=20, stop_ids=[], cancel=event)
+    engine.step()  # prompt 0 prefills whole (nobody decodes yet) and starts decoding
+    engine.step()  # prompt 1's first chunk
+    requests[1].cancel()  # mid-prefill
+    requests[3].cancel()  # still waiting
+    for _ in range(4):
+        engine.step()
+    requests[0].cancel()  # decoding: its row is taken by another
+    event.set()
+    _drain(engine)
+    for i in (1, 3):
+        assert requests[i].finish_reason == "cancelled" and requests[i].tokens == []
+    assert requests[0].finish_reason == "cancelled"
+    assert 0 < len(requests[0].tokens) < 20
+    assert requests[0].tokens == _alone(model, prompts[0], len(requests[0].tokens))
+    assert by_event.finish_reason == "cancelled" and by_event.tokens == []
+    assert requests[2].finish_reason == "length"
+    assert requests[2].tokens == _alone(model, prompts[2], 20)
+
+
+def test_length_limit_and_stop_ids(model: ChatGLM2) -> None:
+    prompts = _prompts([10, 58, 7])
+    engine = BatchEngine(model, max_batch=4, max_seq=64, prefill_chunk=32)
+    # 58 prompt tokens leave 6 positions of the 64: generation stops there, as generate()
+    # stops at the model's seq_length.
+    capped = engine.submit(prompts[1], max_new_tokens=50, stop_ids=[])
+    reference = _alone(model, prompts[0], 20)
+    stop = reference[7]
+    stopped = engine.submit(prompts[0], max_new_tokens=20, stop_ids=[stop, 1])
+    nothing = engine.submit(prompts[2], max_new_tokens=0)
+    assert nothing.done and nothing.tokens == [] and nothing.finish_reason == "length"
+    _drain(engine)
+    assert capped.finish_reason == "length" and len(capped.tokens) == 64 - 58
+    assert capped.tokens == _alone(model, prompts[1], 6)
+    assert stopped.finish_reason == "stop"
+    assert stopped.tokens == reference[: reference.index(stop)]
+    assert stopped.tokens == _alone(model, prompts[0], 20, eos_token_ids=[stop, 1])
+
+
+def test_seeded_sampling_and_penalties_match_generate(model: ChatGLM2) -> None:
+    prompts = _prompts([9, 26, 3, 14])
+    settings = [
+        {"temperature": 0.9, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.3, "seed": 5},
+        {"temperature": 0.0, "repetition_penalty": 1.5},
+        {"temperature": 1.2, "top_p": 1.0, "seed": 7},
+        {"temperature": 0.7, "top_k": 3, "seed": 11},
+    ]
+    engine = BatchEngine(model, max_batch=4, max_seq=64, prefill_chunk=8)
+    requests = [
+        engine.submit(p, max_new_tokens=NEW, stop_ids=[], params=SamplingParams(**s))  # type: ignore[arg-type]
+        for p, s in zip(prompts, settings, strict=True)
+    ]
+    _drain(engine)
+    for request, prompt, s in zip(requests, prompts, settings, strict=True):
+        assert request.tokens == _alone(model, prompt, **{"top_p": 1.0, **s})
+
+
+@pytest.mark.parametrize("quantize", ["int4", "int8"])
+def test_quantized_models_batch_exactly(quantize: str) -> None:
+    torch.manual_seed(3)
+    small = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "kv_channels": 16,
+             "ffn_hidden_size": 128, "padded_vocab_size": 300}  # fmt: skip
+    quantized = ChatGLM2.from_config(small, dtype=torch.float64, quantize=quantize)
+    prompts = [[1, *p] for p in _prompts([4, 15, 9], seed=3)]
+    prompts = [[i % 300 for i in p] for p in prompts]
+    engine = BatchEngine(quantized, max_batch=2, max_seq=48, prefill_chunk=6)
+    requests = [engine.submit(p, max_new_tokens=10, stop_ids=[]) for p in prompts]
+    _drain(engine)
+    for request, prompt in zip(requests, prompts, strict=True):
+        assert request.tokens == _alone(quantized, prompt, 10)
+
+
+def test_a_ptuning_prefix_is_in_every_row() -> None:
+    config = {"num_layers": 2, "hidden_size": 48, "num_attention_heads": 8, "kv_channels": 16,
+              "multi_query_group_num": 2, "ffn_hidden_size": 40, "padded_vocab_size": 50,
+              "seq_length": 64, "pre_seq_len": 3, "prefix_projection": True}  # fmt: skip
+    tuned = ChatGLM2.from_config(config, dtype=torch.float64)
+    randomize(tuned, 4)
+    prompts = [[i % 50 for i in p] for p in _prompts([6, 13, 2], seed=4)]
+    engine = BatchEngine(tuned, max_batch=2, max_seq=40, prefill_chunk=5)
+    requests = [engine.submit(p, max_new_tokens=8, stop_ids=[]) for p in prompts]
+    _drain(engine)
+    for request, prompt in zip(requests, prompts, strict=True):
+        assert request.tokens == _alone(tuned, prompt, 8)
+
+
+def test_the_engine_thread_serves_concurrent_streams(model: ChatGLM2) -> None:
+    prompts = _prompts([12, 3, 40, 25, 8, 17])
+    got: dict[int, list[int]] = {}
+    engine = BatchEngine(model, max_batch=4, max_seq=80, prefill_chunk=16)
+
+    def user(i: int) -> None:
+        request = engine.submit(prompts[i], max_new_tokens=NEW, stop_ids=[])
+        got[i] = list(request)  # streams token by token from the engine thread
+
+    with engine:
+        users = [threading.Thread(target=user, args=(i,)) for i in range(len(prompts))]
+        for u in users:
+            u.start()
+        for u in users:
+            u.join(timeout=60)
+        # A consumer that stops listening cancels its request.
+        quitter = engine.submit(prompts[0], max_new_tokens=60, stop_ids=[])
+        for _ in quitter:
+            break
+        assert quitter.cancelled
+        leftover = engine.submit(prompts[1], max_new_tokens=60, stop_ids=[])
+    assert leftover.done and leftover.finish_reason in ("cancelled", "length")
+    for i, prompt in enumerate(prompts):
+        assert got[i] == _alone(model, prompt)
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.submit(prompts[0])
+
+
+def test_engine_errors_reach_the_stream(model: ChatGLM2, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = BatchEngine(model, max_batch=2, max_seq=32)
+    request = engine.submit([5, 6, 7], max_new_tokens=4, stop_ids=[])
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr("kbqa.chatglm.batching.prefill", broken)
+    engine.step()
+    assert request.finish_reason == "error"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        list(request)
+    assert engine.waiting == 0 and engine.running == 0
+
+
+def test_bad_requests_are_refused(model: ChatGLM2) -> None:
+    engine = BatchEngine(model, max_batch=2, max_seq=32)
+    with pytest.raises(ValueError, match="empty"):
+        engine.submit([])
+    with pytest.raises(ValueError, match="token ids"):
+        engine.submit([VOCAB])
+    with pytest.raises(ValueError, match="no room"):
+        engine.submit(list(range(3, 35)))
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match="seq_length"):
+        BatchEngine(model, max_seq=model.config.seq_length + 1)
+
+
+def test_buckets_and_cache_bounds(model: ChatGLM2) -> None:
+    assert [batch_bucket(n, 64) for n in (1, 2, 3, 5, 8, 9, 17, 64)] == [1, 2, 4, 8, 8, 16, 24, 64]
+    assert batch_bucket(13, 12) == 12
+    assert [key_bucket(n, 10_000) for n in (1, 256, 257, 2100, 4097)] == [256, 256, 512, 2304, 4608]
+    assert key_bucket(900, 600) == 600
+    cache = SlotCache(model, max_batch=3, max_seq=100)
+    cfg = model.config
+    # k and v for three rows and the scratch row: the memory bound is rows × positions.
+    per_position = 2 * cfg.num_layers * cfg.kv_groups * cfg.kv_channels * 8  # float64
+    assert cache.nbytes == 4 * 100 * per_position
+
+
+def test_request_iteration_reports_what_the_engine_did() -> None:
+    request = Request([1], 3, SamplingParams(), frozenset(), None, None)
+    request._emit(4)
+    request._emit(9)
+    request._finish("stop")
+    assert list(request) == [4, 9] and request.result() == [4, 9]
+    assert len(request.token_times) == 2
