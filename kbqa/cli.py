@@ -318,10 +318,11 @@ def config_show(
 
 def _register_optional_commands() -> None:
     try:
-        from kbqa import cli_answer
+        from kbqa import cli_answer, cli_serve
     except ImportError:
         return
     cli_answer.register(app, lambda: settings_for(None, None))
+    cli_serve.register(app, lambda: settings_for(None, None))
 
 
 _register_optional_commands()

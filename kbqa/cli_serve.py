@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from kbqa.cli_common import fail, stderr, user_errors
+from kbqa.cli_common import ConfigOption, HomeOption, fail, settings_for, stderr, user_errors
 from kbqa.settings import Settings
 
 GRACEFUL_SHUTDOWN_S = 10
@@ -25,6 +25,8 @@ def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
             int | None,
             typer.Option(min=1, max=65535, help="Port to listen on (default server.port, 8000)."),
         ] = None,
+        home: HomeOption = None,
+        config: ConfigOption = None,
     ) -> None:
         """Serve the API (ours, ChatGLM2 api.py's and OpenAI's) and the web page over HTTP."""
         import uvicorn
@@ -34,7 +36,7 @@ def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
         from kbqa.server.app import create_app, prepare
 
         with user_errors():
-            settings = get_settings()
+            settings = settings_for(home, config) if home or config else get_settings()
             web_app = create_app(settings)
             stderr.print(f"loading the model ({settings.llm.backend} backend)…", highlight=False)
             try:
@@ -43,7 +45,7 @@ def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
                 raise fail(str(e), e.exit_code) from None
             except LLMUnavailable as e:
                 raise fail(str(e)) from None
-        config = uvicorn.Config(
+        server = uvicorn.Config(
             web_app,
             host=host or settings.server.host,
             port=port or settings.server.port,
@@ -51,7 +53,7 @@ def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
             log_level="info",
         )
         _exit_cleanly_after_signals()
-        uvicorn.Server(config).run()
+        uvicorn.Server(server).run()
 
 
 def _exit_cleanly_after_signals() -> None:
