@@ -157,9 +157,18 @@ def test_markup_in_documents_and_answers_stays_text(server: Server, new_page: An
     page = new_page()
     page.goto(f"{server.url}/#manage")
     create_kb(page, "web-xss")
-    drop_files(page, "#drop-zone", {HOSTILE_NAME: HOSTILE_TEXT})
-    expect(wait_for_upload(page).locator(".upload-status")).to_contain_text("1 added")
+    dropped = {HOSTILE_NAME: HOSTILE_TEXT, "broken.pdf": "not a PDF at all", "tool.exe": "MZ"}
+    drop_files(page, "#drop-zone", dropped)
+    upload = wait_for_upload(page)
+    expect(upload.locator(".upload-status")).to_contain_text("1 added")
+    problems = upload.locator(".upload-problems li")
+    expect(problems).to_have_count(2)  # each file that did not make it, and why
+    expect(problems.filter(has_text="tool.exe")).to_have_text(
+        "tool.exe: unsupported file type (not uploaded)"
+    )
+    expect(problems.filter(has_text="broken.pdf:")).to_have_count(1)
     expect(page.locator("#doc-list .doc-name")).to_have_text([HOSTILE_NAME])
+    screenshot(page, "manage-dropped-with-errors")
 
     page.get_by_role("tab", name="Chat").click()
     pick_only(page, "web-xss")
@@ -316,3 +325,63 @@ def test_phone_width_in_chinese(server: Server, new_page: Any) -> None:
     expect(page.get_by_role("tab", name="Manage")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#docs-heading")).to_have_text("Documents in 手机")
     expect(page.locator("html")).to_have_attribute("lang", "en")
+
+
+MARKDOWN = """# Title
+Intro with **bold** and *em* and `x < y` [1] and [2, 3] and [9] and 【2】.
+Second line <b onclick="x()">not bold</b>
+
+- item one
+  continued
+- item two
+1. first
+> quoted **text**
+
+```
+<script>code()</script>
+```
+a_b and window.__name__ stay as written."""
+
+MARKDOWN_HTML = (
+    "<h3>Title</h3>"
+    "<p>Intro with <strong>bold</strong> and <em>em</em> and <code>x &lt; y</code>"
+    " <b-cite>1</b-cite> and <b-cite>2</b-cite><b-cite>3</b-cite> and [9] and <b-cite>2</b-cite>."
+    '<br>Second line &lt;b onclick="x()"&gt;not bold&lt;/b&gt;</p>'
+    "<ul><li>item one<br>continued</li><li>item two</li></ul>"
+    "<ol><li>first</li></ol>"
+    "<blockquote><p>quoted <strong>text</strong></p></blockquote>"
+    "<pre><code>&lt;script&gt;code()&lt;/script&gt;</code></pre>"
+    "<p>a_b and window.__name__ stay as written.</p>"
+)
+
+
+def test_markdown_renderer_and_event_parser(server: Server, new_page: Any) -> None:
+    page = new_page()
+    page.goto(server.url)
+    rendered = page.evaluate(
+        """async (text) => {
+            const { renderMarkdown } = await import("/static/markdown.js");
+            const cite = (n) => n > 3 ? null : Object.assign(
+                document.createElement("b-cite"), { textContent: String(n) });
+            const box = document.createElement("div");
+            box.append(renderMarkdown(text, cite));
+            return box.innerHTML;
+        }""",
+        MARKDOWN,
+    )
+    assert rendered == MARKDOWN_HTML
+
+    # CRLF framing cut at every character, a comment line, "data:" without its space.
+    stream = 'data: {"a":1}\r\n\r\n: keep-alive\r\ndata:{"b":"x\\ny"}\n\ndata: {"c":3}\r\r'
+    events = page.evaluate(
+        """async (stream) => {
+            const { SseParser } = await import("/static/api.js");
+            const events = [];
+            const parser = new SseParser((data) => events.push(JSON.parse(data)));
+            for (const ch of stream) parser.push(ch);
+            parser.end();
+            return events;
+        }""",
+        stream,
+    )
+    assert events == [{"a": 1}, {"b": "x\ny"}, {"c": 3}]

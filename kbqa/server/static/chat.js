@@ -50,7 +50,9 @@ export class ChatView {
   showKbs(kbs) {
     const names = kbs.map((kb) => kb.name);
     let chosen = (this.selected ?? []).filter((name) => names.includes(name));
-    if (chosen.length === 0 && names.length) chosen = [names.includes("default") ? "default" : names[0]];
+    if (chosen.length === 0 && names.length) {
+      chosen = [names.includes("default") ? "default" : names[0]];
+    }
     this.choices.replaceChildren(
       ...names.map((name) =>
         h(
@@ -80,7 +82,7 @@ export class ChatView {
     }
     this.status.textContent = "";
     const view = this.startTurn(question);
-    const history = this.turns.slice(-MAX_HISTORY_TURNS).map((turn) => [turn.question, turn.answer]);
+    const history = this.turns.slice(-MAX_HISTORY_TURNS).map((t) => [t.question, t.answer]);
     const request = { question, kb: this.selected, history };
     this.setBusy(new AbortController());
     try {

@@ -63,7 +63,8 @@ const MESSAGES = {
     "manage.queued": "Waiting to be ingested…",
     "manage.ingesting": "Ingesting: {done} of {total} files, {chunks} {chunks:chunk|chunks}",
     "manage.ingested":
-      "Done: {added} added, {updated} updated, {unchanged} unchanged, {chunks} {chunks:chunk|chunks}.",
+      "Done: {added} added, {updated} updated, {unchanged} unchanged, " +
+      "{chunks} {chunks:chunk|chunks}.",
     "manage.jobFailed": "Ingestion failed: {message}",
     "manage.unsupported": "{name}: unsupported file type (not uploaded)",
     "manage.progress": "Upload progress",

@@ -109,8 +109,15 @@ function withInline(tag, text, cite) {
 
 // `code`, **strong**, *em*, and citations [1] / [1, 2] / [1][2] / 【1】. Underscores are left
 // alone: in identifiers (window.__name__, snake_case) they are far more common than emphasis.
-const INLINE =
-  /`([^`]+)`|\*\*(?=\S)(.+?)(?<=\S)\*\*|\*(?=[^\s*])([^*]+?)(?<=\S)\*|[[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]/g;
+const INLINE = new RegExp(
+  [
+    /`([^`]+)`/.source,
+    /\*\*(?=\S)(.+?)(?<=\S)\*\*/.source,
+    /\*(?=[^\s*])([^*]+?)(?<=\S)\*/.source,
+    /[[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]/.source,
+  ].join("|"),
+  "g",
+);
 
 /** Inline nodes for one line of text. */
 export function inline(text, cite = () => null) {
