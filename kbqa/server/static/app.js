@@ -6,7 +6,7 @@ import { promptApiKey } from "./dialogs.js";
 import { byId } from "./dom.js";
 import { language, setLanguage } from "./i18n.js";
 import { ManageView } from "./manage.js";
-import { reloadKbs } from "./store.js";
+import { onKbs, reloadKbs } from "./store.js";
 
 const VIEWS = ["chat", "manage"];
 
@@ -61,6 +61,9 @@ async function start() {
   setKeyPrompt(promptApiKey);
   new ChatView();
   new ManageView();
+  onKbs(() => {
+    byId("app-error").textContent = ""; // the server answers again (e.g. the key was given)
+  });
   try {
     await reloadKbs();
   } catch (error) {

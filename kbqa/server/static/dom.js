@@ -22,12 +22,6 @@ export function h(tag, attributes = {}, ...children) {
   return el;
 }
 
-/** `el` emptied and refilled with `children` (strings become text nodes). */
-export function fill(el, ...children) {
-  el.replaceChildren(...children.flat().filter((c) => c !== undefined && c !== null));
-  return el;
-}
-
 export function byId(id) {
   const el = document.getElementById(id);
   if (!el) throw new Error(`missing #${id}`);
