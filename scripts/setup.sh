@@ -5,6 +5,12 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
 stamp=.venv/.kbqa-setup
+# A real Chromium for the web page's browser tests (Playwright drives it; it never downloads one).
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get install -y -q chromium fonts-wqy-microhei >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null && apt-get install -y -q chromium fonts-wqy-microhei >/dev/null; }) ||
+    echo "warning: could not install chromium; browser tests will be skipped" >&2
+fi
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt constraints.txt ]; then
   exit 0
 fi
