@@ -151,15 +151,15 @@ class MilvusVectors:
         collection = self._connect()
         with milvus_errors(self._uri):
             stamp = collection.stamp()
+            if stamp is not None and not self._loaded:
+                collection.load()
+                self._loaded = True
             if stamp != generation and self._lock.try_hold():
                 try:
                     stamp = self._reconcile(collection)
                 finally:
                     self._lock.release()
             exists = stamp is not None
-            if exists and not self._loaded:
-                collection.load()
-                self._loaded = True
             kind = collection.kind() if exists else "flat"
             index = MilvusIndex(collection, self._uri, kind, exists)
         self._index = index
@@ -212,6 +212,7 @@ class MilvusVectors:
                 in_db = {rowid for (rowid,) in conn.execute("SELECT id FROM chunks")}
                 if collection.stamp() != db.read_generation(conn):
                     return []
+                collection.load()
                 dim = collection.stored_dim()
                 if dim != self._dim:
                     return [f"{name} has dimension {dim}, the KB has {self._dim}"]
@@ -256,6 +257,7 @@ class MilvusVectors:
             collection.delete(sorted(present - in_db))
             collection.insert_from_db(conn, sorted(in_db - present))
             collection.set_stamp(latest)
+            self._loaded = True
             log.info("reconciled Milvus collection %s with generation %d", self._name, latest)
             return latest
 

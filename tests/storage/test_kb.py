@@ -106,6 +106,7 @@ def test_sync_add_replace_remove(kb: KnowledgeBase, rng: np.random.Generator) ->
     assert kb.check() == []
 
 
+@pytest.mark.backends("faiss")  # looks at the FAISS files
 def test_empty_sync_does_not_bump_generation(kb: KnowledgeBase) -> None:
     assert kb.sync([], ["/not/there"]) == 0
     assert sorted(p.name for p in kb.path.glob("index.*.faiss")) == ["index.0.faiss"]
