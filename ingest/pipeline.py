@@ -155,6 +155,7 @@ def open_or_create_kb(
             name,
             index=settings.storage.index,
             approximate_threshold=settings.storage.approximate_threshold,
+            milvus_uri=settings.storage.milvus_uri or None,
         )
     except KBNotFound:
         model = embedding or settings.embedding.model
@@ -167,6 +168,7 @@ def open_or_create_kb(
             backend=backend or settings.storage.backend,
             index=settings.storage.index,
             approximate_threshold=settings.storage.approximate_threshold,
+            milvus_uri=settings.storage.milvus_uri or None,
         )
     existing = kb.info().embedding
     if embedding is not None and _same_model(embedding) != _same_model(existing):

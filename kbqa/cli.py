@@ -203,7 +203,7 @@ def kb_delete(
         validate_kb_name(name)
         if not yes and sys.stdin.isatty() and not typer.confirm(f"Delete knowledge base {name}?"):
             raise typer.Exit(EXIT_OK)
-        KnowledgeBase.delete(settings.kbs_dir, name)
+        KnowledgeBase.delete(settings.kbs_dir, name, milvus_uri=settings.storage.milvus_uri or None)
     if json_out:
         print_json({"deleted": name})
     else:

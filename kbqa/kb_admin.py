@@ -18,6 +18,7 @@ def open_kb(settings: Settings, name: str) -> KnowledgeBase:
         name,
         index=settings.storage.index,
         approximate_threshold=settings.storage.approximate_threshold,
+        milvus_uri=settings.storage.milvus_uri or None,
     )
 
 
@@ -95,6 +96,7 @@ def migrate_kb(settings: Settings, source: str, target: str, backend: str) -> di
                 backend=backend,
                 index=settings.storage.index,
                 approximate_threshold=settings.storage.approximate_threshold,
+                milvus_uri=settings.storage.milvus_uri or None,
             ) as dst,
             dst.write_lock(),
         ):

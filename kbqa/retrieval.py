@@ -75,6 +75,7 @@ class Retriever:
                     name,
                     index=self.settings.storage.index,
                     approximate_threshold=self.settings.storage.approximate_threshold,
+                    milvus_uri=self.settings.storage.milvus_uri or None,
                 )
             except KBNotFound:
                 known = KnowledgeBase.list_names(self.settings.kbs_dir)

@@ -57,7 +57,7 @@ def post_kb(body: KbCreate, settings: SettingsDep) -> KbInfo:
 
 @router.delete("/v1/kbs/{kb}")
 def delete_kb(kb: KbPath, settings: SettingsDep) -> KbDeleted:
-    KnowledgeBase.delete(settings.kbs_dir, kb)
+    KnowledgeBase.delete(settings.kbs_dir, kb, milvus_uri=settings.storage.milvus_uri or None)
     shutil.rmtree(uploads_dir(settings, kb), ignore_errors=True)
     return KbDeleted(deleted=kb)
 
