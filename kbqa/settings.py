@@ -75,6 +75,12 @@ class ChatGLM2Settings(_Section):
     dtype: Literal["fp16", "bf16", "int4", "int8", "fp32"] = "fp16"
     device: str = "cuda"
     ptuning_checkpoint: str = ""
+    batching: bool = True
+    """Serve concurrent requests by continuous batching; false: one generation at a time."""
+    max_batch: int = Field(default=16, ge=1, le=256)
+    """Sequences decoded together; each holds a KV-cache row of max_seq positions."""
+    max_seq: int = Field(default=0, ge=0, le=32768)
+    """Positions per KV-cache row; 0 = llm.context_tokens + llm.max_new_tokens."""
 
 
 class DefaultLLMSettings(_Section):

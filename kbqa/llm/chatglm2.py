@@ -156,7 +156,10 @@ class ChatGLM2Chat(BaseChatModel):
         return cls(chatglm=model, tokenizer=tokenizer, **kwargs)
 
     @classmethod
-    def from_settings(cls, chatglm2: ChatGLM2Settings, llm: LLMSettings) -> ChatGLM2Chat:
+    def from_settings(
+        cls, chatglm2: ChatGLM2Settings, llm: LLMSettings, **kwargs: Any
+    ) -> ChatGLM2Chat:
+        """Load the configured checkpoint; kwargs are further fields (a subclass's)."""
         return cls.from_path(
             chatglm2.path,
             dtype=chatglm2.dtype,
@@ -166,6 +169,7 @@ class ChatGLM2Chat(BaseChatModel):
             temperature=llm.temperature,
             top_p=llm.top_p,
             context_tokens=llm.context_tokens,
+            **kwargs,
         )
 
     @property
@@ -228,11 +232,11 @@ class ChatGLM2Chat(BaseChatModel):
 
     def _prompt_ids(self, messages: list[BaseMessage], max_new_tokens: int) -> list[int]:
         turns = messages_to_turns(messages)
-        room = self.chatglm.config.seq_length - max_new_tokens
+        room = self.context_window - max_new_tokens
         if room < 1:
             raise ValueError(
                 f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
-                f"{self.chatglm.config.seq_length} positions"
+                f"{self.context_window} positions"
             )
         budget = min(self.context_tokens, room)
         return self.tokenizer.build_chat_input(turns.query, turns.history, budget, turns.system)
@@ -254,29 +258,22 @@ class ChatGLM2Chat(BaseChatModel):
         def cancelled() -> bool:
             return cancel.is_set() or (user_cancel is not None and user_cancel.is_set())
 
-        lock = model_lock(self.chatglm)
-        if not self._acquire(lock, cancelled):
-            return  # cancelled while waiting for the model: nobody is listening any more
         n_generated = 0
-        tokens: Iterator[int] | None = None
-        try:
-            tokens = self.chatglm.generate(
-                prompt, eos_token_ids=[self.tokenizer.eos_id], cancel=cancelled, **options
-            )
-            for token_id in tokens:
-                n_generated += 1
-                text = decoder.push(token_id)
-                if text:
-                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
-                if decoder.stopped:
-                    break
-        finally:
-            # Runs too when the consumer stops early (generator closed): end generation at
-            # once and let the next caller have the model.
-            cancel.set()
-            if isinstance(tokens, Generator):
-                tokens.close()
-            lock.release()
+        with self._generation(prompt, options, cancelled) as tokens:
+            if tokens is None:
+                return  # cancelled while waiting for the model: nobody is listening any more
+            try:
+                for token_id in tokens:
+                    n_generated += 1
+                    text = decoder.push(token_id)
+                    if text:
+                        yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+                    if decoder.stopped:
+                        break
+            finally:
+                # Runs too when the consumer stops early (generator closed): end generation
+                # at once; leaving the `with` lets the next caller have the model.
+                cancel.set()
         text = decoder.finish()
         if decoder.stopped:
             reason = "stop"
@@ -299,6 +296,35 @@ class ChatGLM2Chat(BaseChatModel):
             ),
             generation_info=metadata,
         )
+
+    @contextlib.contextmanager
+    def _generation(
+        self, prompt: list[int], options: dict[str, Any], cancelled: Callable[[], bool]
+    ) -> Iterator[Iterator[int] | None]:
+        """The new token ids of one generation (None: cancelled before it could start).
+
+        Here one generation at a time holds the model (the lock); BatchedChatGLM2Chat
+        (chatglm2_batched.py) submits to a continuous-batching engine instead.
+        """
+        lock = model_lock(self.chatglm)
+        if not self._acquire(lock, cancelled):
+            yield None
+            return
+        tokens: Iterator[int] | None = None
+        try:
+            tokens = self.chatglm.generate(
+                prompt, eos_token_ids=[self.tokenizer.eos_id], cancel=cancelled, **options
+            )
+            yield tokens
+        finally:
+            if isinstance(tokens, Generator):
+                tokens.close()
+            lock.release()
+
+    @property
+    def context_window(self) -> int:
+        """Positions one generation may use (prompt + answer)."""
+        return self.chatglm.config.seq_length
 
     def _acquire(self, lock: threading.Lock, cancelled: Callable[[], bool]) -> bool:
         """Wait for the model, in short slices so that a cancelled caller stops waiting."""

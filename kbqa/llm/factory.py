@@ -33,6 +33,10 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
                 "llm.backend is chatglm2 but llm.chatglm2.path is empty "
                 "(set it to a chatglm2-6b or chatglm2-6b-int4 folder)"
             )
+        if llm.chatglm2.batching:
+            from kbqa.llm.chatglm2_batched import BatchedChatGLM2Chat
+
+            return BatchedChatGLM2Chat.from_settings(llm.chatglm2, llm)
         from kbqa.llm.chatglm2 import ChatGLM2Chat
 
         return ChatGLM2Chat.from_settings(llm.chatglm2, llm)
@@ -85,9 +89,8 @@ def context_window(model: BaseChatModel) -> int | None:
 
     if isinstance(model, DefaultChat):
         return model.context_window
-    config = getattr(getattr(model, "chatglm", None), "config", None)
-    seq_length = getattr(config, "seq_length", None)
-    return seq_length if isinstance(seq_length, int) else None
+    window = getattr(model, "context_window", None)  # ChatGLM2Chat and its batched form
+    return window if isinstance(window, int) else None
 
 
 def model_token_budget(settings: Settings, model: BaseChatModel) -> int:
