@@ -13,15 +13,18 @@ handled here, because the model's forward shares one position vector across the 
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kbqa.chatglm.model import ChatGLM2, GLMBlock, SelfAttention, apply_rotary
+from kbqa.chatglm.model import ChatGLM2, GLMBlock, RMSNorm, SelfAttention, apply_rotary
 
 KEY_BLOCK = 256  # decode attends over a multiple of this many cache slots (fewer graphs)
 
@@ -145,16 +148,42 @@ def prefill(
     return t.output_layer(last)[0, -1]  # [V]
 
 
+def fused_kernels(model: ChatGLM2) -> ModuleType | None:
+    """batched_kernels (Triton) where the fused decode can run: CUDA (or the Triton
+    interpreter, for tests), fp16/bf16/fp32, triton installed, residuals taken before the
+    norms (chatglm2-6b); else None."""
+    on_device = model.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    if (
+        not on_device
+        or model.dtype not in (torch.float16, torch.bfloat16, torch.float32)
+        or model.config.apply_residual_connection_post_layernorm
+        or importlib.util.find_spec("triton") is None
+    ):
+        return None
+    from kbqa.chatglm import batched_kernels
+
+    return batched_kernels
+
+
 def decode(
-    model: ChatGLM2, cache: SlotCache, tokens: Tensor, pos: Tensor, write_rows: Tensor, n_keys: int
+    model: ChatGLM2,
+    cache: SlotCache,
+    tokens: Tensor,
+    pos: Tensor,
+    write_rows: Tensor,
+    n_keys: int,
+    kernels: ModuleType | None = None,
 ) -> Tensor:
     """One token for each of B batch rows → logits [B, V].
 
     tokens, pos [B]: the token and its position for batch row b, which reads cache row b over
     slots 0..n_keys-1 (those past its own position are masked) and writes its key/value into
     cache row write_rows[b] (b itself, or the scratch row for padding). Fixed shapes and no
-    host synchronisation, so it can be captured in a CUDA graph.
+    host synchronisation, so it can be captured in a CUDA graph. With `kernels`
+    (batched_kernels) the row-wise work runs fused; without, through the model's modules.
     """
+    if kernels is not None:
+        return _decode_fused(model, cache, tokens, pos, write_rows, n_keys, kernels)
     t = model.transformer
     batch = tokens.numel()
     slots = pos + cache.prefix  # [B]
@@ -185,6 +214,49 @@ def decode(
     return t.output_layer(x[:, 0])  # [B, V]
 
 
+def _decode_fused(
+    model: ChatGLM2,
+    cache: SlotCache,
+    tokens: Tensor,
+    pos: Tensor,
+    write_rows: Tensor,
+    n_keys: int,
+    kernels: ModuleType,
+) -> Tensor:
+    """`decode` with the norms, residual adds, rotary, cache writes and SwiGLU in Triton:
+    ~12 launches per layer instead of ~55. Each layer's MLP output is added to the residual
+    stream by the next layer's norm kernel."""
+    t = model.transformer
+    batch = tokens.numel()
+    visible = torch.arange(n_keys, device=tokens.device) <= (pos + cache.prefix).unsqueeze(1)
+    bias = torch.zeros(batch, 1, 1, n_keys, dtype=model.dtype, device=tokens.device)
+    bias.masked_fill_(~visible[:, None, None, :], float("-inf"))  # [B, 1, 1, T], once a step
+    x = t.embedding(tokens)  # [B, hidden]
+    residual: Tensor | None = None
+    for i, layer in enumerate(t.encoder.blocks()):
+        attn, mlp = layer.self_attention, layer.mlp
+        norm1, norm2 = layer.input_layernorm, layer.post_attention_layernorm
+        x, h = kernels.add_rmsnorm(x, residual, norm1.weight, norm1.eps)
+        qkv = attn.query_key_value(h)  # [B, (N + 2G) * D]
+        kernels.rope_cache(
+            qkv, t.rope, pos, write_rows, cache.k[i], cache.v[i], cache.prefix, attn.n_head
+        )
+        n, g, d = attn.n_head, attn.n_group, attn.head_dim
+        qg = qkv[:, : n * d].view(batch, g, n // g, d)  # rotated in place; see `decode`
+        keys = cache.k[i, :batch, :, :n_keys]  # [B, G, T, D]
+        values = cache.v[i, :batch, :, :n_keys]
+        y = F.scaled_dot_product_attention(qg, keys, values, attn_mask=bias)  # [B, G, N/G, D]
+        x, h = kernels.add_rmsnorm(x, attn.dense(y.reshape(batch, n * d)), norm2.weight, norm2.eps)
+        residual = mlp.dense_4h_to_h(kernels.swiglu(mlp.dense_h_to_4h(h)))  # [B, hidden]
+    final = t.encoder.final_layernorm
+    assert residual is not None
+    if isinstance(final, RMSNorm):
+        _, h = kernels.add_rmsnorm(x, residual, final.weight, final.eps)
+    else:
+        h = x + residual
+    return t.output_layer(h)  # [B, V]
+
+
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
@@ -195,11 +267,21 @@ class DecodeStep:
     """Runs `decode` for sequences in cache rows 0..n-1, padded to a batch bucket; on CUDA each
     (batch bucket, key bucket) is captured once as a CUDA graph and replayed after."""
 
-    def __init__(self, model: ChatGLM2, cache: SlotCache, cuda_graphs: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: ChatGLM2,
+        cache: SlotCache,
+        cuda_graphs: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
         self.model = model
         self.cache = cache
         on_cuda = model.device.type == "cuda"
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs and on_cuda
+        # None: fused kernels wherever they can run; False: the model's modules.
+        self.kernels = fused_kernels(model) if fused is not False else None
+        if fused and self.kernels is None:
+            raise ValueError("the fused decode needs CUDA, fp16/bf16 and triton")
         # Static inputs that graphs read: rows are tokens, positions and write rows [3, R].
         self.inputs = torch.zeros(3, cache.max_batch, dtype=torch.long, device=model.device)
         self._graphs: dict[tuple[int, int], _Graph] = {}
@@ -222,7 +304,7 @@ class DecodeStep:
         self.inputs[:, :bucket].copy_(host)
         tok, pos, rows = self.inputs[:, :bucket]
         if not self.cuda_graphs:
-            return decode(self.model, cache, tok, pos, rows, n_keys)[:n]
+            return decode(self.model, cache, tok, pos, rows, n_keys, self.kernels)[:n]
         entry = self._graphs.get((bucket, n_keys))
         if entry is None:
             entry = self._capture(bucket, n_keys)
@@ -236,12 +318,12 @@ class DecodeStep:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            decode(self.model, self.cache, tok, pos, rows, n_keys)
+            decode(self.model, self.cache, tok, pos, rows, n_keys, self.kernels)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # One memory pool for all graphs: they never run at once, so their scratch can overlap.
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            logits = decode(self.model, self.cache, tok, pos, rows, n_keys)
+            logits = decode(self.model, self.cache, tok, pos, rows, n_keys, self.kernels)
         if self._pool is None:
             self._pool = graph.pool()
         entry = _Graph(graph, logits)

@@ -7,6 +7,8 @@ cancelling mid-prefill), and by its own thread where it is used as the server us
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import threading
 from collections.abc import Iterator
 
@@ -15,7 +17,14 @@ import torch
 from naive_chatglm import randomize
 
 from kbqa.chatglm import ChatGLM2
-from kbqa.chatglm.batched import SlotCache, batch_bucket, key_bucket
+from kbqa.chatglm.batched import (
+    SlotCache,
+    batch_bucket,
+    decode,
+    fused_kernels,
+    key_bucket,
+    prefill,
+)
 from kbqa.chatglm.batching import BatchEngine, Request
 from kbqa.chatglm.sampling import SamplingParams
 
@@ -264,3 +273,30 @@ def test_request_iteration_reports_what_the_engine_did() -> None:
     request._finish("stop")
     assert list(request) == [4, 9] and request.result() == [4, 9]
     assert len(request.token_times) == 2
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
+    reason="the fused decode's kernels run on CUDA, or here under TRITON_INTERPRET=1",
+)
+@pytest.mark.parametrize("quantize", [None, "int4"])
+def test_fused_decode_matches_the_modules(quantize: str | None) -> None:
+    torch.manual_seed(0)
+    tiny = ChatGLM2.from_config("tiny", dtype=torch.float32, quantize=quantize)
+    kernels = fused_kernels(tiny)
+    assert kernels is not None
+    cache = SlotCache(tiny, max_batch=4, max_seq=64)
+    lengths = [5, 9, 3]
+    for row, prompt in enumerate(_prompts(lengths)):
+        prefill(tiny, cache, torch.tensor(prompt), 0, row, logits=False)
+    before = cache.k.clone(), cache.v.clone()
+    # Three sequences padded to four rows: the fourth writes into the scratch row (4).
+    args = torch.tensor([11, 22, 33, 0]), torch.tensor([*lengths, 0]), torch.tensor([0, 1, 2, 4])
+    expected = decode(tiny, cache, *args, n_keys=16)
+    expected_cache = cache.k.clone(), cache.v.clone()
+    cache.k.copy_(before[0])
+    cache.v.copy_(before[1])
+    got = decode(tiny, cache, *args, n_keys=16, kernels=kernels)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.k, expected_cache[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.v, expected_cache[1], atol=1e-5, rtol=1e-5)
