@@ -71,10 +71,20 @@ class _Prepared:
 class QAChain:
     """Answers questions from knowledge bases with `chat_model`; thread-safe if the model is."""
 
-    def __init__(self, settings: Settings, chat_model: BaseChatModel, retriever: Retriever) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        chat_model: BaseChatModel,
+        retriever: Retriever,
+        *,
+        condense: bool | None = None,
+    ) -> None:
+        """`condense`: have the model rewrite follow-ups (None = unless it is the bundled
+        small model, which cannot do it reliably; then earlier questions join the search)."""
         self.settings = settings
         self.chat_model = chat_model
         self.retriever = retriever
+        self.condense = not _is_small_default(chat_model) if condense is None else condense
         self._count = token_counter(chat_model)
         self._budget: int | None = None
         self._templates: dict[tuple[str, str], str] = {}
@@ -216,7 +226,7 @@ class QAChain:
         needed = fixed_cost(template, question, self._count)
         check_fits(question, needed, budget)
         self.retriever.check_names(kbs)  # unknown or invalid KB names fail before any work
-        if history and self._can_condense():
+        if history and self.condense:
             query, focus = self._condense(question, history, lang), None
         else:
             query, focus = retrieval_query(history, question), question if history else None
@@ -242,12 +252,6 @@ class QAChain:
         sources = [Source.from_hit(i, hit) for i, hit in enumerate(packed, start=1)]
         return _Prepared(lang, sources, qa_messages(template, context, question, turns))
 
-    def _can_condense(self) -> bool:
-        """The bundled 135M model cannot rewrite questions reliably; larger backends can."""
-        from kbqa.llm.default import DefaultChat
-
-        return not isinstance(self.chat_model, DefaultChat)
-
     def _condense(self, question: str, history: History, lang: str) -> str:
         """The follow-up rewritten by the LLM into a standalone question (LCEL)."""
         turns = history[-max(self.settings.chain.history_turns, 1) :]
@@ -266,6 +270,12 @@ class QAChain:
         if not standalone or len(standalone) > 4 * len(question) + 200:
             return retrieval_query(history, question)
         return standalone
+
+
+def _is_small_default(model: BaseChatModel) -> bool:
+    from kbqa.llm.default import DefaultChat
+
+    return isinstance(model, DefaultChat)
 
 
 def _ms(since: float) -> float:
