@@ -310,8 +310,17 @@ class KnowledgeBase:
         return {str(key): chunk.vector for key, chunk in found.items()}
 
     def iter_documents_with_vectors(self) -> Iterator[DocumentUpsert]:
-        """Every document with its chunks, ids and vectors (for `kb migrate`, no re-embedding)."""
-        for info in self.documents():
+        """Every document with its chunks, ids and vectors (for `kb migrate`, no re-embedding).
+
+        In storage order (by chunk rowid), so a copy numbers its chunks in the same relative
+        order and breaks ties between equal scores the same way.
+        """
+        with self._reading():
+            order = self._conn.execute(
+                "SELECT doc_id FROM chunks GROUP BY doc_id ORDER BY min(id)"
+            ).fetchall()
+        infos = {info.doc_id: info for info in self.documents()}
+        for info in (infos[doc_id] for (doc_id,) in order if doc_id in infos):
             with self._reading():
                 found = self._conn.execute(
                     "SELECT chunk_id, position, text, page, heading, embed_text, metadata, vector "

@@ -18,6 +18,9 @@ from storage.types import DocumentUpsert, SearchHit, Vectors
 # A JSON array bound to one parameter: no limit on the number of values, unlike `IN (?, ?, …)`.
 IN_JSON = "IN (SELECT value FROM json_each(?))"
 
+UNIT_TOLERANCE = 1e-5
+"""A vector whose norm is this close to 1 counts as normalised (float32 rounding)."""
+
 ChunkRow = tuple[str, str, int, str, int | None, str | None, str, str, bytes, str]
 
 
@@ -37,8 +40,10 @@ class PreparedDocument:
 
 def normalise(vectors: Vectors) -> Vectors:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # [n, 1]
-    # A zero vector (nothing to embed) stays zero: cosine 0 with everything.
-    return (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+    # A zero vector (nothing to embed) stays zero: cosine 0 with everything. Rows that are
+    # unit length already stay bit for bit, so copying stored vectors (`kb migrate`) is exact.
+    keep = (norms == 0) | (np.abs(norms - 1.0) < UNIT_TOLERANCE)
+    return (vectors / np.where(keep, 1.0, norms)).astype(np.float32)
 
 
 def prepare_document(upsert: DocumentUpsert, dim: int, kb_name: str) -> PreparedDocument:

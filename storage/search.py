@@ -69,7 +69,8 @@ def hybrid_search(
         allowed = np.fromiter((rowid for (rowid,) in rows), dtype=np.int64)
         if len(allowed) == 0:
             return []
-    dense = index.search(query, n, allowed, sources)
+    # Equal scores (duplicate chunks) in rowid order, whichever backend found them.
+    dense = sorted(index.search(query, n, allowed, sources), key=lambda hit: (-hit[1], hit[0]))
     keyword = keyword_search(conn, query_text, n, sources)
     weight = dense_weight_for(query_text) if dense_weight is None else dense_weight
     fused = fuse(dense, keyword, dense_weight=weight, keyword_weight=keyword_weight)[:k]
