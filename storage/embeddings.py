@@ -66,18 +66,26 @@ class Embedder:
         self.dim: int = int(dim)
 
     def embed(self, texts: list[str]) -> Vectors:
-        """[len(texts), dim] float32, unit rows."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock:
-            vectors = self._model.encode(
-                texts,
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        """[len(texts), dim] float32, unit rows.
+
+        The model is held one batch at a time, so a query embedded while a large document is
+        being ingested waits for one batch, not for the whole document.
+        """
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # Longest first, as sentence-transformers does: texts of similar length share a batch.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            with self._lock:
+                vectors = self._model.encode(
+                    [texts[i] for i in batch],
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+            out[batch] = vectors
+        return out
 
     def embed_query(self, text: str) -> Vectors:
         """[dim] float32, unit norm."""
