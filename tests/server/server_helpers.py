@@ -1,0 +1,169 @@
+"""Real servers on loopback ports for the HTTP tests, and helpers to drive them.
+
+Each server is uvicorn running `create_app(...)` in a thread on an ephemeral 127.0.0.1 port,
+driven over real HTTP. The main server loads the bundled SmolLM2 (answers capped at a few
+tokens); servers for the load, disconnect and auth tests get a small deterministic model
+injected where the model itself is not what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.chat_models import generate_from_stream
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from pydantic import Field
+
+from kbqa.server.app import create_app
+from kbqa.settings import Settings, load_settings
+
+# Written for these tests: facts a retriever can find and a tiny model can repeat.
+DOCUMENTS = {
+    "zephyr.md": (
+        "# Zephyr-9 widget\n\nThe Zephyr-9 widget weighs 412 grams and is painted teal.\n\n"
+        "## Battery\n\nThe Zephyr-9 battery lasts 31 hours on a single charge.\n"
+    ),
+    "harbor.txt": (
+        "Harbor Street bakery opens at 6 am every weekday. Its rye loaf costs 4 euros.\n"
+        "On Sundays the bakery stays closed.\n"
+    ),
+    "知识.md": "# 青石桥\n\n青石桥建于一八九零年，全长七十二米，横跨清河。\n",
+}
+
+QUICK_LLM = {"max_new_tokens": 16, "temperature": 0.0}
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: FastAPI
+    settings: Settings
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_server(app: FastAPI, settings: Settings) -> LiveServer:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    return LiveServer(f"http://127.0.0.1:{port}", app, settings, server, thread)
+
+
+def make_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A fresh KBQA_HOME whose model cache is shared between test sessions.
+
+    The converted SmolLM2 copy (~18 s to make) lives under pytest's base temp folder, which
+    outlives one session, so only the first run on a machine pays for the conversion.
+    """
+    home = tmp_path_factory.mktemp(name)
+    shared = tmp_path_factory.getbasetemp().parent / "kbqa-model-cache"
+    shared.mkdir(parents=True, exist_ok=True)
+    (home / "cache").mkdir()
+    (home / "cache" / "models").symlink_to(shared, target_is_directory=True)
+    return home
+
+
+def server_settings(home: Path, **server: Any) -> Settings:
+    server.setdefault("api_key", "")  # a KBQA_API_KEY in the developer's shell must not leak in
+    return load_settings(home, overrides={"llm": dict(QUICK_LLM), "server": server})
+
+
+def write_documents(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in DOCUMENTS.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def serve_with_model(home: Path, model: BaseChatModel, **server: Any) -> LiveServer:
+    settings = server_settings(home, **server)
+    return start_server(create_app(settings, chat_model=model), settings)
+
+
+class EchoChat(BaseChatModel):
+    """A deterministic chat model for tests where the model is not what is tested.
+
+    It streams back the last line of the last message (the chain's prompt ends with the
+    question), word by word, `delay` seconds apart, `repeat` times over, and counts the words
+    it produced so a test can see a generation stop.
+    """
+
+    model_name: str = "echo-test"
+    delay: float = 0.0
+    repeat: int = 1
+    max_tokens: int = 100_000
+    produced: list[int] = Field(default_factory=lambda: [0])
+
+    @property
+    def _llm_type(self) -> str:
+        return "echo-test"
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        line = messages[-1].text.strip().splitlines()[-1]
+        for word in (line.split() * self.repeat)[: self.max_tokens]:
+            time.sleep(self.delay)
+            self.produced[0] += 1
+            yield ChatGenerationChunk(message=AIMessageChunk(content=f"{word} "))
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+
+
+def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def sse_events(response: httpx.Response) -> Iterator[Any]:
+    """The JSON of each `data:` line of a Server-Sent Events response, as it arrives."""
+    for line in response.iter_lines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            yield json.loads(line.removeprefix("data: "))
