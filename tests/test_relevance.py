@@ -1,0 +1,79 @@
+"""The 0..1 relevance (kbqa.relevance): terms, lexical share, the CJK dense weight, follow-ups."""
+
+from __future__ import annotations
+
+import pytest
+
+from kbqa.relevance import (
+    CJK_DENSE_WEIGHT,
+    dense_weight,
+    lexical_score,
+    query_terms,
+    relevance,
+    relevance_of,
+    with_relevance,
+)
+from storage.types import SearchHit
+
+
+def hit(
+    text: str, score: float = 0.0, heading: str | None = None, source: str = "a.md"
+) -> SearchHit:
+    return SearchHit("c1", "d1", text, source, None, heading, score)
+
+
+def test_terms_drop_function_words_and_rejoin_split_words() -> None:
+    assert query_terms("公司的年假有多少天？") == {"公司": 1, "年假": 1}
+    assert query_terms("Lumen-7B 在 FP16 下需要多少显存？") == {"lumen-7b": 2, "fp16": 2, "显存": 1}
+    assert query_terms("How long are Harbor backups kept?") == {
+        "harbor": 2,
+        "backups": 2,
+        "kept": 2,
+    }
+    assert query_terms("那 INT4 呢？") == {"int4": 2}
+    assert query_terms("什么？") == {}
+
+
+def test_lexical_share_is_weighted_and_whole_word() -> None:
+    chunk = hit("Snapshots of the Harbor queue are kept for 14 days.")
+    # harbor, kept found; "backups" is not (only "backup" would match it as a plural).
+    assert lexical_score("How long are Harbor backups kept?", chunk) == pytest.approx(4 / 6)
+    assert lexical_score("print statement", hit("the int type")) == 0.0
+    assert lexical_score("Are backups kept?", hit("one backup is kept")) == 1.0
+
+
+def test_long_chinese_terms_earn_partial_credit() -> None:
+    chunk = hit("支持繁体分词和自定义词典。")
+    # 处理 is missing; 繁体中文 is not there whole, but 繁体 (1 of its 3 pairs) is.
+    assert lexical_score("能处理繁体中文吗", chunk) == pytest.approx((0 + 1 / 3) / 2)
+
+
+def test_heading_and_file_name_count_as_part_of_the_chunk() -> None:
+    chunk = hit("需要约 5.5 GB 显存。", heading="Lumen-7B 部署手册 > 量化版本", source="lumen.md")
+    # lumen-7b (2) from the heading, 版本 (1) inside 量化版本; int4 (2) is missing.
+    assert lexical_score("Lumen-7B 的 INT4 版本", chunk) == pytest.approx(3 / 5)
+
+
+def test_dense_counts_half_for_chinese_with_the_english_only_default() -> None:
+    assert dense_weight("红烧肉怎么做？", "default") == CJK_DENSE_WEIGHT
+    assert dense_weight("How are you?", "default") == 1.0
+    assert dense_weight("红烧肉怎么做？", "/models/bge-small-zh-v1.5") == 1.0
+    chunk = hit("无关的内容", score=0.46)
+    assert relevance("红烧肉怎么做？", chunk, weight=CJK_DENSE_WEIGHT) == pytest.approx(0.23)
+    assert relevance("红烧肉怎么做？", chunk) == pytest.approx(0.46)
+
+
+def test_follow_up_needs_a_term_of_the_new_question() -> None:
+    joined = "Lumen-7B 在 FP16 下需要多少显存？\n红烧肉怎么做？"
+    chunk = hit("Lumen-7B 以 FP16 加载需要约 14 GB 显存。")
+    assert lexical_score(joined, chunk) > 0.6
+    assert lexical_score(joined, chunk, focus="红烧肉怎么做？") == 0.0
+    follow_up = "Lumen-7B 在 FP16 下需要多少显存？\n那 INT4 呢？"
+    int4 = hit("INT4 量化后需要约 5.5 GB 显存。", heading="Lumen-7B 部署手册")
+    assert lexical_score(follow_up, int4, focus="那 INT4 呢？") == pytest.approx(5 / 7)
+
+
+def test_relevance_is_stored_on_the_hit() -> None:
+    chunk = with_relevance("Harbor", hit("Harbor queue", score=0.2))
+    assert relevance_of(chunk) == 1.0 and chunk.extra["relevance"] == 1.0
+    assert relevance_of(hit("x", score=0.3)) == 0.3  # not scored yet: the dense score
