@@ -81,12 +81,14 @@ def generate(
     eos_token_ids: Iterable[int] | None = None,
     stop: Callable[[list[int]], bool] | None = None,
     cancel: threading.Event | Callable[[], bool] | None = None,
+    fast: bool | None = None,
 ) -> Iterator[int]:
     """Yield up to max_new_tokens new token ids after input_ids (a list or 1-D tensor).
 
     temperature 0 is greedy; top_k 0 and top_p 1 disable those filters; seed makes sampling
     reproducible; eos_token_ids defaults to the config's eos (2). Generation is capped at the
     model's seq_length. One generation at a time per model: starting another ends this one.
+    fast: the fused, CUDA-graph steps of fast.py (None: on CUDA when Triton is there).
     """
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or repetition_penalty <= 0:
         raise ValueError(
@@ -107,7 +109,7 @@ def generate(
     eos = set(eos_token_ids) if eos_token_ids is not None else {model.config.eos_token_id}
     return _generate(
         model, ids, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, eos,
-        stop, cancel,
+        stop, cancel, fast,
     )  # fmt: skip
 
 
@@ -123,6 +125,7 @@ def _generate(
     eos: set[int],
     stop: Callable[[list[int]], bool] | None,
     cancel: threading.Event | Callable[[], bool] | None,
+    fast: bool | None,
 ) -> Iterator[int]:
     # A separate generator function so that generate()'s argument errors raise at the call.
     if max_new_tokens <= 0 or _cancelled(cancel):
@@ -135,6 +138,9 @@ def _generate(
         model.setup_caches(1, min(rounded, model.config.seq_length))
     owner = object()
     model.cache_owner = owner
+    from kbqa.chatglm.fast import decode_steps  # fast.py imports the model, which imports us
+
+    steps = decode_steps(model, fast)
 
     generator = None
     if seed is not None:
@@ -147,9 +153,7 @@ def _generate(
         return sample_next(logits, seen, temperature, top_p, top_k, repetition_penalty, generator)
 
     with torch.no_grad():
-        positions = torch.arange(prompt_len, device=device)  # [S]
-        logits = model(ids.view(1, -1), positions, last_logits_only=True)  # [1, 1, V]
-        token = pick(logits[0, -1])
+        token = pick(steps.prefill(ids))  # from logits [V]
     generated: list[int] = []
     for step in range(max_new_tokens):
         token_id = int(token)
@@ -165,6 +169,4 @@ def _generate(
             raise RuntimeError("another generation started on this model; this one was ended")
         seen[token_id] = True
         with torch.no_grad():
-            position = torch.tensor([prompt_len + step], device=device)  # [1]
-            logits = model(token.view(1, 1), position)  # [1, 1, V]
-            token = pick(logits[0, -1])
+            token = pick(steps.decode(token, prompt_len + step))

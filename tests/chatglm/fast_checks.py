@@ -1,0 +1,98 @@
+"""Checks of the fast path (kbqa/chatglm/fast.py) against the eager model, shared by
+test_fast.py (torch reference ops, in process) and a run of this file under TRITON_INTERPRET=1
+(the Triton kernels themselves, on the CPU), which test_fast.py starts when Triton is there.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import Tensor
+
+from kbqa.chatglm import ChatGLM2, fast, fused
+from kbqa.chatglm.config import PRESETS
+from kbqa.chatglm.fused import LinearWeights, Norm
+
+# Small enough for the Triton interpreter; ffn 96 and vocab 300 leave partial GEMV blocks,
+# and 150 prompt tokens over a 256-slot cache give several attention pieces of 64 keys.
+CONFIG = {**PRESETS["tiny"], "ffn_hidden_size": 96, "padded_vocab_size": 300}
+PROMPT, STEPS, SLOTS = 150, 5, 256
+
+
+def rel(a: Tensor, b: Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def steps_error(quantize: str | None, pre_seq_len: int | None = None, chunk: int = 64) -> float:
+    """Largest relative logits error of FastSteps against the eager model over a chunked
+    prefill and STEPS decode steps (float32, tiny config)."""
+    torch.manual_seed(0)
+    config = {**CONFIG, "pre_seq_len": pre_seq_len}
+    model = ChatGLM2.from_config(config, quantize=quantize)
+    if model.transformer.prefix_encoder is not None:
+        torch.nn.init.normal_(model.transformer.prefix_encoder.embedding.weight)
+    ids = torch.randint(0, CONFIG["padded_vocab_size"], (PROMPT + STEPS,))
+
+    model.setup_caches(1, SLOTS)
+    eager = fast.EagerSteps(model)
+    expected = [eager.prefill(ids[:PROMPT])]
+    expected += [eager.decode(ids[p], p) for p in range(PROMPT, PROMPT + STEPS)]
+
+    model.setup_caches(1, SLOTS)
+    steps = fast.FastSteps(model, graph=False)
+    steps.prefill_chunk = chunk
+    single, fast.SINGLE_PREFILL = fast.SINGLE_PREFILL, chunk  # force chunks of `chunk`
+    try:
+        got = [steps.prefill(ids[:PROMPT])]
+    finally:
+        fast.SINGLE_PREFILL = single
+    got += [steps.decode(ids[p], p).clone() for p in range(PROMPT, PROMPT + STEPS)]
+    return max(rel(g, e) for g, e in zip(got, expected, strict=True))
+
+
+def gemv_error(bits: int, prologue: str, n: int = 37, k: int = 200) -> float:
+    """linear_vec with random weights and inputs against a float64 computation."""
+    torch.manual_seed(bits + len(prologue))
+    width = 2 * k if prologue == "swiglu" else k
+    x = torch.randn(width)
+    w = torch.randn(n, k) / k**0.5
+    bias, res = torch.randn(n), torch.randn(n)
+    norm = Norm(torch.rand(k) + 0.5, 1e-5) if prologue == "norm" else None
+    xd = x.double()
+    if prologue == "swiglu":
+        xd = torch.nn.functional.silu(xd[:k]) * xd[k:]
+    if norm is not None:
+        xd = xd * torch.rsqrt(xd.pow(2).mean() + norm.eps) * norm.weight.double()
+    if bits == 16:
+        lw = LinearWeights(w, None, bias, 16, k, n)
+        wd = w.double()
+    else:
+        from kbqa.chatglm.quantize import quantize_weight
+
+        q, scale = quantize_weight(w, bits)
+        lw = LinearWeights(q.view(torch.int32) if bits == 4 else q, scale, bias, bits, k, n)
+        wd = lw.dequantized(slice(None), torch.float64)
+    expected = wd @ xd + bias.double() + res.double()
+    got = fused.linear_vec(
+        lw, x, norm=norm, swiglu=prologue == "swiglu", residual=res, out_dtype=torch.float32
+    )
+    return rel(got, expected)
+
+
+def main() -> None:
+    assert fused.triton_for(torch.zeros(1)) is not None, "run with TRITON_INTERPRET=1"
+    for bits in (16, 8, 4):
+        for prologue in ("none", "norm", "swiglu"):
+            err = gemv_error(bits, prologue)
+            assert err < 1e-5, (bits, prologue, err)
+    for quantize in (None, "int4"):
+        err = steps_error(quantize)
+        assert err < 1e-5, (quantize, err)
+    err = steps_error(None, pre_seq_len=3)
+    assert err < 1e-5, ("prefix", err)
+    print("ok")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The fast generation path (fast.py, fused.py, kernels.py) against the eager model.
+
+On the CPU the fused ops run their torch references; where Triton is installed, the kernels
+themselves run under Triton's interpreter in a subprocess (fast_checks.py). On CUDA,
+bench/chatglm_gpu.py checks the compiled kernels and the CUDA graph.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fast_checks import CONFIG, gemv_error, steps_error
+
+from kbqa.chatglm import ChatGLM2
+from kbqa.chatglm.fast import EagerSteps, FastSteps, decode_steps
+
+
+@pytest.mark.parametrize("quantize", [None, "int4", "int8"])
+def test_fast_steps_equal_the_eager_model(quantize: str | None) -> None:
+    assert steps_error(quantize) < 1e-5
+
+
+def test_fast_steps_see_the_ptuning_prefix_in_the_cache() -> None:
+    assert steps_error(None, pre_seq_len=3, chunk=40) < 1e-5
+
+
+@pytest.mark.parametrize("bits", [16, 8, 4])
+@pytest.mark.parametrize("prologue", ["none", "norm", "swiglu"])
+def test_fused_gemv_reference_matches_float64(bits: int, prologue: str) -> None:
+    assert gemv_error(bits, prologue) < 1e-5
+
+
+@pytest.mark.parametrize("quantize", [None, "int4"])
+def test_generate_fast_gives_the_eager_tokens(quantize: str | None) -> None:
+    torch.manual_seed(3)
+    model = ChatGLM2.from_config(CONFIG, quantize=quantize)
+    ids = torch.randint(0, CONFIG["padded_vocab_size"], (30,)).tolist()
+    options = {"max_new_tokens": 12, "temperature": 0.0, "eos_token_ids": []}
+    eager = list(model.generate(ids, fast=False, **options))
+    assert list(model.generate(ids, fast=True, **options)) == eager
+    sampled = {"max_new_tokens": 12, "temperature": 0.9, "top_p": 0.8, "seed": 5}
+    assert list(model.generate(ids, fast=True, **sampled)) == list(
+        model.generate(ids, fast=False, **sampled)
+    )
+
+
+def test_decode_steps_choice_and_reuse() -> None:
+    model = ChatGLM2.from_config(CONFIG)
+    model.setup_caches(1, 64)
+    assert isinstance(decode_steps(model), EagerSteps)  # CPU: eager unless asked
+    first = decode_steps(model, fast=True)
+    assert isinstance(first, FastSteps)
+    assert decode_steps(model, fast=True) is first  # same weights and cache
+    model.setup_caches(1, 128)
+    assert decode_steps(model, fast=True) is not first  # a new cache: new steps (and graph)
+    with pytest.raises(ValueError, match="residual"):
+        other = ChatGLM2.from_config({**CONFIG, "apply_residual_connection_post_layernorm": True})
+        other.setup_caches(1, 16)
+        FastSteps(other)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+def test_triton_kernels_under_the_interpreter() -> None:
+    here = Path(__file__).parent
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(here.parent.parent), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, str(here / "fast_checks.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
