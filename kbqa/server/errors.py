@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ingest.pipeline import IngestUsageError
-from kbqa.errors import KBQAError
+from kbqa.errors import KBQAError, NotFound
 from kbqa.llm.errors import LLMUnavailable
 from storage.embeddings import EmbeddingUnavailable
 from storage.errors import (
@@ -96,6 +96,7 @@ def error_response(
 _DOMAIN_ERRORS: Sequence[tuple[type[Exception], int, str]] = (
     (InvalidKBName, 422, "invalid_kb_name"),
     (KBNotFound, 404, "kb_not_found"),
+    (NotFound, 404, "kb_not_found"),  # the answering path's name for the same thing
     (KBExists, 409, "kb_exists"),
     (EmbeddingMismatch, 422, "embedding_mismatch"),
     (EmbeddingUnavailable, 422, "embedding_unavailable"),
@@ -122,11 +123,11 @@ def api_error_for(exc: Exception) -> ApiError | None:
     """The ApiError a storage, ingest or answering error stands for; None if it is a bug."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, KBQAError):
-        return _with_retry(ApiError(exc.http_status, exc.code, str(exc)))
     for kind, status, code in _DOMAIN_ERRORS:
         if isinstance(exc, kind):
             return _with_retry(ApiError(status, code, str(exc)))
+    if isinstance(exc, KBQAError):
+        return _with_retry(ApiError(exc.http_status, exc.code, str(exc)))
     return None
 
 

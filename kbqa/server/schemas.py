@@ -27,9 +27,17 @@ def _kb_name(value: str) -> str:
         raise ValueError(str(e)) from None
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
 KbName = Annotated[str, AfterValidator(_kb_name)]
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
-Question = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+Question = Annotated[
+    str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_not_blank)
+]
 History = Annotated[list[tuple[Text, Text]], Field(max_length=MAX_HISTORY_TURNS)]
 TopK = Annotated[int, Field(ge=1, le=100)]
 
