@@ -41,22 +41,12 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
 
         return ChatGLM2Chat.from_settings(llm.chatglm2, llm)
     try:
-        from langchain_openai import ChatOpenAI
+        from kbqa.llm.openai_chat import RemoteChat
     except ImportError as e:
         raise ConfigError(
             "llm.backend openai needs the openai extra: pip install 'kbqa[openai]'"
         ) from e
-    openai = llm.openai
-    return ChatOpenAI(
-        base_url=openai.base_url,
-        model=openai.model,
-        api_key=openai.api_key,  # type: ignore[arg-type]
-        timeout=openai.timeout_s,
-        max_retries=openai.max_retries,
-        temperature=llm.temperature,
-        top_p=llm.top_p,
-        max_tokens=llm.max_new_tokens,  # type: ignore[call-arg]
-    )
+    return RemoteChat.from_settings(llm)
 
 
 def estimate_tokens(text: str) -> int:
