@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from kbqa import cli_answer, cli_serve
 from kbqa.cli_common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -316,13 +317,5 @@ def config_show(
         stdout.print(tomli_w.dumps(data), markup=False, highlight=False)
 
 
-def _register_optional_commands() -> None:
-    try:
-        from kbqa import cli_answer, cli_serve
-    except ImportError:
-        return
-    cli_answer.register(app, lambda: settings_for(None, None))
-    cli_serve.register(app, lambda: settings_for(None, None))
-
-
-_register_optional_commands()
+cli_answer.register(app, lambda: settings_for(None, None))
+cli_serve.register(app, lambda: settings_for(None, None))
