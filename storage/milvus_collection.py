@@ -1,7 +1,8 @@
 """Operations on one KB's Milvus collection; callers wrap them in `milvus_errors`.
 
 Rows: `id` (INT64 primary key = chunks.id), `vector` (FLOAT_VECTOR, unit length, inner
-product = cosine), and `doc_id`, `source`, `path` (VARCHAR) so that filters run in Milvus.
+product = cosine), `doc_id`, `source`, `path` (VARCHAR) so that filters run in Milvus, and
+`checksum` (the chunk row's digest in SQLite) so that reconciling compares content, not ids.
 The collection property `kbqa.generation` records which SQLite generation the rows reflect.
 """
 
@@ -23,7 +24,7 @@ GENERATION_PROPERTY = "kbqa.generation"
 VARCHAR_MAX = 65_535  # Milvus' largest VARCHAR, in bytes
 BATCH = 2_000
 _ROWS_SQL = (
-    "SELECT c.id, c.vector, c.doc_id, coalesce(d.source, ''), coalesce(d.path, '') "
+    "SELECT c.id, c.vector, c.doc_id, coalesce(d.source, ''), coalesce(d.path, ''), c.checksum "
     f"FROM chunks c LEFT JOIN documents d ON d.doc_id = c.doc_id WHERE c.id {IN_JSON}"
 )
 
@@ -59,6 +60,7 @@ class Collection:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         for text_field in ("doc_id", "source", "path"):
             schema.add_field(text_field, DataType.VARCHAR, max_length=VARCHAR_MAX)
+        schema.add_field("checksum", DataType.VARCHAR, max_length=64)
         # Strong: a search right after a write (by this or another process) sees the write.
         self.client.create_collection(self.name, schema=schema, consistency_level="Strong")
         # An empty collection's index is ready at once: skip pymilvus' half-second polling.
@@ -92,15 +94,28 @@ class Collection:
                 return int(field["params"]["dim"])
         return -1
 
+    def matches_schema(self) -> bool:
+        """The collection has this KB's dimension and every field `create` gives it."""
+        fields = {f["name"]: f for f in self.client.describe_collection(self.name)["fields"]}
+        vector = fields.get("vector", {}).get("params", {})
+        wanted = {"id", "vector", "doc_id", "source", "path", "checksum"}
+        return wanted <= set(fields) and int(vector.get("dim", -1)) == self.dim
+
     def ids(self) -> Iterator[int]:
+        yield from self.checksums()
+
+    def checksums(self) -> dict[int, str]:
+        """Every row's id and the checksum of the chunk it was copied from."""
+        found: dict[int, str] = {}
         iterator = self.client.query_iterator(
-            self.name, batch_size=BATCH, filter="id >= 0", output_fields=["id"]
+            self.name, batch_size=BATCH, filter="id >= 0", output_fields=["id", "checksum"]
         )
         try:
             while batch := iterator.next():
-                yield from (int(row["id"]) for row in batch)
+                found.update((int(row["id"]), str(row["checksum"])) for row in batch)
         finally:
             iterator.close()
+        return found
 
     def delete(self, ids: Sequence[int]) -> None:
         for start in range(0, len(ids), BATCH):
@@ -117,8 +132,9 @@ class Collection:
                     "doc_id": doc_id,
                     "source": source,
                     "path": path,
+                    "checksum": checksum,
                 }
-                for rowid, blob, doc_id, source, path in conn.execute(_ROWS_SQL, (batch,))
+                for rowid, blob, doc_id, source, path, checksum in conn.execute(_ROWS_SQL, (batch,))
             ]
             if rows:
                 self.client.insert(self.name, rows)

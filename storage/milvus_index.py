@@ -8,11 +8,13 @@ Milvus before the k cut (see storage.milvus_collection).
 
 Consistency: the collection's `kbqa.generation` stamp names the SQLite generation its rows
 reflect. Milvus is only written under the KB write lock, and the stamp goes last. A collection
-that is missing or stamped with another generation (a writer died between its commit and the
-Milvus update; the URI now points to another Milvus; a restored backup) is reconciled with the
-latest SQLite state by the next user that gets the lock: ids only in Milvus are deleted, ids
-only in SQLite inserted. Chunk ids are never reused (AUTOINCREMENT) and chunk rows never
-change, so an id present on both sides holds the same vector.
+that is missing or behind (a writer died between its commit and the Milvus update; the URI now
+points to another Milvus) is reconciled with the latest SQLite state by the next user that gets
+the lock: rows whose id is gone from SQLite, or whose chunk checksum differs, are deleted, and
+chunks missing from Milvus are inserted. Readers never take a collection back to an older
+generation (their snapshot may just be older than another process's commit); a writer that
+finds any stamp but the one it built on reconciles all rows (a restored backup, whose ids may
+name other chunks than the collection's).
 """
 
 from __future__ import annotations
@@ -140,11 +142,13 @@ class MilvusVectors:
             collection.drop()
 
     def current(self, conn: sqlite3.Connection, generation: int) -> MilvusIndex:
-        """The collection for a reader of `generation`, reconciled first if it is stale.
+        """The collection for a reader of `generation`; brought forward first if it is behind.
 
-        When another process holds the lock (its writer is updating the collection right now)
-        the collection is used as it is: ids that this snapshot lacks are skipped by hybrid
-        search, and the check is repeated on the next call.
+        A collection ahead of `generation` is used as it is (this snapshot is older than
+        another process's commit, or this KB directory is a lagging copy): readers never
+        take it back. When another process holds the lock (its writer is updating the
+        collection now) it is used as it is too, and looked at again on the next call. Ids
+        that the snapshot lacks are skipped by hybrid search.
         """
         if self._index is not None and self._generation == generation:
             return self._index
@@ -154,16 +158,16 @@ class MilvusVectors:
             if stamp is not None and not self._loaded:
                 collection.load()
                 self._loaded = True
-            if stamp != generation and self._lock.try_hold():
+            if (stamp is None or stamp < generation) and self._try_lock():
                 try:
-                    stamp = self._reconcile(collection)
+                    stamp = self._reconcile(collection, rewind=False)
                 finally:
                     self._lock.release()
             exists = stamp is not None
             kind = collection.kind() if exists else "flat"
             index = MilvusIndex(collection, self._uri, kind, exists)
         self._index = index
-        self._generation = generation if stamp == generation else -1
+        self._generation = generation if stamp is not None and stamp >= generation else -1
         return index
 
     def committed(
@@ -177,24 +181,29 @@ class MilvusVectors:
     ) -> None:
         """Apply a commit's removals and additions, then stamp `generation`.
 
-        The caller holds the write lock; `base` was reconciled to the previous generation
-        inside the commit. Rows are copied from SQLite (the commit wrote them; `vectors` is
-        not needed). If Milvus fails here, SQLite keeps the commit, the stamp stays behind and
-        the next user reconciles the collection.
+        The caller holds the write lock and got `base` from `current` inside the commit. When
+        the collection held exactly that previous generation, the commit's rows are applied
+        (copied from SQLite, which has them; `vectors` is not needed); otherwise the whole
+        collection is reconciled with this commit. If Milvus fails here, SQLite keeps the
+        commit, the stamp stays behind and the next user reconciles the collection.
         """
         del vectors
-        self._index, self._generation = None, -1
+        previous, self._index, self._generation = self._generation, None, -1
         collection = self._connect()
         try:
             with milvus_errors(self._uri):
-                collection.delete(removed)
-                with db.transaction(conn):
-                    collection.insert_from_db(conn, added)
-                    count = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
-                kind = resolve_kind(self._mode, count, self._threshold)
-                if kind != base.kind:
-                    collection.reindex(kind)
-                collection.set_stamp(generation)
+                if previous < 0 or collection.stamp() != previous:
+                    self._reconcile(collection, rewind=True)
+                    kind = collection.kind()
+                else:
+                    collection.delete(removed)
+                    with db.transaction(conn):
+                        collection.insert_from_db(conn, added)
+                        count = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+                    kind = resolve_kind(self._mode, count, self._threshold)
+                    if kind != base.kind:
+                        collection.reindex(kind)
+                    collection.set_stamp(generation)
         except StorageError as exc:
             log.warning("Milvus collection %s is behind (%s); reconciled on use", self._name, exc)
             return
@@ -234,28 +243,39 @@ class MilvusVectors:
             self._collection = Collection(acquire(self._uri), self._name, self._dim, self._dir.name)
         return self._collection
 
-    def _reconcile(self, collection: Collection) -> int:
-        """Bring the collection to the latest committed generation; returns that generation.
+    def _try_lock(self) -> bool:
+        try:
+            return self._lock.try_hold()
+        except OSError:  # a read-only copy of the KB directory: leave Milvus to its writer
+            return False
+
+    def _reconcile(self, collection: Collection, *, rewind: bool) -> int:
+        """Bring the collection to the latest committed generation; returns its stamp after.
 
         The caller holds the write lock, so no commit can happen meanwhile; a connection of
-        its own sees the latest state even when the caller's snapshot is older.
+        its own sees the latest state even when the caller's snapshot is older. A collection
+        ahead of that state is taken back only when `rewind`: a writer found a stamp other
+        than the one it built on, so the stamp says nothing and the rows are compared.
         """
         with closing(db.connect(self._dir / db.DB_FILE)) as conn, db.transaction(conn):
             latest = db.read_generation(conn)
-            if collection.stamp() == latest:
-                return latest
-            in_db = {rowid for (rowid,) in conn.execute("SELECT id FROM chunks")}
-            kind = resolve_kind(self._mode, len(in_db), self._threshold)
-            present: set[int] = set()
-            if collection.exists() and collection.stored_dim() == self._dim:
+            stamp = collection.stamp()
+            if not rewind and stamp is not None and stamp >= latest:
+                return stamp
+            wanted = dict(conn.execute("SELECT id, checksum FROM chunks").fetchall())
+            kind = resolve_kind(self._mode, len(wanted), self._threshold)
+            present: dict[int, str] = {}
+            if collection.exists() and collection.matches_schema():
                 if collection.kind() != kind:
                     collection.reindex(kind)
-                present = set(collection.ids())
+                present = collection.checksums()
             else:
                 collection.drop()
                 collection.create(kind)
-            collection.delete(sorted(present - in_db))
-            collection.insert_from_db(conn, sorted(in_db - present))
+            # A row is kept only where the chunk with its id has the checksum it was copied from.
+            collection.delete(sorted(i for i, c in present.items() if wanted.get(i) != c))
+            missing = sorted(i for i, c in wanted.items() if present.get(i) != c)
+            collection.insert_from_db(conn, missing)
             collection.set_stamp(latest)
             self._loaded = True
             log.info("reconciled Milvus collection %s with generation %d", self._name, latest)

@@ -7,6 +7,7 @@ storage suite, which runs on both backends through the `kb` fixture.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -160,6 +161,31 @@ def test_writer_killed_between_commit_and_milvus_update(kbs_dir: Path) -> None:
         assert kb.check() == []
 
 
+def test_older_copy_never_takes_the_collection_back_but_its_writes_win(
+    kbs_dir: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    uri = default_uri(kbs_dir)
+    with KnowledgeBase.create(kbs_dir, "m", embedding="fake", dim=DIM, backend="milvus") as kb:
+        kb.sync([random_doc(rng, "/docs/a.txt", 2)], [])
+    copies = tmp_path / "restored"
+    shutil.copytree(kbs_dir / "m", copies / "m")  # e.g. a backup, or a lagging replica
+    with KnowledgeBase.open(kbs_dir, "m") as kb:
+        kb.sync([random_doc(rng, "/docs/b.txt", 3)], [])
+        collection = Collection(acquire(uri), kb._meta[META_KEY], DIM, kb.name)
+    try:
+        with KnowledgeBase.open(copies, "m", milvus_uri=uri) as old:
+            hits = old.search(unit_vectors(rng, 1)[0], "", 10)
+            assert {h.source for h in hits} == {"a.txt"}  # ids it does not know are skipped
+            assert collection.stamp() == 2 and len(list(collection.ids())) == 5
+            c = random_doc(rng, "/docs/c.txt", 1)
+            old.sync([c], [])  # builds on its own state, where id 3 is free again
+            assert sorted(collection.ids()) == [1, 2, 3]  # id 3 now holds c.txt's chunk
+            assert old.search(c.vectors[0], "", 1)[0].source == "c.txt"
+            assert old.check() == []  # vectors compared too: nothing of b.txt is left
+    finally:
+        release(uri)
+
+
 def test_dropped_collection_is_rebuilt(
     mkb: KnowledgeBase, collection: Collection, rng: np.random.Generator
 ) -> None:
@@ -176,7 +202,7 @@ def test_check_reports_tampered_collection(
 ) -> None:
     mkb.sync([random_doc(rng, f"/docs/{i}.txt", 3) for i in range(2)], [])
     collection.delete([1, 2])
-    blank = {"doc_id": "", "source": "", "path": ""}
+    blank = {"doc_id": "", "source": "", "path": "", "checksum": ""}
     collection.client.upsert(
         collection.name,
         [
