@@ -13,14 +13,14 @@ becomes a float without an int→float conversion (16 per clock per SM on Hopper
 5.7e9 of them per token): (u ^ 8) | 0x4B000000 is the fp32 2^23 + (u ^ 8), and u ^ 8 is the
 signed nibble + 8, so subtracting 2^23 + 8 leaves the signed value exactly.
 """
-# Triton reads a parameter's annotation: `Any` leaves it unspecialized, `tl.constexpr` makes it
-# a compile-time constant. Never annotate with `int` (that would turn off Triton's divisible-by-16
-# specialization of strides and sizes, which the 16-byte loads depend on).
+# Triton reads a parameter's annotation: `tl.constexpr` makes it a compile-time constant and
+# `tl.tensor` (a name Triton can resolve inside a kernel) changes nothing. Never annotate with
+# `int`: that turns off Triton's divisible-by-16 specialization of sizes and strides, which the
+# 16-byte loads depend on.
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import triton
 import triton.language as tl
@@ -35,15 +35,15 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 @triton.jit
 def _gemv_kernel(
-    w_ptr: Any,
-    scale_ptr: Any,
-    bias_ptr: Any,
-    x_ptr: Any,
-    norm_ptr: Any,
-    res_ptr: Any,
-    y_ptr: Any,
-    N: Any,
-    eps: Any,
+    w_ptr: tl.tensor,
+    scale_ptr: tl.tensor,
+    bias_ptr: tl.tensor,
+    x_ptr: tl.tensor,
+    norm_ptr: tl.tensor,
+    res_ptr: tl.tensor,
+    y_ptr: tl.tensor,
+    N: tl.tensor,
+    eps: tl.tensor,
     K: tl.constexpr,
     BITS: tl.constexpr,  # 16: float weights; 8: int8 [N, K]; 4: int32 words [N, K/8]
     PROLOGUE: tl.constexpr,  # 0: x; 1: RMSNorm(x) * norm; 2: silu(x[:K]) * x[K:]
@@ -55,8 +55,8 @@ def _gemv_kernel(
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     row_ok = rows < N
     if BITS == 4:
-        BW = BK // 8
-        WORDS = K // 8
+        BW: tl.constexpr = BK // 8
+        WORDS: tl.constexpr = K // 8
         acc = tl.zeros([BN, BW], dtype=tl.float32)
         sq = tl.zeros([BW], dtype=tl.float32)
         for k0 in range(0, WORDS, BW):
@@ -184,15 +184,15 @@ def gemv_best_configs() -> dict[str, str]:
 
 @triton.jit
 def _rope_cache_kernel(
-    qkv_ptr: Any,
-    rope_ptr: Any,
-    pos_ptr: Any,
-    k_ptr: Any,
-    v_ptr: Any,
-    prefix: Any,
-    stride_tok: Any,
-    stride_g: Any,
-    stride_t: Any,
+    qkv_ptr: tl.tensor,
+    rope_ptr: tl.tensor,
+    pos_ptr: tl.tensor,
+    k_ptr: tl.tensor,
+    v_ptr: tl.tensor,
+    prefix: tl.tensor,
+    stride_tok: tl.tensor,
+    stride_g: tl.tensor,
+    stride_t: tl.tensor,
     NH: tl.constexpr,
     G: tl.constexpr,
     D: tl.constexpr,
@@ -202,8 +202,8 @@ def _rope_cache_kernel(
     pos = tl.load(pos_ptr + token)
     slot = pos + prefix
     src = qkv_ptr + token * stride_tok + head * D
-    PAIRS = D // 4
-    HALF = D // 2
+    PAIRS: tl.constexpr = D // 4
+    HALF: tl.constexpr = D // 2
     i = tl.arange(0, PAIRS)
     if head < NH + G:
         # Rotate pairs (x[2i], x[2i+1]) of the first half in fp32; rope [T, D/4, 2] = cos, sin.
@@ -249,16 +249,16 @@ def rope_cache(
 
 @triton.jit
 def _attn_partial_kernel(
-    q_ptr: Any,
-    k_ptr: Any,
-    v_ptr: Any,
-    pos_ptr: Any,
-    o_ptr: Any,
-    ml_ptr: Any,
-    prefix: Any,
-    stride_g: Any,
-    stride_t: Any,
-    scale: Any,
+    q_ptr: tl.tensor,
+    k_ptr: tl.tensor,
+    v_ptr: tl.tensor,
+    pos_ptr: tl.tensor,
+    o_ptr: tl.tensor,
+    ml_ptr: tl.tensor,
+    prefix: tl.tensor,
+    stride_g: tl.tensor,
+    stride_t: tl.tensor,
+    scale: tl.tensor,
     HPG: tl.constexpr,  # query heads per KV group
     QB: tl.constexpr,  # HPG padded to a power of two >= 16 (tl.dot's minimum)
     D: tl.constexpr,
@@ -303,11 +303,11 @@ def _attn_partial_kernel(
 
 @triton.jit
 def _attn_combine_kernel(
-    o_ptr: Any,
-    ml_ptr: Any,
-    pos_ptr: Any,
-    out_ptr: Any,
-    prefix: Any,
+    o_ptr: tl.tensor,
+    ml_ptr: tl.tensor,
+    pos_ptr: tl.tensor,
+    out_ptr: tl.tensor,
+    prefix: tl.tensor,
     HPG: tl.constexpr,
     QB: tl.constexpr,
     D: tl.constexpr,
@@ -365,12 +365,12 @@ def attn_decode(
 
 @triton.jit
 def _rmsnorm_kernel(
-    x_ptr: Any,
-    res_ptr: Any,
-    w_ptr: Any,
-    x_out_ptr: Any,
-    h_ptr: Any,
-    eps: Any,
+    x_ptr: tl.tensor,
+    res_ptr: tl.tensor,
+    w_ptr: tl.tensor,
+    x_out_ptr: tl.tensor,
+    h_ptr: tl.tensor,
+    eps: tl.tensor,
     H: tl.constexpr,
     BLOCK: tl.constexpr,
     HAS_RES: tl.constexpr,
@@ -402,7 +402,9 @@ def rmsnorm(
 
 
 @triton.jit
-def _swiglu_kernel(gu_ptr: Any, out_ptr: Any, F: tl.constexpr, BLOCK: tl.constexpr) -> None:
+def _swiglu_kernel(
+    gu_ptr: tl.tensor, out_ptr: tl.tensor, F: tl.constexpr, BLOCK: tl.constexpr
+) -> None:
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < F
@@ -422,17 +424,17 @@ def swiglu(gu: Tensor, out: Tensor) -> None:
 
 @triton.jit
 def _dequant_int4_kernel(
-    w_ptr: Any,
-    scale_ptr: Any,
-    out_ptr: Any,
-    N: Any,
+    w_ptr: tl.tensor,
+    scale_ptr: tl.tensor,
+    out_ptr: tl.tensor,
+    N: tl.tensor,
     K: tl.constexpr,
     BN: tl.constexpr,
     BW: tl.constexpr,
 ) -> None:
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     wi = tl.program_id(1) * BW + tl.arange(0, BW)
-    WORDS = K // 8
+    WORDS: tl.constexpr = K // 8
     ok = (rows < N)[:, None] & (wi < WORDS)[None, :]
     words = tl.load(w_ptr + rows[:, None] * WORDS + wi[None, :], mask=ok, other=0)
     scale = tl.load(scale_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
