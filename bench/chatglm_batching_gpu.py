@@ -102,10 +102,14 @@ def checks(model: ChatGLM2, tag: str) -> bool:
         fused_ok = step.kernels is not None
         out: dict[str, Any] = {"fused_available": fused_ok}
         if fused_ok:
-            fused = decode(model, cache, tok, pos, rows, n_keys, step.kernels)[:3]
-            out["fused_vs_modules_rel_err"] = rel(fused, plain)
-            out["fused_argmax_agrees"] = bool((fused.argmax(-1) == plain.argmax(-1)).all())
-            fused_ok = out["fused_vs_modules_rel_err"] < 2e-2
+            try:
+                fused = decode(model, cache, tok, pos, rows, n_keys, step.kernels)[:3]
+                out["fused_vs_modules_rel_err"] = rel(fused, plain)
+                out["fused_argmax_agrees"] = bool((fused.argmax(-1) == plain.argmax(-1)).all())
+                fused_ok = out["fused_vs_modules_rel_err"] < 2e-2
+            except Exception:
+                out["fused_error"] = traceback.format_exc()[-1500:]
+                fused_ok = False
         step.kernels = step.kernels if fused_ok else None
         eager = decode(model, cache, tok, pos, rows, n_keys, step.kernels)[:3]
         graphed = step([5, 6, 7], lengths).clone()  # bucket 4, the same keys: same shapes
@@ -137,8 +141,8 @@ def baseline(model: ChatGLM2, tag: str, new_tokens: int) -> None:
     for extra in modes:
         name = f"{tag}_one_at_a_time" + {True: "_fast", False: "_eager"}.get(extra.get("fast"), "")
         opts: dict[str, Any] = {"temperature": 0.0, "eos_token_ids": [], **extra}
-        list(model.generate(ids[:64], max_new_tokens=4, **opts))  # warm-up (graphs, cuBLAS)
-        list(model.generate(ids, max_new_tokens=4, **opts))
+        # Warm up with the very same call: the cache is sized (and graphs captured) per length.
+        list(model.generate(ids, max_new_tokens=new_tokens, **opts))
         sync()
         t0 = time.perf_counter()
         times = []
@@ -283,13 +287,13 @@ def main() -> None:
     t0 = time.perf_counter()
     model = ChatGLM2.from_config(args.config, device=DEVICE, dtype=dtype)
     R["build_s"] = time.perf_counter() - t0
-    fused = [True]
+    fused = [False]  # until the checks pass
 
     def check() -> None:
         fused[0] = checks(model, "fp16")
 
     section("fp16 checks", check, args.out)
-    section("fp16 baseline", lambda: baseline(model, "fp16", 128), args.out)
+    section("fp16 baseline", lambda: baseline(model, "fp16", 64), args.out)
     section("fp16 engine", lambda: engine_runs(model, "fp16", counts, fused[0]), args.out)
     table("fp16", counts)
     if int4_counts:

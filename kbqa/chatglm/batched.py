@@ -14,6 +14,7 @@ handled here, because the model's forward shares one position vector across the 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kbqa.chatglm.model import ChatGLM2, GLMBlock, RMSNorm, SelfAttention, apply_rotary
+
+log = logging.getLogger("kbqa.chatglm")
 
 KEY_BLOCK = 256  # decode attends over a multiple of this many cache slots (fewer graphs)
 
@@ -302,23 +305,36 @@ class DecodeStep:
             [tokens + [0] * pad, positions + [0] * pad, list(range(n)) + [cache.scratch] * pad]
         )
         self.inputs[:, :bucket].copy_(host)
-        tok, pos, rows = self.inputs[:, :bucket]
         if not self.cuda_graphs:
-            return decode(self.model, cache, tok, pos, rows, n_keys, self.kernels)[:n]
+            return self._eager(bucket, n_keys)[:n]
         entry = self._graphs.get((bucket, n_keys))
         if entry is None:
             entry = self._capture(bucket, n_keys)
         entry.graph.replay()
         return entry.logits[:n]
 
+    def _eager(self, bucket: int, n_keys: int) -> Tensor:
+        """decode() over the static inputs. A fused kernel that fails (to compile, on a
+        Triton the kernels were not built for) turns the fused path off for good; the step
+        is then run again through the modules, which rewrite the same cache entries."""
+        tok, pos, rows = self.inputs[:, :bucket]
+        if self.kernels is not None:
+            try:
+                return decode(self.model, self.cache, tok, pos, rows, n_keys, self.kernels)
+            except Exception:
+                log.exception("fused batched decode failed; using the model's modules")
+                self.kernels = None
+                self._graphs.clear()
+        return decode(self.model, self.cache, tok, pos, rows, n_keys)
+
     def _capture(self, bucket: int, n_keys: int) -> _Graph:
         tok, pos, rows = self.inputs[:, :bucket]
-        # Warm up outside the graph (cuBLAS and allocator set-up must not be captured). It
-        # writes the same keys/values that the replay will, so running it changes nothing.
+        # Warm up outside the graph (cuBLAS and allocator set-up, Triton compiles must not be
+        # captured). It writes the keys/values that the replay will, so it changes nothing.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            decode(self.model, self.cache, tok, pos, rows, n_keys, self.kernels)
+            self._eager(bucket, n_keys)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # One memory pool for all graphs: they never run at once, so their scratch can overlap.

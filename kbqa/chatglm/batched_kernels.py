@@ -11,12 +11,11 @@ costs more than the attention.
 Imported only on CUDA (or with TRITON_INTERPRET=1 in tests): triton is not a dependency of
 kbqa.chatglm. Launchers take contiguous tensors and check nothing; batched.py owns shapes.
 """
-# Triton reads parameter annotations: `Any` leaves a parameter unspecialised, `tl.constexpr`
-# makes it a compile-time constant.
+# Triton reads parameter annotations: `tl.constexpr` makes a parameter a compile-time constant;
+# `tl.tensor` (a name Triton can resolve inside a kernel, unlike typing.Any once annotations
+# are strings) changes nothing.
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import triton
@@ -26,12 +25,12 @@ from torch import Tensor
 
 @triton.jit
 def _add_rmsnorm_kernel(
-    x_ptr: Any,
-    res_ptr: Any,
-    w_ptr: Any,
-    x_out_ptr: Any,
-    h_ptr: Any,
-    eps: Any,
+    x_ptr: tl.tensor,
+    res_ptr: tl.tensor,
+    w_ptr: tl.tensor,
+    x_out_ptr: tl.tensor,
+    h_ptr: tl.tensor,
+    eps: tl.tensor,
     H: tl.constexpr,
     BLOCK: tl.constexpr,
     HAS_RES: tl.constexpr,
@@ -67,14 +66,14 @@ def add_rmsnorm(
 
 @triton.jit
 def _rope_cache_kernel(
-    qkv_ptr: Any,
-    rope_ptr: Any,
-    pos_ptr: Any,
-    rows_ptr: Any,
-    k_ptr: Any,
-    v_ptr: Any,
-    prefix: Any,
-    slots: Any,
+    qkv_ptr: tl.tensor,
+    rope_ptr: tl.tensor,
+    pos_ptr: tl.tensor,
+    rows_ptr: tl.tensor,
+    k_ptr: tl.tensor,
+    v_ptr: tl.tensor,
+    prefix: tl.tensor,
+    slots: tl.tensor,
     N: tl.constexpr,
     G: tl.constexpr,
     D: tl.constexpr,
@@ -130,7 +129,9 @@ def rope_cache(
 
 
 @triton.jit
-def _swiglu_kernel(gu_ptr: Any, out_ptr: Any, F: tl.constexpr, BLOCK: tl.constexpr) -> None:
+def _swiglu_kernel(
+    gu_ptr: tl.tensor, out_ptr: tl.tensor, F: tl.constexpr, BLOCK: tl.constexpr
+) -> None:
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < F

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from naive_chatglm import randomize
 
 from kbqa.chatglm import ChatGLM2
 from kbqa.chatglm.batched import (
+    DecodeStep,
     SlotCache,
     batch_bucket,
     decode,
@@ -300,3 +302,16 @@ def test_fused_decode_matches_the_modules(quantize: str | None) -> None:
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cache.k, expected_cache[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cache.v, expected_cache[1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_failing_fused_kernel_falls_back_to_the_modules(model: ChatGLM2) -> None:
+    cache = SlotCache(model, max_batch=2, max_seq=32)
+    step = DecodeStep(model, cache, cuda_graphs=False)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("compilation failed")
+
+    step.kernels = SimpleNamespace(add_rmsnorm=broken)  # type: ignore[assignment]
+    got = step([7, 8], [0, 0]).clone()
+    assert step.kernels is None
+    assert torch.equal(got, step([7, 8], [0, 0]))
