@@ -19,7 +19,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -146,7 +146,9 @@ class Ticket:
             return result
         raise RuntimeError("generation produced no result")
 
-    async def stream(self, produce: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+    async def stream(
+        self, produce: Callable[[threading.Event], Iterator[T]]
+    ) -> AsyncGenerator[T, None]:
         """Wait for a slot, run `produce(cancel)` in a worker thread and yield what it yields."""
         if self._worker_started:
             raise RuntimeError("a ticket runs one generation")
