@@ -26,6 +26,7 @@ import re
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -205,6 +206,10 @@ def storage_variants(home: Path) -> dict[str, Search]:
 
 
 def build_langchain(corpus: Corpus) -> tuple[Search, list[tuple[str, str]]]:
+    # langchain_community announces its sunset, and LangChain warns whenever its FAISS
+    # wrapper's euclidean "relevance" falls below 0 (it does for unrelated chunks).
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="langchain_community")
+    warnings.filterwarnings("ignore", message="Relevance scores must be between 0 and 1")
     from langchain_community.vectorstores import FAISS
     from langchain_core.documents import Document
     from langchain_core.embeddings import Embeddings

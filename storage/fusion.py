@@ -12,21 +12,27 @@ full 1/(K+1), and a chunk that merely shares one common token with the query ("4
 "INT4") plus a noisy dense rank 1 outranks the chunk that matches every query term. Scaling
 each contribution by the strength of its own signal keeps weak evidence weak.
 
-The dense weight is halved for queries containing CJK characters: the bundled embedding model
-is English-only, and on Chinese text its cosines are high and uninformative, while BM25 over
-jieba tokens is reliable. A KB built with a Chinese-capable embedding can pass
-dense_weight=1.0 explicitly.
+For queries containing CJK characters the dense weight drops to 0.25 unless the KB's embedding
+model reads Chinese (its name says so: bge-*-zh, m3e, text2vec-*-chinese, bge-m3, multilingual
+models). The bundled all-MiniLM-L6-v2 is English-only: on Chinese text its cosines are high
+and uninformative, while BM25 over jieba tokens is reliable. Measured on bench/eval_retrieval.py
+(Chinese questions on Chinese documents): dense alone puts the answer first for 3% of the
+questions, BM25 alone for 69%; fused with weight 0.5 the noisy dense half pushed good keyword
+hits down to 53%, with 0.25 fusion keeps BM25's 69% and keeps the dense signal's gain on
+Chinese questions about English documents. Callers may pass dense_weight explicitly.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from storage.keyword import has_cjk
 
 RANK_CONSTANT = 60
-CJK_DENSE_WEIGHT = 0.5
+CJK_DENSE_WEIGHT = 0.25
+_READS_CHINESE = re.compile(r"zh|chinese|m3e|text2vec|bge-m3|multilingual|labse", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,15 @@ class FusedCandidate:
     """BM25 divided by the best BM25 among the keyword candidates: 0..1, 0 = no keyword match."""
 
 
-def dense_weight_for(query_text: str) -> float:
-    return CJK_DENSE_WEIGHT if has_cjk(query_text) else 1.0
+def reads_chinese(embedding: str) -> bool:
+    """Whether an embedding model's name marks it as Chinese-capable (see the module doc)."""
+    return _READS_CHINESE.search(embedding) is not None
+
+
+def dense_weight_for(query_text: str, embedding: str = "") -> float:
+    if has_cjk(query_text) and not reads_chinese(embedding):
+        return CJK_DENSE_WEIGHT
+    return 1.0
 
 
 def fuse(

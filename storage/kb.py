@@ -28,6 +28,7 @@ from storage import db, rows
 from storage.check import check_kb
 from storage.dense import DenseCache
 from storage.errors import EmbeddingMismatch, KBDamaged, KBExists, KBNotFound, StorageError
+from storage.fusion import dense_weight_for
 from storage.index_cache import IndexCache
 from storage.lock import WriteLock
 from storage.milvus_client import default_uri, new_collection_name
@@ -279,9 +280,12 @@ class KnowledgeBase:
     ) -> list[SearchHit]:
         """Hybrid search. `sources` (relative sources or absolute paths) filters before the cut.
 
-        dense_weight None = automatic (see storage.fusion): 1.0, or 0.5 for CJK queries.
+        dense_weight None = automatic (see storage.fusion): 1.0, or 0.25 for CJK queries when
+        the KB's embedding model is not Chinese-capable.
         """
         query = self._unit_query(query_vector)
+        if dense_weight is None:
+            dense_weight = dense_weight_for(query_text, self._meta["embedding"])
         with self._reading():
             index = self._index.current(self._conn, db.read_generation(self._conn))
             return hybrid_search(
