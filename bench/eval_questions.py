@@ -1,8 +1,10 @@
 """The answer-quality evaluation set: questions about documents kbqa's developers did not write.
 
-The documents are the long descriptions (READMEs) in the METADATA of packages installed in the
-virtual environment, read at run time and never committed. jieba's is Chinese; the others are
-English. The questions and expected facts were written by us after reading those documents.
+The documents, read at run time and never committed: the long descriptions (READMEs) in the
+METADATA of packages installed in the virtual environment (jieba's is Chinese, the others
+English) and three Simplified Chinese manual pages of Debian's passwd package (partly
+translated, so Chinese and English mix). The questions and expected facts were written by us
+after reading those documents.
 
 `answer`: lower-case strings, any of which a correct answer contains.
 `evidence`: strings, any of which the chunk holding the answer contains (case-insensitive).
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+MAN_PAGES = ("man1/passwd.1.gz", "man1/chage.1.gz", "man8/groupadd.8.gz")
+"""Under /usr/share/man/zh_CN; questions about them are skipped where they are missing."""
 PACKAGES = (
     "jieba",
     "nh3",
@@ -122,6 +126,24 @@ QUESTIONS: list[Question] = [
     ),
     _a("zh-jieba-full", "全模式分词有什么缺点？", ("歧义",), ("不能解决歧义",)),
     _a("zh-jieba-search", "搜索引擎模式适合用来做什么？", ("搜索引擎", "召回率"), ("提高召回率",)),
+    # Chinese questions, Chinese manual pages.
+    _a("zh-passwd-d", "passwd 的 -d 选项有什么作用？", ("删除",), ("删除用户密码",)),
+    _a("zh-passwd-expire", "怎么让一个账户的密码立即过期？", ("-e", "--expire"), ("立即过期",)),
+    _a(
+        "zh-passwd-length",
+        "一般来讲，密码应该包含几位字符？",
+        ("6 到 8", "6到8", "6-8"),
+        ("6 到 8 位字符",),
+    ),
+    _a(
+        "zh-passwd-locked",
+        "被锁定了密码的用户可以更改密码吗？",
+        ("不允许", "不能", "不可以"),
+        ("不允许更改密码",),
+    ),
+    _a("zh-groupadd-r", "groupadd 的 -r 选项是做什么的？", ("系统组",), ("创建一个系统组",)),
+    _a("zh-chage-l", "chage 用哪个选项显示账户年龄信息？", ("-l", "--list"), ("显示账户年龄信息",)),
+    _a("x-groupadd-length", "组名最长可以有多少个字符？", ("32",), ("32 characters",)),
     # Chinese questions, English documents (the bundled embedding is English-only).
     _a("x-nh3-speed", "nh3 比 bleach 快多少倍？", ("20",), ("20 times",)),
     _a("x-pypdf-aes", "pypdf 怎么安装 AES 加密支持？", ("pypdf[crypto]",)),
@@ -163,6 +185,7 @@ QUESTIONS: list[Question] = [
     _u("u-zh-quantum", "量子计算机的原理是什么？"),
     _u("u-zh-leave", "公司的年假有多少天？"),
     _u("u-zh-jieba-author", "jieba 的作者是哪一年出生的？"),
+    _u("u-zh-passwd-year", "passwd 命令最早是哪一年出现的？"),
     # Follow-ups: the question only makes sense with the history.
     _f(
         "f-en-nh3",
@@ -198,6 +221,13 @@ QUESTIONS: list[Question] = [
         "它用什么授权协议？",
         ("mit",),
         ("MIT 授权",),
+    ),
+    _f(
+        "f-zh-passwd",
+        [["passwd 的 -l 选项有什么作用？", "锁定指定账户的密码。"]],
+        "那 -e 呢？",
+        ("过期",),
+        ("立即过期",),
     ),
     _f(
         "f-zh-pypdf",

@@ -107,7 +107,7 @@ class QAChain:
     def ask(
         self,
         question: str,
-        kbs: Sequence[str] | None = None,
+        kbs: str | Sequence[str] | None = None,
         history: object = None,
         top_k: int | None = None,
         cancel: threading.Event | None = None,
@@ -124,20 +124,21 @@ class QAChain:
     def stream(
         self,
         question: str,
-        kbs: Sequence[str] | None = None,
+        kbs: str | Sequence[str] | None = None,
         history: object = None,
         top_k: int | None = None,
         cancel: threading.Event | None = None,
     ) -> Iterator[Event]:
         """SourcesEvent, TokenEvent…, DoneEvent. Setting `cancel` ends the answer early.
 
-        `kbs` defaults to ["default"]; `history` is [[question, answer], …] (oldest first);
-        `top_k` defaults to retrieval.top_k. Bad input raises UsageError (or InputTooLong,
-        NotFound) before the first event.
+        `kbs`: a KB name or a list of them (default "default"); `history`: [[question,
+        answer], …], oldest first; `top_k` defaults to retrieval.top_k. Bad input raises
+        UsageError (or InputTooLong, NotFound) before the first event.
         """
         started = time.perf_counter()
         question, pairs, k = self._check(question, history, top_k)
-        prepared = self._prepare(question, list(kbs or ["default"]), pairs, k)
+        names = [kbs] if isinstance(kbs, str) else list(kbs or ["default"])
+        prepared = self._prepare(question, names, pairs, k)
         timings = Timings(retrieval_ms=_ms(started))
         yield SourcesEvent(prepared.sources)
         if prepared.messages is None:

@@ -90,6 +90,8 @@ def test_several_kbs_are_searched_and_merged() -> None:
     assert "顺延" in leave.sources[0].text
     harbor = chain.ask("How long are Harbor backups kept?", ["hr", "ops"])
     assert {s.kb for s in harbor.sources} == {"ops"}
+    one = chain.ask("How long are Harbor backups kept?", "ops")  # a single name as a string
+    assert [s.chunk_id for s in one.sources] == [s.chunk_id for s in harbor.sources]
 
 
 def test_the_question_is_embedded_once_per_distinct_model(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from kbqa.errors import InputTooLong
@@ -209,3 +210,19 @@ class TestDefaultChatStandard(ChatModelUnitTests):
     def standard_chat_model_params(self) -> dict[str, Any]:
         # A local model has nothing to retry; the other standard parameters apply.
         return {"temperature": 0, "max_tokens": 100, "timeout": 60, "stop": []}
+
+
+class TestDefaultChatIntegration(ChatModelIntegrationTests):
+    """LangChain's standard integration tests against the real model, answers cut to 8 tokens."""
+
+    @property
+    def chat_model_class(self) -> type[DefaultChat]:
+        return DefaultChat
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"cache_dir": str(shared_home() / "cache"), "max_new_tokens": 8}
+
+    @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        return {"temperature": 0, "max_tokens": 8, "stop": []}
