@@ -5,9 +5,10 @@
 - `dense` is the hit's score from storage: the cosine between the question's and the chunk's
   embeddings, clipped to 0..1 (or a reranker's score where one is configured).
 - `dense_weight` is 1, except 0.5 for a question containing Chinese (or Japanese) characters
-  searched with the bundled embedding, all-MiniLM-L6-v2: it is English-only, and on such
-  questions its cosines are noise (off-topic Chinese questions reach ~0.47 on a Chinese README,
-  answerable ones score no higher).
+  searched with an embedding whose name does not mark it as Chinese-capable
+  (storage.fusion.reads_chinese), such as the bundled all-MiniLM-L6-v2: it is English-only, and
+  on such questions its cosines are noise (off-topic Chinese questions reach ~0.47 on a
+  Chinese README, answerable ones score no higher).
 - `lexical` is the weighted share of the question's terms that occur in the chunk (its text,
   heading and file name): sum of the weights of the terms found / sum of all the weights.
 
@@ -37,7 +38,7 @@ import unicodedata
 from dataclasses import replace
 from functools import lru_cache
 
-from storage.embeddings import DEFAULT_EMBEDDING
+from storage.fusion import reads_chinese
 from storage.keyword import STOPWORDS, has_cjk
 from storage.types import SearchHit
 
@@ -143,8 +144,9 @@ def lexical_score(question: str, hit: SearchHit, focus: str | None = None) -> fl
 
 def dense_weight(question: str, embedding: str) -> float:
     """How much the dense cosine counts for `question` with the KB's `embedding` model."""
-    english_only = embedding in ("", DEFAULT_EMBEDDING)
-    return CJK_DENSE_WEIGHT if english_only and has_cjk(question) else 1.0
+    if has_cjk(question) and not reads_chinese(embedding):
+        return CJK_DENSE_WEIGHT
+    return 1.0
 
 
 def relevance(

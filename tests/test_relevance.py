@@ -54,10 +54,12 @@ def test_heading_and_file_name_count_as_part_of_the_chunk() -> None:
     assert lexical_score("Lumen-7B 的 INT4 版本", chunk) == pytest.approx(3 / 5)
 
 
-def test_dense_counts_half_for_chinese_with_the_english_only_default() -> None:
+def test_dense_counts_half_for_chinese_with_an_english_only_embedding() -> None:
     assert dense_weight("红烧肉怎么做？", "default") == CJK_DENSE_WEIGHT
     assert dense_weight("How are you?", "default") == 1.0
     assert dense_weight("红烧肉怎么做？", "/models/bge-small-zh-v1.5") == 1.0
+    assert dense_weight("红烧肉怎么做？", "/models/m3e-base") == 1.0
+    assert dense_weight("红烧肉怎么做？", "/models/all-mpnet-base-v2") == CJK_DENSE_WEIGHT
     chunk = hit("无关的内容", score=0.46)
     assert relevance("红烧肉怎么做？", chunk, weight=CJK_DENSE_WEIGHT) == pytest.approx(0.23)
     assert relevance("红烧肉怎么做？", chunk) == pytest.approx(0.46)
