@@ -94,6 +94,8 @@ class OpenAISettings(_Section):
     api_key: str = "none"
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+    concurrency: int = Field(default=8, ge=1, le=1024)
+    """Answers one kbqa server has the remote generate at once (it batches them); more queue."""
 
 
 class LLMSettings(_Section):

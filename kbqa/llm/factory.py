@@ -49,6 +49,14 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
     return RemoteChat.from_settings(llm)
 
 
+def generation_concurrency(settings: Settings) -> int:
+    """How many generations a server runs at once: a remote backend batches concurrent
+    requests itself; a model inside the process decodes one stream at a time."""
+    if settings.llm.backend == "openai":
+        return settings.llm.openai.concurrency
+    return 1
+
+
 def estimate_tokens(text: str) -> int:
     """An upper estimate for tokenizers we cannot run here (a remote server's).
 

@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from langchain_core.language_models import BaseChatModel
 
 from kbqa.chain import QAChain
-from kbqa.llm.factory import build_chat_model
+from kbqa.llm.factory import build_chat_model, generation_concurrency
 from kbqa.retrieval import Retriever
 from kbqa.server import routes_ask, routes_chatglm, routes_health, routes_kbs, routes_openai
 from kbqa.server.auth import ApiKeyGuard
@@ -31,15 +31,12 @@ from kbqa.settings import Settings
 
 log = logging.getLogger("kbqa.server")
 
-GENERATION_CONCURRENCY = 1
-"""Generations at once: the bundled model and the local ChatGLM2 decode one stream at a time."""
-
 
 def create_app(settings: Settings, *, chat_model: BaseChatModel | None = None) -> FastAPI:
     state = ServerState(
         settings=settings,
         gate=GenerationGate(
-            concurrency=GENERATION_CONCURRENCY,
+            concurrency=generation_concurrency(settings),
             queue_size=settings.server.queue_size,
             timeout_s=settings.server.request_timeout_s,
         ),

@@ -17,6 +17,8 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,21 +250,32 @@ async def _chunks(behaviour: Behaviour) -> AsyncIterator[str]:
     yield "data: [DONE]\n\n"
 
 
-@pytest.fixture(scope="module")
-def stub_server() -> Iterator[tuple[str, list[Behaviour]]]:
-    current = [Behaviour()]
+@contextmanager
+def _serving(app: FastAPI) -> Iterator[str]:
+    """`app` under uvicorn in a thread on a loopback port; yields its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(_stub_app(current), log_level="warning", timeout_graceful_shutdown=1)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 60
     while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}/v1", current
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def stub_server() -> Iterator[tuple[str, list[Behaviour]]]:
+    current = [Behaviour()]
+    with _serving(_stub_app(current)) as url:
+        yield f"{url}/v1", current
 
 
 @pytest.fixture
@@ -350,3 +363,27 @@ def test_remote_down_names_the_url(tmp_path: Path) -> None:
         assert message.startswith(f"cannot reach the LLM server at {url}: ")
         assert "refused" in message.lower() and message.endswith("(after 1 retries)")
         assert "\n" not in message
+
+
+def test_kbqa_server_lets_the_remote_generate_concurrently(
+    tmp_path: Path, stub: tuple[str, Behaviour]
+) -> None:
+    from kbqa.server.app import create_app
+
+    url, behaviour = stub
+    behaviour.delay_s = 0.6
+    remote = {"base_url": url, "model": "glm", "concurrency": 4, "max_retries": 0}
+    settings = load_settings(
+        tmp_path / "front",
+        overrides={"llm": {"backend": "openai", "openai": remote}, "server": {"api_key": ""}},
+    )
+    with _serving(create_app(settings)) as front, ThreadPoolExecutor(4) as pool:
+
+        def ask(i: int) -> httpx.Response:
+            body = {"model": "glm", "messages": [{"role": "user", "content": f"question {i}"}]}
+            return httpx.post(f"{front}/v1/chat/completions", json=body, timeout=30)
+
+        replies = list(pool.map(ask, range(4)))
+    assert [r.json()["choices"][0]["message"]["content"] for r in replies] == ["stub answer"] * 4
+    arrivals = sorted(arrived for arrived, _, _ in behaviour.seen)
+    assert len(arrivals) == 4 and arrivals[-1] - arrivals[0] < 0.5  # not one after another
