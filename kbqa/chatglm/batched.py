@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention.bias import causal_lower_right
 
 from kbqa.chatglm.model import ChatGLM2, GLMBlock, RMSNorm, SelfAttention, apply_rotary
 
@@ -126,8 +127,14 @@ def prefill(
     positions = torch.arange(start, start + seq, device=device)  # [S]
     slots = positions + cache.prefix  # [S]
     n_keys = cache.prefix + start + seq
-    visible = torch.arange(n_keys, device=device) <= slots.unsqueeze(1)  # [S, T]
     rope = t.rope[positions]  # [S, D/4, 2]
+    # The S queries are the last S of the n_keys slots and each sees the slots up to its own
+    # (the prefix included): causal aligned to the lower right. Flash / memory-efficient
+    # attention take that without a materialised mask, and read the G key/value heads
+    # directly (enable_gqa: query head h reads group h // (N / G)).
+    causal: dict[str, object] = (
+        {"is_causal": True} if n_keys == seq else {"attn_mask": causal_lower_right(seq, n_keys)}
+    )
 
     def attend(attn: SelfAttention, h: Tensor, index: int) -> Tensor:
         q, k, v = _split_qkv(attn, h)  # [1, S, N|G, D]
@@ -135,11 +142,15 @@ def prefill(
         k = apply_rotary(k, rope)
         cache.k[index, row, :, slots] = k[0].transpose(0, 1)  # [G, S, D]
         cache.v[index, row, :, slots] = v[0].transpose(0, 1)
-        # Query head h reads group h // (N / G); a prompt is compute-bound, so the copy is cheap.
-        reps = attn.n_head // attn.n_group
-        keys = cache.k[index, row : row + 1, :, :n_keys].repeat_interleave(reps, dim=1)
-        values = cache.v[index, row : row + 1, :, :n_keys].repeat_interleave(reps, dim=1)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)  # [1, N, S, D]
+        keys = cache.k[index, row : row + 1, :, :n_keys]  # [1, G, T, D]
+        values = cache.v[index, row : row + 1, :, :n_keys]
+        y = F.scaled_dot_product_attention(
+            q,
+            keys,
+            values,
+            enable_gqa=True,
+            **causal,  # type: ignore[arg-type]
+        )  # [1, N, S, D]
         return attn.dense(y.transpose(1, 2).reshape(1, seq, -1))
 
     x = t.embedding(ids.view(1, -1))  # [1, S, hidden]
