@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 KBQA_HOME=${KBQA_HOME:-$PWD/.kbqa-home}
 .venv/bin/kbqa ingest samples
-.venv/bin/kbqa ask "${1:-Aurora 的 INT4 版本需要多少显存？}"
+.venv/bin/kbqa ask "${1:-How much GPU memory does the INT4 version of Aurora need?}"
