@@ -5,8 +5,8 @@ Where ChatGLM2Chat lets one generation at a time hold the model, this one submit
 requests) join the running batch at its next step and stream their own tokens. Everything
 else (prompt building, stop strings, usage, cancellation) is ChatGLM2Chat's.
 
-The server admits `generation_concurrency(settings)` requests at once; more than the engine's
-max_batch wait inside the engine, in order.
+The server admits `kbqa.llm.factory.generation_concurrency(settings)` (max_batch) generations
+at once; were more submitted, they would wait inside the engine, in order.
 """
 
 from __future__ import annotations
@@ -21,15 +21,7 @@ from pydantic import Field, model_validator
 from kbqa.chatglm.batching import BatchEngine
 from kbqa.chatglm.sampling import SamplingParams
 from kbqa.llm.chatglm2 import ChatGLM2Chat
-from kbqa.settings import ChatGLM2Settings, LLMSettings, Settings
-
-
-def generation_concurrency(settings: Settings) -> int:
-    """How many generations the server should run at once with the configured backend."""
-    chatglm2 = settings.llm.chatglm2
-    if settings.llm.backend == "chatglm2" and chatglm2.batching:
-        return chatglm2.max_batch
-    return 1
+from kbqa.settings import ChatGLM2Settings, LLMSettings
 
 
 class BatchedChatGLM2Chat(ChatGLM2Chat):
@@ -98,4 +90,4 @@ class BatchedChatGLM2Chat(ChatGLM2Chat):
             request.cancel()  # a no-op when it finished; else it leaves the batch next step
 
 
-__all__ = ["BatchedChatGLM2Chat", "generation_concurrency"]
+__all__ = ["BatchedChatGLM2Chat"]

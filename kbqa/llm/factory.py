@@ -51,9 +51,12 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
 
 def generation_concurrency(settings: Settings) -> int:
     """How many generations a server runs at once: a remote backend batches concurrent
-    requests itself; a model inside the process decodes one stream at a time."""
+    requests itself, and so does the local ChatGLM2 with batching on (up to max_batch);
+    otherwise a model inside the process decodes one stream at a time."""
     if settings.llm.backend == "openai":
         return settings.llm.openai.concurrency
+    if settings.llm.backend == "chatglm2" and settings.llm.chatglm2.batching:
+        return settings.llm.chatglm2.max_batch
     return 1
 
 

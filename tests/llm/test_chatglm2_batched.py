@@ -19,8 +19,8 @@ from kbqa.chatglm.batching import BatchEngine
 from kbqa.chatglm.config import PRESETS
 from kbqa.chatglm.load import save_pretrained
 from kbqa.llm.chatglm2 import ChatGLM2Chat
-from kbqa.llm.chatglm2_batched import BatchedChatGLM2Chat, generation_concurrency
-from kbqa.llm.factory import build_chat_model, context_window
+from kbqa.llm.chatglm2_batched import BatchedChatGLM2Chat
+from kbqa.llm.factory import build_chat_model, context_window, generation_concurrency
 from kbqa.settings import ChatGLM2Settings, LLMSettings, load_settings
 
 Parts = tuple[ChatGLM2, ChatGLM2Tokenizer]
