@@ -4,10 +4,10 @@ built from fused ops (fused.py), captured as one CUDA graph on CUDA.
 A decode step for chatglm2-6b reads all 11.95 GB of fp16 weights (3.9 GB in int4), so it is
 bound by memory bandwidth: per layer six launches (qkv GEMV with the input RMSNorm fused in,
 rotary + cache write, attention in two kernels, dense GEMV + residual, h→4h GEMV with the
-post-attention RMSNorm, 4h→h GEMV with SwiGLU + residual), replayed from a graph so that no
-launch waits on Python. Prefill is bound by the matmuls (cuBLAS); around them it runs flash
-attention over the cache and row-wise Triton kernels, and it keeps only the last position's
-logits.
+post-attention RMSNorm before it and SwiGLU after, 4h→h GEMV + residual), replayed from a
+graph so that no launch waits on Python. Prefill is bound by the matmuls (cuBLAS); around
+them it runs flash attention (our kernel for chunks after the first) over the cache and
+row-wise Triton kernels, and it keeps only the last position's logits.
 
 `decode_steps(model, fast)` is what generate.py uses: this fast path, or the eager model.
 """
@@ -139,21 +139,17 @@ class FastSteps:
     def _prefill_chunk(self, ids: Tensor, start: int) -> Tensor:
         """ids [S] → the last position's hidden state [H] before the final norm."""
         seq = ids.numel()
-        n, d = self.heads, self.head_dim
+        n = self.heads
         pos = torch.arange(start, start + seq, device=ids.device)  # [S]
-        total = self.prefix + start + seq  # cache slots visible to this chunk
         x = F.embedding(ids, self.embed)  # [S, H]
         res: Tensor | None = None
         for layer in self.layers:
             x, h = fused.rmsnorm(x, res, layer.norm1)  # x += res; h = norm(x)
             qkv = fused.linear_rows(layer.qkv, h)  # [S, (N + 2G) * D]
             fused.rope_cache(qkv, self.rope, pos, layer.k_cache, layer.v_cache, n, self.prefix)
-            q = qkv[:, : n * d].view(1, seq, n, d).transpose(1, 2)  # [1, N, S, D]
-            k = layer.k_cache[:, :total].unsqueeze(0)  # [1, G, T, D]
-            v = layer.v_cache[:, :total].unsqueeze(0)  # [1, G, T, D]
-            y = fused.attention_prefill(q, k, v)  # [1, N, S, D]
-            del q, qkv  # drop activations as soon as they are used: the 8k budget is tight
-            y = y.transpose(1, 2).reshape(seq, n * d)  # [S, N * D]
+            first = self.prefix + start  # cache slot of this chunk's first token
+            y = fused.attention_prefill(qkv, layer.k_cache, layer.v_cache, n, first)  # [S, N*D]
+            del qkv  # drop activations as soon as they are used: the 8k budget is tight
             res = fused.linear_rows(layer.dense, y)  # [S, H]
             del y
             x, h = fused.rmsnorm(x, res, layer.norm2)
@@ -183,10 +179,9 @@ class FastSteps:
             q = qkv[: n * self.head_dim]  # [N * D]
             y = fused.attn_decode(q, layer.k_cache, layer.v_cache, pos, p, self.scratch)
             x = fused.linear_vec(layer.dense, y, residual=x, out_dtype=torch.float32)  # [H]
-            gu = fused.linear_vec(layer.h_to_4h, x, norm=layer.norm2, out_dtype=dtype)  # [2F]
-            x = fused.linear_vec(
-                layer.h4_to_h, gu, swiglu=True, residual=x, out_dtype=torch.float32
-            )  # [H]
+            # h→4h writes silu(gate) * up [F] directly; 4h→h adds the residual.
+            act = fused.linear_vec(layer.h_to_4h, x, norm=layer.norm2, glu=True, out_dtype=dtype)
+            x = fused.linear_vec(layer.h4_to_h, act, residual=x, out_dtype=torch.float32)  # [H]
         return self._logits_of(x)
 
     def decode(self, token: Tensor, pos: int) -> Tensor:

@@ -108,31 +108,30 @@ def linear_vec(
     x: Tensor,
     *,
     norm: Norm | None = None,
-    swiglu: bool = False,
+    glu: bool = False,
     residual: Tensor | None = None,
     out_dtype: torch.dtype,
 ) -> Tensor:
-    """One token: y [N] = W · prologue(x) (+ bias) (+ residual).
-
-    x [K] ([2K], gate then up, with swiglu); prologue: silu(gate) * up, or RMSNorm(x) * norm.
-    """
+    """One token: y = W · x' (+ bias), x' = RMSNorm(x) * norm or x; then with glu the rows
+    [gate; up] become silu(gate) * up ([N/2]); then + residual. x [K] → y [N] ([N/2])."""
     kernels = triton_for(x)
+    rows = lw.out_features // 2 if glu else lw.out_features
     if kernels is not None and (lw.bits != 4 or lw.weight.dtype == torch.int32):
-        out = torch.empty(lw.out_features, dtype=out_dtype, device=x.device)
+        out = torch.empty(rows, dtype=out_dtype, device=x.device)
         kernels.gemv(
             lw.weight, lw.scale, lw.bias, x, norm.weight if norm else None,
-            norm.eps if norm else 0.0, swiglu, residual, out, lw.bits, lw.in_features,
+            norm.eps if norm else 0.0, glu, residual, out, lw.bits, lw.in_features,
         )  # fmt: skip
         return out
     xf = x.float()
-    if swiglu:
-        gate, up = xf.chunk(2)  # [K] each
-        xf = F.silu(gate) * up
     if norm is not None:
         xf = xf * torch.rsqrt(xf.pow(2).mean() + norm.eps) * norm.weight.float()
     y = lw.dequantized(slice(None), torch.float32) @ xf  # [N]
     if lw.bias is not None:
         y = y + lw.bias.float()
+    if glu:
+        gate, up = y.chunk(2)  # [N/2] each
+        y = F.silu(gate) * up
     if residual is not None:
         y = y + residual.float()
     return y.to(out_dtype)
@@ -251,16 +250,33 @@ def swiglu(gu: Tensor) -> Tensor:
     return F.silu(gate) * up
 
 
-def attention_prefill(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """q [1, N, S, D] for the last S of T positions; k, v [1, G, T, D] → [1, N, S, D].
+def attention_prefill(
+    qkv: Tensor, k_cache: Tensor, v_cache: Tensor, heads: int, first: int
+) -> Tensor:
+    """Causal attention of S queries at cache slots first..first+S-1 over slots 0..first+S-1.
 
-    Causal with the queries aligned to the end of the keys (lower right), so a chunk sees the
-    cache before it; flash attention reads the G key/value heads directly (no N/G copies).
+    qkv [S, (N + 2G) * D] (q rotated, k, v already in the cache); caches [G, slots, D].
+    Returns [S, N * D]. A whole prompt (first 0) goes to flash attention through SDPA; a
+    chunk after others (or after a P-tuning prefix) to our kernel, which reads the cache in
+    place (SDPA's lower-right causal mask with GQA falls back to materialised scores here:
+    268 MB for a 512-token chunk at 8k).
     """
-    seq, total = q.shape[2], k.shape[2]
-    if seq == total:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    from torch.nn.attention.bias import causal_lower_right
+    seq = qkv.shape[0]
+    d = k_cache.shape[2]
+    total = first + seq
+    kernels = triton_for(qkv)
+    if kernels is not None and first > 0:
+        out = torch.empty(seq, heads * d, dtype=qkv.dtype, device=qkv.device)
+        kernels.attn_prefill(qkv, k_cache, v_cache, first, out)
+        return out
+    q = qkv[:, : heads * d].view(1, seq, heads, d).transpose(1, 2)  # [1, N, S, D]
+    k = k_cache[:, :total].unsqueeze(0)  # [1, G, T, D]
+    v = v_cache[:, :total].unsqueeze(0)
+    if first == 0:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    else:
+        from torch.nn.attention.bias import causal_lower_right
 
-    mask: Any = causal_lower_right(seq, total)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        mask: Any = causal_lower_right(seq, total)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    return y.transpose(1, 2).reshape(seq, heads * d)  # [S, N * D]

@@ -1,6 +1,7 @@
 """Triton kernels for ChatGLM2 on CUDA: weight-only GEMV (fp16/bf16, int8, int4) with the
-norm / SwiGLU / bias / residual around it fused in, rotary + KV-cache write, split-K decode
-attention, RMSNorm and SwiGLU for prefill, and int4 dequantization for prefill matmuls.
+RMSNorm before it and the bias / SwiGLU / residual after it fused in, RMSNorm and SwiGLU for
+prefill, and int4 dequantization for prefill matmuls; attention kernels live in
+attn_kernels.py and are re-exported here.
 
 Imported only by fused.py, and only on CUDA (or under TRITON_INTERPRET=1 in tests): triton is
 not a dependency of kbqa.chatglm. The launchers here take contiguous tensors and check
@@ -8,10 +9,10 @@ nothing; fused.py owns shapes and the torch reference of every op.
 
 int4 weights are read in the checkpoint layout (quantize.py): int8 bytes [N, K/2], even
 column in the high nibble, viewed as int32 words [N, K/8]. Little-endian, so byte b of a word
-is bits 8b..8b+7 and holds columns 2b (bits 8b+4..8b+7) and 2b+1 (bits 8b..8b+3). A nibble
-becomes a float without an int→float conversion (16 per clock per SM on Hopper, too slow for
-5.7e9 of them per token): (u ^ 8) | 0x4B000000 is the fp32 2^23 + (u ^ 8), and u ^ 8 is the
-signed nibble + 8, so subtracting 2^23 + 8 leaves the signed value exactly.
+is bits 8b..8b+7 and holds columns 2b (bits 8b+4..8b+7) and 2b+1 (bits 8b..8b+3). Nibbles
+become floats by bit tricks, never an int→float conversion (16 per clock per SM on Hopper,
+too slow for 5.7e9 weights per token): see _nibble, and the dequant kernel's (u ^ 8) |
+0x4B000000, the fp32 2^23 + (u ^ 8), where u ^ 8 is the signed nibble + 8.
 """
 # Triton reads a parameter's annotation: `tl.constexpr` makes it a compile-time constant and
 # `tl.tensor` (a name Triton can resolve inside a kernel) changes nothing. Never annotate with
@@ -26,11 +27,31 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kbqa.chatglm.attn_kernels import attn_decode, attn_prefill, rope_cache
+
+__all__ = ["attn_decode", "attn_prefill", "dequant_int4", "gemv", "rmsnorm", "rope_cache"]
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # --------------------------------------------------------------------------------------------
 # GEMV: y[n] = epilogue(sum_k W[n, k] * prologue(x)[k])
+
+
+@triton.jit
+def _nibble(words: tl.tensor, C: tl.constexpr) -> tl.tensor:
+    """Column C of each int4 word as the fp32 1 + (v + 8) / 16, for the signed nibble v.
+
+    Moving the nibble to mantissa bits 19..22 under the exponent of 1.0 takes one shift and
+    one and-xor (LOP3); the offset 1.5 is taken out once per row after the sum, so the inner
+    loop is shift, LOP3, FFMA per weight.
+    """
+    SHIFT: tl.constexpr = 19 - (8 * (C // 2) + 4 * (1 - C % 2))  # nibble at bit 8b or 8b + 4
+    if SHIFT >= 0:  # noqa: SIM108 (a Triton compile-time branch)
+        t = words << SHIFT
+    else:
+        t = words >> (-SHIFT)
+    return ((t & 0x780000) ^ 0x3FC00000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -42,11 +63,12 @@ def _gemv_kernel(
     norm_ptr: tl.tensor,
     res_ptr: tl.tensor,
     y_ptr: tl.tensor,
-    N: tl.tensor,
+    N: tl.tensor,  # output rows (with GLU: the weight has 2N rows, gate then up)
     eps: tl.tensor,
     K: tl.constexpr,
     BITS: tl.constexpr,  # 16: float weights; 8: int8 [N, K]; 4: int32 words [N, K/8]
-    PROLOGUE: tl.constexpr,  # 0: x; 1: RMSNorm(x) * norm; 2: silu(x[:K]) * x[K:]
+    NORM: tl.constexpr,  # the input is RMSNorm(x) * norm
+    GLU: tl.constexpr,  # y = silu(gate) * up of rows n and N + n
     HAS_BIAS: tl.constexpr,
     HAS_RES: tl.constexpr,
     BN: tl.constexpr,
@@ -58,58 +80,65 @@ def _gemv_kernel(
         BW: tl.constexpr = BK // 8
         WORDS: tl.constexpr = K // 8
         acc = tl.zeros([BN, BW], dtype=tl.float32)
+        acc2 = tl.zeros([BN, BW], dtype=tl.float32)
         sq = tl.zeros([BW], dtype=tl.float32)
+        sx = tl.zeros([BW], dtype=tl.float32)
         for k0 in range(0, WORDS, BW):
             wi = k0 + tl.arange(0, BW)
             w_ok = wi < WORDS
-            words = tl.load(
-                w_ptr + rows[:, None] * WORDS + wi[None, :],
-                mask=row_ok[:, None] & w_ok[None, :],
-                other=0,
-            )  # [BN, BW] int32
+            offs = rows[:, None] * WORDS + wi[None, :]
+            ok = row_ok[:, None] & w_ok[None, :]
+            words = tl.load(w_ptr + offs, mask=ok, other=0)  # [BN, BW] int32
+            if GLU:
+                words2 = tl.load(w_ptr + N * WORDS + offs, mask=ok, other=0)
             for c in tl.static_range(8):
                 cols = wi * 8 + c  # [BW]
-                if PROLOGUE == 2:
-                    gate = tl.load(x_ptr + cols, mask=w_ok, other=0.0).to(tl.float32)
-                    up = tl.load(x_ptr + K + cols, mask=w_ok, other=0.0).to(tl.float32)
-                    xc = gate * tl.sigmoid(gate) * up
-                else:
-                    xc = tl.load(x_ptr + cols, mask=w_ok, other=0.0).to(tl.float32)
-                if PROLOGUE == 1:
+                xc = tl.load(x_ptr + cols, mask=w_ok, other=0.0).to(tl.float32)
+                if NORM:
                     sq += xc * xc
                     xc = xc * tl.load(norm_ptr + cols, mask=w_ok, other=0.0).to(tl.float32)
-                shift = 8 * (c // 2) + 4 * (1 - c % 2)
-                nib = ((words >> shift) & 0xF) ^ 0x4B000008
-                acc += (nib.to(tl.float32, bitcast=True) - 8388616.0) * xc[None, :]
+                sx += xc
+                acc += _nibble(words, c) * xc[None, :]
+                if GLU:
+                    acc2 += _nibble(words2, c) * xc[None, :]
+        # sum (1 + (v + 8) / 16) x = sum v x / 16 + 1.5 sum x
+        y = (tl.sum(acc, axis=1) - 1.5 * tl.sum(sx, axis=0)) * 16.0
+        y2 = (tl.sum(acc2, axis=1) - 1.5 * tl.sum(sx, axis=0)) * 16.0
     else:
         acc = tl.zeros([BN, BK], dtype=tl.float32)
+        acc2 = tl.zeros([BN, BK], dtype=tl.float32)
         sq = tl.zeros([BK], dtype=tl.float32)
         for k0 in range(0, K, BK):
             cols = k0 + tl.arange(0, BK)
             col_ok = cols < K
-            if PROLOGUE == 2:
-                gate = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-                up = tl.load(x_ptr + K + cols, mask=col_ok, other=0.0).to(tl.float32)
-                xk = gate * tl.sigmoid(gate) * up
-            else:
-                xk = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            if PROLOGUE == 1:
+            xk = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            if NORM:
                 sq += xk * xk
                 xk = xk * tl.load(norm_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            w = tl.load(
-                w_ptr + rows[:, None] * K + cols[None, :],
-                mask=row_ok[:, None] & col_ok[None, :],
-                other=0.0,
-            )  # [BN, BK]
+            offs = rows[:, None] * K + cols[None, :]
+            ok = row_ok[:, None] & col_ok[None, :]
+            w = tl.load(w_ptr + offs, mask=ok, other=0.0)  # [BN, BK]
             acc += w.to(tl.float32) * xk[None, :]
-    y = tl.sum(acc, axis=1)  # [BN]
-    if PROLOGUE == 1:
+            if GLU:
+                w2 = tl.load(w_ptr + N * K + offs, mask=ok, other=0.0)
+                acc2 += w2.to(tl.float32) * xk[None, :]
+        y = tl.sum(acc, axis=1)  # [BN]
+        y2 = tl.sum(acc2, axis=1)
+    if NORM:
         # RMSNorm(x) · w = rsqrt(mean(x²) + eps) · (W (x ⊙ norm)): the scalar comes out.
-        y = y * tl.rsqrt(tl.sum(sq, axis=0) / K + eps)
+        rstd = tl.rsqrt(tl.sum(sq, axis=0) / K + eps)
+        y = y * rstd
+        y2 = y2 * rstd
     if BITS != 16:
         y = y * tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if GLU:
+            y2 = y2 * tl.load(scale_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if GLU:
+            y2 += tl.load(bias_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32)
+    if GLU:
+        y = y * tl.sigmoid(y) * y2
     if HAS_RES:
         y += tl.load(res_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
@@ -119,7 +148,7 @@ def _gemv_configs() -> list[triton.Config]:
     # (rows, columns per step, warps): 8–16 KB of weights per step keeps enough bytes in flight
     # per SM for HBM3; fewer rows and longer steps suit int4, whose rows are 4x shorter.
     shapes = [(4, 1024, 4), (8, 512, 4), (16, 256, 4), (8, 1024, 8), (16, 512, 8)]
-    shapes += [(16, 1024, 4), (32, 512, 8)]
+    shapes += [(16, 1024, 4), (32, 512, 8), (32, 256, 4), (64, 256, 8)]
     return [triton.Config({"BN": bn, "BK": bk}, num_warps=w) for bn, bk, w in shapes]
 
 
@@ -128,7 +157,7 @@ def _gemv_configs() -> list[triton.Config]:
 # to flush the L2).
 TUNED: dict[tuple[int, int, int], tuple[int, int, int]] = {}
 
-_gemv_autotuned = triton.autotune(configs=_gemv_configs(), key=["N", "K", "BITS", "PROLOGUE"])(
+_gemv_autotuned = triton.autotune(configs=_gemv_configs(), key=["N", "K", "BITS", "NORM", "GLU"])(
     _gemv_kernel
 )
 AUTOTUNE = os.environ.get("KBQA_GEMV_AUTOTUNE") == "1"
@@ -141,16 +170,15 @@ def gemv(
     x: Tensor,
     norm: Tensor | None,
     eps: float,
-    swiglu: bool,
+    glu: bool,
     residual: Tensor | None,
     out: Tensor,
     bits: int,
     k: int,
 ) -> None:
-    """out [N] = W x with the optional prologue/epilogue; weight [N, K] (float or int8) or int32
-    words [N, K/8]; x [K] ([2K] with swiglu)."""
+    """out [N] = epilogue(W · prologue(x)); weight [N, K] (float or int8) or int32 words
+    [N, K/8], with 2N rows (gate, up) when glu; x [K]."""
     n = out.shape[0]
-    prologue = 2 if swiglu else (1 if norm is not None else 0)
     dummy = out
     args = (
         weight,
@@ -163,7 +191,7 @@ def gemv(
         n,
         eps,
     )
-    flags = {"K": k, "BITS": bits, "PROLOGUE": prologue}
+    flags = {"K": k, "BITS": bits, "NORM": norm is not None, "GLU": glu}
     flags |= {"HAS_BIAS": bias is not None, "HAS_RES": residual is not None}
     tuned = TUNED.get((bits, n, k))
     if INTERPRET or (tuned is not None and not AUTOTUNE):
@@ -176,187 +204,6 @@ def gemv(
 def gemv_best_configs() -> dict[str, str]:
     """What the autotuner picked, by key (for the benchmark's record)."""
     return {str(key): str(config) for key, config in _gemv_autotuned.cache.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# Rotary + KV-cache write: one program per (token, head of q | k | v).
-
-
-@triton.jit
-def _rope_cache_kernel(
-    qkv_ptr: tl.tensor,
-    rope_ptr: tl.tensor,
-    pos_ptr: tl.tensor,
-    k_ptr: tl.tensor,
-    v_ptr: tl.tensor,
-    prefix: tl.tensor,
-    stride_tok: tl.tensor,
-    stride_g: tl.tensor,
-    stride_t: tl.tensor,
-    NH: tl.constexpr,
-    G: tl.constexpr,
-    D: tl.constexpr,
-) -> None:
-    token = tl.program_id(0)
-    head = tl.program_id(1)
-    pos = tl.load(pos_ptr + token)
-    slot = pos + prefix
-    src = qkv_ptr + token * stride_tok + head * D
-    PAIRS: tl.constexpr = D // 4
-    HALF: tl.constexpr = D // 2
-    i = tl.arange(0, PAIRS)
-    if head < NH + G:
-        # Rotate pairs (x[2i], x[2i+1]) of the first half in fp32; rope [T, D/4, 2] = cos, sin.
-        even = tl.load(src + 2 * i).to(tl.float32)
-        odd = tl.load(src + 2 * i + 1).to(tl.float32)
-        cos = tl.load(rope_ptr + pos * HALF + 2 * i)
-        sin = tl.load(rope_ptr + pos * HALF + 2 * i + 1)
-        new_even = even * cos - odd * sin
-        new_odd = odd * cos + even * sin
-        if head < NH:  # query: in place
-            tl.store(src + 2 * i, new_even.to(qkv_ptr.dtype.element_ty))
-            tl.store(src + 2 * i + 1, new_odd.to(qkv_ptr.dtype.element_ty))
-        else:  # key: into the cache, with the unrotated half
-            dst = k_ptr + (head - NH) * stride_g + slot * stride_t
-            tl.store(dst + 2 * i, new_even.to(k_ptr.dtype.element_ty))
-            tl.store(dst + 2 * i + 1, new_odd.to(k_ptr.dtype.element_ty))
-            j = tl.arange(0, HALF)
-            tl.store(dst + HALF + j, tl.load(src + HALF + j))
-    else:
-        d = tl.arange(0, D)
-        dst = v_ptr + (head - NH - G) * stride_g + slot * stride_t
-        tl.store(dst + d, tl.load(src + d))
-
-
-def rope_cache(
-    qkv: Tensor, rope: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, prefix: int
-) -> None:
-    """qkv [S, (N + 2G) * D] (rows may be strided), rope [T, D/4, 2] fp32, pos [S] int64;
-    k_cache, v_cache [G, slots, D] (one batch row)."""
-    groups, _, head_dim = k_cache.shape
-    heads = qkv.shape[1] // head_dim - 2 * groups
-    grid = (qkv.shape[0], heads + 2 * groups)
-    _rope_cache_kernel[grid](
-        qkv, rope, pos, k_cache, v_cache, prefix, qkv.stride(0), k_cache.stride(0),
-        k_cache.stride(1), NH=heads, G=groups, D=head_dim, num_warps=1,
-    )  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------
-# Decode attention (one query token): split the cache into pieces, one program per
-# (KV group, piece) with online softmax over BT-key blocks, then combine the pieces per head.
-
-
-@triton.jit
-def _attn_partial_kernel(
-    q_ptr: tl.tensor,
-    k_ptr: tl.tensor,
-    v_ptr: tl.tensor,
-    pos_ptr: tl.tensor,
-    o_ptr: tl.tensor,
-    ml_ptr: tl.tensor,
-    prefix: tl.tensor,
-    stride_g: tl.tensor,
-    stride_t: tl.tensor,
-    scale: tl.tensor,
-    HPG: tl.constexpr,  # query heads per KV group
-    QB: tl.constexpr,  # HPG padded to a power of two >= 16 (tl.dot's minimum)
-    D: tl.constexpr,
-    BT: tl.constexpr,
-    SPLIT: tl.constexpr,  # keys per piece, a multiple of BT
-    NSPLIT: tl.constexpr,
-) -> None:
-    group = tl.program_id(0)
-    piece = tl.program_id(1)
-    last = tl.load(pos_ptr) + prefix  # last visible slot (the prefix sits before position 0)
-    start = piece * SPLIT
-    if start <= last:
-        r = tl.arange(0, QB)
-        r_ok = r < HPG
-        d = tl.arange(0, D)
-        q_offs = (group * HPG + r)[:, None] * D + d[None, :]
-        q = tl.load(q_ptr + q_offs, mask=r_ok[:, None], other=0.0)  # [QB, D]
-        m = tl.full([QB], float("-inf"), dtype=tl.float32)
-        l = tl.zeros([QB], dtype=tl.float32)  # noqa: E741
-        acc = tl.zeros([QB, D], dtype=tl.float32)
-        base = group * stride_g
-        end = tl.minimum(start + SPLIT, last + 1)
-        for t0 in range(start, end, BT):
-            t = t0 + tl.arange(0, BT)
-            t_ok = t < end
-            offs = base + t[:, None] * stride_t + d[None, :]
-            k = tl.load(k_ptr + offs, mask=t_ok[:, None], other=0.0)  # [BT, D]
-            s = tl.dot(q, tl.trans(k)) * scale  # [QB, BT]
-            s = tl.where(t_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=1))
-            alpha = tl.exp(m - m_new)
-            p = tl.exp(s - m_new[:, None])
-            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
-            v = tl.load(v_ptr + offs, mask=t_ok[:, None], other=0.0)  # [BT, D]
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m = m_new
-        row = (group * NSPLIT + piece) * QB + r  # [QB]
-        tl.store(o_ptr + row[:, None] * D + d[None, :], acc, mask=r_ok[:, None])
-        tl.store(ml_ptr + row * 2, m, mask=r_ok)
-        tl.store(ml_ptr + row * 2 + 1, l, mask=r_ok)
-
-
-@triton.jit
-def _attn_combine_kernel(
-    o_ptr: tl.tensor,
-    ml_ptr: tl.tensor,
-    pos_ptr: tl.tensor,
-    out_ptr: tl.tensor,
-    prefix: tl.tensor,
-    HPG: tl.constexpr,
-    QB: tl.constexpr,
-    D: tl.constexpr,
-    SPLIT: tl.constexpr,
-    NSPLIT: tl.constexpr,
-    NS2: tl.constexpr,  # NSPLIT rounded up to a power of two
-) -> None:
-    head = tl.program_id(0)
-    group = head // HPG
-    last = tl.load(pos_ptr) + prefix
-    s = tl.arange(0, NS2)
-    s_ok = s < (last // SPLIT + 1)  # pieces the partial kernel wrote
-    row = (group * NSPLIT + s) * QB + head % HPG  # [NS2]
-    m = tl.load(ml_ptr + row * 2, mask=s_ok, other=float("-inf"))
-    l = tl.load(ml_ptr + row * 2 + 1, mask=s_ok, other=0.0)  # noqa: E741
-    weight = tl.exp(m - tl.max(m, axis=0))  # [NS2]; 0 for unwritten pieces
-    d = tl.arange(0, D)
-    o = tl.load(o_ptr + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
-    y = tl.sum(weight[:, None] * o, axis=0) / tl.sum(weight * l, axis=0)  # [D]
-    tl.store(out_ptr + head * D + d, y.to(out_ptr.dtype.element_ty))
-
-
-def attn_decode(
-    q: Tensor,
-    k_cache: Tensor,
-    v_cache: Tensor,
-    pos: Tensor,
-    prefix: int,
-    out: Tensor,
-    partial: Tensor,
-    ml: Tensor,
-    split: int,
-) -> None:
-    """q [N * D] (rotated), caches [G, slots, D], pos [1]; out [N * D]. partial
-    [G, NSPLIT, QB, D] fp32 and ml [G, NSPLIT, QB, 2] fp32 are scratch."""
-    groups, _, head_dim = k_cache.shape
-    heads = q.numel() // head_dim
-    hpg = heads // groups
-    nsplit, qb = partial.shape[1], partial.shape[2]
-    block = min(64, split)
-    _attn_partial_kernel[(groups, nsplit)](
-        q, k_cache, v_cache, pos, partial, ml, prefix, k_cache.stride(0), k_cache.stride(1),
-        head_dim**-0.5, HPG=hpg, QB=qb, D=head_dim, BT=block, SPLIT=split, NSPLIT=nsplit,
-        num_warps=4,
-    )  # fmt: skip
-    _attn_combine_kernel[(heads,)](
-        partial, ml, pos, out, prefix, HPG=hpg, QB=qb, D=head_dim, SPLIT=split, NSPLIT=nsplit,
-        NS2=triton.next_power_of_2(nsplit), num_warps=4,
-    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,31 +51,33 @@ def steps_error(quantize: str | None, pre_seq_len: int | None = None, chunk: int
     return max(rel(g, e) for g, e in zip(got, expected, strict=True))
 
 
-def gemv_error(bits: int, prologue: str, n: int = 37, k: int = 200) -> float:
-    """linear_vec with random weights and inputs against a float64 computation."""
-    torch.manual_seed(bits + len(prologue))
-    width = 2 * k if prologue == "swiglu" else k
-    x = torch.randn(width)
-    w = torch.randn(n, k) / k**0.5
-    bias, res = torch.randn(n), torch.randn(n)
-    norm = Norm(torch.rand(k) + 0.5, 1e-5) if prologue == "norm" else None
+def gemv_error(bits: int, variant: str, n: int = 37, k: int = 200) -> float:
+    """linear_vec with random weights and inputs against a float64 computation. variant:
+    "none", "norm" (RMSNorm before) or "glu" (RMSNorm before, SwiGLU of row halves after)."""
+    torch.manual_seed(bits + len(variant))
+    rows = 2 * n if variant == "glu" else n
+    x = torch.randn(k)
+    w = torch.randn(rows, k) / k**0.5
+    bias, res = torch.randn(rows), torch.randn(n)
+    norm = Norm(torch.rand(k) + 0.5, 1e-5) if variant != "none" else None
     xd = x.double()
-    if prologue == "swiglu":
-        xd = torch.nn.functional.silu(xd[:k]) * xd[k:]
     if norm is not None:
         xd = xd * torch.rsqrt(xd.pow(2).mean() + norm.eps) * norm.weight.double()
     if bits == 16:
-        lw = LinearWeights(w, None, bias, 16, k, n)
+        lw = LinearWeights(w, None, bias, 16, k, rows)
         wd = w.double()
     else:
         from kbqa.chatglm.quantize import quantize_weight
 
         q, scale = quantize_weight(w, bits)
-        lw = LinearWeights(q.view(torch.int32) if bits == 4 else q, scale, bias, bits, k, n)
+        lw = LinearWeights(q.view(torch.int32) if bits == 4 else q, scale, bias, bits, k, rows)
         wd = lw.dequantized(slice(None), torch.float64)
-    expected = wd @ xd + bias.double() + res.double()
+    expected = wd @ xd + bias.double()
+    if variant == "glu":
+        expected = torch.nn.functional.silu(expected[:n]) * expected[n:]
+    expected += res.double()
     got = fused.linear_vec(
-        lw, x, norm=norm, swiglu=prologue == "swiglu", residual=res, out_dtype=torch.float32
+        lw, x, norm=norm, glu=variant == "glu", residual=res, out_dtype=torch.float32
     )
     return rel(got, expected)
 
@@ -83,9 +85,9 @@ def gemv_error(bits: int, prologue: str, n: int = 37, k: int = 200) -> float:
 def main() -> None:
     assert fused.triton_for(torch.zeros(1)) is not None, "run with TRITON_INTERPRET=1"
     for bits in (16, 8, 4):
-        for prologue in ("none", "norm", "swiglu"):
-            err = gemv_error(bits, prologue)
-            assert err < 1e-5, (bits, prologue, err)
+        for variant in ("none", "norm", "glu"):
+            err = gemv_error(bits, variant)
+            assert err < 1e-5, (bits, variant, err)
     for quantize in (None, "int4"):
         err = steps_error(quantize)
         assert err < 1e-5, (quantize, err)

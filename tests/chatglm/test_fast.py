@@ -31,9 +31,9 @@ def test_fast_steps_see_the_ptuning_prefix_in_the_cache() -> None:
 
 
 @pytest.mark.parametrize("bits", [16, 8, 4])
-@pytest.mark.parametrize("prologue", ["none", "norm", "swiglu"])
-def test_fused_gemv_reference_matches_float64(bits: int, prologue: str) -> None:
-    assert gemv_error(bits, prologue) < 1e-5
+@pytest.mark.parametrize("variant", ["none", "norm", "glu"])
+def test_fused_gemv_reference_matches_float64(bits: int, variant: str) -> None:
+    assert gemv_error(bits, variant) < 1e-5
 
 
 @pytest.mark.parametrize("quantize", [None, "int4"])

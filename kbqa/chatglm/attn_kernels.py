@@ -1,0 +1,263 @@
+"""Triton attention kernels for ChatGLM2 on CUDA: rotary + KV-cache write, split-K decode
+attention, and causal prefill attention over the cache (for chunked prefill).
+
+Imported only through kernels.py (see there). Caches are one batch row, [G, slots, D], with
+the P-tuning prefix (if any) in slots 0..prefix-1 and position p in slot prefix + p. Query
+head h reads key/value group h // (N / G), straight from the cache: no repeated copies.
+"""
+# Annotations: see kernels.py (`tl.tensor` for runtime arguments, never `int`).
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from torch import Tensor
+
+# --------------------------------------------------------------------------------------------
+# Rotary + KV-cache write: one program per (token, head of q | k | v).
+
+
+@triton.jit
+def _rope_cache_kernel(
+    qkv_ptr: tl.tensor,
+    rope_ptr: tl.tensor,
+    pos_ptr: tl.tensor,
+    k_ptr: tl.tensor,
+    v_ptr: tl.tensor,
+    prefix: tl.tensor,
+    stride_tok: tl.tensor,
+    stride_g: tl.tensor,
+    stride_t: tl.tensor,
+    NH: tl.constexpr,
+    G: tl.constexpr,
+    D: tl.constexpr,
+) -> None:
+    token = tl.program_id(0)
+    head = tl.program_id(1)
+    pos = tl.load(pos_ptr + token)
+    slot = pos + prefix
+    src = qkv_ptr + token * stride_tok + head * D
+    PAIRS: tl.constexpr = D // 4
+    HALF: tl.constexpr = D // 2
+    i = tl.arange(0, PAIRS)
+    if head < NH + G:
+        # Rotate pairs (x[2i], x[2i+1]) of the first half in fp32; rope [T, D/4, 2] = cos, sin.
+        even = tl.load(src + 2 * i).to(tl.float32)
+        odd = tl.load(src + 2 * i + 1).to(tl.float32)
+        cos = tl.load(rope_ptr + pos * HALF + 2 * i)
+        sin = tl.load(rope_ptr + pos * HALF + 2 * i + 1)
+        new_even = even * cos - odd * sin
+        new_odd = odd * cos + even * sin
+        if head < NH:  # query: in place
+            tl.store(src + 2 * i, new_even.to(qkv_ptr.dtype.element_ty))
+            tl.store(src + 2 * i + 1, new_odd.to(qkv_ptr.dtype.element_ty))
+        else:  # key: into the cache, with the unrotated half
+            dst = k_ptr + (head - NH) * stride_g + slot * stride_t
+            tl.store(dst + 2 * i, new_even.to(k_ptr.dtype.element_ty))
+            tl.store(dst + 2 * i + 1, new_odd.to(k_ptr.dtype.element_ty))
+            j = tl.arange(0, HALF)
+            tl.store(dst + HALF + j, tl.load(src + HALF + j))
+    else:
+        d = tl.arange(0, D)
+        dst = v_ptr + (head - NH - G) * stride_g + slot * stride_t
+        tl.store(dst + d, tl.load(src + d))
+
+
+def rope_cache(
+    qkv: Tensor, rope: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, prefix: int
+) -> None:
+    """qkv [S, (N + 2G) * D] (rows may be strided), rope [T, D/4, 2] fp32, pos [S] int64;
+    k_cache, v_cache [G, slots, D] (one batch row)."""
+    groups, _, head_dim = k_cache.shape
+    heads = qkv.shape[1] // head_dim - 2 * groups
+    grid = (qkv.shape[0], heads + 2 * groups)
+    _rope_cache_kernel[grid](
+        qkv, rope, pos, k_cache, v_cache, prefix, qkv.stride(0), k_cache.stride(0),
+        k_cache.stride(1), NH=heads, G=groups, D=head_dim, num_warps=1,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Decode attention (one query token): split the cache into pieces, one program per
+# (KV group, piece) with online softmax over BT-key blocks, then combine the pieces per head.
+
+
+@triton.jit
+def _attn_partial_kernel(
+    q_ptr: tl.tensor,
+    k_ptr: tl.tensor,
+    v_ptr: tl.tensor,
+    pos_ptr: tl.tensor,
+    o_ptr: tl.tensor,
+    ml_ptr: tl.tensor,
+    prefix: tl.tensor,
+    stride_g: tl.tensor,
+    stride_t: tl.tensor,
+    scale: tl.tensor,
+    HPG: tl.constexpr,  # query heads per KV group
+    QB: tl.constexpr,  # HPG padded to a power of two >= 16 (tl.dot's minimum)
+    D: tl.constexpr,
+    BT: tl.constexpr,
+    SPLIT: tl.constexpr,  # keys per piece, a multiple of BT
+    NSPLIT: tl.constexpr,
+) -> None:
+    group = tl.program_id(0)
+    piece = tl.program_id(1)
+    last = tl.load(pos_ptr) + prefix  # last visible slot (the prefix sits before position 0)
+    start = piece * SPLIT
+    if start <= last:
+        r = tl.arange(0, QB)
+        r_ok = r < HPG
+        d = tl.arange(0, D)
+        q_offs = (group * HPG + r)[:, None] * D + d[None, :]
+        q = tl.load(q_ptr + q_offs, mask=r_ok[:, None], other=0.0)  # [QB, D]
+        m = tl.full([QB], float("-inf"), dtype=tl.float32)
+        l = tl.zeros([QB], dtype=tl.float32)  # noqa: E741
+        acc = tl.zeros([QB, D], dtype=tl.float32)
+        base = group * stride_g
+        end = tl.minimum(start + SPLIT, last + 1)
+        for t0 in range(start, end, BT):
+            t = t0 + tl.arange(0, BT)
+            t_ok = t < end
+            offs = base + t[:, None] * stride_t + d[None, :]
+            k = tl.load(k_ptr + offs, mask=t_ok[:, None], other=0.0)  # [BT, D]
+            s = tl.dot(q, tl.trans(k)) * scale  # [QB, BT]
+            s = tl.where(t_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(s - m_new[:, None])
+            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
+            v = tl.load(v_ptr + offs, mask=t_ok[:, None], other=0.0)  # [BT, D]
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+        row = (group * NSPLIT + piece) * QB + r  # [QB]
+        tl.store(o_ptr + row[:, None] * D + d[None, :], acc, mask=r_ok[:, None])
+        tl.store(ml_ptr + row * 2, m, mask=r_ok)
+        tl.store(ml_ptr + row * 2 + 1, l, mask=r_ok)
+
+
+@triton.jit
+def _attn_combine_kernel(
+    o_ptr: tl.tensor,
+    ml_ptr: tl.tensor,
+    pos_ptr: tl.tensor,
+    out_ptr: tl.tensor,
+    prefix: tl.tensor,
+    HPG: tl.constexpr,
+    QB: tl.constexpr,
+    D: tl.constexpr,
+    SPLIT: tl.constexpr,
+    NSPLIT: tl.constexpr,
+    NS2: tl.constexpr,  # NSPLIT rounded up to a power of two
+) -> None:
+    head = tl.program_id(0)
+    group = head // HPG
+    last = tl.load(pos_ptr) + prefix
+    s = tl.arange(0, NS2)
+    s_ok = s < (last // SPLIT + 1)  # pieces the partial kernel wrote
+    row = (group * NSPLIT + s) * QB + head % HPG  # [NS2]
+    m = tl.load(ml_ptr + row * 2, mask=s_ok, other=float("-inf"))
+    l = tl.load(ml_ptr + row * 2 + 1, mask=s_ok, other=0.0)  # noqa: E741
+    weight = tl.exp(m - tl.max(m, axis=0))  # [NS2]; 0 for unwritten pieces
+    d = tl.arange(0, D)
+    o = tl.load(o_ptr + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
+    y = tl.sum(weight[:, None] * o, axis=0) / tl.sum(weight * l, axis=0)  # [D]
+    tl.store(out_ptr + head * D + d, y.to(out_ptr.dtype.element_ty))
+
+
+def attn_decode(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    pos: Tensor,
+    prefix: int,
+    out: Tensor,
+    partial: Tensor,
+    ml: Tensor,
+    split: int,
+) -> None:
+    """q [N * D] (rotated), caches [G, slots, D], pos [1]; out [N * D]. partial
+    [G, NSPLIT, QB, D] fp32 and ml [G, NSPLIT, QB, 2] fp32 are scratch."""
+    groups, _, head_dim = k_cache.shape
+    heads = q.numel() // head_dim
+    hpg = heads // groups
+    nsplit, qb = partial.shape[1], partial.shape[2]
+    block = min(64, split)
+    _attn_partial_kernel[(groups, nsplit)](
+        q, k_cache, v_cache, pos, partial, ml, prefix, k_cache.stride(0), k_cache.stride(1),
+        head_dim**-0.5, HPG=hpg, QB=qb, D=head_dim, BT=block, SPLIT=split, NSPLIT=nsplit,
+        num_warps=4,
+    )  # fmt: skip
+    _attn_combine_kernel[(heads,)](
+        partial, ml, pos, out, prefix, HPG=hpg, QB=qb, D=head_dim, SPLIT=split, NSPLIT=nsplit,
+        NS2=triton.next_power_of_2(nsplit), num_warps=4,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Prefill attention over the cache: queries are the last S of T visible slots (lower-right
+# causal), so a chunk attends to everything before it. One program per (query block, head).
+
+
+@triton.jit
+def _attn_prefill_kernel(
+    q_ptr: tl.tensor,
+    k_ptr: tl.tensor,
+    v_ptr: tl.tensor,
+    out_ptr: tl.tensor,
+    seq: tl.tensor,
+    first: tl.tensor,  # cache slot of query 0
+    stride_q: tl.tensor,
+    stride_g: tl.tensor,
+    stride_t: tl.tensor,
+    scale: tl.tensor,  # softmax scale * log2(e): exp2 below
+    HPG: tl.constexpr,
+    D: tl.constexpr,
+    BM: tl.constexpr,
+    BT: tl.constexpr,
+) -> None:
+    block = tl.program_id(0)
+    head = tl.program_id(1)
+    group = head // HPG
+    i = block * BM + tl.arange(0, BM)  # [BM] query rows
+    i_ok = i < seq
+    d = tl.arange(0, D)
+    q_offs = i[:, None] * stride_q + head * D + d[None, :]
+    q = tl.load(q_ptr + q_offs, mask=i_ok[:, None], other=0.0)  # [BM, D]
+    slot = first + i  # [BM]
+    m = tl.full([BM], float("-inf"), dtype=tl.float32)
+    l = tl.zeros([BM], dtype=tl.float32)  # noqa: E741
+    acc = tl.zeros([BM, D], dtype=tl.float32)
+    end = tl.minimum(first + block * BM + BM, first + seq)  # past the block's last query
+    base = group * stride_g
+    for t0 in range(0, end, BT):
+        t = t0 + tl.arange(0, BT)
+        offs = base + t[:, None] * stride_t + d[None, :]
+        k = tl.load(k_ptr + offs, mask=(t < end)[:, None], other=0.0)  # [BT, D]
+        s = tl.dot(q, tl.trans(k)) * scale  # [BM, BT]
+        s = tl.where(t[None, :] <= slot[:, None], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
+        v = tl.load(v_ptr + offs, mask=(t < end)[:, None], other=0.0)  # [BT, D]
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m = m_new
+    out = acc / l[:, None]
+    n_all = tl.num_programs(1)
+    o_offs = i[:, None] * (n_all * D) + head * D + d[None, :]
+    tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=i_ok[:, None])
+
+
+def attn_prefill(q: Tensor, k_cache: Tensor, v_cache: Tensor, first: int, out: Tensor) -> None:
+    """q [S, >= N * D] (row stride any, head h at columns h*D..), caches [G, slots, D]; queries
+    sit in slots first..first+S-1 and see slots 0..their own. out [S, N * D]."""
+    seq = q.shape[0]
+    groups, _, head_dim = k_cache.shape
+    heads = out.shape[1] // head_dim
+    block = 64
+    _attn_prefill_kernel[(triton.cdiv(seq, block), heads)](
+        q, k_cache, v_cache, out, seq, first, q.stride(0), k_cache.stride(0), k_cache.stride(1),
+        head_dim**-0.5 * 1.4426950408889634, HPG=heads // groups, D=head_dim, BM=block, BT=64,
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
