@@ -34,7 +34,8 @@ class Options:
 class Question:
     text: str
     kbs: list[str]
-    history: list[tuple[str, str]] = field(default_factory=list)
+    history: list[list[str]] = field(default_factory=list)
+    """[[question, answer], …], oldest first."""
     top_k: int | None = None
     options: Options = Options()
 
@@ -118,17 +119,17 @@ def langchain_messages(messages: Sequence[ChatMessage]) -> list[BaseMessage]:
     return converted
 
 
-def split_conversation(messages: Sequence[ChatMessage]) -> tuple[str, list[tuple[str, str]]]:
+def split_conversation(messages: Sequence[ChatMessage]) -> tuple[str, list[list[str]]]:
     """The last user message and the [question, answer] turns before it (system text aside)."""
     turns = [m for m in messages if m.role in ("user", "assistant")]
     if not turns or turns[-1].role != "user" or not turns[-1].text.strip():
         raise ApiError(422, "invalid_request", "the last message must be a non-empty user message")
-    history: list[tuple[str, str]] = []
+    history: list[list[str]] = []
     pending: str | None = None
     for message in turns[:-1]:
         if message.role == "user":
             pending = message.text if pending is None else f"{pending}\n{message.text}"
         elif pending is not None:
-            history.append((pending, message.text))
+            history.append([pending, message.text])
             pending = None
     return turns[-1].text, history

@@ -142,7 +142,12 @@ def describe_validation_error(errors: Sequence[Any]) -> str:
     if not errors:
         return "invalid request"
     first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    # Drop the request part ("body") and pydantic's names for union branches ("list[str]").
+    loc = [
+        str(part)
+        for part in first.get("loc", ())
+        if part not in ("body", "query", "path") and not any(c in str(part) for c in "[(")
+    ]
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return f"{'.'.join(loc)}: {message}" if loc else message
 

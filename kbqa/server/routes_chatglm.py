@@ -32,6 +32,6 @@ async def chatglm_chat(body: ChatGLMRequest, state: StateDep) -> ChatGLMResponse
     answer = await generate(state, partial(answer_json, state, question))
     return ChatGLMResponse(
         response=answer["answer"],
-        history=[*history, (body.prompt, answer["answer"])],
+        history=[*history, [body.prompt, answer["answer"]]],
         time=datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
     )

@@ -87,7 +87,9 @@ def delete_document(
 @router.post("/v1/kbs/{kb}/documents", status_code=202)
 def upload_documents(
     kb: KbPath,
-    files: Annotated[list[UploadFile], File(description="Documents to add or update")],
+    files: Annotated[
+        list[UploadFile], File(min_length=1, description="Documents to add or update")
+    ],
     state: StateDep,
 ) -> JobCreated:
     require_kb(state.settings, kb)

@@ -27,18 +27,21 @@ def _kb_name(value: str) -> str:
         raise ValueError(str(e)) from None
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be blank")
-    return value
-
-
-KbName = Annotated[str, AfterValidator(_kb_name)]
-Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
-Question = Annotated[
-    str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_not_blank)
+KbName = Annotated[
+    str,
+    AfterValidator(_kb_name),
+    Field(
+        description="1 to 64 letters or digits of any script, '_', '-', '.'; not starting with '.'",
+        # The schema can only approximate "letters and digits of any script"; the server
+        # applies the exact rule (storage.names) and answers 422 to anything else.
+        json_schema_extra={"pattern": r"^[\w-][\w.-]*$", "minLength": 1, "maxLength": 64},
+    ),
 ]
-History = Annotated[list[tuple[Text, Text]], Field(max_length=MAX_HISTORY_TURNS)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Question = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS, pattern=r"[^\s\x1c-\x1f]")]
+"""Text that is not all white space, as Python's `str.strip` sees it (the chain strips)."""
+Turn = Annotated[list[Text], Field(min_length=2, max_length=2, description="[question, answer]")]
+History = Annotated[list[Turn], Field(max_length=MAX_HISTORY_TURNS, description="Oldest first")]
 TopK = Annotated[int, Field(ge=1, le=100)]
 
 
@@ -107,7 +110,7 @@ class ChatGLMRequest(_Request):
 
 class ChatGLMResponse(BaseModel):
     response: str
-    history: list[tuple[str, str]]
+    history: list[list[str]]
     status: int = 200
     time: str = Field(description="Local time of the answer, YYYY-mm-dd HH:MM:SS")
 
