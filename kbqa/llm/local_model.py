@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,9 @@ class LocalModel:
     cache_arg: str
     """The forward() keyword of the KV cache: `cache` from transformers 5.24, else
     `past_key_values`."""
+    last_logits_only: dict[str, int] = field(default_factory=dict)
+    """forward() keywords that compute logits for the last position only (the prefill of a
+    long prompt would otherwise project every position onto the 49k-token vocabulary)."""
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -194,7 +197,9 @@ def _load(gguf: Path, cache_root: Path | None) -> LocalModel:
     window = int(getattr(model.config, "max_position_embeddings", 2048))
     params = inspect.signature(model.forward).parameters
     cache_arg = "cache" if "cache" in params else "past_key_values"
-    return LocalModel(model, tokenizer, window, frozenset(eos), gguf.stem, cache_arg)
+    keep = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+    last_only = {keep: 1} if keep else {}
+    return LocalModel(model, tokenizer, window, frozenset(eos), gguf.stem, cache_arg, last_only)
 
 
 _loaded: dict[tuple[str, str], LocalModel] = {}
@@ -287,7 +292,7 @@ def generate(
     emitted = 0  # characters of the decoded continuation already returned
     finish = "length"
     with torch.inference_mode():
-        out = lm.model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
+        out = lm.model(input_ids=torch.tensor([prompt_ids]), use_cache=True, **lm.last_logits_only)
         while len(generated) < budget:
             token = _pick(out.logits[0, -1], temperature, top_p)
             if token in lm.eos_ids:

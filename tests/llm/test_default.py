@@ -57,7 +57,7 @@ def answer(chat: DefaultChat) -> AIMessage:
 
 
 def test_converted_copy_is_cached_atomically_and_reloads(
-    chat: DefaultChat, cache_root: Path
+    chat: DefaultChat, cache_root: Path, answer: AIMessage
 ) -> None:
     folder = cache_root / "models" / DEFAULT_CACHE_NAME
     assert (folder / "model.safetensors").is_file()
