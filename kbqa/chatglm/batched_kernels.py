@@ -149,3 +149,43 @@ def swiglu(gu: Tensor) -> Tensor:
     block = 1024
     _swiglu_kernel[(rows, triton.cdiv(width // 2, block))](gu, out, width // 2, block)
     return out
+
+
+@triton.jit
+def _dequant_int4_kernel(
+    w_ptr: tl.tensor,
+    scale_ptr: tl.tensor,
+    out_ptr: tl.tensor,
+    N: tl.tensor,
+    HALF: tl.constexpr,
+    BR: tl.constexpr,
+    BC: tl.constexpr,
+) -> None:
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)  # byte columns
+    ok = (rows < N)[:, None] & (cols < HALF)[None, :]
+    packed = tl.load(w_ptr + rows[:, None] * HALF + cols[None, :], mask=ok, other=0)  # [BR, BC]
+    # Shifts promote to int32 (sign-extended): >> 4 is the signed high nibble; the low nibble
+    # is moved to the top of a byte and shifted back down to extend its sign.
+    high = packed >> 4
+    low = (packed << 4).to(tl.int8) >> 4
+    scale = tl.load(scale_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)[:, None]
+    # q * scale is exact in fp32, so rounding it once equals the model's fp16 product.
+    even = (high.to(tl.float32) * scale).to(out_ptr.dtype.element_ty)
+    odd = (low.to(tl.float32) * scale).to(out_ptr.dtype.element_ty)
+    pairs = tl.reshape(tl.join(even, odd), (BR, 2 * BC))  # even column first
+    out_cols = tl.program_id(1) * 2 * BC + tl.arange(0, 2 * BC)
+    out_ok = (rows < N)[:, None] & (out_cols < 2 * HALF)[None, :]
+    tl.store(out_ptr + rows[:, None] * (2 * HALF) + out_cols[None, :], pairs, mask=out_ok)
+
+
+def dequant_int4(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """The checkpoint's int4 layout (quantize.py): int8 bytes [N, K/2], even column in the high
+    nibble, and scale [N] → weights [N, K] in dtype, as quantize.dequantize_weight gives."""
+    rows, half = weight.shape
+    out = torch.empty(rows, 2 * half, dtype=dtype, device=weight.device)
+    br, bc = 16, 256
+    _dequant_int4_kernel[(triton.cdiv(rows, br), triton.cdiv(half, bc))](
+        weight, scale, out, rows, half, br, bc
+    )
+    return out

@@ -28,6 +28,7 @@ from kbqa.chatglm.batched import (
     prefill,
 )
 from kbqa.chatglm.batching import BatchEngine, Request
+from kbqa.chatglm.quantize import dequantize_weight, quantize_weight
 from kbqa.chatglm.sampling import SamplingParams
 
 VOCAB = 65024  # the tiny preset's
@@ -315,3 +316,18 @@ def test_a_failing_fused_kernel_falls_back_to_the_modules(model: ChatGLM2) -> No
     got = step([7, 8], [0, 0]).clone()
     assert step.kernels is None
     assert torch.equal(got, step([7, 8], [0, 0]))
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
+    reason="Triton kernels run on CUDA, or here under TRITON_INTERPRET=1",
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_int4_dequant_kernel_is_bit_exact(dtype: torch.dtype) -> None:
+    from kbqa.chatglm.batched_kernels import dequant_int4
+
+    torch.manual_seed(0)
+    for rows, cols in ((48, 600), (20, 26)):  # neither a multiple of the kernel's tiles
+        weight, scale = quantize_weight(torch.randn(rows, cols), 4)
+        expected = dequantize_weight(weight, scale, 4, dtype)
+        assert torch.equal(dequant_int4(weight, scale, dtype), expected)
