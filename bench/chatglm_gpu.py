@@ -143,10 +143,11 @@ def gemvs(model: ChatGLM2, tag: str) -> None:
         k, n = lws[0].in_features, lws[0].out_features
         x = torch.randn(k, device=DEV, dtype=DTYPE)
         res = torch.randn(n // 2 if kind == "glu" else n, device=DEV)
-        opts: dict[str, Any] = {"out_dtype": torch.float32, "glu": kind == "glu"}
+        opts: dict[str, Any] = {"glu": kind == "glu"}
         opts["norm"] = norm if kind in ("norm", "glu") else None
-        opts["residual"] = res if kind == "res" else None
-        got = fused.linear_vec(lws[0], x, **opts)
+        opts["out_dtype"] = None if kind == "res" else torch.float32
+        acc = res if kind == "res" else None
+        got = fused.linear_vec(lws[0], x, accumulate=None if acc is None else acc.clone(), **opts)
         xd = x.double()
         if kind in ("norm", "glu"):
             xd = xd * torch.rsqrt(xd.pow(2).mean() + norm.eps) * norm.weight.double()
@@ -155,6 +156,7 @@ def gemvs(model: ChatGLM2, tag: str) -> None:
         if kind == "glu":
             want = F.silu(want[: n // 2]) * want[n // 2 :]
         want += res.double() if kind == "res" else 0
+        opts["accumulate"] = acc
 
         def each(lws: list[Any] = lws, x: torch.Tensor = x, opts: dict[str, Any] = opts) -> None:
             for lw in lws:
@@ -226,6 +228,20 @@ def speed(model: ChatGLM2, tag: str, eager_steps: int) -> None:
         else:
             R[f"{tag}_graph_step_ms"] = gpu_ms(lambda: steps.decode(forced[0], CTX), reps=3)
         R[f"{tag}_step_bytes"] = step_bytes(steps, CTX)
+
+        def loop(host_sync: bool, n: int = 50) -> float:
+            """Greedy decode steps back to back, with or without reading each token."""
+            token = forced[0]
+            sync()
+            t0 = time.perf_counter()
+            for i in range(n):
+                token = steps.decode(token, CTX + i).argmax()
+                if host_sync:
+                    int(token)
+            sync()
+            return (time.perf_counter() - t0) * 1000 / n
+
+        R[f"{tag}_loop_ms"] = {"host_sync": loop(True), "no_sync": loop(False)}
         step_breakdown(steps, tag)
 
     # End to end: generate() picks the fast path on CUDA by itself. The first fast run
@@ -272,25 +288,57 @@ def accuracy(model: ChatGLM2, tag: str) -> None:
 
 
 def memory(model: ChatGLM2, tag: str, eager: bool) -> None:
-    """Peak allocated generating to LONG tokens (prompt LONG - 256, then 256 new)."""
+    """Peak allocated generating to LONG tokens (prompt LONG - 256, then 256 new), twice (the
+    first run also captures the decode graph), then by phase."""
     torch.manual_seed(3)
     ids = torch.randint(0, model.config.padded_vocab_size, (LONG - 256,), device=DEV)
+
+    def fresh() -> float:
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            return torch.cuda.memory_allocated() / 1e9
+        return 0.0
+
+    def peak() -> float:
+        return round(torch.cuda.max_memory_allocated() / 1e9 if DEV == "cuda" else 0.0, 4)
+
     for mode in ("fast", "eager") if eager else ("fast",):
         model.setup_caches(1, 16)  # drop any large cache first
         fast._CACHE.clear()  # and the steps (with graphs) that hold on to it
         gc.collect()
-        if DEV == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
         # Eager decodes only 4 tokens (its peak is the prefill); both get the 8192-slot cache.
         new = 256 if mode == "fast" else 4
         opts: dict[str, Any] = {"max_new_tokens": new, "temperature": 0, "eos_token_ids": []}
-        n = len(list(model.generate(ids, fast=mode == "fast", **opts)))
-        peak = torch.cuda.max_memory_allocated() if DEV == "cuda" else 0
-        R[f"{tag}_peak_8k_{mode}_GB"] = round(peak / 1e9, 4)
-        R[f"{tag}_8k_{mode}_s"] = round(time.perf_counter() - t0, 2)
-        assert n == new
+        for run in ("first", "warm") if mode == "fast" else ("first",):
+            base = fresh()
+            t0 = time.perf_counter()
+            n = len(list(model.generate(ids, fast=mode == "fast", **opts)))
+            assert n == new
+            R[f"{tag}_peak_8k_{mode}_{run}_GB"] = peak()
+            R[f"{tag}_8k_{mode}_{run}_s"] = round(time.perf_counter() - t0, 2)
+            R[f"{tag}_8k_{mode}_{run}_base_GB"] = round(base, 4)
+        if mode == "fast":
+            phases(model, ids, tag, fresh, peak)
+
+
+def phases(
+    model: ChatGLM2,
+    ids: torch.Tensor,
+    tag: str,
+    fresh: Callable[[], float],
+    peak: Callable[[], float],
+) -> None:
+    """Peaks of prefill and decode alone, on the steps generate() just used."""
+    steps = fast._CACHE[model][1]
+    with torch.no_grad():
+        fresh()
+        steps.prefill(ids)
+        R[f"{tag}_peak_8k_prefill_GB"] = peak()
+        fresh()
+        for i in range(8):
+            steps.decode(ids[i], LONG - 256 + i)
+        R[f"{tag}_peak_8k_decode_GB"] = peak()
 
 
 def main() -> None:

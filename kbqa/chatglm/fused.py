@@ -109,18 +109,24 @@ def linear_vec(
     *,
     norm: Norm | None = None,
     glu: bool = False,
-    residual: Tensor | None = None,
-    out_dtype: torch.dtype,
+    accumulate: Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """One token: y = W · x' (+ bias), x' = RMSNorm(x) * norm or x; then with glu the rows
-    [gate; up] become silu(gate) * up ([N/2]); then + residual. x [K] → y [N] ([N/2])."""
+    """One token: y = W · x' (+ bias), x' = RMSNorm(x) * norm or x; with glu the rows
+    [gate; up] become silu(gate) * up ([N/2]). x [K] → y [N] ([N/2]) of out_dtype; or, with
+    accumulate (fp32 [N], the residual stream), accumulate += y in place and returned."""
     kernels = triton_for(x)
     rows = lw.out_features // 2 if glu else lw.out_features
     if kernels is not None and (lw.bits != 4 or lw.weight.dtype == torch.int32):
-        out = torch.empty(rows, dtype=out_dtype, device=x.device)
+        if accumulate is not None:
+            out = accumulate
+        else:
+            assert out_dtype is not None
+            out = torch.empty(rows, dtype=out_dtype, device=x.device)
         kernels.gemv(
             lw.weight, lw.scale, lw.bias, x, norm.weight if norm else None,
-            norm.eps if norm else 0.0, glu, residual, out, lw.bits, lw.in_features,
+            norm.eps if norm else 0.0, glu, out, accumulate is not None, lw.bits,
+            lw.in_features,
         )  # fmt: skip
         return out
     xf = x.float()
@@ -132,8 +138,9 @@ def linear_vec(
     if glu:
         gate, up = y.chunk(2)  # [N/2] each
         y = F.silu(gate) * up
-    if residual is not None:
-        y = y + residual.float()
+    if accumulate is not None:
+        return accumulate.add_(y)
+    assert out_dtype is not None
     return y.to(out_dtype)
 
 

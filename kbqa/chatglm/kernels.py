@@ -1,5 +1,5 @@
 """Triton kernels for ChatGLM2 on CUDA: weight-only GEMV (fp16/bf16, int8, int4) with the
-RMSNorm before it and the bias / SwiGLU / residual after it fused in, RMSNorm and SwiGLU for
+RMSNorm before it and the bias / SwiGLU / residual add after it fused in, RMSNorm and SwiGLU for
 prefill, and int4 dequantization for prefill matmuls; attention kernels live in
 attn_kernels.py and are re-exported here.
 
@@ -61,7 +61,6 @@ def _gemv_kernel(
     bias_ptr: tl.tensor,
     x_ptr: tl.tensor,
     norm_ptr: tl.tensor,
-    res_ptr: tl.tensor,
     y_ptr: tl.tensor,
     N: tl.tensor,  # output rows (with GLU: the weight has 2N rows, gate then up)
     eps: tl.tensor,
@@ -70,12 +69,16 @@ def _gemv_kernel(
     NORM: tl.constexpr,  # the input is RMSNorm(x) * norm
     GLU: tl.constexpr,  # y = silu(gate) * up of rows n and N + n
     HAS_BIAS: tl.constexpr,
-    HAS_RES: tl.constexpr,
+    ACCUM: tl.constexpr,  # y += result (fp32 atomics), else y = result
     BN: tl.constexpr,
     BK: tl.constexpr,  # columns per step (for int4, BK/8 words)
+    SPLIT: tl.constexpr,  # programs along K (ACCUM only): their sums meet in the atomics
 ) -> None:
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     row_ok = rows < N
+    piece = tl.program_id(1)
+    # Columns of this piece: [piece * KS, (piece + 1) * KS), KS a multiple of BK.
+    KS: tl.constexpr = (K + SPLIT * BK - 1) // (SPLIT * BK) * BK
     if BITS == 4:
         BW: tl.constexpr = BK // 8
         WORDS: tl.constexpr = K // 8
@@ -83,7 +86,7 @@ def _gemv_kernel(
         acc2 = tl.zeros([BN, BW], dtype=tl.float32)
         sq = tl.zeros([BW], dtype=tl.float32)
         sx = tl.zeros([BW], dtype=tl.float32)
-        for k0 in range(0, WORDS, BW):
+        for k0 in range(piece * (KS // 8), tl.minimum((piece + 1) * (KS // 8), WORDS), BW):
             wi = k0 + tl.arange(0, BW)
             w_ok = wi < WORDS
             offs = rows[:, None] * WORDS + wi[None, :]
@@ -108,7 +111,7 @@ def _gemv_kernel(
         acc = tl.zeros([BN, BK], dtype=tl.float32)
         acc2 = tl.zeros([BN, BK], dtype=tl.float32)
         sq = tl.zeros([BK], dtype=tl.float32)
-        for k0 in range(0, K, BK):
+        for k0 in range(piece * KS, tl.minimum((piece + 1) * KS, K), BK):
             cols = k0 + tl.arange(0, BK)
             col_ok = cols < K
             xk = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
@@ -134,32 +137,45 @@ def _gemv_kernel(
         if GLU:
             y2 = y2 * tl.load(scale_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        y += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        y += tl.where(piece == 0, bias, 0.0)  # one piece adds the bias
         if GLU:
             y2 += tl.load(bias_ptr + N + rows, mask=row_ok, other=0.0).to(tl.float32)
     if GLU:
         y = y * tl.sigmoid(y) * y2
-    if HAS_RES:
-        y += tl.load(res_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+    if ACCUM:
+        tl.atomic_add(y_ptr + rows, y, mask=row_ok)
+    else:
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
 
-def _gemv_configs() -> list[triton.Config]:
+def _gemv_configs(split: bool) -> list[triton.Config]:
     # (rows, columns per step, warps): 8–16 KB of weights per step keeps enough bytes in flight
-    # per SM for HBM3; fewer rows and longer steps suit int4, whose rows are 4x shorter.
+    # per SM for HBM3. Many rows per thread amortise the per-column work (loading x, the norm)
+    # over more weights, which int4 needs, but leave few programs for short outputs (4096
+    # rows): splitting K restores them where the output is accumulated.
     shapes = [(4, 1024, 4), (8, 512, 4), (16, 256, 4), (8, 1024, 8), (16, 512, 8)]
     shapes += [(16, 1024, 4), (32, 512, 8), (32, 256, 4), (64, 256, 8)]
-    return [triton.Config({"BN": bn, "BK": bk}, num_warps=w) for bn, bk, w in shapes]
+    configs = [(bn, bk, w, 1) for bn, bk, w in shapes]
+    if split:
+        configs += [(16, 512, 4, 2), (32, 256, 4, 2), (64, 256, 4, 4), (64, 256, 4, 8)]
+        configs += [(32, 512, 4, 4), (128, 256, 8, 8)]
+    return [
+        triton.Config({"BN": bn, "BK": bk, "SPLIT": sp}, num_warps=w) for bn, bk, w, sp in configs
+    ]
 
 
-# Winners on an H100 by (bits, N, K): (BN, BK, warps). Used instead of autotuning when
+# Winners on an H100 by (bits, N, K): (BN, BK, warps, SPLIT). Used instead of autotuning when
 # present, so that decode starts without a tuning pass (which also allocates a 256 MB buffer
 # to flush the L2).
-TUNED: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+TUNED: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
 
-_gemv_autotuned = triton.autotune(configs=_gemv_configs(), key=["N", "K", "BITS", "NORM", "GLU"])(
-    _gemv_kernel
-)
+_KEY = ["N", "K", "BITS", "NORM", "GLU"]
+_gemv_autotuned = triton.autotune(configs=_gemv_configs(False), key=_KEY)(_gemv_kernel)
+# Accumulating launches add into y: the tuner puts y back after each trial.
+_gemv_accum_autotuned = triton.autotune(
+    configs=_gemv_configs(True), key=_KEY, restore_value=["y_ptr"]
+)(_gemv_kernel)
 AUTOTUNE = os.environ.get("KBQA_GEMV_AUTOTUNE") == "1"
 
 
@@ -171,13 +187,14 @@ def gemv(
     norm: Tensor | None,
     eps: float,
     glu: bool,
-    residual: Tensor | None,
     out: Tensor,
+    accumulate: bool,
     bits: int,
     k: int,
 ) -> None:
-    """out [N] = epilogue(W · prologue(x)); weight [N, K] (float or int8) or int32 words
-    [N, K/8], with 2N rows (gate, up) when glu; x [K]."""
+    """out [N] (+)= epilogue(W · prologue(x)); weight [N, K] (float or int8) or int32 words
+    [N, K/8], with 2N rows (gate, up) when glu; x [K]. accumulate: out is fp32 and gets the
+    result added (the residual stream); only then may K be split over programs."""
     n = out.shape[0]
     dummy = out
     args = (
@@ -186,24 +203,26 @@ def gemv(
         bias if bias is not None else dummy,
         x,
         norm if norm is not None else dummy,
-        residual if residual is not None else dummy,
         out,
         n,
         eps,
     )
     flags = {"K": k, "BITS": bits, "NORM": norm is not None, "GLU": glu}
-    flags |= {"HAS_BIAS": bias is not None, "HAS_RES": residual is not None}
+    flags |= {"HAS_BIAS": bias is not None, "ACCUM": accumulate}
     tuned = TUNED.get((bits, n, k))
     if INTERPRET or (tuned is not None and not AUTOTUNE):
-        bn, bk, warps = tuned or (16, 64, 4)
-        _gemv_kernel[(triton.cdiv(n, bn),)](*args, **flags, BN=bn, BK=bk, num_warps=warps)
+        bn, bk, warps, split = tuned or (16, 64, 4, 2 if accumulate else 1)
+        grid = (triton.cdiv(n, bn), split)
+        _gemv_kernel[grid](*args, **flags, BN=bn, BK=bk, SPLIT=split, num_warps=warps)
     else:
-        _gemv_autotuned[lambda meta: (triton.cdiv(n, meta["BN"]),)](*args, **flags)
+        tuner = _gemv_accum_autotuned if accumulate else _gemv_autotuned
+        tuner[lambda meta: (triton.cdiv(n, meta["BN"]), meta["SPLIT"])](*args, **flags)
 
 
 def gemv_best_configs() -> dict[str, str]:
     """What the autotuner picked, by key (for the benchmark's record)."""
-    return {str(key): str(config) for key, config in _gemv_autotuned.cache.items()}
+    picked = {**_gemv_autotuned.cache, **_gemv_accum_autotuned.cache}
+    return {str(key): str(config) for key, config in picked.items()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def steps_error(quantize: str | None, pre_seq_len: int | None = None, chunk: int
 
 def gemv_error(bits: int, variant: str, n: int = 37, k: int = 200) -> float:
     """linear_vec with random weights and inputs against a float64 computation. variant:
-    "none", "norm" (RMSNorm before) or "glu" (RMSNorm before, SwiGLU of row halves after)."""
+    "none" (added into a residual), "norm" (RMSNorm before) or "glu" (RMSNorm before, SwiGLU
+    of the row halves after)."""
     torch.manual_seed(bits + len(variant))
     rows = 2 * n if variant == "glu" else n
     x = torch.randn(k)
@@ -75,10 +76,11 @@ def gemv_error(bits: int, variant: str, n: int = 37, k: int = 200) -> float:
     expected = wd @ xd + bias.double()
     if variant == "glu":
         expected = torch.nn.functional.silu(expected[:n]) * expected[n:]
-    expected += res.double()
-    got = fused.linear_vec(
-        lw, x, norm=norm, glu=variant == "glu", residual=res, out_dtype=torch.float32
-    )
+    if variant == "none":  # accumulate into the residual, as decode does
+        expected += res.double()
+        got = fused.linear_vec(lw, x, accumulate=res.clone())
+    else:
+        got = fused.linear_vec(lw, x, norm=norm, glu=variant == "glu", out_dtype=torch.float32)
     return rel(got, expected)
 
 
