@@ -302,6 +302,12 @@ def main() -> None:
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
         model = ChatGLM2.from_config(args.config, device=DEVICE, dtype=dtype, quantize="int4")
+        fused[0] = False
+
+        def check_int4() -> None:
+            fused[0] = checks(model, "int4")
+
+        section("int4 checks", check_int4, args.out)
         section("int4 baseline", lambda: baseline(model, "int4", 32), args.out)
         section("int4 engine", lambda: engine_runs(model, "int4", int4_counts, fused[0]), args.out)
         table("int4", int4_counts)
