@@ -58,6 +58,10 @@ class DefaultChat(BaseChatModel):
     )
     temperature: float = Field(default=0.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    """> 1 makes tokens the answer already used less likely (prompt tokens are exempt). The
+    135M model loops on greedy decoding; on the answer eval 1.2 fixed some loops and caused
+    as many wrong answers, so the default is off."""
     stop: list[str] | None = None
     """Stop strings: generation ends before the first one, which is not returned."""
     timeout: float | None = None
@@ -85,6 +89,7 @@ class DefaultChat(BaseChatModel):
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -138,6 +143,7 @@ class DefaultChat(BaseChatModel):
             max_new_tokens=self._max_new_tokens(kwargs),
             temperature=float(kwargs.get("temperature", self.temperature)),
             top_p=float(kwargs.get("top_p", self.top_p)),
+            repetition_penalty=float(kwargs.get("repetition_penalty", self.repetition_penalty)),
             stop=(stop or []) + (self.stop or []),
             deadline=time.monotonic() + timeout if timeout else None,
         )

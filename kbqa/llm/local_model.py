@@ -227,6 +227,19 @@ class Step:
     finish_reason: str | None = None
 
 
+def _penalise(logits: torch.Tensor, generated: list[int], penalty: float) -> torch.Tensor:
+    """Make tokens the answer already used less likely (CTRL's rule: positive logits divided
+    by `penalty`, negative ones multiplied). Only the answer's own tokens count, not the
+    prompt's: an answer should be free to repeat the passages' words once."""
+    import torch
+
+    ids = torch.tensor(sorted(set(generated)))
+    seen = logits[ids]
+    logits = logits.clone()
+    logits[ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits
+
+
 def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> int:
     import torch
 
@@ -270,6 +283,7 @@ def generate(
     max_new_tokens: int,
     temperature: float = 0.0,
     top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
     stop: list[str] | None = None,
     deadline: float | None = None,
 ) -> Generator[Step, None, None]:
@@ -294,7 +308,10 @@ def generate(
     with torch.inference_mode():
         out = lm.model(input_ids=torch.tensor([prompt_ids]), use_cache=True, **lm.last_logits_only)
         while len(generated) < budget:
-            token = _pick(out.logits[0, -1], temperature, top_p)
+            logits = out.logits[0, -1]
+            if repetition_penalty != 1.0 and generated:
+                logits = _penalise(logits, generated, repetition_penalty)
+            token = _pick(logits, temperature, top_p)
             if token in lm.eos_ids:
                 finish = "stop"
                 break

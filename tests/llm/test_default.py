@@ -25,6 +25,7 @@ from kbqa.llm.local_model import (
     LocalModel,
     _first_stop,
     _held_back,
+    _penalise,
     generate,
     load_local_model,
 )
@@ -185,6 +186,22 @@ def test_unreadable_gguf_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a gguf file at all")
     with pytest.raises(LLMUnavailable, match="cannot load GGUF model"):
         DefaultChat(gguf_path=str(bad), cache_dir=str(tmp_path)).invoke("hi")
+
+
+def test_repetition_penalty_applies_to_the_answer_only() -> None:
+    import torch
+
+    logits = torch.tensor([2.0, -2.0, 1.0, 4.0])
+    penalised = _penalise(logits, [0, 1, 1], 2.0)
+    assert penalised.tolist() == [1.0, -4.0, 1.0, 4.0]
+    assert logits.tolist() == [2.0, -2.0, 1.0, 4.0]  # not changed in place
+
+
+def test_repetition_penalty_per_call(chat: DefaultChat) -> None:
+    loops = [HumanMessage("List the numbers one one one one one.")]
+    plain = chat.invoke(loops, max_tokens=12).text
+    penalised = chat.invoke(loops, max_tokens=12, repetition_penalty=3.0).text
+    assert penalised != plain
 
 
 def test_stop_string_helpers() -> None:
