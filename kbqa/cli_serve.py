@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable
 from typing import Annotated
 
@@ -10,9 +9,6 @@ import typer
 
 from kbqa.cli_common import ConfigOption, HomeOption, fail, settings_for, stderr, user_errors
 from kbqa.settings import Settings
-
-GRACEFUL_SHUTDOWN_S = 10
-"""On SIGTERM, open streams get this long to finish before they are cancelled."""
 
 
 def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
@@ -29,35 +25,19 @@ def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
         config: ConfigOption = None,
     ) -> None:
         """Serve the API (ours, ChatGLM2 api.py's and OpenAI's) and the web page over HTTP."""
-        import uvicorn
-
         from kbqa.errors import KBQAError
         from kbqa.llm.errors import LLMUnavailable
         from kbqa.server.app import create_app, prepare
+        from kbqa.server.runner import serve
 
         with user_errors():
             settings = settings_for(home, config) if home or config else get_settings()
             web_app = create_app(settings)
             stderr.print(f"loading the model ({settings.llm.backend} backend)…", highlight=False)
             try:
-                prepare(web_app)
+                prepare(web_app)  # here, so that a model that fails to load is one clear line
             except KBQAError as e:
                 raise fail(str(e), e.exit_code) from None
             except LLMUnavailable as e:
                 raise fail(str(e)) from None
-        server = uvicorn.Config(
-            web_app,
-            host=host or settings.server.host,
-            port=port or settings.server.port,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-            log_level="info",
-        )
-        _exit_cleanly_after_signals()
-        uvicorn.Server(server).run()
-
-
-def _exit_cleanly_after_signals() -> None:
-    """uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever
-    handler was installed before it ran; make that a no-op so a clean shutdown exits 0."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: None)
+        serve(web_app, host or settings.server.host, port or settings.server.port)

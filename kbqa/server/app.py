@@ -31,6 +31,9 @@ from kbqa.settings import Settings
 
 log = logging.getLogger("kbqa.server")
 
+WORKER_STOP_S = 30.0
+"""At shutdown, how long a cancelled generation may take to reach its next token and stop."""
+
 
 def create_app(settings: Settings, *, chat_model: BaseChatModel | None = None) -> FastAPI:
     state = ServerState(
@@ -71,9 +74,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        # Streams still open at shutdown stop at their next token; a running upload ingest
-        # finishes (it commits whole or not at all) and queued ones are dropped.
-        state.gate.cancel_all()
+        # Generations still running stop at their next token, and their threads are waited
+        # for (a thread inside torch at interpreter exit aborts the process). A running upload
+        # ingest finishes (it commits whole or not at all); queued ones are dropped.
+        state.gate.close()
+        if not await state.gate.wait_idle(WORKER_STOP_S):
+            log.error("kbqa: a generation did not stop within %s s", WORKER_STOP_S)
         await anyio.to_thread.run_sync(state.jobs.shutdown)
         if state.retriever is not None:
             state.retriever.close()

@@ -51,6 +51,16 @@ class GenerationTimeout(ApiError):
         )
 
 
+class ShuttingDown(ApiError):
+    def __init__(self) -> None:
+        super().__init__(
+            503,
+            "shutting_down",
+            "the server is shutting down; retry on the next one",
+            headers={"Retry-After": "5"},
+        )
+
+
 class GenerationGate:
     """Admission control and the worker threads of generation. Use from the event loop only."""
 
@@ -64,6 +74,8 @@ class GenerationGate:
         self._tickets: set[Ticket] = set()
         self._mean_s = 5.0
         """Running mean of one generation's duration, for Retry-After."""
+        self.closing = False
+        """Set by `close()`: nothing new starts, what runs is cancelled."""
 
     @property
     def running(self) -> int:
@@ -80,6 +92,8 @@ class GenerationGate:
 
     def admit(self) -> Ticket:
         """A place in line, or QueueFull when `concurrency + queue_size` requests are in."""
+        if self.closing:
+            raise ShuttingDown()
         if self._admitted >= self.concurrency + self.queue_size:
             raise QueueFull(self.retry_after_s)
         self._admitted += 1
@@ -87,10 +101,19 @@ class GenerationGate:
         self._tickets.add(ticket)
         return ticket
 
-    def cancel_all(self) -> None:
-        """Shutdown: every admitted request stops at its next token."""
+    def close(self) -> None:
+        """Shutdown: admit nothing more; every admitted request stops at its next token."""
+        self.closing = True
         for ticket in list(self._tickets):
+            ticket.interrupted = True
             ticket.cancel.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no worker thread runs (a cancelled one ends after its current token)."""
+        deadline = time.monotonic() + timeout_s
+        while self._running and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self._running == 0
 
     def _semaphore(self) -> asyncio.Semaphore:
         # Created lazily so that it belongs to the running loop (uvicorn's, or a test's).
@@ -117,6 +140,8 @@ class Ticket:
         self.gate = gate
         self.cancel = threading.Event()
         self.deadline = time.monotonic() + gate.timeout_s
+        self.interrupted = False
+        """Cancelled by shutdown: what it produced last is not a whole answer."""
         self._worker_started = False
         self._released = False
 
@@ -155,6 +180,9 @@ class Ticket:
         items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         try:
             await self._acquire_slot()
+            if self.gate.closing:
+                self.gate._semaphore().release()
+                raise ShuttingDown()
             self._start_worker(produce, items)
             while True:
                 kind, value = await self._next(items)

@@ -19,7 +19,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from kbqa.server.errors import api_error_for
-from kbqa.server.generation import Ticket
+from kbqa.server.generation import ShuttingDown, Ticket
 from kbqa.server.state import ServerState
 
 T = TypeVar("T")
@@ -64,7 +64,10 @@ def error_message(exc: Exception) -> str:
 async def generate(state: ServerState, fn: Callable[[threading.Event], T]) -> T:
     """`fn(cancel)` in a generation slot; its result."""
     async with state.gate.admit() as ticket:
-        return await ticket.call(fn)
+        result = await ticket.call(fn)
+    if ticket.interrupted:
+        raise ShuttingDown()  # cut short: not a whole answer
+    return result
 
 
 async def event_stream(
@@ -80,10 +83,13 @@ async def event_stream(
     except BaseException:
         ticket.release()
         raise
-    return EventStream(ticket, render(_prepend(first, events)))
+    return EventStream(ticket, render(_whole(ticket, first, events)))
 
 
-async def _prepend(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+async def _whole(ticket: Ticket, first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`first`, then `rest`, ending in ShuttingDown instead of what a shutdown cut short."""
     yield first
     async for item in rest:
+        if ticket.interrupted:
+            raise ShuttingDown()
         yield item

@@ -94,9 +94,9 @@ def make_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     return home
 
 
-def server_settings(home: Path, **server: Any) -> Settings:
+def server_settings(home: Path, llm: dict[str, Any] | None = None, **server: Any) -> Settings:
     server.setdefault("api_key", "")  # a KBQA_API_KEY in the developer's shell must not leak in
-    return load_settings(home, overrides={"llm": dict(QUICK_LLM), "server": server})
+    return load_settings(home, overrides={"llm": QUICK_LLM | (llm or {}), "server": server})
 
 
 def write_documents(folder: Path) -> Path:
@@ -106,8 +106,10 @@ def write_documents(folder: Path) -> Path:
     return folder
 
 
-def serve_with_model(home: Path, model: BaseChatModel, **server: Any) -> LiveServer:
-    settings = server_settings(home, **server)
+def serve_with_model(
+    home: Path, model: BaseChatModel, llm: dict[str, Any] | None = None, **server: Any
+) -> LiveServer:
+    settings = server_settings(home, llm, **server)
     return start_server(create_app(settings, chat_model=model), settings)
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from kbqa.server.generation import GenerationGate, GenerationTimeout, QueueFull
+from kbqa.server.generation import GenerationGate, GenerationTimeout, QueueFull, ShuttingDown
 
 
 def counting(n: int, delay: float, log: list[int]) -> Callable[[threading.Event], Iterator[int]]:
@@ -127,10 +127,19 @@ async def test_errors_reach_the_caller_and_free_the_slot() -> None:
         assert await ticket.call(lambda cancel: 42) == 42
 
 
-async def test_cancel_all_stops_every_admitted_request() -> None:
+async def test_close_cancels_everything_and_admits_nothing_more() -> None:
     gate = GenerationGate(concurrency=1, queue_size=3, timeout_s=5)
-    tickets = [gate.admit() for _ in range(3)]
-    gate.cancel_all()
-    assert all(t.cancel.is_set() for t in tickets)
-    for ticket in tickets:
+    produced: list[int] = []
+    running = gate.admit()
+    stream = running.stream(counting(1000, 0.01, produced))
+    await anext(stream)
+    waiting = gate.admit()
+    gate.close()
+    assert running.cancel.is_set() and running.interrupted and waiting.interrupted
+    with pytest.raises(ShuttingDown):
+        gate.admit()
+    assert await gate.wait_idle(2)
+    assert len(produced) < 10
+    await stream.aclose()
+    for ticket in (running, waiting):
         ticket.release()

@@ -1,0 +1,131 @@
+"""`kbqa serve` as a user runs it: a process on loopback that answers, and on SIGTERM lets a
+short answer finish, cancels a long one cleanly, and exits 0.
+
+The process uses the `openai` backend pointed at an in-test EchoChat server, so it starts
+without loading a local model and its answers take a known time (0.05 s per word).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from server_helpers import EchoChat, LiveServer, serve_with_model, sse_events
+
+from kbqa.server.generation import ShuttingDown
+from kbqa.server.runner import CANCEL_AFTER_S, GRACEFUL_SHUTDOWN_S
+
+REPO = Path(__file__).resolve().parents[2]
+SHORT = "When does the Harbor Street bakery open?"
+LONG = " ".join([SHORT] * 30)  # echoed back word by word: 12 s, past CANCEL_AFTER_S
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def listening_on(port: int) -> set[str]:
+    """Addresses with a listening TCP socket on `port`, as /proc/net/tcp{,6} write them."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            host, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(host)
+    return found
+
+
+def kbqa(*args: str, **env: str) -> subprocess.Popen[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("KBQA_")}
+    environment |= {"HF_HUB_OFFLINE": "1", **env}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from kbqa.cli import app; app()", *args],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until_serving(process: subprocess.Popen[str], url: str) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"kbqa serve exited: {process.communicate()[1]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("kbqa serve did not come up")
+
+
+@pytest.fixture(scope="module")
+def upstream(docs_home: Path) -> Iterator[LiveServer]:
+    model = EchoChat(delay=0.05)
+    server = serve_with_model(docs_home, model, {"max_new_tokens": 1000}, queue_size=4)
+    yield server
+    server.stop()
+
+
+def test_serve_on_loopback_answers_then_shuts_down_cleanly(
+    docs_home: Path, upstream: LiveServer
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = kbqa(
+        "serve",
+        "--home",
+        str(docs_home),
+        "--port",
+        str(port),
+        KBQA_LLM__BACKEND="openai",
+        KBQA_LLM__OPENAI__BASE_URL=f"{upstream.url}/v1",
+        KBQA_LLM__OPENAI__MODEL="echo-test",
+        KBQA_LLM__OPENAI__MAX_RETRIES="0",
+    )
+    try:
+        wait_until_serving(process, url)
+        assert listening_on(port) == {"0100007F"}  # 127.0.0.1 and nothing else
+        chat = httpx.post(f"{url}/", json={"prompt": SHORT, "history": []}, timeout=60)
+        assert chat.status_code == 200 and "bakery" in chat.json()["response"]
+
+        with (
+            httpx.stream(
+                "POST", f"{url}/v1/ask", json={"question": SHORT, "stream": True}
+            ) as short,
+            httpx.stream("POST", f"{url}/v1/ask", json={"question": LONG, "stream": True}) as long,
+        ):
+            short_events, long_events = sse_events(short), sse_events(long)
+            assert next(short_events)["type"] == next(long_events)["type"] == "sources"
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            assert list(short_events)[-1]["type"] == "done"  # a short answer finishes
+            # A long one is cancelled at its next token once most of the grace period is gone.
+            assert list(long_events)[-1] == {"type": "error", "message": ShuttingDown().message}
+            assert CANCEL_AFTER_S <= time.monotonic() - signalled < GRACEFUL_SHUTDOWN_S
+        _, stderr = process.communicate(timeout=GRACEFUL_SHUTDOWN_S + 30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "Shutting down" in stderr
+
+
+def test_serve_with_a_bad_configuration_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    process = kbqa("serve", "--home", str(tmp_path), KBQA_LLM__BACKEND="chatglm2")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert stderr.strip().splitlines()[-1].startswith("error: llm.backend is chatglm2")
+    assert "Traceback" not in stderr
