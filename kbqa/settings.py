@@ -33,10 +33,13 @@ class EmbeddingSettings(_Section):
 
 
 class IngestSettings(_Section):
-    chunk_size: int = Field(default=400, ge=50, le=8000)
-    """Target chunk length in characters for English text."""
+    chunk_size: int = Field(default=600, ge=50, le=8000)
+    """Target chunk length in characters for English text. bench/eval_retrieval.py --sweep:
+    MRR 0.63 / 0.66 / 0.70 / 0.71 at 250 / 400 / 600 / 800, the gain coming mostly from
+    Chinese questions on English documents; 600 keeps four chunks well inside the prompt."""
     chunk_size_zh: int = Field(default=250, ge=50, le=8000)
-    """Target chunk length in characters for Chinese text (a character carries more meaning)."""
+    """Target chunk length in characters for Chinese text (a character carries more meaning).
+    150 to 400 measured alike (MRR within 0.02); the smaller size spends fewer prompt tokens."""
     chunk_overlap: int = Field(default=50, ge=0, le=2000)
     max_file_mb: float = Field(default=50.0, gt=0)
     title_enhance: bool = True
