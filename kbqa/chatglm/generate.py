@@ -152,10 +152,17 @@ def _generate(
     def pick(logits: Tensor) -> Tensor:
         return sample_next(logits, seen, temperature, top_p, top_k, repetition_penalty, generator)
 
+    # On CUDA the next step is queued before this token is read back: the device then runs
+    # while the host waits, yields and checks (if generation stops, one step was for nothing).
+    ahead_of_host = device.type == "cuda"
     with torch.no_grad():
         token = pick(steps.prefill(ids))  # from logits [V]
     generated: list[int] = []
     for step in range(max_new_tokens):
+        ahead = None  # the next position's logits [V]
+        if ahead_of_host and step < max_new_tokens - 1 and model.cache_owner is owner:
+            with torch.no_grad():
+                ahead = steps.decode(token, prompt_len + step)
         token_id = int(token)
         if token_id in eos:
             return
@@ -169,4 +176,6 @@ def _generate(
             raise RuntimeError("another generation started on this model; this one was ended")
         seen[token_id] = True
         with torch.no_grad():
-            token = pick(steps.decode(token, prompt_len + step))
+            if ahead is None:
+                ahead = steps.decode(token, prompt_len + step)
+            token = pick(ahead)

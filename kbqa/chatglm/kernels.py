@@ -165,10 +165,23 @@ def _gemv_configs(split: bool) -> list[triton.Config]:
     ]
 
 
-# Winners on an H100 by (bits, N, K): (BN, BK, warps, SPLIT). Used instead of autotuning when
-# present, so that decode starts without a tuning pass (which also allocates a 256 MB buffer
-# to flush the L2).
-TUNED: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
+# Winners of the autotuner on an H100 (2026-11-25) for chatglm2-6b's decode GEMVs, by
+# (bits, N, K): (BN, BK, warps, SPLIT). Used instead of autotuning (KBQA_GEMV_AUTOTUNE=1
+# tunes anyway), so that decode starts without a tuning pass of ~100 compiles, which also
+# allocates a 256 MB buffer to flush the L2. Other shapes are tuned on first use.
+TUNED: dict[tuple[int, int, int], tuple[int, int, int, int]] = {
+    # fp16 (and bf16) weights: qkv, h→4h (GLU), dense, 4h→h, output layer
+    (16, 4608, 4096): (8, 512, 4, 1),
+    (16, 13696, 4096): (16, 256, 4, 1),
+    (16, 4096, 4096): (16, 1024, 4, 1),
+    (16, 4096, 13696): (16, 512, 4, 2),
+    (16, 65024, 4096): (8, 512, 4, 1),
+    # int4: many rows per program for the short outputs, with K split over 8 programs
+    (4, 4608, 4096): (16, 1024, 4, 1),
+    (4, 13696, 4096): (16, 1024, 4, 1),
+    (4, 4096, 4096): (64, 256, 4, 8),
+    (4, 4096, 13696): (64, 256, 4, 8),
+}
 
 _KEY = ["N", "K", "BITS", "NORM", "GLU"]
 _gemv_autotuned = triton.autotune(configs=_gemv_configs(False), key=_KEY)(_gemv_kernel)
