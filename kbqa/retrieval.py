@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from kbqa.errors import ConfigError, NotFound, UsageError
 from kbqa.relevance import dense_weight, query_terms, relevance_of, with_relevance
@@ -30,12 +31,13 @@ class Retriever:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._kbs: dict[str, KnowledgeBase] = {}
+        self._kbs: dict[str, tuple[KnowledgeBase, tuple[int, int] | None]] = {}
+        """Open KBs by name, with the identity of the directory each was opened from."""
         self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
-            for kb in self._kbs.values():
+            for kb, _ in self._kbs.values():
                 kb.close()
             self._kbs.clear()
 
@@ -63,11 +65,12 @@ class Retriever:
 
     def _open(self, name: str) -> KnowledgeBase:
         with self._lock:
-            kb = self._kbs.get(name)
-            if kb is not None and kb.path.is_dir():
-                return kb
-            if kb is not None:  # deleted since it was opened
-                kb.close()
+            cached = self._kbs.get(name)
+            if cached is not None:
+                kb, identity = cached
+                if _identity(kb.path) == identity:
+                    return kb
+                kb.close()  # deleted since it was opened, perhaps created anew under its name
                 del self._kbs[name]
             try:
                 kb = KnowledgeBase.open(
@@ -83,7 +86,7 @@ class Retriever:
                 raise NotFound(f"knowledge base {name} does not exist{hint}") from None
             except StorageError as e:
                 raise ConfigError(str(e)) from None
-            self._kbs[name] = kb
+            self._kbs[name] = (kb, _identity(kb.path))
             return kb
 
     def warm_up(self, kbs: Sequence[str]) -> None:
@@ -136,3 +139,12 @@ class Retriever:
         if self.settings.retrieval.reranker:  # a cross-encoder reorders all the candidates
             merged = rerank_hits(self.settings, query, merged)
         return merged[:k]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a KB directory; None once it is gone."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino

@@ -230,3 +230,17 @@ def test_search_keeps_serving_while_an_upload_is_ingested(live: LiveServer) -> N
         client.delete("/v1/kbs/busy")
     assert during_ingest, "no search ran while the ingest was running"
     assert max(during_ingest) < 5
+
+
+def test_a_kb_deleted_and_created_anew_serves_its_new_content(live: LiveServer) -> None:
+    with live.client() as client:
+        client.post("/v1/kbs", json={"name": "reborn"})
+        upload_and_wait(client, "reborn", ("owls.md", b"# Owls\n\nOwls hunt at night."))
+        first = client.post("/v1/kbs/reborn/search", json={"query": "owls"}).json()
+        assert first["results"][0]["source"] == "owls.md"
+        client.delete("/v1/kbs/reborn")
+        client.post("/v1/kbs", json={"name": "reborn"})
+        upload_and_wait(client, "reborn", ("cats.md", b"# Cats\n\nCats sleep all day."))
+        again = client.post("/v1/kbs/reborn/search", json={"query": "cats"}).json()
+        assert [hit["source"] for hit in again["results"]] == ["cats.md"]
+        client.delete("/v1/kbs/reborn")
