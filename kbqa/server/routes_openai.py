@@ -6,9 +6,10 @@ Models: `kbqa` answers from the `default` KB, `kbqa/<kb>` from that KB (both add
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -64,7 +65,10 @@ def model_names(state: ServerState) -> list[str]:
     return [KB_MODEL, *(f"{KB_MODEL}/{kb}" for kb in kbs), state.model_name]
 
 
-def plan_completion(state: ServerState, body: ChatCompletionRequest) -> Any:
+Producer = Callable[[threading.Event], Iterator[Event]]
+
+
+def plan_completion(state: ServerState, body: ChatCompletionRequest) -> Producer:
     """What answering `body` means: a KB answer or plain chat, as a `produce(cancel)`."""
     options = Options(body.token_limit, body.temperature, body.top_p, tuple(body.stop_list))
     if body.model == state.model_name and body.model != KB_MODEL:
@@ -86,9 +90,8 @@ def _kbs_of_model(state: ServerState, model: str) -> list[str]:
     return [kb]
 
 
-def _collect(produce: Any, cancel: Any) -> list[Event]:
-    events: Iterator[Event] = produce(cancel)
-    return list(events)
+def _collect(produce: Producer, cancel: threading.Event) -> list[Event]:
+    return list(produce(cancel))
 
 
 class Reply:

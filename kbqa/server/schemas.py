@@ -6,7 +6,7 @@ check the types and ranges of those they do; a KB name is validated where it is 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -345,8 +345,3 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
     model: str
     queue: QueueStatus
-
-
-def as_json(value: Any) -> Any:
-    """A pydantic model's JSON-ready dict (None stays None)."""
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
