@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import json
 import statistics
@@ -350,11 +351,51 @@ def phases(
         R[f"{tag}_peak_8k_decode_GB"] = peak()
 
 
+def foreign_blocks(model: ChatGLM2, tag: str) -> None:
+    """Allocated blocks that hold none of the model's tensors (weights, rope, cache): size and
+    where they were allocated (needs memory history recording)."""
+    own = {t.data_ptr() for t in model.state_dict().values()}
+    own |= {b.data_ptr() for b in model.buffers()}
+    found = []
+    for seg in torch.cuda.memory_snapshot():
+        addr = seg["address"]
+        for block in seg["blocks"]:
+            if block["state"] == "active_allocated" and addr not in own:
+                frames = block.get("frames") or []
+                names = [f"{f.get('name', '')}" for f in frames[:12]]
+                where = " < ".join(n for n in names if n)[:300]
+                found.append({"MB": round(block["size"] / 1e6, 2), "where": where})
+            addr += block["size"]
+    found.sort(key=lambda b: -b["MB"])
+    R[f"{tag}_foreign_blocks"] = found[:12]
+    R[f"{tag}_foreign_MB"] = round(sum(b["MB"] for b in found), 2)
+
+
+def memory_only(out: str) -> None:
+    """Peaks at 8k in a process that ran nothing else, at the default chunk sizes and at
+    smaller ones, and what else is allocated besides the model."""
+    torch.cuda.memory._record_memory_history(max_entries=100000)
+    for quantize in (None, "int4"):
+        tag = quantize or "fp16"
+        model = ChatGLM2.from_config(CONFIG, device=DEV, dtype=DTYPE, quantize=quantize)
+        for chunk, mlp_rows in ((512, 256), (256, 128)):
+            fast.PREFILL_CHUNK, fast.MLP_ROWS = chunk, mlp_rows
+            name = f"{tag}_c{chunk}"
+            run(name, functools.partial(memory, model, name, False), out)
+            run(f"{name}_blocks", functools.partial(foreign_blocks, model, name), out)
+        del model
+        fast._CACHE.clear()
+        gc.collect()
+        torch.cuda.empty_cache()
+    fast.PREFILL_CHUNK, fast.MLP_ROWS = 512, 256
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="chatglm_gpu.json")
     parser.add_argument("--skip-int4", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="tiny model on the CPU")
+    parser.add_argument("--memory-only", action="store_true", help="the 8k peaks alone")
     args = parser.parse_args()
     if args.dry_run:
         global CTX, NEW, LONG, CONFIG, DEV, DTYPE
@@ -365,6 +406,10 @@ def main() -> None:
     R["card"] = torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
     R["date"] = datetime.date.today().isoformat()
     R["versions"] = {"torch": torch.__version__, "triton": triton.__version__}
+    if args.memory_only:
+        memory_only(args.out)
+        print(json.dumps(R, indent=1, default=str))
+        return
     run("bandwidth", copy_bandwidth, args.out)
 
     model = ChatGLM2.from_config(CONFIG, device=DEV, dtype=DTYPE)
