@@ -9,8 +9,9 @@ The documents (bench/retrieval_corpus.py) are read from installed packages into 
 folder; the questions are bench/retrieval_questions.py. kbqa goes through the real pipeline:
 `ingest_paths` into a temporary KB, then `Retriever.search` (hybrid dense + BM25 fusion,
 title-enhanced chunks, relevance ordering). The baseline is what a LangChain tutorial builds:
-RecursiveCharacterTextSplitter (400/50) + langchain_community's FAISS + the same embedding
-model, through a thin `Embeddings` adapter. Both see the same files and questions.
+RecursiveCharacterTextSplitter (400 or 600 characters, overlap 50) + langchain_community's
+FAISS + the same embedding model, through a thin `Embeddings` adapter. All see the same files
+and questions.
 
 Metrics over answerable questions: hit@k (a hit in the top k), MRR over the top 5, and
 "coverage" (some chunk of that system holds the expected passage at all). Over unanswerable
@@ -205,10 +206,10 @@ def storage_variants(home: Path) -> dict[str, Search]:
     }
 
 
-def build_langchain(corpus: Corpus) -> tuple[Search, list[tuple[str, str]]]:
+def build_langchain(corpus: Corpus, size: int) -> tuple[Search, list[tuple[str, str]]]:
     # langchain_community announces its sunset, and LangChain warns whenever its FAISS
     # wrapper's euclidean "relevance" falls below 0 (it does for unrelated chunks).
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="langchain_community")
+    warnings.filterwarnings("ignore", message=".*langchain-community. is being sunset")
     warnings.filterwarnings("ignore", message="Relevance scores must be between 0 and 1")
     from langchain_community.vectorstores import FAISS
     from langchain_core.documents import Document
@@ -230,7 +231,7 @@ def build_langchain(corpus: Corpus) -> tuple[Search, list[tuple[str, str]]]:
         Document((corpus.root / f).read_text(encoding="utf-8"), metadata={"source": f})
         for f in corpus.files
     ]
-    splitter = RecursiveCharacterTextSplitter(chunk_size=400, chunk_overlap=50)
+    splitter = RecursiveCharacterTextSplitter(chunk_size=size, chunk_overlap=50)
     chunks = splitter.split_documents(documents)
     store = FAISS.from_documents(chunks, Adapter())
 
@@ -297,11 +298,11 @@ def run_quality(work: Path, corpus: Corpus) -> None:
     results = [evaluate("kbqa", kbqa, texts, kbqa_build)]
     for name, variant in storage_variants(work / "home").items():
         results.append(evaluate(f"kbqa {name}", variant, texts, kbqa_build))
-    started = time.perf_counter()
-    baseline, baseline_texts = build_langchain(corpus)
-    results.append(
-        evaluate("LangChain baseline", baseline, baseline_texts, time.perf_counter() - started)
-    )
+    for size in (400, 600):
+        started = time.perf_counter()
+        baseline, baseline_texts = build_langchain(corpus, size)
+        build_s = time.perf_counter() - started
+        results.append(evaluate(f"LangChain {size}/50", baseline, baseline_texts, build_s))
     print_table(results)
     for scores in (results[0], results[-1]):
         print_misses(scores)
