@@ -396,6 +396,7 @@ def main() -> None:
     parser.add_argument("--skip-int4", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="tiny model on the CPU")
     parser.add_argument("--memory-only", action="store_true", help="the 8k peaks alone")
+    parser.add_argument("--speed-only", action="store_true", help="prefill and decode speed")
     args = parser.parse_args()
     if args.dry_run:
         global CTX, NEW, LONG, CONFIG, DEV, DTYPE
@@ -411,6 +412,19 @@ def main() -> None:
         print(json.dumps(R, indent=1, default=str))
         return
     run("bandwidth", copy_bandwidth, args.out)
+    if args.speed_only:
+        for quantize in (None, "int4"):
+            model = ChatGLM2.from_config(CONFIG, device=DEV, dtype=DTYPE, quantize=quantize)
+            run(
+                f"{quantize or 'fp16'}_speed",
+                functools.partial(speed, model, quantize or "fp16", 2),
+                args.out,
+            )
+            del model
+            fast._CACHE.clear()
+            gc.collect()
+        print(json.dumps(R, indent=1, default=str))
+        return
 
     model = ChatGLM2.from_config(CONFIG, device=DEV, dtype=DTYPE)
     R["fp16_weight_GB"] = weight_bytes(model) / 1e9

@@ -174,7 +174,7 @@ def _generate(
             return
         if model.cache_owner is not owner:
             raise RuntimeError("another generation started on this model; this one was ended")
-        seen[token_id] = True
+        seen.index_fill_(0, token.view(1), True)  # from the device token: no host copy
         with torch.no_grad():
             if ahead is None:
                 ahead = steps.decode(token, prompt_len + step)
