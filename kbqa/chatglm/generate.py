@@ -152,18 +152,27 @@ def _generate(
     def pick(logits: Tensor) -> Tensor:
         return sample_next(logits, seen, temperature, top_p, top_k, repetition_penalty, generator)
 
-    # On CUDA the next step is queued before this token is read back: the device then runs
+    # On CUDA the next step is queued before this token is read back, so the device runs
     # while the host waits, yields and checks (if generation stops, one step was for nothing).
+    # The token is copied out ahead of that step and waited for by an event: int(token)
+    # would wait behind the queued step.
     ahead_of_host = device.type == "cuda"
+    host_token = torch.empty(1, dtype=torch.long, pin_memory=ahead_of_host)
     with torch.no_grad():
         token = pick(steps.prefill(ids))  # from logits [V]
     generated: list[int] = []
     for step in range(max_new_tokens):
         ahead = None  # the next position's logits [V]
         if ahead_of_host and step < max_new_tokens - 1 and model.cache_owner is owner:
+            host_token.copy_(token.view(1), non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
             with torch.no_grad():
                 ahead = steps.decode(token, prompt_len + step)
-        token_id = int(token)
+            copied.synchronize()
+            token_id = int(host_token[0])
+        else:
+            token_id = int(token)
         if token_id in eos:
             return
         generated.append(token_id)
