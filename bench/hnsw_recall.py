@@ -28,23 +28,36 @@ from retrieval_questions import QUESTIONS
 
 from storage.embeddings import get_embedder
 
+EF_SEARCH = (96, 256, 512)
+"""efSearch values tried; KBs use storage.vector_index.HNSW_EF_SEARCH (96, or 2k if larger)."""
 
-def recall_at_10(vectors: np.ndarray, queries: np.ndarray) -> tuple[float, float, float]:
-    """(recall@10 of HNSW vs exact, HNSW build s, HNSW ms per query) on the same vectors."""
+
+def recall_at_10(
+    vectors: np.ndarray, queries: np.ndarray
+) -> tuple[float, list[tuple[float, float]]]:
+    """HNSW build seconds, then (recall@10 against exact search, ms per query) per efSearch."""
+    from storage import vector_index
     from storage.vector_index import VectorIndex
 
     ids = np.arange(len(vectors), dtype=np.int64)
     flat = VectorIndex.build("flat", vectors.shape[1], ids, vectors)
+    exact = [{i for i, _ in flat.search(q, 10)} for q in queries]
     started = time.perf_counter()
     hnsw = VectorIndex.build("hnsw", vectors.shape[1], ids, vectors)
     build_s = time.perf_counter() - started
-    found = 0
-    started = time.perf_counter()
-    approximate = [{i for i, _ in hnsw.search(q, 10)} for q in queries]
-    query_ms = 1000 * (time.perf_counter() - started) / len(queries)
-    for q, got in zip(queries, approximate, strict=True):
-        found += len(got & {i for i, _ in flat.search(q, 10)})
-    return found / (10 * len(queries)), build_s, query_ms
+    default = vector_index.HNSW_EF_SEARCH
+    results = []
+    try:
+        for ef in EF_SEARCH:
+            vector_index.HNSW_EF_SEARCH = ef  # read by VectorIndex.search at each call
+            started = time.perf_counter()
+            approximate = [{i for i, _ in hnsw.search(q, 10)} for q in queries]
+            query_ms = 1000 * (time.perf_counter() - started) / len(queries)
+            found = sum(len(a & e) for a, e in zip(approximate, exact, strict=True))
+            results.append((found / (10 * len(queries)), query_ms))
+    finally:
+        vector_index.HNSW_EF_SEARCH = default
+    return build_s, results
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -72,11 +85,13 @@ def run(work: Path, size: int) -> None:
             unit(rng.normal(size=(200, dim))),
         ),
     }
-    print("| vectors (dim 384) | recall@10 | HNSW build s | HNSW ms/query |")
-    print("|---|---|---|---|")
+    columns = " | ".join(f"efSearch {ef}: recall@10, ms/query" for ef in EF_SEARCH)
+    print(f"| vectors (dim 384) | HNSW build s | {columns} |")
+    print("|---|---|" + "---|" * len(EF_SEARCH))
     for label, (vectors, queries) in sets.items():
-        recall, build_s, query_ms = recall_at_10(vectors, queries)
-        print(f"| {label} | {recall:.3f} | {build_s:.1f} | {query_ms:.2f} |")
+        build_s, results = recall_at_10(vectors, queries)
+        cells = " | ".join(f"{recall:.3f}, {ms:.2f}" for recall, ms in results)
+        print(f"| {label} | {build_s:.1f} | {cells} |")
 
 
 def main() -> None:

@@ -26,7 +26,9 @@ Ids = npt.NDArray[np.int64]
 
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 96
+# bench/hnsw_recall.py, 100k real-like vectors: recall@10 against exact search 0.90 at 96,
+# 0.97 at 256, 0.98 at 512; 256 costs about 2 ms more per 30-candidate query on 2 cores.
+HNSW_EF_SEARCH = 256
 # Filtered searches on HNSW score the allowed vectors exactly when there are this few:
 # graph search with a selective filter can return fewer than k hits.
 EXACT_FILTER_LIMIT = 50_000
