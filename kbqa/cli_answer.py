@@ -153,11 +153,20 @@ def stream_answer(
     from kbqa.answer import Answer, DoneEvent, SourcesEvent, TokenEvent
 
     sources: list[Source] = []
+    pending = ""  # whitespace held back: the answer printed matches the stripped answer
+    started = False
     for event in chain.stream(question, kbs, history, top_k, cancel):
         if isinstance(event, SourcesEvent):
             sources = event.sources
         elif isinstance(event, TokenEvent):
-            stdout.print(event.text, end="", markup=False, highlight=False)
+            text = pending + event.text
+            body = text.rstrip()
+            pending = text[len(body) :]
+            if not started:
+                body = body.lstrip()
+            if body:
+                stdout.print(body, end="", markup=False, highlight=False)
+                started = True
         elif isinstance(event, DoneEvent):
             if event.cancelled:
                 stdout.print(" [stopped]", style="yellow", end="", markup=False)

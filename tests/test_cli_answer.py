@@ -168,3 +168,13 @@ def test_settings_overrides_reach_the_chain(tmp_path: Path) -> None:
     assert code == 0, err
     data = json.loads(out)
     assert data["refused"] is False and data["answer"].startswith("（以下回答不是来自知识库")
+
+
+def test_streamed_answer_is_printed_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = ScriptedChat(reply=lambda messages: "\n\n Kept  for 14 days [1]. \n\n")
+    monkeypatch.setattr(
+        QAChain, "from_settings", staticmethod(lambda s: QAChain(s, model, Retriever(s)))
+    )
+    code, out, err = kbqa("ask", HARBOR, "--kb", "ops")
+    assert code == 0, err
+    assert out.startswith("Kept  for 14 days [1].\n\nSources:\n[1] harbor_backup_en.md")
