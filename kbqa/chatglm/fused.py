@@ -2,9 +2,10 @@
 the plain-torch reference of the same function elsewhere, which is also what tests hold the
 kernels to.
 
-Numerics differ from the eager model in one deliberate way: the decode GEMVs take the
-RMSNorm / SwiGLU input in fp32 and accumulate in fp32 without rounding the normalised
-activations to fp16 first, and the decode residual stream stays fp32.
+Numerics differ from the eager model in one deliberate way: decode keeps more in fp32. The
+GEMVs normalise their input in fp32 without rounding it to fp16, SwiGLU is applied to the fp32
+sums, and the residual stream is fp32 (added to by atomics, so its last bits depend on the
+order in which split-K programs finish).
 """
 
 from __future__ import annotations
