@@ -204,10 +204,14 @@ def test_unknown_job_is_404(live: LiveServer) -> None:
 
 
 def test_search_keeps_serving_while_an_upload_is_ingested(live: LiveServer) -> None:
-    paragraphs = [f"Paragraph {i} tells of lighthouse number {i} on the coast." for i in range(800)]
+    """Searches run between the ingest's embedding batches instead of waiting for it all:
+    several are answered while the ingest runs, each in well under half its duration."""
+    paragraphs = [
+        f"Paragraph {i} tells of lighthouse number {i} on the coast." for i in range(1200)
+    ]
     big = "\n\n".join(paragraphs).encode()
-    during_ingest: list[float] = []
-    """Latencies of searches that began and ended while the upload's ingest was running."""
+    latencies: list[float] = []
+    """Of the searches begun while the upload's ingest was running."""
     with live.client() as client:
         client.post("/v1/kbs", json={"name": "busy"})
         job_id = upload(client, "busy", ("lighthouses.txt", big)).json()["job_id"]
@@ -217,19 +221,20 @@ def test_search_keeps_serving_while_an_upload_is_ingested(live: LiveServer) -> N
 
         while state() == "queued":
             time.sleep(0.01)
-        while (before := state()) != "done":
+        running_since = time.monotonic()
+        while state() == "running":
             started = time.monotonic()
             response = client.post(
                 "/v1/kbs/default/search", json={"query": "Zephyr battery", "top_k": 2}
             )
             assert response.status_code == 200
             assert response.json()["results"][0]["source"] == "zephyr.md"
-            if before == "running" and state() == "running":
-                during_ingest.append(time.monotonic() - started)
-        assert wait_for_job(client, job_id)["result"]["chunks"] > 20
+            latencies.append(time.monotonic() - started)
+        ingest_s = time.monotonic() - running_since
+        assert wait_for_job(client, job_id)["result"]["chunks"] > 100
         client.delete("/v1/kbs/busy")
-    assert during_ingest, "no search ran while the ingest was running"
-    assert max(during_ingest) < 5
+    assert len(latencies) >= 2, (latencies, ingest_s)
+    assert max(latencies) < ingest_s / 2, (latencies, ingest_s)
 
 
 def test_a_kb_deleted_and_created_anew_serves_its_new_content(live: LiveServer) -> None:
