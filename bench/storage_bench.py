@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/storage_bench.py [--sizes 1000,10000,100000] [--no-hnsw]
 
-1. Ingestion: the real documents of the retrieval evaluation (bench/retrieval_corpus.py, read
-   from installed packages at run time) through `ingest_paths` (load, split, embed, store),
-   in chunks/s end to end; then the embedding model alone on a sample of the same chunks.
+1. Ingestion: real documents of the retrieval evaluation (bench/retrieval_corpus.py, read
+   from installed packages at run time; `--documents`, half English READMEs, half Chinese man
+   pages) through `ingest_paths` (load, split, embed, store), in chunks/s end to end; then
+   the embedding model alone on a sample of the same chunks.
 2. Search: one KB grown to each size. Texts are real-looking: each chunk joins 2–5 sentences
    drawn from those documents (Chinese and English), so BM25 sees real term statistics; the
    vectors are random unit vectors (embedding 100k real chunks would take hours here).
@@ -57,11 +58,15 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def bench_ingest(work: Path, corpus: Corpus) -> list[str]:
-    """End-to-end ingest of the real corpus, then embedding alone; returns the chunk texts."""
+def bench_ingest(work: Path, corpus: Corpus, documents: int) -> list[str]:
+    """End-to-end ingest of `documents` real documents (half English, half Chinese), then
+    embedding alone; returns the chunk texts."""
     settings = load_settings(work / "ingest-home")
     get_embedder("default")  # load the model first: its load time is not throughput
-    report = ingest_paths(settings, "ingest", [corpus.root])
+    english = [f for f in corpus.files if f.startswith("en/")][: documents // 2]
+    chinese = [f for f in corpus.files if f.startswith("zh/")][: documents - len(english)]
+    files = [corpus.root / f for f in english + chinese]
+    report = ingest_paths(settings, "ingest", files)
     with KnowledgeBase.open(settings.kbs_dir, "ingest") as kb:
         chunks = [c for d in kb.iter_documents_with_vectors() for c in d.chunks]
     texts = [c.text for c in chunks]
@@ -205,6 +210,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--no-hnsw", action="store_true")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--documents", type=int, default=40, help="real documents to ingest")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(
@@ -214,7 +220,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kbqa-storage-bench-") as tmp:
         work = Path(tmp)
         corpus = write_corpus(work / "docs")
-        pool = bench_ingest(work, corpus)
+        pool = bench_ingest(work, corpus, args.documents)
         rows = bench_search(work, pool, sizes, not args.no_hnsw)
     if not args.no_plot:
         plot(rows)
