@@ -307,7 +307,7 @@ def test_slow_remote_times_out_with_one_line(tmp_path: Path, stub: tuple[str, Be
     start = time.monotonic()
     with pytest.raises(LLMUnavailable) as caught:
         chat.invoke("hi")
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 4  # the remote would take 5 s
     assert str(caught.value) == (
         f"the LLM server at {url} did not answer within 0.3 s; "
         "raise llm.openai.timeout_s if it is only slow"

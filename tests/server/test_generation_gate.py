@@ -92,7 +92,9 @@ async def test_timeout_while_generating_cancels_the_worker() -> None:
         async with gate.admit() as ticket:
             async for _ in ticket.stream(counting(1000, 0.01, produced)):
                 pass
-    assert time.monotonic() - started < 1
+    # Unbounded, the worker would produce for 10 s; the timeout stops it long before.
+    assert time.monotonic() - started < 5
+    assert len(produced) < 500
     assert timed_out.value.status == 503 and timed_out.value.code == "timeout"
     await asyncio.sleep(0.1)
     assert gate.running == 0 and len(produced) < 40

@@ -88,7 +88,7 @@ def test_the_next_request_gets_the_model_after_a_cancel(slow: LiveServer) -> Non
 
 @pytest.fixture(scope="module")
 def impatient(docs_home: Path) -> Iterator[LiveServer]:
-    model = EchoChat(delay=0.03, repeat=100)
+    model = EchoChat(delay=0.03, repeat=1000)  # 30 s unbounded
     server = serve_with_model(docs_home, model, queue_size=2, request_timeout_s=0.5)
     yield server
     server.stop()
@@ -98,7 +98,7 @@ def test_request_timeout_is_503_with_retry_after(impatient: LiveServer) -> None:
     with impatient.client() as client:
         started = time.monotonic()
         response = client.post("/v1/ask", json={"question": QUESTION})
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 15
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "timeout"
     assert int(response.headers["retry-after"]) >= 1
@@ -122,8 +122,7 @@ def test_healthz_answers_while_generating(slow: LiveServer) -> None:
         with client.stream("POST", "/v1/ask", json={"question": QUESTION, "stream": True}) as r:
             events = sse_events(r)  # kept: dropping it would close the connection (a cancel)
             next(events)
-            started = time.monotonic()
             health = httpx.get(f"{slow.url}/healthz").json()
-            assert time.monotonic() - started < 1
+            # Answered while the generation still runs, not after it.
             assert health["queue"]["running"] == 1, health
         wait_until_idle(slow)
