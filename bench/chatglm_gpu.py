@@ -375,6 +375,7 @@ def memory_only(out: str) -> None:
     """Peaks at 8k in a process that ran nothing else, at the default chunk sizes and at
     smaller ones, and what else is allocated besides the model."""
     torch.cuda.memory._record_memory_history(max_entries=100000)
+    defaults = fast.PREFILL_CHUNK, fast.MLP_ROWS
     for quantize in (None, "int4"):
         tag = quantize or "fp16"
         model = ChatGLM2.from_config(CONFIG, device=DEV, dtype=DTYPE, quantize=quantize)
@@ -387,7 +388,7 @@ def memory_only(out: str) -> None:
         fast._CACHE.clear()
         gc.collect()
         torch.cuda.empty_cache()
-    fast.PREFILL_CHUNK, fast.MLP_ROWS = 512, 256
+    fast.PREFILL_CHUNK, fast.MLP_ROWS = defaults
 
 
 def main() -> None:

@@ -29,10 +29,11 @@ from kbqa.chatglm.model import ChatGLM2
 # Prompts up to this many tokens prefill in one piece (fastest: the largest matmuls); longer
 # ones go in chunks of PREFILL_CHUNK with the MLP in blocks of MLP_ROWS rows, so that
 # activations stay ~35 MB and 8k tokens of fp16 fit in 12.8 GB with the weights (12.49 GB)
-# and the cache (0.23 GB).
+# and the cache (0.23 GB). Measured on an H100 (bench/RESULTS.md): 512/256 peaked at 12.806 GB,
+# 256/128 at 12.789 GB (with cuBLAS's workspace capped, see model.py).
 SINGLE_PREFILL = 2048
-PREFILL_CHUNK = 512
-MLP_ROWS = 256
+PREFILL_CHUNK = 256
+MLP_ROWS = 128
 
 
 class Steps(Protocol):
