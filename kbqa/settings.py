@@ -66,7 +66,7 @@ class RetrievalSettings(_Section):
     top_k: int = Field(default=4, ge=1, le=100)
     candidates: int = Field(default=30, ge=1, le=1000)
     """How many dense and how many keyword hits enter the fusion."""
-    min_relevance: float = Field(default=0.3, ge=0.0, le=1.0)
+    min_relevance: float = Field(default=0.45, ge=0.0, le=1.0)
     """Chunks below this 0..1 relevance are not given to the model; none left = refusal."""
     reranker: str = ""
     """Optional sentence-transformers CrossEncoder directory; empty = no reranking."""

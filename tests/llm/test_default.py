@@ -51,7 +51,7 @@ def answer(chat: DefaultChat) -> AIMessage:
 
 
 def test_converted_copy_is_cached_atomically_and_reloads(
-    chat: DefaultChat, cache_root: Path, answer: AIMessage
+    chat: DefaultChat, cache_root: Path, answer: AIMessage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = cache_root / "models" / DEFAULT_CACHE_NAME
     assert (folder / "model.safetensors").is_file()
@@ -59,9 +59,12 @@ def test_converted_copy_is_cached_atomically_and_reloads(
     # Written into a temporary sibling and renamed: nothing half-written is left beside it.
     assert [p.name for p in folder.parent.iterdir()] == [DEFAULT_CACHE_NAME]
     local_model._loaded.clear()  # a new process: must load the cached copy, not the GGUF
-    started = time.monotonic()
+
+    def no_conversion(gguf: Path) -> None:
+        raise AssertionError(f"converted {gguf} again instead of loading the cached copy")
+
+    monkeypatch.setattr(local_model, "_convert", no_conversion)
     reloaded = load_local_model("", cache_root)
-    assert time.monotonic() - started < 15
     assert reloaded is chat.local_model()
     assert chat.invoke(QUESTION).content == answer.content  # same weights, same greedy answer
 
