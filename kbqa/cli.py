@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.table import Table
 
@@ -13,6 +14,7 @@ from kbqa import cli_answer, cli_serve
 from kbqa.cli_common import (
     EXIT_OK,
     EXIT_PARTIAL,
+    EXIT_USAGE,
     CliState,
     ConfigOption,
     HomeOption,
@@ -189,7 +191,8 @@ def kb_list(
 
 @kb_app.command("delete")
 def kb_delete(
-    name: Annotated[str, typer.Argument(help="Knowledge base to delete.")],
+    name: Annotated[str | None, typer.Argument(help="Knowledge base to delete.")] = None,
+    kb: Annotated[str | None, typer.Option("--kb", help="Knowledge base to delete.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     json_out: JsonOption = False,
     home: HomeOption = None,
@@ -199,6 +202,9 @@ def kb_delete(
     from storage.kb import KnowledgeBase
     from storage.names import validate_kb_name
 
+    if (name is None) == (kb is None):
+        raise fail("give the knowledge base either as NAME or as --kb NAME")
+    name = name or kb or ""
     with user_errors():
         settings = settings_for(home, config)
         validate_kb_name(name)
@@ -319,3 +325,27 @@ def config_show(
 
 cli_answer.register(app, lambda: settings_for(None, None))
 cli_serve.register(app, lambda: settings_for(None, None))
+
+
+# Recent Typer releases carry their own copy of Click; older ones raise Click's own classes.
+_USAGE_ERRORS = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+_ABORTS = (click.exceptions.Abort, typer.Abort)
+
+
+def run() -> None:
+    """The console script: like `app()`, but usage errors are one line too (DESIGN.md)."""
+    if len(sys.argv) <= 1:
+        app()  # prints the help
+    try:
+        code = app(standalone_mode=False)
+    except _ABORTS:
+        sys.exit(130)
+    except _USAGE_ERRORS as e:
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        context = getattr(e, "ctx", None)
+        if not message and context is not None:  # a command group without its command
+            stdout.print(context.get_help(), markup=False, highlight=False)
+        else:
+            stderr.print(f"error: {message}", markup=False, highlight=False)
+        sys.exit(getattr(e, "exit_code", EXIT_USAGE))
+    sys.exit(code if isinstance(code, int) else 0)

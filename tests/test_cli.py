@@ -173,3 +173,31 @@ def test_console_script_runs_without_traceback(tmp_path: Path, docs: Path) -> No
     )
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", "x", "--bogus"], "No such option: --bogus"),
+        (["ingest"], "Missing argument"),
+        (["kb", "delete"], "either as NAME or as --kb NAME"),
+    ],
+)
+def test_console_script_usage_errors_are_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    kbqa_bin = Path(sys.executable).parent / "kbqa"
+    env = {**os.environ, "KBQA_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([str(kbqa_bin), *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert message in done.stderr
+
+
+def test_kb_delete_takes_kb_option(tmp_path: Path, docs: Path) -> None:
+    home = tmp_path / "home"
+    kbqa(home, "ingest", str(docs / "guide.md"), "--kb", "gone")
+    code, out, _ = kbqa(home, "kb", "delete", "--kb", "gone", "--yes", "--json")
+    assert code == 0
+    assert json.loads(out) == {"deleted": "gone"}
+    assert json.loads(kbqa(home, "kb", "list", "--json")[1])["kbs"] == []
