@@ -204,14 +204,16 @@ def test_unknown_job_is_404(live: LiveServer) -> None:
 
 
 def test_search_keeps_serving_while_an_upload_is_ingested(live: LiveServer) -> None:
-    """Searches run between the ingest's embedding batches instead of waiting for it all:
-    several are answered while the ingest runs, each in well under half its duration."""
+    """Searches run between the ingest's embedding batches instead of waiting for it all.
+
+    A search held behind the whole ingest would return only once the job had finished, so at
+    most one could begin and end while it runs; several answered in that window show they are
+    served alongside it. (No durations are compared: a loaded 2-core runner makes them noisy.)"""
     paragraphs = [
-        f"Paragraph {i} tells of lighthouse number {i} on the coast." for i in range(1200)
+        f"Paragraph {i} tells of lighthouse number {i} on the coast." for i in range(3000)
     ]
     big = "\n\n".join(paragraphs).encode()
-    latencies: list[float] = []
-    """Of the searches begun while the upload's ingest was running."""
+    answered_while_running = 0
     with live.client() as client:
         client.post("/v1/kbs", json={"name": "busy"})
         job_id = upload(client, "busy", ("lighthouses.txt", big)).json()["job_id"]
@@ -221,20 +223,16 @@ def test_search_keeps_serving_while_an_upload_is_ingested(live: LiveServer) -> N
 
         while state() == "queued":
             time.sleep(0.01)
-        running_since = time.monotonic()
         while state() == "running":
-            started = time.monotonic()
             response = client.post(
                 "/v1/kbs/default/search", json={"query": "Zephyr battery", "top_k": 2}
             )
             assert response.status_code == 200
             assert response.json()["results"][0]["source"] == "zephyr.md"
-            latencies.append(time.monotonic() - started)
-        ingest_s = time.monotonic() - running_since
+            answered_while_running += 1
         assert wait_for_job(client, job_id)["result"]["chunks"] > 100
         client.delete("/v1/kbs/busy")
-    assert len(latencies) >= 2, (latencies, ingest_s)
-    assert max(latencies) < ingest_s / 2, (latencies, ingest_s)
+    assert answered_while_running >= 3
 
 
 def test_a_kb_deleted_and_created_anew_serves_its_new_content(live: LiveServer) -> None:
