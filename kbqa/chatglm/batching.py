@@ -3,10 +3,12 @@
 A `BatchEngine` owns a `SlotCache` of max_batch rows × max_seq positions (its memory bound)
 and a loop, on a background thread, that repeats one step:
 
-1. cancelled requests leave; if a row is free, the oldest waiting request starts its prefill;
-2. the request in prefill runs one chunk of its prompt (`prefill_chunk` tokens while others
-   are decoding, so their streams keep flowing; the whole prompt when none is); after its last
-   chunk it samples its first token and joins the decoding rows;
+1. cancelled requests leave; waiting requests take the free rows (oldest first) and start
+   their prefill;
+2. the requests in prefill run up to `prefill_chunk` of their prompt tokens while others are
+   decoding, so that those streams keep flowing (up to `max_prefill_tokens` when none is),
+   oldest first and all in one forward pass (batched_prefill.py); a request whose last
+   piece ran samples its first token and joins the decoding rows;
 3. all decoding rows run one token together (`DecodeStep`: a CUDA graph on CUDA), each samples
    with its own settings, and those that finish (a stop id, max_new_tokens, cancel) leave.
 
@@ -34,7 +36,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from kbqa.chatglm.batched import DecodeStep, SlotCache, prefill
+from kbqa.chatglm.batched import DecodeStep, SlotCache
+from kbqa.chatglm.batched_prefill import Prefiller, Segment
 from kbqa.chatglm.model import ChatGLM2
 from kbqa.chatglm.sampling import SamplingParams, sample_rows
 
@@ -147,6 +150,7 @@ class EngineStats:
     decode_tokens: int = 0  # tokens produced by decode steps (prefill's first tokens apart)
     prefill_tokens: int = 0
     max_running: int = 0
+    row_swaps: int = 0  # a finished prompt took its row from a younger one still prefilling
 
 
 class BatchEngine:
@@ -160,21 +164,27 @@ class BatchEngine:
         max_batch: int = 16,
         max_seq: int = 2048,
         prefill_chunk: int = 512,
+        max_prefill_tokens: int = 4096,
         cuda_graphs: bool | None = None,
     ) -> None:
-        if prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk must be positive, got {prefill_chunk}")
+        if prefill_chunk < 1 or max_prefill_tokens < prefill_chunk:
+            raise ValueError(
+                "need 1 <= prefill_chunk <= max_prefill_tokens, got "
+                f"{prefill_chunk}, {max_prefill_tokens}"
+            )
         self.model = model
         self.max_batch = max_batch
         self.max_seq = max_seq
         self.prefill_chunk = prefill_chunk
+        self.max_prefill_tokens = max_prefill_tokens
         self.cache = SlotCache(model, max_batch, max_seq)
         self.decoder = DecodeStep(model, self.cache, cuda_graphs)
+        self.prefiller = Prefiller(model, self.cache)
         self.stats = EngineStats()
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
         self._running: list[_Seq] = []  # _running[i].row == i
-        self._prefilling: _Seq | None = None
+        self._prefilling: list[_Seq] = []  # in admission order, rows >= len(_running)
         self._seen: Tensor | None = None  # [max_batch, V] bool, for repetition penalties
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -237,9 +247,9 @@ class BatchEngine:
             self._wake.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-        for seq in [*self._running, *([self._prefilling] if self._prefilling else [])]:
+        for seq in [*self._running, *self._prefilling]:
             seq.request._finish("cancelled")
-        self._running, self._prefilling = [], None
+        self._running, self._prefilling = [], []
         with self._wake:
             while self._waiting:
                 self._waiting.popleft()._finish("cancelled")
@@ -261,7 +271,7 @@ class BatchEngine:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting) + (self._prefilling is not None)
+        return len(self._waiting) + len(self._prefilling)
 
     # -- the engine thread --
 
@@ -281,9 +291,9 @@ class BatchEngine:
                 self._fail_all(e)
 
     def _fail_all(self, error: Exception) -> None:
-        for seq in [*self._running, *([self._prefilling] if self._prefilling else [])]:
+        for seq in [*self._running, *self._prefilling]:
             seq.request._finish("error", error)
-        self._running, self._prefilling = [], None
+        self._running, self._prefilling = [], []
 
     def _has_work(self) -> bool:
         return bool(self._waiting or self._running or self._prefilling)
@@ -291,20 +301,13 @@ class BatchEngine:
     def step(self) -> bool:
         """One scheduling step; False when there was nothing to do."""
         self._drop_cancelled()
-        if self._prefilling is None and len(self._running) < self.max_batch:
-            self._admit()
-        if self._prefilling is None and not self._running:
+        self._admit()
+        if not self._prefilling and not self._running:
             return False
         self.stats.steps += 1
         with torch.no_grad():
-            if self._prefilling is not None:
-                seq = self._prefilling
-                try:
-                    self._prefill(seq)
-                except Exception as e:  # only this request fails (too long for memory, say)
-                    log.exception("prefill failed")
-                    self._prefilling = None
-                    seq.request._finish("error", e)
+            if self._prefilling:
+                self._prefill()
             if self._running:
                 try:
                     self._decode()
@@ -316,9 +319,9 @@ class BatchEngine:
         return True
 
     def _drop_cancelled(self) -> None:
-        if self._prefilling is not None and self._prefilling.request.cancelled:
-            self._prefilling.request._finish("cancelled")
-            self._prefilling = None
+        for seq in [s for s in self._prefilling if s.request.cancelled]:
+            seq.request._finish("cancelled")
+            self._prefilling.remove(seq)
         gone = [s for s in self._running if s.request.cancelled]
         for seq in gone:
             seq.request._finish("cancelled")
@@ -331,30 +334,82 @@ class BatchEngine:
                     r._finish("cancelled")
 
     def _admit(self) -> None:
-        with self._wake:
-            if not self._waiting:
-                return
-            request = self._waiting.popleft()
-        generator = None
-        if request.params.seed is not None:
-            generator = torch.Generator(device=self.model.device)
-            generator.manual_seed(request.params.seed)
-        # Rows 0..n-1 decode; row n is free whenever no prefill holds it.
-        self._prefilling = _Seq(request, len(self._running), generator)
+        """Waiting requests take the free rows, oldest first. Rows 0..n-1 are the decoding
+        sequences', so a free row is always past them."""
+        taken = {s.row for s in self._running} | {s.row for s in self._prefilling}
+        while len(taken) < self.max_batch:
+            with self._wake:
+                if not self._waiting:
+                    return
+                request = self._waiting.popleft()
+            generator = None
+            if request.params.seed is not None:
+                generator = torch.Generator(device=self.model.device)
+                generator.manual_seed(request.params.seed)
+            row = min(set(range(self.max_batch)) - taken)
+            taken.add(row)
+            self._prefilling.append(_Seq(request, row, generator))
 
-    def _prefill(self, seq: _Seq) -> None:
+    def _prefill(self) -> None:
+        """Run the next prompt pieces of the prefilling sequences (oldest first, within this
+        step's token budget) in one pass; those whose prompt is done start decoding."""
+        budget = self.prefill_chunk if self._running else self.max_prefill_tokens
+        pieces: list[tuple[_Seq, int]] = []  # a sequence and how many prompt tokens it runs
+        for seq in self._prefilling:
+            n = min(len(seq.request.prompt) - seq.done, budget)
+            if n <= 0:
+                break
+            budget -= n
+            pieces.append((seq, n))
+        try:
+            logits = self.prefiller([self._segment(seq, n) for seq, n in pieces])
+        except Exception as error:
+            if len(pieces) == 1:
+                log.exception("prefill failed")
+                self._fail_prefill(pieces[0][0], error)
+                return
+            # Find the culprit (too long for memory, say): each piece on its own, so that
+            # only the requests that fail alone fail. Rerunning rewrites the same slots.
+            log.warning("batched prefill failed; retrying its %d pieces one by one", len(pieces))
+            for seq, n in pieces:
+                try:
+                    one = self.prefiller([self._segment(seq, n)])
+                except Exception as e:
+                    log.exception("prefill failed")
+                    self._fail_prefill(seq, e)
+                    continue
+                self._prefilled(seq, n)
+                if one is not None:
+                    self._start_decoding(seq, one[0])
+            return
+        # Book every piece first: a sequence that starts decoding may swap rows with one
+        # still prefilling, and the swap copies what that one has in the cache.
+        for seq, n in pieces:
+            self._prefilled(seq, n)
+        finished = [seq for seq in self._prefilling if seq.done == len(seq.request.prompt)]
+        for i, seq in enumerate(finished):
+            assert logits is not None
+            self._start_decoding(seq, logits[i])
+
+    def _segment(self, seq: _Seq, n: int) -> Segment:
         prompt = seq.request.prompt
-        remaining = len(prompt) - seq.done
-        n = min(remaining, self.prefill_chunk) if self._running else remaining
-        last = n == remaining
         ids = torch.tensor(prompt[seq.done : seq.done + n], device=self.model.device)
-        logits = prefill(self.model, self.cache, ids, seq.done, seq.row, logits=last)
+        return Segment(ids, seq.done, seq.row, logits=seq.done + n == len(prompt))
+
+    def _prefilled(self, seq: _Seq, n: int) -> None:
         seq.done += n
         seq.length = seq.done
         self.stats.prefill_tokens += n
-        if logits is None:
-            return
-        self._prefilling = None
+
+    def _fail_prefill(self, seq: _Seq, error: BaseException) -> None:
+        self._prefilling.remove(seq)
+        seq.request._finish("error", error)
+
+    def _start_decoding(self, seq: _Seq, logits: Tensor) -> None:
+        """seq's prompt is in the cache and logits [V] are its last position's: sample its
+        first token and move it to the decoding rows."""
+        self._prefilling.remove(seq)
+        prompt = seq.request.prompt
         if seq.request.params.repetition_penalty != 1.0:
             seen = self._seen_rows()
             seen[seq.row] = False
@@ -365,7 +420,17 @@ class BatchEngine:
             return
         row = len(self._running)
         if seq.row != row:  # decoders left while it prefilled: move it next to them
-            self._move(seq, row)
+            holder = next((s for s in self._prefilling if s.row == row), None)
+            if holder is not None:  # a younger prompt holds that row: they swap rows
+                scratch = self.cache.scratch
+                self.cache.move(holder.row, scratch, holder.length)
+                vacated = seq.row
+                self._move(seq, row)
+                self.cache.move(scratch, vacated, holder.length)
+                holder.row = vacated
+                self.stats.row_swaps += 1
+            else:
+                self._move(seq, row)
         self._running.append(seq)
         self.stats.max_running = max(self.stats.max_running, len(self._running))
 

@@ -27,6 +27,7 @@ from kbqa.chatglm.batched import (
     key_bucket,
     prefill,
 )
+from kbqa.chatglm.batched_prefill import Prefiller, Segment
 from kbqa.chatglm.batching import BatchEngine, Request
 from kbqa.chatglm.quantize import dequantize_weight, quantize_weight
 from kbqa.chatglm.sampling import SamplingParams
@@ -109,20 +110,102 @@ def test_requests_joining_mid_batch(model: ChatGLM2) -> None:
         assert request.tokens == _alone(model, prompt)
 
 
+def test_prompts_prefill_together_and_rows_are_reused_in_any_order(model: ChatGLM2) -> None:
+    # Two decoders; two newcomers prefill in the same passes. The second decoder leaves, a
+    # third newcomer takes its row, and the first newcomer (row 2) then finishes: it must
+    # take row 1 from the third, which is still prefilling, by swapping their cache rows.
+    decoders, newcomers = _prompts([4, 6]), _prompts([30, 9, 41], seed=3)
+    engine = BatchEngine(model, max_batch=4, max_seq=96, prefill_chunk=8)
+    long = engine.submit(decoders[0], max_new_tokens=40, stop_ids=[])
+    short = engine.submit(decoders[1], max_new_tokens=4, stop_ids=[])
+    engine.step()  # both prompts prefill together, whole, and both start decoding
+    assert engine.running == 2 and engine.stats.prefill_tokens == 10
+    a = engine.submit(newcomers[0], max_new_tokens=NEW, stop_ids=[])
+    engine.step()  # a takes row 2 and prefills 8 of its 30 tokens
+    engine.step()  # 8 more; `short` has its 4 tokens and frees row 1
+    assert short.done and engine.running == 1 and engine.waiting == 1
+    b = engine.submit(newcomers[2], max_new_tokens=NEW, stop_ids=[])
+    c = engine.submit(newcomers[1], max_new_tokens=NEW, stop_ids=[])
+    _drain(engine)
+    assert engine.stats.row_swaps >= 1
+    for request, prompt, n in [
+        (long, decoders[0], 40),
+        (short, decoders[1], 4),
+        (a, newcomers[0], NEW),
+        (b, newcomers[2], NEW),
+        (c, newcomers[1], NEW),
+    ]:
+        assert request.tokens == _alone(model, prompt, n)
+
+
+@pytest.mark.parametrize("quantize", [None, "int4"])
+def test_fused_prefill_of_several_segments_matches_the_modules(quantize: str | None) -> None:
+    """The fused prefill (here its ops' torch references) of three sequences in one pass, one
+    of them a later piece of its prompt, writes the caches and logits that the model's own
+    modules do one sequence at a time."""
+    torch.manual_seed(0)
+    tiny = ChatGLM2.from_config("tiny", dtype=torch.float32, quantize=quantize)
+    prompts = _prompts([7, 12, 5], seed=4)
+    reference = SlotCache(tiny, max_batch=3, max_seq=32)
+    expected = [
+        prefill(tiny, reference, torch.tensor(p), 0, row, logits=True)
+        for row, p in enumerate(prompts)
+    ]
+    cache = SlotCache(tiny, max_batch=3, max_seq=32)
+    fused = Prefiller(tiny, cache, fused_ops=True)
+    # Row 1's prompt in two pieces: the first alone, the rest together with the others.
+    assert fused([Segment(torch.tensor(prompts[1][:4]), 0, 1, logits=False)]) is None
+    got = fused(
+        [
+            Segment(torch.tensor(prompts[0]), 0, 0, logits=True),
+            Segment(torch.tensor(prompts[1][4:]), 4, 1, logits=True),
+            Segment(torch.tensor(prompts[2]), 0, 2, logits=True),
+        ]
+    )
+    assert got is not None and got.shape == (3, tiny.config.padded_vocab_size)
+    for row, want in enumerate(expected):
+        assert want is not None
+        torch.testing.assert_close(got[row], want.float(), atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(cache.k, reference.k, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(cache.v, reference.v, atol=2e-5, rtol=2e-5)
+
+
+def test_a_failing_prefill_pass_fails_only_the_request_that_fails_alone(
+    model: ChatGLM2, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok_prompt, bad_prompt = _prompts([6, 9], seed=5)
+    engine = BatchEngine(model, max_batch=2, max_seq=32)
+    ok = engine.submit(ok_prompt, max_new_tokens=3, stop_ids=[])
+    bad = engine.submit(bad_prompt, max_new_tokens=3, stop_ids=[])
+    real = engine.prefiller.__call__
+
+    def fussy(segments: list[Segment]) -> torch.Tensor | None:
+        if any(s.ids.numel() == len(bad_prompt) for s in segments):
+            raise RuntimeError("out of memory")
+        return real(segments)
+
+    monkeypatch.setattr(engine, "prefiller", fussy)
+    _drain(engine)
+    assert bad.finish_reason == "error" and ok.finish_reason == "length"
+    assert ok.tokens == _alone(model, ok_prompt, 3)
+
+
 def test_cancelled_requests_leave_and_the_rest_are_unaffected(model: ChatGLM2) -> None:
     prompts = _prompts([6, 30, 11, 4, 19])
     event = threading.Event()
     engine = BatchEngine(model, max_batch=3, max_seq=64, prefill_chunk=8)
-    requests = [engine.submit(p, max_new_tokens=20, stop_ids=[]) for p in prompts[:4]]
-    by_event = engine.submit(prompts[4], max_new_tokens=20, stop_ids=[], cancel=event)
+    requests = [engine.submit(prompts[0], max_new_tokens=20, stop_ids=[])]
     engine.step()  # prompt 0 prefills whole (nobody decodes yet) and starts decoding
-    engine.step()  # prompt 1's first chunk
+    requests += [engine.submit(p, max_new_tokens=20, stop_ids=[]) for p in prompts[1:4]]
+    by_event = engine.submit(prompts[4], max_new_tokens=20, stop_ids=[], cancel=event)
+    engine.step()  # prompts 1 and 2 take the free rows; prompt 1's first chunk runs
+    assert engine.running == 1 and engine.stats.prefill_tokens == 6 + 8
     requests[1].cancel()  # mid-prefill
     requests[3].cancel()  # still waiting
-    for _ in range(4):
+    for _ in range(2):
         engine.step()
     requests[0].cancel()  # decoding: its row is taken by another
-    event.set()
+    event.set()  # the last request, mid-prefill
     _drain(engine)
     for i in (1, 3):
         assert requests[i].finish_reason == "cancelled" and requests[i].tokens == []
@@ -235,7 +318,7 @@ def test_engine_errors_reach_the_stream(model: ChatGLM2, monkeypatch: pytest.Mon
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr("kbqa.chatglm.batching.prefill", broken)
+    monkeypatch.setattr("kbqa.chatglm.batched_prefill.prefill", broken)
     engine.step()
     assert request.finish_reason == "error"
     with pytest.raises(RuntimeError, match="out of memory"):
