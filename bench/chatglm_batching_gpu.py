@@ -36,6 +36,7 @@ from kbqa.chatglm.batched import (
     key_bucket,
     prefill,
 )
+from kbqa.chatglm.batched_prefill import Prefiller, Segment
 from kbqa.chatglm.batching import BatchEngine, EngineStats, Request, wait_all
 
 PROMPT, MAX_SEQ, STEADY = 2000, 2560, 64  # STEADY: tokens per stream in the measured window
@@ -114,22 +115,75 @@ def checks(model: ChatGLM2, tag: str) -> bool:
         eager = decode(model, cache, tok, pos, rows, n_keys, step.kernels)[:3]
         graphed = step([5, 6, 7], lengths).clone()  # bucket 4, the same keys: same shapes
         out["graph_vs_eager_rel_err"] = rel(graphed, eager)
-        # Step time by graph replay at 2k context: compare with the matmul-only times.
+        # Step time by graph replay at 2k context: compare with the matmul-only times. With
+        # the fused kernels, float matmuls by the skinny Triton kernel and by cuBLAS: the
+        # engine then keeps the skinny kernel up to the largest batch at which it wins.
         at = PROMPT + 100
+        kernels = step.kernels
+        skinny_default = kernels.SKINNY_MAX_ROWS if kernels is not None else 0
+        variants = {"": skinny_default}
+        if kernels is not None and skinny_default > 0 and model.dtype != torch.float32:
+            variants = {"": skinny_default, "_cublas": 0}
         for b in (1, 16, 64):
             big = SlotCache(model, b, MAX_SEQ) if b > cache.max_batch else cache
-            s = DecodeStep(model, big, fused=fused_ok)
-            s([1] * b, [at] * b)
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(20):
+            for suffix, limit in variants.items():
+                if kernels is not None:
+                    kernels.SKINNY_MAX_ROWS = limit
+                s = DecodeStep(model, big, fused=fused_ok)
                 s([1] * b, [at] * b)
-            sync()
-            out[f"step_ms_b{b}"] = (time.perf_counter() - t0) / 20 * 1e3
-            del s, big
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    s([1] * b, [at] * b)
+                sync()
+                out[f"step_ms_b{b}{suffix}"] = (time.perf_counter() - t0) / 20 * 1e3
+                del s
+            del big
+        if kernels is not None:
+            limit = 0
+            for b in (1, 16, 64):
+                if out[f"step_ms_b{b}"] <= out.get(f"step_ms_b{b}_cublas", float("inf")):
+                    limit = b
+                else:
+                    break
+            kernels.SKINNY_MAX_ROWS = limit if len(variants) > 1 else skinny_default
+            out["skinny_max_rows_chosen"] = kernels.SKINNY_MAX_ROWS
+        prefill_checks(model, out)
     R[f"{tag}_checks"] = out
     print(tag, out, flush=True)
     return fused_ok
+
+
+def prefill_checks(model: ChatGLM2, out: dict[str, Any]) -> None:
+    """The engine's prefill (several prompts in one pass, fused ops on CUDA) against the
+    model's modules one prompt at a time: logits and time, 1 and 4 prompts of PROMPT tokens."""
+    prompts_4 = [torch.tensor(p, device=DEVICE) for p in prompts(4, 7)]
+    cache = SlotCache(model, 4, MAX_SEQ)
+    prefiller = Prefiller(model, cache)
+    out["prefill_fused"] = prefiller.fused
+
+    def modules(ids: list[torch.Tensor]) -> torch.Tensor:
+        found = [prefill(model, cache, p, 0, row, logits=True) for row, p in enumerate(ids)]
+        return torch.stack([f.float() for f in found if f is not None])
+
+    def together(ids: list[torch.Tensor]) -> torch.Tensor:
+        got = prefiller([Segment(p, 0, row, logits=True) for row, p in enumerate(ids)])
+        assert got is not None
+        return got
+
+    expected = modules(prompts_4[:2])
+    got = together(prompts_4[:2])
+    out["prefill_vs_modules_rel_err"] = rel(got, expected)
+    out["prefill_argmax_agrees"] = bool((got.argmax(-1) == expected.argmax(-1)).all())
+    for name, run in (("modules", modules), ("engine", together)):
+        for n in (1, 4):
+            run(prompts_4[:n])  # warm-up (cuBLAS heuristics, Triton compiles)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(3):
+                run(prompts_4[:n])
+            sync()
+            out[f"prefill_ms_{name}_{n}x{PROMPT}"] = (time.perf_counter() - t0) / 3 * 1e3
 
 
 def baseline(model: ChatGLM2, tag: str, new_tokens: int) -> None:
@@ -222,6 +276,7 @@ def engine_runs(model: ChatGLM2, tag: str, counts: list[int], fused: bool) -> No
         "max_batch": engine.max_batch,
         "max_seq": MAX_SEQ,
         "prefill_chunk": engine.prefill_chunk,
+        "max_prefill_tokens": engine.max_prefill_tokens,
         "cache_gib": engine.cache.nbytes / 2**30,
         "fused": engine.decoder.kernels is not None,
     }

@@ -238,14 +238,11 @@ def _decode_fused(
     n_keys: int,
     kernels: ModuleType,
 ) -> Tensor:
-    """`decode` with the norms, residual adds, rotary, cache writes and SwiGLU in Triton:
-    ~12 launches per layer instead of ~55. Each layer's MLP output is added to the residual
+    """`decode` with the norms, residual adds, rotary, cache writes, attention and SwiGLU in
+    Triton, and the float matmuls by the skinny Triton kernel while the batch is small:
+    8 launches per layer instead of ~55. Each layer's MLP output is added to the residual
     stream by the next layer's norm kernel."""
     t = model.transformer
-    batch = tokens.numel()
-    visible = torch.arange(n_keys, device=tokens.device) <= (pos + cache.prefix).unsqueeze(1)
-    bias = torch.zeros(batch, 1, 1, n_keys, dtype=model.dtype, device=tokens.device)
-    bias.masked_fill_(~visible[:, None, None, :], float("-inf"))  # [B, 1, 1, T], once a step
     x = t.embedding(tokens)  # [B, hidden]
     residual: Tensor | None = None
     for i, layer in enumerate(t.encoder.blocks()):
@@ -256,12 +253,11 @@ def _decode_fused(
         kernels.rope_cache(
             qkv, t.rope, pos, write_rows, cache.k[i], cache.v[i], cache.prefix, attn.n_head
         )
-        n, g, d = attn.n_head, attn.n_group, attn.head_dim
-        qg = qkv[:, : n * d].view(batch, g, n // g, d)  # rotated in place; see `decode`
-        keys = cache.k[i, :batch, :, :n_keys]  # [B, G, T, D]
-        values = cache.v[i, :batch, :, :n_keys]
-        y = F.scaled_dot_product_attention(qg, keys, values, attn_mask=bias)  # [B, G, N/G, D]
-        a = _linear(attn.dense, y.reshape(batch, n * d), kernels)  # [B, hidden]
+        # q was rotated in place; row b reads its own cache row over its own length.
+        y = kernels.attn_decode_rows(
+            qkv, cache.k[i], cache.v[i], pos, cache.prefix, attn.n_head, n_keys
+        )
+        a = _linear(attn.dense, y, kernels)  # [B, hidden]
         x, h = kernels.add_rmsnorm(x, a, norm2.weight, norm2.eps)
         gate_up = _linear(mlp.dense_h_to_4h, h, kernels)  # [B, 2F]
         residual = _linear(mlp.dense_4h_to_h, kernels.swiglu(gate_up), kernels)  # [B, hidden]
@@ -271,13 +267,16 @@ def _decode_fused(
         _, h = kernels.add_rmsnorm(x, residual, final.weight, final.eps)
     else:
         h = x + residual
-    return t.output_layer(h)  # [B, V]
+    return _linear(t.output_layer, h, kernels)  # [B, V]
 
 
 def _linear(module: nn.Module, x: Tensor, kernels: ModuleType) -> Tensor:
-    """module(x), but an int4 QuantizedLinear dequantizes through one Triton kernel (its own
-    forward takes ~8 torch passes over the weight, ~40 ms of every 6B step, whatever the batch)
-    and then runs one cuBLAS matmul for all rows."""
+    """module(x), but float weights at a few rows go through the skinny Triton matmul, and an
+    int4 QuantizedLinear dequantizes through one Triton kernel (its own forward takes ~8 torch
+    passes over the weight, ~40 ms of every 6B step, whatever the batch) and then runs one
+    cuBLAS matmul for all rows."""
+    if isinstance(module, nn.Linear) and x.shape[0] <= kernels.SKINNY_MAX_ROWS:
+        return kernels.skinny_linear(x, module.weight, module.bias)
     if isinstance(module, QuantizedLinear) and module.bits == 4:
         weight = kernels.dequant_int4(module.weight, module.weight_scale, x.dtype)  # [out, in]
         return F.linear(x, weight, module.bias)

@@ -17,6 +17,8 @@ kbqa.chatglm. Launchers take contiguous tensors and check nothing; batched.py ow
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -188,4 +190,215 @@ def dequant_int4(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     _dequant_int4_kernel[(triton.cdiv(rows, br), triton.cdiv(half, bc))](
         weight, scale, out, rows, half, br, bc
     )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Skinny matmul: y [M, N] = x [M, K] · W[N, K]ᵀ (+ bias) for the few rows of a decode step.
+# It reads every weight once and is bound by that read; cuBLAS's kernels for such shapes
+# reach a little less of the bandwidth. One program per BN output features, all M rows.
+
+
+@triton.jit
+def _skinny_kernel(
+    x_ptr: tl.tensor,
+    w_ptr: tl.tensor,
+    b_ptr: tl.tensor,
+    y_ptr: tl.tensor,
+    M: tl.tensor,
+    N: tl.tensor,
+    K: tl.constexpr,
+    M_PAD: tl.constexpr,  # M rounded up to a power of two >= 16 (tl.dot's minimum)
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,  # fp32 weights: full-precision products, not TF32
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+) -> None:
+    cols = tl.program_id(0) * BN + tl.arange(0, BN)  # output features
+    rows = tl.arange(0, M_PAD)
+    n_ok = cols < N
+    m_ok = rows < M
+    acc = tl.zeros([M_PAD, BN], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        k_ok = ks < K
+        x = tl.load(
+            x_ptr + rows[:, None] * K + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0
+        )  # [M_PAD, BK]
+        w = tl.load(
+            w_ptr + cols[:, None] * K + ks[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0
+        )  # [BN, BK]
+        if IEEE:
+            acc += tl.dot(x, tl.trans(w), input_precision="ieee")
+        else:
+            acc += tl.dot(x, tl.trans(w))
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out = y_ptr + rows[:, None] * N + cols[None, :]
+    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+# Tuned once per (rows bucket, N, K) on first use, which is outside any graph capture (the
+# decode step warms up eagerly first). The interpreter (tests) runs one fixed block shape.
+_SKINNY_CONFIGS = [
+    triton.Config({"BN": 16, "BK": 256}, num_warps=4, num_stages=4),
+    triton.Config({"BN": 32, "BK": 128}, num_warps=4, num_stages=4),
+    triton.Config({"BN": 16, "BK": 512}, num_warps=4, num_stages=3),
+    triton.Config({"BN": 32, "BK": 256}, num_warps=4, num_stages=3),
+    triton.Config({"BN": 64, "BK": 128}, num_warps=4, num_stages=3),
+    triton.Config({"BN": 64, "BK": 256}, num_warps=8, num_stages=3),
+]
+_skinny_tuned = triton.autotune(configs=_SKINNY_CONFIGS, key=["M_PAD", "N", "K"])(_skinny_kernel)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+SKINNY_MAX_ROWS = 64  # past this the step is no longer bound by the weight read alone
+
+
+def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x [M, K] (M <= SKINNY_MAX_ROWS), weight [N, K], bias [N] or None, one float dtype →
+    x · weightᵀ + bias [M, N], accumulated in fp32 and rounded once, as F.linear does."""
+    rows, k = x.shape
+    n = weight.shape[0]
+    y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    m_pad = max(16, triton.next_power_of_2(rows))
+
+    args = (x, weight, bias if bias is not None else weight, y, rows, n)
+    flags = {"K": k, "M_PAD": m_pad, "HAS_BIAS": bias is not None}
+    flags["IEEE"] = x.dtype == torch.float32
+    if INTERPRET:
+        _skinny_kernel[(triton.cdiv(n, 16),)](*args, **flags, BN=16, BK=32)
+        return y
+
+    def grid(meta: dict[str, int]) -> tuple[int]:
+        return (triton.cdiv(n, meta["BN"]),)
+
+    _skinny_tuned[grid](*args, **flags)
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# Decode attention for a batch: row b's query (one token, N heads) over slots 0..prefix+pos[b]
+# of cache row b. Split-K: one program per (row, KV group, piece of the keys) with online
+# softmax over BT-key blocks, then one per (row, head) combines the pieces. Reads the cache
+# in place (no mask tensor, no repeated key heads), and skips the pieces past each row's end.
+
+
+@triton.jit
+def _attn_rows_partial_kernel(
+    q_ptr: tl.tensor,
+    k_ptr: tl.tensor,
+    v_ptr: tl.tensor,
+    pos_ptr: tl.tensor,
+    o_ptr: tl.tensor,
+    ml_ptr: tl.tensor,
+    prefix: tl.tensor,
+    stride_qb: tl.tensor,
+    stride_row: tl.tensor,
+    stride_g: tl.tensor,
+    scale: tl.tensor,
+    HPG: tl.constexpr,  # query heads per KV group
+    QB: tl.constexpr,  # HPG padded to a power of two >= 16
+    D: tl.constexpr,
+    BT: tl.constexpr,
+    SPLIT: tl.constexpr,  # keys per piece, a multiple of BT
+    NSPLIT: tl.constexpr,
+) -> None:
+    b = tl.program_id(0)
+    group = tl.program_id(1)
+    piece = tl.program_id(2)
+    last = tl.load(pos_ptr + b) + prefix  # row b's last visible slot
+    start = piece * SPLIT
+    if start <= last:
+        r = tl.arange(0, QB)
+        r_ok = r < HPG
+        d = tl.arange(0, D)
+        q_offs = b * stride_qb + (group * HPG + r)[:, None] * D + d[None, :]
+        q = tl.load(q_ptr + q_offs, mask=r_ok[:, None], other=0.0)  # [QB, D]
+        m = tl.full([QB], float("-inf"), dtype=tl.float32)
+        l = tl.zeros([QB], dtype=tl.float32)  # noqa: E741
+        acc = tl.zeros([QB, D], dtype=tl.float32)
+        base = b * stride_row + group * stride_g
+        end = tl.minimum(start + SPLIT, last + 1)
+        for t0 in range(start, end, BT):
+            t = t0 + tl.arange(0, BT)
+            t_ok = t < end
+            offs = base + t[:, None] * D + d[None, :]
+            k = tl.load(k_ptr + offs, mask=t_ok[:, None], other=0.0)  # [BT, D]
+            s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale  # [QB, BT]
+            s = tl.where(t_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(s - m_new[:, None])
+            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
+            v = tl.load(v_ptr + offs, mask=t_ok[:, None], other=0.0)  # [BT, D]
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+            m = m_new
+        groups = tl.num_programs(1)
+        row = ((b * groups + group) * NSPLIT + piece) * QB + r  # [QB]
+        tl.store(o_ptr + row[:, None] * D + d[None, :], acc, mask=r_ok[:, None])
+        tl.store(ml_ptr + row * 2, m, mask=r_ok)
+        tl.store(ml_ptr + row * 2 + 1, l, mask=r_ok)
+
+
+@triton.jit
+def _attn_rows_combine_kernel(
+    o_ptr: tl.tensor,
+    ml_ptr: tl.tensor,
+    pos_ptr: tl.tensor,
+    out_ptr: tl.tensor,
+    prefix: tl.tensor,
+    G: tl.constexpr,
+    HPG: tl.constexpr,
+    QB: tl.constexpr,
+    D: tl.constexpr,
+    SPLIT: tl.constexpr,
+    NSPLIT: tl.constexpr,
+    NS2: tl.constexpr,  # NSPLIT rounded up to a power of two
+) -> None:
+    b = tl.program_id(0)
+    head = tl.program_id(1)
+    group = head // HPG
+    last = tl.load(pos_ptr + b) + prefix
+    s = tl.arange(0, NS2)
+    s_ok = s < (last // SPLIT + 1)  # the pieces the partial kernel wrote
+    row = ((b * G + group) * NSPLIT + s) * QB + head % HPG  # [NS2]
+    m = tl.load(ml_ptr + row * 2, mask=s_ok, other=float("-inf"))
+    l = tl.load(ml_ptr + row * 2 + 1, mask=s_ok, other=0.0)  # noqa: E741
+    weight = tl.exp(m - tl.max(m, axis=0))  # [NS2]; 0 for unwritten pieces
+    d = tl.arange(0, D)
+    o = tl.load(o_ptr + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
+    y = tl.sum(weight[:, None] * o, axis=0) / tl.sum(weight * l, axis=0)  # [D]
+    tl.store(out_ptr + (b * G * HPG + head) * D + d, y.to(out_ptr.dtype.element_ty))
+
+
+def attn_decode_rows(
+    qkv: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, prefix: int, heads: int,
+    n_keys: int,
+) -> Tensor:  # fmt: skip
+    """qkv [B, (N + 2G) * D] with q rotated; k_cache, v_cache [R >= B, G, slots, D]; pos [B].
+    Row b attends over slots 0..prefix + pos[b] of cache row b (all < n_keys) → [B, N * D]."""
+    batch = qkv.shape[0]
+    _, groups, _, head_dim = k_cache.shape
+    hpg = heads // groups
+    qb = max(16, triton.next_power_of_2(hpg))
+    block = 64
+    # Enough programs to spread the step over the SMs (~2 waves on an H100), in pieces of a
+    # multiple of `block` keys.
+    pieces_wanted = max(1, min(triton.cdiv(n_keys, block), triton.cdiv(264, batch * groups)))
+    split = block * triton.cdiv(triton.cdiv(n_keys, pieces_wanted), block)
+    nsplit = triton.cdiv(n_keys, split)
+    partial = torch.empty(
+        batch, groups, nsplit, qb, head_dim, dtype=torch.float32, device=qkv.device
+    )
+    ml = torch.empty(batch, groups, nsplit, qb, 2, dtype=torch.float32, device=qkv.device)
+    out = torch.empty(batch, heads * head_dim, dtype=qkv.dtype, device=qkv.device)
+    _attn_rows_partial_kernel[(batch, groups, nsplit)](
+        qkv, k_cache, v_cache, pos, partial, ml, prefix, qkv.stride(0), k_cache.stride(0),
+        k_cache.stride(1), head_dim**-0.5, HPG=hpg, QB=qb, D=head_dim, BT=block, SPLIT=split,
+        NSPLIT=nsplit, num_warps=4,
+    )  # fmt: skip
+    _attn_rows_combine_kernel[(batch, heads)](
+        partial, ml, pos, out, prefix, G=groups, HPG=hpg, QB=qb, D=head_dim, SPLIT=split,
+        NSPLIT=nsplit, NS2=triton.next_power_of_2(nsplit), num_warps=4,
+    )  # fmt: skip
     return out
