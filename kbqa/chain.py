@@ -39,6 +39,7 @@ from kbqa.prompting import (
     history_messages,
     pack_context,
     qa_messages,
+    remembering,
     retrieval_query,
 )
 from kbqa.relevance import relevance_of
@@ -85,7 +86,7 @@ class QAChain:
         self.chat_model = chat_model
         self.retriever = retriever
         self.condense = not _is_small_default(chat_model) if condense is None else condense
-        self._count = token_counter(chat_model)
+        self._count = remembering(token_counter(chat_model))
         self._budget: int | None = None
         self._templates: dict[tuple[str, str], str] = {}
 

@@ -60,6 +60,8 @@ _FILLER = frozenset(_FILLER_WORDS.split())
 _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _WORD = re.compile(r"[^\W_]+(?:[._\-+][^\W_]+)*")
 _ASCII_ALNUM = re.compile(r"[a-z0-9]")
+_RUN = re.compile(r"[^\W_]+")
+"""A run of letters and digits: what the whole-word test in `_occurs` treats as one word."""
 
 
 def _segment(run: str) -> list[str]:
@@ -102,22 +104,45 @@ def query_terms(question: str) -> dict[str, int]:
     return terms
 
 
-def _found(term: str, text: str) -> float:
-    """1 if `term` occurs in `text`; for a long Chinese term the share of its pairs that do."""
+class _Haystack:
+    """A chunk's text as lexical_score searches it: NFKC-folded and lower-cased, with the set
+    of its runs of letters and digits (a single-run term is found there without a regex)."""
+
+    __slots__ = ("text", "words")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.words = frozenset(_RUN.findall(text))
+
+
+@lru_cache(maxsize=2048)
+def _haystack(source: str, heading: str, text: str) -> _Haystack:
+    # Cached by content: the same chunks are scored again for every question that finds them.
+    return _Haystack(unicodedata.normalize("NFKC", f"{source}\n{heading}\n{text}").lower())
+
+
+def _found(term: str, haystack: _Haystack) -> float:
+    """1 if `term` occurs in the text; for a long Chinese term the share of its pairs that do."""
+    text = haystack.text
     if not has_cjk(term):
-        return 1.0 if _occurs(term, text) else 0.0
+        return 1.0 if _occurs(term, haystack) else 0.0
     if term in text or len(term) < 3:
         return 1.0 if term in text else 0.0
     pairs = [term[i : i + 2] for i in range(len(term) - 1)]
     return sum(pair in text for pair in pairs) / len(pairs)
 
 
-def _occurs(term: str, text: str) -> bool:
+def _occurs(term: str, haystack: _Haystack) -> bool:
     # Whole words only ("int" must not match "print"); a plural also counts.
-    pattern = rf"(?<![^\W_]){re.escape(term)}(?:s|es)?(?![^\W_])"
-    if re.search(pattern, text):
+    if _RUN.fullmatch(term):  # the same test as the pattern below, on the text's word runs
+        words = haystack.words
+        found = term in words or f"{term}s" in words or f"{term}es" in words
+    else:  # "chatglm2-6b", "450.80.02": spans several runs
+        pattern = rf"(?<![^\W_]){re.escape(term)}(?:s|es)?(?![^\W_])"
+        found = re.search(pattern, haystack.text) is not None
+    if found:
         return True
-    return term.endswith("s") and len(term) > 3 and _occurs(term[:-1], text)
+    return term.endswith("s") and len(term) > 3 and _occurs(term[:-1], haystack)
 
 
 def lexical_score(question: str, hit: SearchHit, focus: str | None = None) -> float:
@@ -131,9 +156,7 @@ def lexical_score(question: str, hit: SearchHit, focus: str | None = None) -> fl
     total = sum(terms.values())
     if total == 0:
         return 0.0
-    haystack = unicodedata.normalize(
-        "NFKC", f"{hit.source}\n{hit.heading or ''}\n{hit.text}"
-    ).lower()
+    haystack = _haystack(hit.source, hit.heading or "", hit.text)
     if focus is not None:
         focus_terms = query_terms(focus)
         if focus_terms and not any(_found(term, haystack) for term in focus_terms):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -296,3 +297,23 @@ def test_real_model_answers_from_the_kb() -> None:
     assert "14" in done.answer
     assert len([e for e in events if isinstance(e, TokenEvent)]) > 3
     assert done.timings.tokens_per_s > 0
+
+
+def test_a_repeated_question_counts_no_tokens_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    counted: list[str] = []
+
+    def counter(model: object) -> Callable[[str], int]:
+        def count(text: str) -> int:
+            counted.append(text)
+            return estimate_tokens(text)
+
+        return count
+
+    monkeypatch.setattr("kbqa.chain.token_counter", counter)
+    chain = make_chain()
+    first = chain.ask("How long are Harbor backups kept?", ["ops"])
+    assert first.sources and counted, "the passages were counted"
+    counted.clear()
+    again = chain.ask("How long are Harbor backups kept?", ["ops"])
+    assert again.to_json()["sources"] == first.to_json()["sources"]
+    assert counted == []  # the same passages, template and question: all remembered

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from kbqa.relevance import (
@@ -79,3 +81,28 @@ def test_relevance_is_stored_on_the_hit() -> None:
     chunk = with_relevance("Harbor", hit("Harbor queue", score=0.2))
     assert relevance_of(chunk) == 1.0 and chunk.extra["relevance"] == 1.0
     assert relevance_of(hit("x", score=0.3)) == 0.3  # not scored yet: the dense score
+
+
+@pytest.mark.parametrize(
+    ("term", "text", "found"),
+    [
+        ("int", "print(int4)", False),
+        ("int4", "使用int4量化", False),  # inside a run of letters, as the pattern sees it
+        ("int4", "使用 int4 量化", True),
+        ("backup", "two backups_daily", True),  # "_" ends a word
+        ("backup", "backupses", False),
+        ("class", "two classes", True),
+        ("backups", "one backup.", True),  # the singular of a plural term
+        ("chatglm2-6b", "load chatglm2-6b-int4", True),  # several runs: the pattern itself
+        ("450.80.02", "driver 450.80.021", False),
+        ("café", "the café opens", True),
+    ],
+)
+def test_whole_word_matching(term: str, text: str, found: bool) -> None:
+    pattern = rf"(?<![^\W_]){re.escape(term)}(?:s|es)?(?![^\W_])"
+    singular = term.endswith("s") and len(term) > 3
+    expected = bool(re.search(pattern, text)) or (
+        singular and bool(re.search(pattern.replace(re.escape(term), re.escape(term[:-1])), text))
+    )
+    assert expected == found  # the plain regex the word-set lookup stands in for agrees
+    assert lexical_score(term, hit(text, source="")) == (1.0 if found else 0.0)

@@ -65,7 +65,7 @@ class ApiKeyGuard:
         await self.app(scope, receive, send)
 
 
-def require_api_key(
+async def require_api_key(  # async: see kbqa.server.state (no thread pool round trip)
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

@@ -32,7 +32,11 @@ class ServerState:
     """The backend's own model name: `/v1/chat/completions` with it is plain chat, no KB."""
 
 
-def get_state(request: Request) -> ServerState:
+# The dependencies are `async def` though they never await: FastAPI runs a plain `def`
+# dependency in its thread pool, a thread round trip per dependency and request.
+
+
+async def get_state(request: Request) -> ServerState:
     state: ServerState = request.app.state.kbqa
     return state
 
@@ -40,14 +44,14 @@ def get_state(request: Request) -> ServerState:
 StateDep = Annotated[ServerState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_retriever(state: StateDep) -> Retriever:
+async def get_retriever(state: StateDep) -> Retriever:
     if state.retriever is None:
         raise ApiError(503, "starting", "the server is starting", headers={"Retry-After": "5"})
     return state.retriever
