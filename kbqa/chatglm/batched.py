@@ -249,7 +249,7 @@ def _decode_fused(
         attn, mlp = layer.self_attention, layer.mlp
         norm1, norm2 = layer.input_layernorm, layer.post_attention_layernorm
         x, h = kernels.add_rmsnorm(x, residual, norm1.weight, norm1.eps)
-        qkv = _linear(attn.query_key_value, h, kernels)  # [B, (N + 2G) * D]
+        qkv = linear(attn.query_key_value, h, kernels)  # [B, (N + 2G) * D]
         kernels.rope_cache(
             qkv, t.rope, pos, write_rows, cache.k[i], cache.v[i], cache.prefix, attn.n_head
         )
@@ -257,20 +257,20 @@ def _decode_fused(
         y = kernels.attn_decode_rows(
             qkv, cache.k[i], cache.v[i], pos, cache.prefix, attn.n_head, n_keys
         )
-        a = _linear(attn.dense, y, kernels)  # [B, hidden]
+        a = linear(attn.dense, y, kernels)  # [B, hidden]
         x, h = kernels.add_rmsnorm(x, a, norm2.weight, norm2.eps)
-        gate_up = _linear(mlp.dense_h_to_4h, h, kernels)  # [B, 2F]
-        residual = _linear(mlp.dense_4h_to_h, kernels.swiglu(gate_up), kernels)  # [B, hidden]
+        gate_up = linear(mlp.dense_h_to_4h, h, kernels)  # [B, 2F]
+        residual = linear(mlp.dense_4h_to_h, kernels.swiglu(gate_up), kernels)  # [B, hidden]
     final = t.encoder.final_layernorm
     assert residual is not None
     if isinstance(final, RMSNorm):
         _, h = kernels.add_rmsnorm(x, residual, final.weight, final.eps)
     else:
         h = x + residual
-    return _linear(t.output_layer, h, kernels)  # [B, V]
+    return linear(t.output_layer, h, kernels)  # [B, V]
 
 
-def _linear(module: nn.Module, x: Tensor, kernels: ModuleType) -> Tensor:
+def linear(module: nn.Module, x: Tensor, kernels: ModuleType) -> Tensor:
     """module(x), but float weights at a few rows go through the skinny Triton matmul, and an
     int4 QuantizedLinear dequantizes through one Triton kernel (its own forward takes ~8 torch
     passes over the weight, ~40 ms of every 6B step, whatever the batch) and then runs one

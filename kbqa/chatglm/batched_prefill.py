@@ -4,7 +4,9 @@ Each `Segment` is a run of one sequence's prompt tokens at known positions of it
 row. The matmuls, norms and MLP see all segments' tokens as one [S_total, hidden] block (the
 bigger the block, the nearer cuBLAS runs to its peak); only rotary, the cache writes and
 attention are done per segment, each over its own row. On CUDA this runs the fast path's fused
-ops (fused.py: Triton norms, rotary and causal attention over the cache in place); elsewhere,
+ops (fused.py: Triton norms, rotary and causal attention over the cache in place) and the
+decode step's matmuls (batched.linear: cuBLAS, with an int4 weight unpacked whole by one
+Triton kernel first, which beats fused.linear_rows' 64 MB blocks here); elsewhere,
 and whenever the fused decode cannot run, each segment goes through the model's own modules
 (batched.prefill), which is what the CPU exactness tests hold the engine to.
 """
@@ -16,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from kbqa.chatglm import fused
-from kbqa.chatglm.batched import SlotCache, fused_kernels, prefill
+from kbqa.chatglm.batched import SlotCache, fused_kernels, linear, prefill
 from kbqa.chatglm.fused import LinearWeights, Norm
 from kbqa.chatglm.model import ChatGLM2
 
@@ -42,11 +44,11 @@ class Segment:
 @dataclass(frozen=True)
 class _Layer:
     norm1: Norm
-    qkv: LinearWeights
-    dense: LinearWeights
+    qkv: nn.Module
+    dense: nn.Module
     norm2: Norm
-    h_to_4h: LinearWeights
-    h4_to_h: LinearWeights
+    h_to_4h: nn.Module
+    h4_to_h: nn.Module
 
 
 class Prefiller:
@@ -63,12 +65,13 @@ class Prefiller:
         supported = not model.config.apply_residual_connection_post_layernorm
         if fused_ops and not supported:
             raise ValueError("fused prefill needs apply_residual_connection_post_layernorm=False")
-        self.fused = fused_kernels(model) is not None if fused_ops is None else fused_ops
+        self.kernels = fused_kernels(model)
+        self.fused = self.kernels is not None if fused_ops is None else fused_ops
         t = model.transformer
         self.heads = model.config.num_attention_heads
         self.embed = t.embedding.word_embeddings.weight.detach()  # [V, H]
         self.final_norm = Norm.of(t.encoder.final_layernorm)
-        self.output = LinearWeights.of(t.output_layer)
+        self.output = t.output_layer
         self.layers: list[_Layer] = []
         if self.fused:
             for block in t.encoder.blocks():
@@ -76,16 +79,8 @@ class Prefiller:
                 norm1 = Norm.of(block.input_layernorm)
                 norm2 = Norm.of(block.post_attention_layernorm)
                 assert norm1 is not None and norm2 is not None
-                self.layers.append(
-                    _Layer(
-                        norm1,
-                        LinearWeights.of(attn.query_key_value),
-                        LinearWeights.of(attn.dense),
-                        norm2,
-                        LinearWeights.of(mlp.dense_h_to_4h),
-                        LinearWeights.of(mlp.dense_4h_to_h),
-                    )
-                )
+                modules = attn.query_key_value, attn.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h
+                self.layers.append(_Layer(norm1, modules[0], modules[1], norm2, *modules[2:]))
 
     def __call__(self, segments: Sequence[Segment]) -> Tensor | None:
         if not segments:
@@ -122,7 +117,7 @@ class Prefiller:
         res: Tensor | None = None
         for i, layer in enumerate(self.layers):
             x, h = fused.rmsnorm(x, res, layer.norm1)  # x += res; h = norm(x)
-            qkv = fused.linear_rows(layer.qkv, h)  # [S_total, (N + 2G) * D]
+            qkv = self._linear(layer.qkv, h)  # [S_total, (N + 2G) * D]
             del h
             y = torch.empty(total, layer.dense.in_features, dtype=x.dtype, device=device)
             for s, (a, b) in zip(segments, bounds, strict=True):
@@ -131,14 +126,14 @@ class Prefiller:
                 first = cache.prefix + s.start  # cache slot of the segment's first token
                 y[a:b] = fused.attention_prefill(qkv[a:b], k_row, v_row, n, first)
             del qkv
-            res = fused.linear_rows(layer.dense, y)  # [S_total, H]
+            res = self._linear(layer.dense, y)  # [S_total, H]
             del y
             x, h = fused.rmsnorm(x, res, layer.norm2)
             res = torch.empty_like(x)
             for r0 in range(0, total, MLP_ROWS):
                 rows = slice(r0, r0 + MLP_ROWS)
-                act = fused.swiglu(fused.linear_rows(layer.h_to_4h, h[rows]))  # [rows, F]
-                res[rows] = fused.linear_rows(layer.h4_to_h, act)  # [rows, H]
+                act = fused.swiglu(self._linear(layer.h_to_4h, h[rows]))  # [rows, F]
+                res[rows] = self._linear(layer.h4_to_h, act)  # [rows, H]
                 del act
             del h
         last = [b - 1 for s, (_, b) in zip(segments, bounds, strict=True) if s.logits]
@@ -149,4 +144,10 @@ class Prefiller:
         hidden = x[picked] + res[picked]  # [n, H]
         if self.final_norm is not None:
             _, hidden = fused.rmsnorm(hidden, None, self.final_norm)
-        return fused.linear_rows(self.output, hidden).float()  # [n, V]
+        return self._linear(self.output, hidden).float()  # [n, V]
+
+    def _linear(self, module: nn.Module, x: Tensor) -> Tensor:
+        """module(x) as the decode step runs it on CUDA; elsewhere fused.linear_rows."""
+        if self.kernels is not None:
+            return linear(module, x, self.kernels)
+        return fused.linear_rows(LinearWeights.of(module), x)
