@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from kbqa.chatglm.batched import DecodeStep, SlotCache
+from kbqa.chatglm.batched import DecodeStep, SlotCache, batch_bucket, key_bucket
 from kbqa.chatglm.batched_prefill import Prefiller, Segment
 from kbqa.chatglm.model import ChatGLM2
 from kbqa.chatglm.sampling import SamplingParams, sample_rows
@@ -166,6 +166,7 @@ class BatchEngine:
         prefill_chunk: int = 512,
         max_prefill_tokens: int = 4096,
         cuda_graphs: bool | None = None,
+        warm_up: bool = False,
     ) -> None:
         if prefill_chunk < 1 or max_prefill_tokens < prefill_chunk:
             raise ValueError(
@@ -180,6 +181,7 @@ class BatchEngine:
         self.cache = SlotCache(model, max_batch, max_seq)
         self.decoder = DecodeStep(model, self.cache, cuda_graphs)
         self.prefiller = Prefiller(model, self.cache)
+        self.warm_up_on_start = warm_up
         self.stats = EngineStats()
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
@@ -275,9 +277,49 @@ class BatchEngine:
 
     # -- the engine thread --
 
+    def warm_up(self) -> None:
+        """Run, before any request, what serving would otherwise do inside its first requests'
+        latency: the thread's first cuBLAS call, Triton's compiles for the prefill's kinds of
+        pieces (a whole prompt, a later chunk, several prompts in one pass), the skinny
+        matmul's tuning per rows bucket, and the capture of a decode graph for every (batch,
+        key span) bucket. Writes only into cache rows that no request holds yet."""
+        if self._running or self._prefilling:
+            raise RuntimeError("warm up before the engine takes requests")
+        vocab = self.model.config.padded_vocab_size
+        device = self.model.device
+
+        def ids(n: int, offset: int = 1) -> Tensor:
+            return (torch.arange(n, device=device) + offset) % vocab
+
+        first = min(37, self.max_seq - 1)
+        later = min(64, self.max_seq - 1 - first)
+        with torch.no_grad():
+            self.prefiller([Segment(ids(first), 0, 0, logits=True)])
+            if later > 0:
+                self.prefiller([Segment(ids(later), first, 0, logits=True)])
+            if self.max_batch > 1:
+                pair = [Segment(ids(n, n), 0, row, logits=True) for row, n in ((0, 17), (1, 16))]
+                self.prefiller(pair)
+            buckets = sorted(
+                {batch_bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)}
+            )
+            prefix, slots = self.cache.prefix, self.cache.slots
+            spans = sorted({key_bucket(n, slots) for n in range(prefix + 1, slots + 1)})
+            for bucket in buckets:
+                for span in spans if self.decoder.cuda_graphs else spans[:1]:
+                    position = min(span - prefix - 1, self.max_seq - 1)
+                    self.decoder([1] * bucket, [position] * bucket)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     def _loop(self) -> None:
         if self.model.device.type == "cuda":
             torch.cuda.set_device(self.model.device)
+        if self.warm_up_on_start:
+            try:
+                self.warm_up()
+            except Exception:  # serving still works, only its first requests are slower
+                log.exception("batching engine warm-up failed")
         while True:
             with self._wake:
                 while not self._closed and not self._has_work():

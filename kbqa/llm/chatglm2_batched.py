@@ -40,7 +40,13 @@ class BatchedChatGLM2Chat(ChatGLM2Chat):
         if self.engine is None:
             positions = self.max_seq or self.context_tokens + self.max_new_tokens
             positions = min(positions, self.chatglm.config.seq_length)
-            engine = BatchEngine(self.chatglm, max_batch=self.max_batch, max_seq=positions)
+            # On a GPU the engine compiles, tunes and captures its graphs before it serves.
+            engine = BatchEngine(
+                self.chatglm,
+                max_batch=self.max_batch,
+                max_seq=positions,
+                warm_up=self.chatglm.device.type == "cuda",
+            )
             self.engine = engine.start()
             weakref.finalize(self, engine.close)
         return self

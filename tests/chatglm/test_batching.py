@@ -191,6 +191,26 @@ def test_a_failing_prefill_pass_fails_only_the_request_that_fails_alone(
     assert ok.tokens == _alone(model, ok_prompt, 3)
 
 
+def test_warm_up_leaves_nothing_that_changes_the_answers(model: ChatGLM2) -> None:
+    prompts = _prompts([9, 30, 4], seed=8)
+    engine = BatchEngine(model, max_batch=3, max_seq=64, prefill_chunk=8)
+    engine.warm_up()
+    assert engine.cache.k[:, :3].abs().sum(dim=(0, 2, 4)).count_nonzero() > 0  # it wrote
+    assert engine.running == engine.waiting == 0 and engine.stats.steps == 0
+    requests = [engine.submit(p, max_new_tokens=NEW, stop_ids=[]) for p in prompts]
+    _drain(engine)
+    for request, prompt in zip(requests, prompts, strict=True):
+        assert request.tokens == _alone(model, prompt)
+
+
+def test_an_engine_warms_up_on_its_thread_before_serving(model: ChatGLM2) -> None:
+    prompt = _prompts([12], seed=9)[0]
+    with BatchEngine(model, max_batch=2, max_seq=48, warm_up=True) as engine:
+        request = engine.submit(prompt, max_new_tokens=NEW, stop_ids=[])
+        assert request.result(timeout=120) == _alone(model, prompt)
+        assert engine.cache.k[:, 1].abs().sum() > 0  # only the warm-up wrote into row 1
+
+
 def test_cancelled_requests_leave_and_the_rest_are_unaffected(model: ChatGLM2) -> None:
     prompts = _prompts([6, 30, 11, 4, 19])
     event = threading.Event()
