@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -145,3 +146,30 @@ async def test_close_cancels_everything_and_admits_nothing_more() -> None:
     await stream.aclose()
     for ticket in (running, waiting):
         ticket.release()
+
+
+async def test_generations_reuse_worker_threads_with_a_fresh_context() -> None:
+    gate = GenerationGate(concurrency=2, queue_size=4, timeout_s=10)
+    seen: list[tuple[threading.Thread, str | None]] = []
+    leftover: contextvars.ContextVar[str] = contextvars.ContextVar("leftover")
+
+    def fn(cancel: threading.Event) -> None:
+        seen.append((threading.current_thread(), leftover.get(None)))
+        leftover.set("from an earlier generation")
+
+    async def run() -> None:
+        async with gate.admit() as ticket:
+            await ticket.call(fn)
+
+    async def until_idle() -> None:  # a worker counts itself idle after handing its result over
+        async with asyncio.timeout(10):
+            while gate._workers._idle == 0:
+                await asyncio.sleep(0.005)
+
+    for _ in range(3):
+        await run()
+        await until_idle()
+    await asyncio.gather(run(), run())
+    assert len({thread for thread, _ in seen}) <= 2, "no more threads than generations at once"
+    assert seen[1][0] == seen[0][0], "a finished generation's thread takes the next one"
+    assert {value for _, value in seen} == {None}, "each generation starts in a fresh context"
