@@ -1,14 +1,17 @@
 """Triton attention kernels for ChatGLM2 on CUDA: rotary + KV-cache write, split-K decode
-attention, and causal prefill attention over the cache (for chunked prefill).
+attention (one row for the fast path, many for the batched decode), and causal prefill
+attention over the cache (for chunked prefill).
 
-Imported only through kernels.py (see there). Caches are one batch row, [G, slots, D], with
-the P-tuning prefix (if any) in slots 0..prefix-1 and position p in slot prefix + p. Query
-head h reads key/value group h // (N / G), straight from the cache: no repeated copies.
+Imported only through kernels.py and batched_kernels.py (see there). A cache is one batch row,
+[G, slots, D], or for attn_decode_rows all rows, [R, G, slots, D]; the P-tuning prefix (if
+any) is in slots 0..prefix-1 and position p in slot prefix + p. Query head h reads key/value
+group h // (N / G), straight from the cache: no repeated copies.
 """
 # Annotations: see kernels.py (`tl.tensor` for runtime arguments, never `int`).
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -78,12 +81,15 @@ def rope_cache(
 
 
 # --------------------------------------------------------------------------------------------
-# Decode attention (one query token): split the cache into pieces, one program per
-# (KV group, piece) with online softmax over BT-key blocks, then combine the pieces per head.
+# Decode attention, one query token per batch row: row b's N heads over slots 0..prefix+pos[b]
+# of cache row b. Split-K: one program per (row, KV group, piece of the keys) with online
+# softmax over BT-key blocks, then one per (row, head) combines the pieces. Reads the cache in
+# place (no mask, no repeated key heads) and skips the pieces past each row's end. The fast
+# path runs them for one row (attn_decode), the batched decode for many (attn_decode_rows).
 
 
 @triton.jit
-def _attn_partial_kernel(
+def _attn_rows_partial_kernel(
     q_ptr: tl.tensor,
     k_ptr: tl.tensor,
     v_ptr: tl.tensor,
@@ -91,58 +97,62 @@ def _attn_partial_kernel(
     o_ptr: tl.tensor,
     ml_ptr: tl.tensor,
     prefix: tl.tensor,
+    stride_qb: tl.tensor,
+    stride_row: tl.tensor,
     stride_g: tl.tensor,
-    stride_t: tl.tensor,
     scale: tl.tensor,
     HPG: tl.constexpr,  # query heads per KV group
-    QB: tl.constexpr,  # HPG padded to a power of two >= 16 (tl.dot's minimum)
+    QB: tl.constexpr,  # HPG padded to a power of two >= 16
     D: tl.constexpr,
     BT: tl.constexpr,
     SPLIT: tl.constexpr,  # keys per piece, a multiple of BT
     NSPLIT: tl.constexpr,
 ) -> None:
-    group = tl.program_id(0)
-    piece = tl.program_id(1)
-    last = tl.load(pos_ptr) + prefix  # last visible slot (the prefix sits before position 0)
+    b = tl.program_id(0)
+    group = tl.program_id(1)
+    piece = tl.program_id(2)
+    last = tl.load(pos_ptr + b) + prefix  # row b's last visible slot
     start = piece * SPLIT
     if start <= last:
         r = tl.arange(0, QB)
         r_ok = r < HPG
         d = tl.arange(0, D)
-        q_offs = (group * HPG + r)[:, None] * D + d[None, :]
+        q_offs = b * stride_qb + (group * HPG + r)[:, None] * D + d[None, :]
         q = tl.load(q_ptr + q_offs, mask=r_ok[:, None], other=0.0)  # [QB, D]
         m = tl.full([QB], float("-inf"), dtype=tl.float32)
         l = tl.zeros([QB], dtype=tl.float32)  # noqa: E741
         acc = tl.zeros([QB, D], dtype=tl.float32)
-        base = group * stride_g
+        base = b * stride_row + group * stride_g
         end = tl.minimum(start + SPLIT, last + 1)
         for t0 in range(start, end, BT):
             t = t0 + tl.arange(0, BT)
             t_ok = t < end
-            offs = base + t[:, None] * stride_t + d[None, :]
+            offs = base + t[:, None] * D + d[None, :]
             k = tl.load(k_ptr + offs, mask=t_ok[:, None], other=0.0)  # [BT, D]
-            s = tl.dot(q, tl.trans(k)) * scale  # [QB, BT]
+            s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale  # [QB, BT]
             s = tl.where(t_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=1))
             alpha = tl.exp(m - m_new)
             p = tl.exp(s - m_new[:, None])
             l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
             v = tl.load(v_ptr + offs, mask=t_ok[:, None], other=0.0)  # [BT, D]
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
             m = m_new
-        row = (group * NSPLIT + piece) * QB + r  # [QB]
+        groups = tl.num_programs(1)
+        row = ((b * groups + group) * NSPLIT + piece) * QB + r  # [QB]
         tl.store(o_ptr + row[:, None] * D + d[None, :], acc, mask=r_ok[:, None])
         tl.store(ml_ptr + row * 2, m, mask=r_ok)
         tl.store(ml_ptr + row * 2 + 1, l, mask=r_ok)
 
 
 @triton.jit
-def _attn_combine_kernel(
+def _attn_rows_combine_kernel(
     o_ptr: tl.tensor,
     ml_ptr: tl.tensor,
     pos_ptr: tl.tensor,
     out_ptr: tl.tensor,
     prefix: tl.tensor,
+    G: tl.constexpr,
     HPG: tl.constexpr,
     QB: tl.constexpr,
     D: tl.constexpr,
@@ -150,19 +160,20 @@ def _attn_combine_kernel(
     NSPLIT: tl.constexpr,
     NS2: tl.constexpr,  # NSPLIT rounded up to a power of two
 ) -> None:
-    head = tl.program_id(0)
+    b = tl.program_id(0)
+    head = tl.program_id(1)
     group = head // HPG
-    last = tl.load(pos_ptr) + prefix
+    last = tl.load(pos_ptr + b) + prefix
     s = tl.arange(0, NS2)
-    s_ok = s < (last // SPLIT + 1)  # pieces the partial kernel wrote
-    row = (group * NSPLIT + s) * QB + head % HPG  # [NS2]
+    s_ok = s < (last // SPLIT + 1)  # the pieces the partial kernel wrote
+    row = ((b * G + group) * NSPLIT + s) * QB + head % HPG  # [NS2]
     m = tl.load(ml_ptr + row * 2, mask=s_ok, other=float("-inf"))
     l = tl.load(ml_ptr + row * 2 + 1, mask=s_ok, other=0.0)  # noqa: E741
     weight = tl.exp(m - tl.max(m, axis=0))  # [NS2]; 0 for unwritten pieces
     d = tl.arange(0, D)
     o = tl.load(o_ptr + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
     y = tl.sum(weight[:, None] * o, axis=0) / tl.sum(weight * l, axis=0)  # [D]
-    tl.store(out_ptr + head * D + d, y.to(out_ptr.dtype.element_ty))
+    tl.store(out_ptr + (b * G * HPG + head) * D + d, y.to(out_ptr.dtype.element_ty))
 
 
 def attn_decode(
@@ -177,21 +188,55 @@ def attn_decode(
     split: int,
 ) -> None:
     """q [N * D] (rotated), caches [G, slots, D], pos [1]; out [N * D]. partial
-    [G, NSPLIT, QB, D] fp32 and ml [G, NSPLIT, QB, 2] fp32 are scratch."""
+    [G, NSPLIT, QB, D] fp32 and ml [G, NSPLIT, QB, 2] fp32 are scratch. The batch kernels
+    above, for one row."""
     groups, _, head_dim = k_cache.shape
     heads = q.numel() // head_dim
     hpg = heads // groups
     nsplit, qb = partial.shape[1], partial.shape[2]
     block = min(64, split)
-    _attn_partial_kernel[(groups, nsplit)](
-        q, k_cache, v_cache, pos, partial, ml, prefix, k_cache.stride(0), k_cache.stride(1),
+    _attn_rows_partial_kernel[(1, groups, nsplit)](
+        q, k_cache, v_cache, pos, partial, ml, prefix, 0, 0, k_cache.stride(0),
         head_dim**-0.5, HPG=hpg, QB=qb, D=head_dim, BT=block, SPLIT=split, NSPLIT=nsplit,
         num_warps=4,
     )  # fmt: skip
-    _attn_combine_kernel[(heads,)](
-        partial, ml, pos, out, prefix, HPG=hpg, QB=qb, D=head_dim, SPLIT=split, NSPLIT=nsplit,
-        NS2=triton.next_power_of_2(nsplit), num_warps=4,
+    _attn_rows_combine_kernel[(1, heads)](
+        partial, ml, pos, out, prefix, G=groups, HPG=hpg, QB=qb, D=head_dim, SPLIT=split,
+        NSPLIT=nsplit, NS2=triton.next_power_of_2(nsplit), num_warps=4,
     )  # fmt: skip
+
+
+def attn_decode_rows(
+    qkv: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, prefix: int, heads: int,
+    n_keys: int,
+) -> Tensor:  # fmt: skip
+    """qkv [B, (N + 2G) * D] with q rotated; k_cache, v_cache [R >= B, G, slots, D]; pos [B].
+    Row b attends over slots 0..prefix + pos[b] of cache row b (all < n_keys) → [B, N * D]."""
+    batch = qkv.shape[0]
+    _, groups, _, head_dim = k_cache.shape
+    hpg = heads // groups
+    qb = max(16, triton.next_power_of_2(hpg))
+    block = 64
+    # Enough programs to spread the step over the SMs (~2 waves on an H100), in pieces of a
+    # multiple of `block` keys.
+    pieces_wanted = max(1, min(triton.cdiv(n_keys, block), triton.cdiv(264, batch * groups)))
+    split = block * triton.cdiv(triton.cdiv(n_keys, pieces_wanted), block)
+    nsplit = triton.cdiv(n_keys, split)
+    partial = torch.empty(
+        batch, groups, nsplit, qb, head_dim, dtype=torch.float32, device=qkv.device
+    )
+    ml = torch.empty(batch, groups, nsplit, qb, 2, dtype=torch.float32, device=qkv.device)
+    out = torch.empty(batch, heads * head_dim, dtype=qkv.dtype, device=qkv.device)
+    _attn_rows_partial_kernel[(batch, groups, nsplit)](
+        qkv, k_cache, v_cache, pos, partial, ml, prefix, qkv.stride(0), k_cache.stride(0),
+        k_cache.stride(1), head_dim**-0.5, HPG=hpg, QB=qb, D=head_dim, BT=block, SPLIT=split,
+        NSPLIT=nsplit, num_warps=4,
+    )  # fmt: skip
+    _attn_rows_combine_kernel[(batch, heads)](
+        partial, ml, pos, out, prefix, G=groups, HPG=hpg, QB=qb, D=head_dim, SPLIT=split,
+        NSPLIT=nsplit, NS2=triton.next_power_of_2(nsplit), num_warps=4,
+    )  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ costs more than the attention.
 - rope_cache: rotate q (in place) and k of every row by that row's position, and write k and
   v into the KV cache at (that row's cache row, its slot): one program per (row, head).
 - swiglu: silu(gate) * up with the model's two roundings.
+- skinny_linear: x · Wᵀ (+ bias) for a few rows, reading each weight once.
+- dequant_int4: the checkpoint's int4 weights unpacked to floats.
+- attn_decode_rows (from attn_kernels.py): each row's attention over its own cache row.
 
 Imported only on CUDA (or with TRITON_INTERPRET=1 in tests): triton is not a dependency of
 kbqa.chatglm. Launchers take contiguous tensors and check nothing; batched.py owns shapes.
@@ -23,6 +26,17 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from kbqa.chatglm.attn_kernels import attn_decode_rows
+
+__all__ = [
+    "add_rmsnorm",
+    "attn_decode_rows",
+    "dequant_int4",
+    "rope_cache",
+    "skinny_linear",
+    "swiglu",
+]
 
 
 @triton.jit
@@ -274,131 +288,3 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
     _skinny_tuned[grid](*args, **flags)
     return y
-
-
-# --------------------------------------------------------------------------------------------
-# Decode attention for a batch: row b's query (one token, N heads) over slots 0..prefix+pos[b]
-# of cache row b. Split-K: one program per (row, KV group, piece of the keys) with online
-# softmax over BT-key blocks, then one per (row, head) combines the pieces. Reads the cache
-# in place (no mask tensor, no repeated key heads), and skips the pieces past each row's end.
-
-
-@triton.jit
-def _attn_rows_partial_kernel(
-    q_ptr: tl.tensor,
-    k_ptr: tl.tensor,
-    v_ptr: tl.tensor,
-    pos_ptr: tl.tensor,
-    o_ptr: tl.tensor,
-    ml_ptr: tl.tensor,
-    prefix: tl.tensor,
-    stride_qb: tl.tensor,
-    stride_row: tl.tensor,
-    stride_g: tl.tensor,
-    scale: tl.tensor,
-    HPG: tl.constexpr,  # query heads per KV group
-    QB: tl.constexpr,  # HPG padded to a power of two >= 16
-    D: tl.constexpr,
-    BT: tl.constexpr,
-    SPLIT: tl.constexpr,  # keys per piece, a multiple of BT
-    NSPLIT: tl.constexpr,
-) -> None:
-    b = tl.program_id(0)
-    group = tl.program_id(1)
-    piece = tl.program_id(2)
-    last = tl.load(pos_ptr + b) + prefix  # row b's last visible slot
-    start = piece * SPLIT
-    if start <= last:
-        r = tl.arange(0, QB)
-        r_ok = r < HPG
-        d = tl.arange(0, D)
-        q_offs = b * stride_qb + (group * HPG + r)[:, None] * D + d[None, :]
-        q = tl.load(q_ptr + q_offs, mask=r_ok[:, None], other=0.0)  # [QB, D]
-        m = tl.full([QB], float("-inf"), dtype=tl.float32)
-        l = tl.zeros([QB], dtype=tl.float32)  # noqa: E741
-        acc = tl.zeros([QB, D], dtype=tl.float32)
-        base = b * stride_row + group * stride_g
-        end = tl.minimum(start + SPLIT, last + 1)
-        for t0 in range(start, end, BT):
-            t = t0 + tl.arange(0, BT)
-            t_ok = t < end
-            offs = base + t[:, None] * D + d[None, :]
-            k = tl.load(k_ptr + offs, mask=t_ok[:, None], other=0.0)  # [BT, D]
-            s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale  # [QB, BT]
-            s = tl.where(t_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=1))
-            alpha = tl.exp(m - m_new)
-            p = tl.exp(s - m_new[:, None])
-            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
-            v = tl.load(v_ptr + offs, mask=t_ok[:, None], other=0.0)  # [BT, D]
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
-            m = m_new
-        groups = tl.num_programs(1)
-        row = ((b * groups + group) * NSPLIT + piece) * QB + r  # [QB]
-        tl.store(o_ptr + row[:, None] * D + d[None, :], acc, mask=r_ok[:, None])
-        tl.store(ml_ptr + row * 2, m, mask=r_ok)
-        tl.store(ml_ptr + row * 2 + 1, l, mask=r_ok)
-
-
-@triton.jit
-def _attn_rows_combine_kernel(
-    o_ptr: tl.tensor,
-    ml_ptr: tl.tensor,
-    pos_ptr: tl.tensor,
-    out_ptr: tl.tensor,
-    prefix: tl.tensor,
-    G: tl.constexpr,
-    HPG: tl.constexpr,
-    QB: tl.constexpr,
-    D: tl.constexpr,
-    SPLIT: tl.constexpr,
-    NSPLIT: tl.constexpr,
-    NS2: tl.constexpr,  # NSPLIT rounded up to a power of two
-) -> None:
-    b = tl.program_id(0)
-    head = tl.program_id(1)
-    group = head // HPG
-    last = tl.load(pos_ptr + b) + prefix
-    s = tl.arange(0, NS2)
-    s_ok = s < (last // SPLIT + 1)  # the pieces the partial kernel wrote
-    row = ((b * G + group) * NSPLIT + s) * QB + head % HPG  # [NS2]
-    m = tl.load(ml_ptr + row * 2, mask=s_ok, other=float("-inf"))
-    l = tl.load(ml_ptr + row * 2 + 1, mask=s_ok, other=0.0)  # noqa: E741
-    weight = tl.exp(m - tl.max(m, axis=0))  # [NS2]; 0 for unwritten pieces
-    d = tl.arange(0, D)
-    o = tl.load(o_ptr + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
-    y = tl.sum(weight[:, None] * o, axis=0) / tl.sum(weight * l, axis=0)  # [D]
-    tl.store(out_ptr + (b * G * HPG + head) * D + d, y.to(out_ptr.dtype.element_ty))
-
-
-def attn_decode_rows(
-    qkv: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, prefix: int, heads: int,
-    n_keys: int,
-) -> Tensor:  # fmt: skip
-    """qkv [B, (N + 2G) * D] with q rotated; k_cache, v_cache [R >= B, G, slots, D]; pos [B].
-    Row b attends over slots 0..prefix + pos[b] of cache row b (all < n_keys) → [B, N * D]."""
-    batch = qkv.shape[0]
-    _, groups, _, head_dim = k_cache.shape
-    hpg = heads // groups
-    qb = max(16, triton.next_power_of_2(hpg))
-    block = 64
-    # Enough programs to spread the step over the SMs (~2 waves on an H100), in pieces of a
-    # multiple of `block` keys.
-    pieces_wanted = max(1, min(triton.cdiv(n_keys, block), triton.cdiv(264, batch * groups)))
-    split = block * triton.cdiv(triton.cdiv(n_keys, pieces_wanted), block)
-    nsplit = triton.cdiv(n_keys, split)
-    partial = torch.empty(
-        batch, groups, nsplit, qb, head_dim, dtype=torch.float32, device=qkv.device
-    )
-    ml = torch.empty(batch, groups, nsplit, qb, 2, dtype=torch.float32, device=qkv.device)
-    out = torch.empty(batch, heads * head_dim, dtype=qkv.dtype, device=qkv.device)
-    _attn_rows_partial_kernel[(batch, groups, nsplit)](
-        qkv, k_cache, v_cache, pos, partial, ml, prefix, qkv.stride(0), k_cache.stride(0),
-        k_cache.stride(1), head_dim**-0.5, HPG=hpg, QB=qb, D=head_dim, BT=block, SPLIT=split,
-        NSPLIT=nsplit, num_warps=4,
-    )  # fmt: skip
-    _attn_rows_combine_kernel[(batch, heads)](
-        partial, ml, pos, out, prefix, G=groups, HPG=hpg, QB=qb, D=head_dim, SPLIT=split,
-        NSPLIT=nsplit, NS2=triton.next_power_of_2(nsplit), num_warps=4,
-    )  # fmt: skip
-    return out

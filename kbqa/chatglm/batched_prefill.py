@@ -69,6 +69,7 @@ class Prefiller:
         self.fused = self.kernels is not None if fused_ops is None else fused_ops
         t = model.transformer
         self.heads = model.config.num_attention_heads
+        self.head_dim = model.config.kv_channels
         self.embed = t.embedding.word_embeddings.weight.detach()  # [V, H]
         self.final_norm = Norm.of(t.encoder.final_layernorm)
         self.output = t.output_layer
@@ -119,7 +120,7 @@ class Prefiller:
             x, h = fused.rmsnorm(x, res, layer.norm1)  # x += res; h = norm(x)
             qkv = self._linear(layer.qkv, h)  # [S_total, (N + 2G) * D]
             del h
-            y = torch.empty(total, layer.dense.in_features, dtype=x.dtype, device=device)
+            y = torch.empty(total, n * self.head_dim, dtype=x.dtype, device=device)
             for s, (a, b) in zip(segments, bounds, strict=True):
                 k_row, v_row = cache.k[i, s.row], cache.v[i, s.row]  # [G, slots, D]
                 fused.rope_cache(qkv[a:b], rope, pos[a:b], k_row, v_row, n, cache.prefix)
