@@ -3,13 +3,13 @@ matmuls, which in plain PyTorch is ~45 small launches per layer and, at one toke
 costs more than the attention.
 
 - add_rmsnorm: x + residual (rounded to x's dtype, as the model's fp16 add is) and its
-  RMSNorm, in fp32 as the model's RMSNorm computes it: one program per row.
+  RMSNorm, in fp32 as the model's RMSNorm computes it; swiglu: silu(gate) * up with the
+  model's two roundings; dequant_int4: the checkpoint's int4 weights unpacked to floats. All
+  three run kernels.py's kernels (the fast path's), for a batch of rows.
 - rope_cache: rotate q (in place) and k of every row by that row's position, and write k and
   v into the KV cache at (that row's cache row, its slot): one program per (row, head).
-- swiglu: silu(gate) * up with the model's two roundings.
 - skinny_linear: x · Wᵀ (+ bias) for a few rows, reading each weight once.
-- dequant_int4: the checkpoint's int4 weights unpacked to floats.
-- attn_decode_rows (from attn_kernels.py): each row's attention over its own cache row.
+- attn_decode_rows (attn_kernels.py): each row's attention over its own cache row.
 
 Imported only on CUDA (or with TRITON_INTERPRET=1 in tests): triton is not a dependency of
 kbqa.chatglm. Launchers take contiguous tensors and check nothing; batched.py owns shapes.
@@ -27,7 +27,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kbqa.chatglm import kernels as row_ops
 from kbqa.chatglm.attn_kernels import attn_decode_rows
+from kbqa.chatglm.quantize import dequantize_weight
 
 __all__ = [
     "add_rmsnorm",
@@ -39,44 +41,13 @@ __all__ = [
 ]
 
 
-@triton.jit
-def _add_rmsnorm_kernel(
-    x_ptr: tl.tensor,
-    res_ptr: tl.tensor,
-    w_ptr: tl.tensor,
-    x_out_ptr: tl.tensor,
-    h_ptr: tl.tensor,
-    eps: tl.tensor,
-    H: tl.constexpr,
-    BLOCK: tl.constexpr,
-    HAS_RES: tl.constexpr,
-) -> None:
-    row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK)
-    ok = cols < H
-    x = tl.load(x_ptr + row * H + cols, mask=ok, other=0.0)
-    if HAS_RES:
-        r = tl.load(res_ptr + row * H + cols, mask=ok, other=0.0)
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
-        tl.store(x_out_ptr + row * H + cols, x, mask=ok)
-    xf = x.to(tl.float32)
-    inv = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / H + eps)
-    w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-    tl.store(h_ptr + row * H + cols, (w * (xf * inv)).to(h_ptr.dtype.element_ty), mask=ok)
-
-
 def add_rmsnorm(
     x: Tensor, residual: Tensor | None, weight: Tensor, eps: float
 ) -> tuple[Tensor, Tensor]:
     """x, residual [B, H] → (x + residual, RMSNorm(x + residual) * weight), x's dtype."""
-    rows, hidden = x.shape
     x_out = torch.empty_like(x) if residual is not None else x
     h = torch.empty_like(x)
-    block = triton.next_power_of_2(hidden)
-    _add_rmsnorm_kernel[(rows,)](
-        x, residual if residual is not None else x, weight, x_out, h, eps, hidden, block,
-        residual is not None, num_warps=8 if block >= 2048 else 4,
-    )  # fmt: skip
+    row_ops.rmsnorm(x, residual, weight, eps, x_out, h)
     return x_out, h
 
 
@@ -144,66 +115,22 @@ def rope_cache(
     )
 
 
-@triton.jit
-def _swiglu_kernel(
-    gu_ptr: tl.tensor, out_ptr: tl.tensor, F: tl.constexpr, BLOCK: tl.constexpr
-) -> None:
-    row = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    ok = cols < F
-    gate = tl.load(gu_ptr + row * 2 * F + cols, mask=ok, other=0.0).to(tl.float32)
-    up = tl.load(gu_ptr + row * 2 * F + F + cols, mask=ok, other=0.0).to(tl.float32)
-    # F.silu(gate) rounds to the dtype before the product, as the model's MLP does.
-    act = (gate / (1.0 + tl.exp(-gate))).to(out_ptr.dtype.element_ty).to(tl.float32)
-    tl.store(out_ptr + row * F + cols, (act * up).to(out_ptr.dtype.element_ty), mask=ok)
-
-
 def swiglu(gu: Tensor) -> Tensor:
     """gu [B, 2F] (gate first) → silu(gate) * up [B, F]."""
     rows, width = gu.shape
     out = torch.empty(rows, width // 2, dtype=gu.dtype, device=gu.device)
-    block = 1024
-    _swiglu_kernel[(rows, triton.cdiv(width // 2, block))](gu, out, width // 2, block)
+    row_ops.swiglu(gu, out)
     return out
-
-
-@triton.jit
-def _dequant_int4_kernel(
-    w_ptr: tl.tensor,
-    scale_ptr: tl.tensor,
-    out_ptr: tl.tensor,
-    N: tl.tensor,
-    HALF: tl.constexpr,
-    BR: tl.constexpr,
-    BC: tl.constexpr,
-) -> None:
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)  # byte columns
-    ok = (rows < N)[:, None] & (cols < HALF)[None, :]
-    packed = tl.load(w_ptr + rows[:, None] * HALF + cols[None, :], mask=ok, other=0)  # [BR, BC]
-    # Shifts promote to int32 (sign-extended): >> 4 is the signed high nibble; the low nibble
-    # is moved to the top of a byte and shifted back down to extend its sign.
-    high = packed >> 4
-    low = (packed << 4).to(tl.int8) >> 4
-    scale = tl.load(scale_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)[:, None]
-    # q * scale is exact in fp32, so rounding it once equals the model's fp16 product.
-    even = (high.to(tl.float32) * scale).to(out_ptr.dtype.element_ty)
-    odd = (low.to(tl.float32) * scale).to(out_ptr.dtype.element_ty)
-    pairs = tl.reshape(tl.join(even, odd), (BR, 2 * BC))  # even column first
-    out_cols = tl.program_id(1) * 2 * BC + tl.arange(0, 2 * BC)
-    out_ok = (rows < N)[:, None] & (out_cols < 2 * HALF)[None, :]
-    tl.store(out_ptr + rows[:, None] * (2 * HALF) + out_cols[None, :], pairs, mask=out_ok)
 
 
 def dequant_int4(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     """The checkpoint's int4 layout (quantize.py): int8 bytes [N, K/2], even column in the high
     nibble, and scale [N] → weights [N, K] in dtype, as quantize.dequantize_weight gives."""
     rows, half = weight.shape
+    if half % 4:  # not whole int32 words (no chatglm2 weight): the torch reference
+        return dequantize_weight(weight, scale, 4, dtype)
     out = torch.empty(rows, 2 * half, dtype=dtype, device=weight.device)
-    br, bc = 16, 256
-    _dequant_int4_kernel[(triton.cdiv(rows, br), triton.cdiv(half, bc))](
-        weight, scale, out, rows, half, br, bc
-    )
+    row_ops.dequant_int4(weight.view(torch.int32), scale, out)
     return out
 
 
