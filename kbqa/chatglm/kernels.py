@@ -9,10 +9,11 @@ nothing; fused.py owns shapes and the torch reference of every op.
 
 int4 weights are read in the checkpoint layout (quantize.py): int8 bytes [N, K/2], even
 column in the high nibble, viewed as int32 words [N, K/8]. Little-endian, so byte b of a word
-is bits 8b..8b+7 and holds columns 2b (bits 8b+4..8b+7) and 2b+1 (bits 8b..8b+3). Nibbles
-become floats by bit tricks, never an int→float conversion (16 per clock per SM on Hopper,
-too slow for 5.7e9 weights per token): see _nibble, and the dequant kernel's (u ^ 8) |
-0x4B000000, the fp32 2^23 + (u ^ 8), where u ^ 8 is the signed nibble + 8.
+is bits 8b..8b+7 and holds columns 2b (bits 8b+4..8b+7) and 2b+1 (bits 8b..8b+3). In the
+GEMV, nibbles become floats by bit tricks, never an int→float conversion (16 per clock per SM
+on Hopper, too slow for 5.7e9 weights per token): see _nibble. The dequant kernel (for
+matmuls over many rows, where its cost is shared) reads bytes and writes each row's columns
+in order, so that its stores coalesce.
 """
 # Triton reads a parameter's annotation: `tl.constexpr` makes it a compile-time constant and
 # `tl.tensor` (a name Triton can resolve inside a kernel) changes nothing. Never annotate with
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -307,26 +309,33 @@ def _dequant_int4_kernel(
     scale_ptr: tl.tensor,
     out_ptr: tl.tensor,
     N: tl.tensor,
-    K: tl.constexpr,
-    BN: tl.constexpr,
-    BW: tl.constexpr,
+    HALF: tl.constexpr,
+    BR: tl.constexpr,
+    BC: tl.constexpr,
 ) -> None:
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    wi = tl.program_id(1) * BW + tl.arange(0, BW)
-    WORDS: tl.constexpr = K // 8
-    ok = (rows < N)[:, None] & (wi < WORDS)[None, :]
-    words = tl.load(w_ptr + rows[:, None] * WORDS + wi[None, :], mask=ok, other=0)
-    scale = tl.load(scale_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-    for c in tl.static_range(8):
-        shift = 8 * (c // 2) + 4 * (1 - c % 2)
-        nib = ((words >> shift) & 0xF) ^ 0x4B000008
-        value = (nib.to(tl.float32, bitcast=True) - 8388616.0) * scale[:, None]
-        offs = rows[:, None] * K + wi[None, :] * 8 + c
-        tl.store(out_ptr + offs, value.to(out_ptr.dtype.element_ty), mask=ok)
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)  # byte columns
+    ok = (rows < N)[:, None] & (cols < HALF)[None, :]
+    packed = tl.load(w_ptr + rows[:, None] * HALF + cols[None, :], mask=ok, other=0)  # [BR, BC]
+    # Shifts promote to int32 (sign-extended): >> 4 is the signed high nibble; the low nibble
+    # is moved to the top of a byte and shifted back down to extend its sign.
+    high = packed >> 4
+    low = (packed << 4).to(tl.int8) >> 4
+    scale = tl.load(scale_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)[:, None]
+    # q * scale is exact in fp32, so rounding it once equals the model's fp16 product.
+    even = (high.to(tl.float32) * scale).to(out_ptr.dtype.element_ty)
+    odd = (low.to(tl.float32) * scale).to(out_ptr.dtype.element_ty)
+    pairs = tl.reshape(tl.join(even, odd), (BR, 2 * BC))  # even column first
+    out_cols = tl.program_id(1) * 2 * BC + tl.arange(0, 2 * BC)
+    out_ok = (rows < N)[:, None] & (out_cols < 2 * HALF)[None, :]
+    tl.store(out_ptr + rows[:, None] * (2 * HALF) + out_cols[None, :], pairs, mask=out_ok)
 
 
 def dequant_int4(words: Tensor, scale: Tensor, out: Tensor) -> None:
-    """words int32 [N, K/8], scale [N] → out [N, K] (the model dtype)."""
-    rows, k = out.shape
-    grid = (triton.cdiv(rows, 16), triton.cdiv(k // 8, 64))
-    _dequant_int4_kernel[grid](words, scale, out, rows, K=k, BN=16, BW=64, num_warps=4)
+    """words int32 [N, K/8] (the checkpoint's int8 bytes [N, K/2], reinterpreted), scale [N]
+    → out [N, K] (the model dtype), as quantize.dequantize_weight gives, bit for bit."""
+    packed = words.view(torch.int8)  # [N, K/2]
+    rows, half = packed.shape
+    br, bc = 16, 256
+    grid = (triton.cdiv(rows, br), triton.cdiv(half, bc))
+    _dequant_int4_kernel[grid](packed, scale, out, rows, half, br, bc)
