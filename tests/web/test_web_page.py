@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from web_helpers import API_KEY, PHONE, SLOW_WORD, Server, screenshot, start_server
+from web_helpers import (
+    API_KEY,
+    JOB_TIMEOUT_MS,
+    PHONE,
+    SLOW_WORD,
+    Server,
+    ask,
+    expect,
+    no_horizontal_overflow,
+    pick_only,
+    screenshot,
+    seed_kb,
+    start_server,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -27,31 +38,9 @@ HOSTILE_TEXT = (
     "<script>window.__xss='document-script'</script>\n"
     "The Quasar lamp glows violet and runs on 12 volts.\n"
 )
-JOB_TIMEOUT_MS = 60_000  # the first upload of a session loads the embedding model
-
-
-def expect(target: Any) -> Any:
-    from playwright.sync_api import expect as playwright_expect
-
-    return playwright_expect(target)
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def seed_kb(server: Server, kb: str, files: dict[str, str]) -> None:
-    """Create `kb` holding `files` through the HTTP API (for tests about other screens)."""
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        assert client.post("/v1/kbs", json={"name": kb}).status_code == 201
-        parts = [("files", (name, text.encode())) for name, text in files.items()]
-        response = client.post(f"/v1/kbs/{kb}/documents", files=parts)
-        assert response.status_code == 202, response.text
-        job_id = response.json()["job_id"]
-        deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
-        while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] not in ("done", "failed"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.1)
-        assert job["state"] == "done" and not job["result"]["failed"], job
 
 
 def create_kb(page: Any, name: str) -> None:
@@ -80,27 +69,6 @@ def drop_files(page: Any, selector: str, files: dict[str, str]) -> None:
     )
     for event in ("dragenter", "dragover", "drop"):
         page.dispatch_event(selector, event, {"dataTransfer": transfer})
-
-
-def pick_only(page: Any, kb: str) -> None:
-    expect(page.locator(f'#kb-choices input[value="{kb}"]')).to_be_attached()
-    boxes = page.locator("#kb-choices input[name=kb]")
-    for i in range(boxes.count()):
-        box = boxes.nth(i)
-        box.set_checked(box.get_attribute("value") == kb)
-
-
-def ask(page: Any, question: str) -> Any:
-    """Type `question`, press Enter; the new turn once its answer is complete."""
-    page.fill("#question", question)
-    page.press("#question", "Enter")
-    turn = page.locator("#conversation .turn").last
-    expect(turn.locator(".answer-body")).to_have_attribute("aria-busy", "false")
-    return turn
-
-
-def no_horizontal_overflow(page: Any) -> bool:
-    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
 
 
 # -- tests ------------------------------------------------------------------------------------

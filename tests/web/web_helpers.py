@@ -45,6 +45,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 375, "height": 740}
 API_KEY = "web-test-key-7f3a"
+JOB_TIMEOUT_MS = 60_000  # the first upload of a session loads the embedding model
 
 ANSWER = (
     "The Zephyr-9 widget weighs **412 grams** [1].\n\n"
@@ -55,10 +56,28 @@ ANSWER = (
 SLOW_WORD = "slowly"
 """A question with this word gets a long answer streamed slowly (for the Stop button)."""
 SLOW_ANSWER = " ".join(f"word{i}" for i in range(60))
+TABLE_WORD = "tabulate"
+"""A question with this word gets TABLE_ANSWER: a Markdown table, links and hostile ones."""
+TABLE_ANSWER = (
+    "Widgets by weight [1]:\n"
+    "| Widget | Weight (g) | Colour | Notes | Supplier reference code |\n"
+    "|:--|--:|:-:|---|---|\n"
+    "| Zephyr-9 | **412** [1] | teal | `a\\|b` pipes | ZEPHYR-NINE-SUPPLIER-0000412 |\n"
+    "| Quasar | 97 | violet | <img src=x onerror=\"window.__xss='cell'\"> "
+    "| QUASAR-LAMP-SUPPLIER-97 |\n"
+    "| Short |\n"
+    "| Long | 1 | 2 | 3 | 4 | dropped |\n"
+    "The table ends here.\n\n"
+    "See [the spec](https://example.com/spec?a=1&b=2), https://example.org/docs. "
+    "and [write to us](mailto:team@example.com).\n\n"
+    "Inert: [run me](javascript:window.__xss='link') "
+    "[data me](data:text/html,<script>window.__xss='data'</script>) [relative](/v1/kbs) "
+    "[<b onclick=\"window.__xss='label'\">bold label</b>](https://example.com/label)"
+)
 
 
 class ScriptedChat(BaseChatModel):
-    """Answers ANSWER (or SLOW_ANSWER, 0.1 s a word), streamed word by word."""
+    """Answers ANSWER (or SLOW_ANSWER, 0.1 s a word; or TABLE_ANSWER), streamed word by word."""
 
     @property
     def _llm_type(self) -> str:
@@ -81,8 +100,10 @@ class ScriptedChat(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        slow = SLOW_WORD in messages[-1].text
-        for piece in re.split(r"(\s+)", SLOW_ANSWER if slow else ANSWER):
+        question = messages[-1].text
+        slow = SLOW_WORD in question
+        answer = SLOW_ANSWER if slow else TABLE_ANSWER if TABLE_WORD in question else ANSWER
+        for piece in re.split(r"(\s+)", answer):
             if slow:
                 time.sleep(0.1)
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
@@ -126,3 +147,48 @@ def warm_up(server: Server) -> None:
 def screenshot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+# -- page steps shared by the test modules --------------------------------------------------------
+
+
+def expect(target: Any) -> Any:
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(target)
+
+
+def seed_kb(server: Server, kb: str, files: dict[str, str]) -> None:
+    """Create `kb` holding `files` through the HTTP API (for tests about other screens)."""
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.post("/v1/kbs", json={"name": kb}).status_code == 201
+        parts = [("files", (name, text.encode())) for name, text in files.items()]
+        response = client.post(f"/v1/kbs/{kb}/documents", files=parts)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+        deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] not in ("done", "failed"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+        assert job["state"] == "done" and not job["result"]["failed"], job
+
+
+def pick_only(page: Any, kb: str) -> None:
+    expect(page.locator(f'#kb-choices input[value="{kb}"]')).to_be_attached()
+    boxes = page.locator("#kb-choices input[name=kb]")
+    for i in range(boxes.count()):
+        box = boxes.nth(i)
+        box.set_checked(box.get_attribute("value") == kb)
+
+
+def ask(page: Any, question: str) -> Any:
+    """Type `question`, press Enter; the new turn once its answer is complete."""
+    page.fill("#question", question)
+    page.press("#question", "Enter")
+    turn = page.locator("#conversation .turn").last
+    expect(turn.locator(".answer-body")).to_have_attribute("aria-busy", "false")
+    return turn
+
+
+def no_horizontal_overflow(page: Any) -> bool:
+    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
