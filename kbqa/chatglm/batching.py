@@ -89,7 +89,13 @@ class Request:
         user = self._user_cancel
         if user is None:
             return False
-        return user.is_set() if isinstance(user, threading.Event) else bool(user())
+        if isinstance(user, threading.Event):
+            return user.is_set()
+        try:
+            return bool(user())
+        except Exception:  # the caller's bug, on the engine thread: end this request only
+            log.exception("a request's cancel check failed; cancelling it")
+            return True
 
     @property
     def done(self) -> bool:
@@ -120,7 +126,11 @@ class Request:
         self.token_times.append(time.perf_counter())
         self._items.put(token)
         if self._on_token is not None:
-            self._on_token(token)
+            try:
+                self._on_token(token)
+            except Exception as e:  # the caller's bug, on the engine thread: end this request
+                log.exception("a request's on_token callback failed")
+                self._finish("error", e)
 
     def _finish(self, reason: FinishReason, error: BaseException | None = None) -> None:
         if self.done:
@@ -204,7 +214,8 @@ class BatchEngine:
         on_token: Callable[[int], None] | None = None,
     ) -> Request:
         """Queue a generation. stop_ids defaults to the config's eos; max_new_tokens is capped
-        by max_seq. Raises ValueError for a prompt that cannot fit."""
+        by max_seq. Raises ValueError for a prompt that cannot fit. on_token and a callable
+        cancel run on the engine thread; one that raises ends only its own request."""
         ids = [int(i) for i in prompt]
         vocab = self.model.config.padded_vocab_size
         if not ids:
@@ -298,7 +309,8 @@ class BatchEngine:
             if later > 0:
                 self.prefiller([Segment(ids(later), first, 0, logits=True)])
             if self.max_batch > 1:
-                pair = [Segment(ids(n, n), 0, row, logits=True) for row, n in ((0, 17), (1, 16))]
+                sizes = ((0, min(17, first)), (1, min(16, first)))
+                pair = [Segment(ids(n, n), 0, row, logits=True) for row, n in sizes]
                 self.prefiller(pair)
             buckets = sorted(
                 {batch_bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)}
@@ -499,6 +511,8 @@ class BatchEngine:
             request._finish("stop")
             return False
         request._emit(token)
+        if request.done:  # its on_token callback failed
+            return False
         seq.next_token = token
         if len(request.tokens) >= request.max_new_tokens:
             request._finish("length")

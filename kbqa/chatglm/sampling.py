@@ -35,6 +35,10 @@ class SamplingParams:
             raise ValueError(
                 "need temperature >= 0, 0 < top_p <= 1, top_k >= 0 and repetition_penalty > 0"
             )
+        # torch.Generator.manual_seed's range; checked here, in the caller's thread, rather
+        # than where the batching engine makes the generator.
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise ValueError(f"seed must be in [-2**63, 2**64), got {self.seed}")
 
     @property
     def greedy(self) -> bool:

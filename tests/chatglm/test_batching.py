@@ -483,3 +483,116 @@ def test_skinny_matmul_matches_linear(rows: int, bias: bool) -> None:
     weight = torch.randn(40, 80, generator=g)
     b = torch.randn(40, generator=g) if bias else None
     torch.testing.assert_close(skinny_linear(x, weight, b), F.linear(x, weight, b))
+
+
+def test_randomized_schedule_gives_every_request_its_one_at_a_time_tokens(
+    model: ChatGLM2, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many requests on few rows, submitted and cancelled at random steps, with random prompt
+    lengths, budgets, sampling settings, stop ids that can end a request at its first token, and
+    prompts whose prefill fails alone (forcing the one-by-one fallback, swaps included): each
+    request gets exactly its one-at-a-time tokens (a prefix of them when cancelled)."""
+    rng = torch.Generator().manual_seed(12)
+
+    def rand(n: int) -> int:
+        return int(torch.randint(n, (1,), generator=rng))
+
+    engine = BatchEngine(model, max_batch=3, max_seq=48, prefill_chunk=5, max_prefill_tokens=11)
+    real = engine.prefiller.__call__
+
+    def fussy(segments: list[Segment]) -> torch.Tensor | None:
+        if any(bool((s.ids == 2).any()) for s in segments):  # id 2 marks a failing prompt
+            raise RuntimeError("out of memory")
+        return real(segments)
+
+    monkeypatch.setattr(engine, "prefiller", fussy)
+    cases: list[tuple[Request, list[int], int, dict[str, object], int | None]] = []
+    cancel_at: dict[int, int] = {}
+    step = 0
+    for i in range(40):
+        prompt = _prompts([1 + rand(30)], seed=100 + i)[0]
+        bad = rand(8) == 0
+        if bad:
+            prompt[rand(len(prompt))] = 2
+        budget = 1 + rand(10)
+        settings: dict[str, object] = {"temperature": 0.0, "top_p": 1.0}
+        if rand(2):
+            settings = {"temperature": 0.8, "top_p": 0.9, "top_k": 50, "seed": rand(1000)}
+        if rand(3) == 0:
+            settings["repetition_penalty"] = 1.4
+        stop = None
+        if not bad and rand(4) == 0:  # stop at one of its own tokens (maybe the first)
+            stop = _alone(model, prompt, budget, **settings)[rand(budget)]
+        request = engine.submit(
+            prompt,
+            max_new_tokens=budget,
+            stop_ids=[stop] if stop is not None else [],
+            params=SamplingParams(**settings),  # type: ignore[arg-type]
+        )
+        cases.append((request, prompt, budget, settings, stop))
+        if rand(5) == 0:
+            cancel_at[i] = step + rand(8)
+        for _ in range(rand(3)):
+            step += 1
+            for j, at in cancel_at.items():
+                if at == step:
+                    cases[j][0].cancel()
+            engine.step()
+    _drain(engine)
+    assert engine.stats.row_swaps > 0 and engine.running == engine.waiting == 0
+    for request, prompt, budget, settings, stop in cases:
+        if 2 in prompt:
+            assert request.finish_reason in ("error", "cancelled") and request.tokens == []
+            continue
+        eos = [stop] if stop is not None else []
+        want = _alone(model, prompt, budget, **settings, eos_token_ids=eos)
+        if request.finish_reason == "cancelled":
+            assert request.tokens == want[: len(request.tokens)]
+        else:
+            assert request.tokens == want, (
+                len(prompt),
+                budget,
+                settings,
+                stop,
+                request.finish_reason,
+            )
+            assert request.finish_reason == ("stop" if len(want) < budget else "length")
+
+
+def test_a_seed_torch_cannot_take_is_refused_at_submit(model: ChatGLM2) -> None:
+    # Made on the engine thread, its generator would raise there: the request lost (never
+    # finished) and every other request failed with it.
+    engine = BatchEngine(model, max_batch=2, max_seq=32)
+    with pytest.raises(ValueError, match="seed"):
+        engine.submit([5, 6], params=SamplingParams(temperature=1.0, seed=2**64))
+    assert engine.waiting == 0
+
+
+def test_a_failing_callback_ends_only_its_own_request(model: ChatGLM2) -> None:
+    prompts = _prompts([7, 12, 5], seed=13)
+    engine = BatchEngine(model, max_batch=3, max_seq=48, prefill_chunk=4)
+    good = engine.submit(prompts[0], max_new_tokens=NEW, stop_ids=[])
+
+    def on_token(token: int) -> None:
+        raise RuntimeError("the client went away")
+
+    def cancel() -> bool:
+        raise RuntimeError("the cancel check broke")
+
+    engine.step()
+    loud = engine.submit(prompts[1], max_new_tokens=NEW, stop_ids=[], on_token=on_token)
+    broken = engine.submit(prompts[2], max_new_tokens=NEW, stop_ids=[], cancel=cancel)
+    _drain(engine)
+    assert good.finish_reason == "length" and good.tokens == _alone(model, prompts[0])
+    assert loud.finish_reason == "error" and len(loud.tokens) == 1
+    with pytest.raises(RuntimeError, match="went away"):
+        loud.result()
+    assert broken.finish_reason == "cancelled" and broken.tokens == []
+
+
+def test_warm_up_fits_a_short_max_seq(model: ChatGLM2) -> None:
+    engine = BatchEngine(model, max_batch=2, max_seq=8, prefill_chunk=4)
+    engine.warm_up()  # its pieces, two prompts in one pass included, fit in 8 positions
+    request = engine.submit([5, 6, 7], max_new_tokens=4, stop_ids=[])
+    _drain(engine)
+    assert request.tokens == _alone(model, [5, 6, 7], 4)
