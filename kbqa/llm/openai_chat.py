@@ -39,6 +39,10 @@ class RemoteChat(ChatOpenAI):
             temperature=llm.temperature,
             top_p=llm.top_p,
             max_completion_tokens=llm.max_new_tokens,
+            # Ask for the remote's token counts on streams too (`stream_options.include_usage`,
+            # which vLLM, llama.cpp, Ollama and kbqa itself honour; a server that does not know
+            # it ignores it and reports nothing, and then nobody reports usage).
+            stream_usage=True,
         )
 
     def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:

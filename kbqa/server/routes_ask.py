@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from functools import partial
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from kbqa.answer import Event
@@ -22,11 +22,12 @@ router = APIRouter(
 
 
 @router.post("/v1/ask", response_model=AskResponse, responses=SSE_RESPONSE)
-async def ask(body: AskRequest, state: StateDep) -> Response | AskResponse:
+async def ask(body: AskRequest, state: StateDep, request: Request) -> Response | AskResponse:
     question = Question(body.question, body.kbs, body.history, body.top_k)
     if body.stream:
-        return await event_stream(state, partial(answer_events, state, question), ask_sse)
-    return AskResponse.model_validate(await generate(state, partial(answer_json, state, question)))
+        return await event_stream(state, request, partial(answer_events, state, question), ask_sse)
+    answer = await generate(state, request, partial(answer_json, state, question))
+    return AskResponse.model_validate(answer)
 
 
 async def ask_sse(events: AsyncIterator[Event]) -> AsyncIterator[str]:

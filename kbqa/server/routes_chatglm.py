@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from functools import partial
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from kbqa.server.answering import Options, Question, answer_json
 from kbqa.server.auth import require_api_key
@@ -25,11 +25,11 @@ router = APIRouter(
 
 
 @router.post("/")
-async def chatglm_chat(body: ChatGLMRequest, state: StateDep) -> ChatGLMResponse:
+async def chatglm_chat(body: ChatGLMRequest, state: StateDep, request: Request) -> ChatGLMResponse:
     history = body.history or []
     options = Options(body.max_length, body.temperature, body.top_p)
     question = Question(body.prompt, [DEFAULT_KB], history, None, options)
-    answer = await generate(state, partial(answer_json, state, question))
+    answer = await generate(state, request, partial(answer_json, state, question))
     return ChatGLMResponse(
         response=answer["answer"],
         history=[*history, [body.prompt, answer["answer"]]],

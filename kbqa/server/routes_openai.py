@@ -2,6 +2,11 @@
 
 Models: `kbqa` answers from the `default` KB, `kbqa/<kb>` from that KB (both add a top-level
 `sources` field), and the backend's own model name chats plainly, without a KB.
+
+`usage` is the backend's own count (see kbqa.server.usage): on every whole completion, and in
+a stream that asks for it with `stream_options.include_usage`, as OpenAI does: a last chunk
+with empty `choices` and the `usage`, before `data: [DONE]` (every other chunk then has
+`"usage": null`). It is `null` where the backend does not report its usage.
 """
 
 from __future__ import annotations
@@ -9,12 +14,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from kbqa.answer import DoneEvent, Event, SourcesEvent, TokenEvent
@@ -32,9 +37,11 @@ from kbqa.server.schemas import (
     ModelCard,
     ModelList,
     Source,
+    Usage,
 )
 from kbqa.server.state import ServerState, StateDep
 from kbqa.server.streaming import SSE_RESPONSE, error_message, event_stream, generate, sse
+from kbqa.server.usage import Metered, metered
 from storage.kb import KnowledgeBase
 
 KB_MODEL = "kbqa"
@@ -51,13 +58,14 @@ def list_models(state: StateDep) -> ModelList:
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=SSE_RESPONSE)
 async def chat_completions(
-    body: ChatCompletionRequest, state: StateDep
+    body: ChatCompletionRequest, state: StateDep, request: Request
 ) -> Response | ChatCompletion:
-    produce = await anyio.to_thread.run_sync(partial(plan_completion, state, body))
-    reply = Reply(body.model, with_sources=body.model != state.model_name)
+    produce = partial(metered, await anyio.to_thread.run_sync(plan_completion, state, body))
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    reply = Reply(body.model, with_sources=body.model != state.model_name, with_usage=include_usage)
     if body.stream:
-        return await event_stream(state, produce, reply.chunks)
-    return reply.completion(await generate(state, partial(_collect, produce)))
+        return await event_stream(state, request, produce, reply.chunks)
+    return reply.completion(await generate(state, request, partial(_collect, produce)))
 
 
 def model_names(state: ServerState) -> list[str]:
@@ -66,6 +74,7 @@ def model_names(state: ServerState) -> list[str]:
 
 
 Producer = Callable[[threading.Event], Iterator[Event]]
+Item = Event | Metered
 
 
 def plan_completion(state: ServerState, body: ChatCompletionRequest) -> Producer:
@@ -90,39 +99,47 @@ def _kbs_of_model(state: ServerState, model: str) -> list[str]:
     return [kb]
 
 
-def _collect(produce: Producer, cancel: threading.Event) -> list[Event]:
+def _collect(
+    produce: Callable[[threading.Event], Iterator[Item]], cancel: threading.Event
+) -> list[Item]:
     return list(produce(cancel))
 
 
 class Reply:
     """One completion's id, time and model, rendered whole or as chunks."""
 
-    def __init__(self, model: str, *, with_sources: bool) -> None:
+    def __init__(self, model: str, *, with_sources: bool, with_usage: bool = False) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
         self.with_sources = with_sources
+        self.with_usage = with_usage
+        """Streams only: end with a usage chunk (whole completions always carry usage)."""
 
-    def completion(self, events: list[Event]) -> ChatCompletion:
-        done = next(e for e in events if isinstance(e, DoneEvent))
+    def completion(self, items: list[Item]) -> ChatCompletion:
+        done = next(e for e in items if isinstance(e, DoneEvent))
+        usage = next((m.usage for m in items if isinstance(m, Metered)), None)
         return ChatCompletion(
             id=self.id,
             created=self.created,
             model=self.model,
             choices=[Choice(message=AssistantMessage(content=done.answer))],
-            sources=self._sources(events),
+            usage=usage,
+            sources=self._sources(items),
         )
 
-    async def chunks(self, events: AsyncIterator[Event]) -> AsyncIterator[str]:
+    async def chunks(self, items: AsyncIterator[Item]) -> AsyncIterator[str]:
         try:
-            async for event in events:
-                if isinstance(event, SourcesEvent):
+            async for item in items:
+                if isinstance(item, SourcesEvent):
                     delta = Delta(role="assistant", content="")
-                    yield self._chunk(delta, sources=self._sources([event]))
-                elif isinstance(event, TokenEvent):
-                    yield self._chunk(Delta(content=event.text))
-                else:
+                    yield self._chunk(delta, sources=self._sources([item]))
+                elif isinstance(item, TokenEvent):
+                    yield self._chunk(Delta(content=item.text))
+                elif isinstance(item, DoneEvent):
                     yield self._chunk(Delta(), finish_reason="stop")
+                elif self.with_usage:
+                    yield self._usage_chunk(item.usage)
         except Exception as e:
             yield sse({"error": {"code": "generation_failed", "message": error_message(e)}})
         yield "data: [DONE]\n\n"
@@ -137,14 +154,23 @@ class Reply:
             **fields,
         )
         data = chunk.model_dump(mode="json")
-        # Like OpenAI: a delta carries only what it has; absent extras are left out.
+        # Like OpenAI: a delta carries only what it has; absent extras are left out, but with
+        # include_usage every chunk has a `usage` key (null until the last chunk).
         data["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
-        for key in ("usage", "sources"):
-            if data[key] is None:
-                del data[key]
+        if data["usage"] is None and not self.with_usage:
+            del data["usage"]
+        if data["sources"] is None:
+            del data["sources"]
         return sse(data)
 
-    def _sources(self, events: list[Event]) -> list[Source] | None:
+    def _usage_chunk(self, usage: Usage | None) -> str:
+        """OpenAI's last chunk with include_usage: no choices, the whole request's usage."""
+        chunk = ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=[], usage=usage
+        )
+        return sse(chunk.model_dump(mode="json", exclude={"sources"}))
+
+    def _sources(self, events: Sequence[Item]) -> list[Source] | None:
         if not self.with_sources:
             return None
         found = next((e for e in events if isinstance(e, SourcesEvent)), SourcesEvent([]))

@@ -5,20 +5,28 @@ slot and the retrieval ran: a full queue, an unknown KB, an empty or too long qu
 still proper HTTP statuses. After that, errors become an `error` event. The response holds
 the request's place in the generation queue until it ends, however it ends; a client that
 disconnects sets the generation's cancel event.
+
+Until a response starts, the request watches its connection: a client that disconnects while
+its request waits in line leaves the line, and one that disconnects while its whole
+(non-streamed) answer is generated stops that generation at the next token, rather than
+leaving the model to finish an answer nobody will read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from kbqa.server.errors import api_error_for
+from kbqa.server.errors import ApiError, api_error_for
 from kbqa.server.generation import ShuttingDown, Ticket
 from kbqa.server.state import ServerState
 
@@ -61,17 +69,55 @@ def error_message(exc: Exception) -> str:
     return "internal server error"
 
 
-async def generate(state: ServerState, fn: Callable[[threading.Event], T]) -> T:
-    """`fn(cancel)` in a generation slot; its result."""
+class ClientGone(ApiError):
+    """The client disconnected before its answer was ready (its response goes nowhere)."""
+
+    def __init__(self) -> None:
+        # 499: nginx's "client closed request", for the access log's sake.
+        super().__init__(499, "client_closed_request", "the client closed the connection")
+
+
+async def generate(state: ServerState, request: Request, fn: Callable[[threading.Event], T]) -> T:
+    """`fn(cancel)` in a generation slot; its result, or ClientGone if the client left first."""
     async with state.gate.admit() as ticket:
-        result = await ticket.call(fn)
+        result = await unless_disconnected(request.receive, ticket.call(fn))
     if ticket.interrupted:
         raise ShuttingDown()  # cut short: not a whole answer
     return result
 
 
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """`work`'s result; if the client disconnects first, `work` is cancelled and ClientGone raised.
+
+    Call it once the request body has been read: the next ASGI message is then
+    `http.disconnect`, which the server sends when the connection closes (or, harmlessly,
+    once the response is complete).
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            # Cancelling a ticket's wait sets its cancel event: the worker stops at its next
+            # token and the slot comes free when it has (see generation.Ticket).
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    if task.cancelled():
+        raise ClientGone()
+    return task.result()
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def event_stream(
     state: ServerState,
+    request: Request,
     produce: Callable[[threading.Event], Iterator[T]],
     render: Callable[[AsyncIterator[T]], AsyncIterator[str]],
 ) -> EventStream:
@@ -79,7 +125,8 @@ async def event_stream(
     ticket = state.gate.admit()
     try:
         events = ticket.stream(produce)
-        first = await anext(events)
+        # Once streaming, the response itself sees a disconnect (Starlette's StreamingResponse).
+        first = await unless_disconnected(request.receive, anext(events))
     except BaseException:
         ticket.release()
         raise

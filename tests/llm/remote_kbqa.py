@@ -18,6 +18,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from kbqa.server.app import create_app
@@ -27,7 +28,8 @@ MODEL_NAME = "echo-remote"
 
 
 class EchoModel(BaseChatModel):
-    """Answers "echo: <the last message>", streamed word by word, at most `max_tokens` words."""
+    """Answers "echo: <the last message>", streamed word by word, at most `max_tokens` words,
+    and reports its usage as the real backends do, counting words as tokens."""
 
     model_name: str = MODEL_NAME
     max_tokens: int = 1000
@@ -47,6 +49,11 @@ class EchoModel(BaseChatModel):
         for i, word in enumerate(words):
             text = word if i == 0 else f" {word}"
             yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+        read = sum(len(m.text.split()) for m in messages)
+        usage = UsageMetadata(
+            input_tokens=read, output_tokens=len(words), total_tokens=read + len(words)
+        )
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage))
 
     def _generate(
         self,

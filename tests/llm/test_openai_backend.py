@@ -116,6 +116,17 @@ def test_streams_from_remote_kbqa(tmp_path: Path, remote: str) -> None:
     assert "".join(pieces) == "echo: one two three four"
 
 
+def test_usage_comes_from_the_remote(tmp_path: Path, remote: str) -> None:
+    # The remote kbqa counts words as tokens: "one two three" read, "echo: one two three" made.
+    chat = _chat(tmp_path, remote, model=REMOTE_MODEL, api_key=API_KEY)
+    expected = {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}
+    usage = chat.invoke("one two three").usage_metadata
+    assert usage is not None and {k: usage[k] for k in expected} == expected  # type: ignore[literal-required]
+    streamed = [chunk.usage_metadata for chunk in chat.stream("one two three")]
+    reported = [u for u in streamed if u]
+    assert len(reported) == 1 and {k: reported[0][k] for k in expected} == expected  # type: ignore[literal-required]
+
+
 async def test_async_invoke_and_stream(tmp_path: Path, remote: str) -> None:
     chat = _chat(tmp_path, remote, model=REMOTE_MODEL, api_key=API_KEY)
     assert (await chat.ainvoke("你好 世界")).content == "echo: 你好 世界"
@@ -298,6 +309,16 @@ def test_request_carries_the_settings(tmp_path: Path, stub: tuple[str, Behaviour
         "max_completion_tokens": 64,
     }
     assert body["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_streams_ask_for_usage(tmp_path: Path, stub: tuple[str, Behaviour]) -> None:
+    url, behaviour = stub
+    chat = _chat(tmp_path, url, model="glm", max_retries=0)
+    chunks = list(chat.stream("hi"))
+    ((_, body, _),) = behaviour.seen
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    # This remote ignores it and reports nothing: no usage, rather than a made-up one.
+    assert not any(chunk.usage_metadata for chunk in chunks)
 
 
 def test_slow_remote_times_out_with_one_line(tmp_path: Path, stub: tuple[str, Behaviour]) -> None:

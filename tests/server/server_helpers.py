@@ -25,6 +25,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import Field
 
@@ -118,14 +119,18 @@ class EchoChat(BaseChatModel):
 
     It streams back the last line of the last message (the chain's prompt ends with the
     question), word by word, `delay` seconds apart, `repeat` times over, and counts the words
-    it produced so a test can see a generation stop.
+    it produced so a test can see a generation stop. With `report_usage` it ends each answer
+    as the real backends do, with a chunk whose usage_metadata counts words as tokens (input:
+    the words of all messages), and keeps each call's (input, output) in `usages`.
     """
 
     model_name: str = "echo-test"
     delay: float = 0.0
     repeat: int = 1
     max_tokens: int = 100_000
+    report_usage: bool = False
     produced: list[int] = Field(default_factory=lambda: [0])
+    usages: list[tuple[int, int]] = Field(default_factory=list)
 
     @property
     def _llm_type(self) -> str:
@@ -139,10 +144,18 @@ class EchoChat(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         line = messages[-1].text.strip().splitlines()[-1]
-        for word in (line.split() * self.repeat)[: self.max_tokens]:
+        words = (line.split() * self.repeat)[: self.max_tokens]
+        for word in words:
             time.sleep(self.delay)
             self.produced[0] += 1
             yield ChatGenerationChunk(message=AIMessageChunk(content=f"{word} "))
+        if self.report_usage:
+            read = sum(len(m.text.split()) for m in messages)
+            self.usages.append((read, len(words)))
+            usage = UsageMetadata(
+                input_tokens=read, output_tokens=len(words), total_tokens=read + len(words)
+            )
+            yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage))
 
     def _generate(
         self,
