@@ -16,6 +16,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+
+@triton.jit
+def _dot(a: tl.tensor, b: tl.tensor, IEEE: tl.constexpr) -> tl.tensor:
+    """a · b in fp32; IEEE (fp32 models): full-precision products, not TF32 (a compile-time
+    branch, so fp16/bf16 kernels are unchanged)."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee").to(tl.float32)
+    return tl.dot(a, b).to(tl.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # Rotary + KV-cache write: one program per (token, head of q | k | v).
 
@@ -107,6 +117,7 @@ def _attn_rows_partial_kernel(
     BT: tl.constexpr,
     SPLIT: tl.constexpr,  # keys per piece, a multiple of BT
     NSPLIT: tl.constexpr,
+    IEEE: tl.constexpr,
 ) -> None:
     b = tl.program_id(0)
     group = tl.program_id(1)
@@ -129,14 +140,14 @@ def _attn_rows_partial_kernel(
             t_ok = t < end
             offs = base + t[:, None] * D + d[None, :]
             k = tl.load(k_ptr + offs, mask=t_ok[:, None], other=0.0)  # [BT, D]
-            s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale  # [QB, BT]
+            s = _dot(q, tl.trans(k), IEEE) * scale  # [QB, BT]
             s = tl.where(t_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=1))
             alpha = tl.exp(m - m_new)
             p = tl.exp(s - m_new[:, None])
             l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
             v = tl.load(v_ptr + offs, mask=t_ok[:, None], other=0.0)  # [BT, D]
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
             m = m_new
         groups = tl.num_programs(1)
         row = ((b * groups + group) * NSPLIT + piece) * QB + r  # [QB]
@@ -198,7 +209,7 @@ def attn_decode(
     _attn_rows_partial_kernel[(1, groups, nsplit)](
         q, k_cache, v_cache, pos, partial, ml, prefix, 0, 0, k_cache.stride(0),
         head_dim**-0.5, HPG=hpg, QB=qb, D=head_dim, BT=block, SPLIT=split, NSPLIT=nsplit,
-        num_warps=4,
+        IEEE=q.dtype == torch.float32, num_warps=4,
     )  # fmt: skip
     _attn_rows_combine_kernel[(1, heads)](
         partial, ml, pos, out, prefix, G=groups, HPG=hpg, QB=qb, D=head_dim, SPLIT=split,
@@ -230,7 +241,7 @@ def attn_decode_rows(
     _attn_rows_partial_kernel[(batch, groups, nsplit)](
         qkv, k_cache, v_cache, pos, partial, ml, prefix, qkv.stride(0), k_cache.stride(0),
         k_cache.stride(1), head_dim**-0.5, HPG=hpg, QB=qb, D=head_dim, BT=block, SPLIT=split,
-        NSPLIT=nsplit, num_warps=4,
+        NSPLIT=nsplit, IEEE=qkv.dtype == torch.float32, num_warps=4,
     )  # fmt: skip
     _attn_rows_combine_kernel[(batch, heads)](
         partial, ml, pos, out, prefix, G=groups, HPG=hpg, QB=qb, D=head_dim, SPLIT=split,
@@ -260,6 +271,7 @@ def _attn_prefill_kernel(
     D: tl.constexpr,
     BM: tl.constexpr,
     BT: tl.constexpr,
+    IEEE: tl.constexpr,
 ) -> None:
     block = tl.program_id(0)
     head = tl.program_id(1)
@@ -279,14 +291,14 @@ def _attn_prefill_kernel(
         t = t0 + tl.arange(0, BT)
         offs = base + t[:, None] * stride_t + d[None, :]
         k = tl.load(k_ptr + offs, mask=(t < end)[:, None], other=0.0)  # [BT, D]
-        s = tl.dot(q, tl.trans(k)) * scale  # [BM, BT]
+        s = _dot(q, tl.trans(k), IEEE) * scale  # [BM, BT]
         s = tl.where(t[None, :] <= slot[:, None], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(s - m_new[:, None])
         l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
         v = tl.load(v_ptr + offs, mask=(t < end)[:, None], other=0.0)  # [BT, D]
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m = m_new
     out = acc / l[:, None]
     n_all = tl.num_programs(1)
@@ -304,5 +316,5 @@ def attn_prefill(q: Tensor, k_cache: Tensor, v_cache: Tensor, first: int, out: T
     _attn_prefill_kernel[(triton.cdiv(seq, block), heads)](
         q, k_cache, v_cache, out, seq, first, q.stride(0), k_cache.stride(0), k_cache.stride(1),
         head_dim**-0.5 * 1.4426950408889634, HPG=heads // groups, D=head_dim, BM=block, BT=64,
-        num_warps=4, num_stages=2,
+        IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2,
     )  # fmt: skip

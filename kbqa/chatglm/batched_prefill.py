@@ -13,6 +13,7 @@ and whenever the fused decode cannot run, each segment goes through the model's 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from kbqa.chatglm import fused
 from kbqa.chatglm.batched import SlotCache, fused_kernels, linear, prefill
 from kbqa.chatglm.fused import LinearWeights, Norm
 from kbqa.chatglm.model import ChatGLM2
+
+log = logging.getLogger("kbqa.chatglm")
 
 # The MLP runs over this many rows at a time: its [rows, 2F] activation is the largest
 # temporary of a prefill (1,024 rows × 27,392 × 2 × 2 bytes = 112 MB for chatglm2-6b).
@@ -89,9 +92,18 @@ class Prefiller:
         for s in segments:
             if s.ids.numel() == 0 or s.start + s.ids.numel() > self.cache.max_seq:
                 raise ValueError(f"segment of {s.ids.numel()} tokens at {s.start} does not fit")
-        if not self.fused:
-            return self._through_modules(segments)
-        return self._fused(segments)
+        if self.fused:
+            try:
+                return self._fused(segments)
+            except torch.OutOfMemoryError:
+                raise  # the prompts' fault, not the kernels': the engine fails them
+            except Exception:
+                # A kernel that fails (to compile, on a Triton it was not built for) turns the
+                # fused prefill off for good, as the decode step does; the modules then write
+                # the same cache entries again.
+                log.exception("fused prefill failed; using the model's modules")
+                self.fused = False
+        return self._through_modules(segments)
 
     def _through_modules(self, segments: Sequence[Segment]) -> Tensor | None:
         found = []

@@ -321,8 +321,11 @@ def _dequant_int4_kernel(
     # is moved to the top of a byte and shifted back down to extend its sign.
     high = packed >> 4
     low = (packed << 4).to(tl.int8) >> 4
-    scale = tl.load(scale_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)[:, None]
-    # q * scale is exact in fp32, so rounding it once equals the model's fp16 product.
+    # The scale rounded to the output dtype first, as the model's product in that dtype does
+    # (a no-op for fp16 scales into fp16/fp32; it matters for bf16). q * scale is then exact
+    # in fp32, so rounding it once equals the model's product.
+    scale = tl.load(scale_ptr + rows, mask=rows < N, other=0.0)
+    scale = scale.to(out_ptr.dtype.element_ty).to(tl.float32)[:, None]
     even = (high.to(tl.float32) * scale).to(out_ptr.dtype.element_ty)
     odd = (low.to(tl.float32) * scale).to(out_ptr.dtype.element_ty)
     pairs = tl.reshape(tl.join(even, odd), (BR, 2 * BC))  # even column first

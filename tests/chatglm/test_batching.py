@@ -171,6 +171,25 @@ def test_fused_prefill_of_several_segments_matches_the_modules(quantize: str | N
     torch.testing.assert_close(cache.v, reference.v, atol=2e-5, rtol=2e-5)
 
 
+def test_a_failing_fused_prefill_falls_back_to_the_modules(
+    model: ChatGLM2, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompt = _prompts([11], seed=10)[0]
+    reference = SlotCache(model, max_batch=1, max_seq=32)
+    expected = prefill(model, reference, torch.tensor(prompt), 0, 0, logits=True)
+    cache = SlotCache(model, max_batch=1, max_seq=32)
+    prefiller = Prefiller(model, cache, fused_ops=True)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no kernel image for this device")
+
+    monkeypatch.setattr("kbqa.chatglm.fused.rmsnorm", broken)
+    got = prefiller([Segment(torch.tensor(prompt), 0, 0, logits=True)])
+    assert not prefiller.fused and got is not None and expected is not None
+    torch.testing.assert_close(got[0], expected.float())
+    assert torch.equal(cache.k, reference.k) and torch.equal(cache.v, reference.v)
+
+
 def test_a_failing_prefill_pass_fails_only_the_request_that_fails_alone(
     model: ChatGLM2, monkeypatch: pytest.MonkeyPatch
 ) -> None:
