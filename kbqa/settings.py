@@ -130,6 +130,10 @@ class ServerSettings(_Section):
     queue_size: int = Field(default=8, ge=1)
     request_timeout_s: float = Field(default=300.0, gt=0)
     max_upload_mb: float = Field(default=50.0, gt=0)
+    job_history_days: float = Field(default=7.0, gt=0, le=36500)
+    """Finished upload jobs (and uploads no document uses) are forgotten after this many days…"""
+    job_history_max: int = Field(default=1000, ge=1, le=1_000_000)
+    """…or sooner, beyond this many finished jobs (newest kept)."""
 
 
 class Settings(_Section):

@@ -68,6 +68,7 @@ def create_app(settings: Settings, *, chat_model: BaseChatModel | None = None) -
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServerState = app.state.kbqa
+    await anyio.to_thread.run_sync(state.jobs.start)
     if state.chain is None:
         await anyio.to_thread.run_sync(load_components, state)
     log.info("kbqa: model %s ready", state.model_name)
@@ -76,7 +77,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         # Generations still running stop at their next token, and their threads are waited
         # for (a thread inside torch at interpreter exit aborts the process). A running upload
-        # ingest finishes (it commits whole or not at all); queued ones are dropped.
+        # ingest finishes (it commits whole or not at all); queued ones are failed.
         state.gate.close()
         if not await state.gate.wait_idle(WORKER_STOP_S):
             log.error("kbqa: a generation did not stop within %s s", WORKER_STOP_S)

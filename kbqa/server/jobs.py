@@ -8,6 +8,22 @@ only when every file of the request was received whole, so a refused request cha
 
 Each job ingests just the paths it uploaded. A file argument's root is its parent folder, so
 the pipeline never removes the KB's other uploaded documents.
+
+Jobs are recorded in `$KBQA_HOME/jobs.db` (see job_store) at every state change, and their
+progress at most once a second, so `GET /v1/jobs/{id}` answers after a restart too, from any
+server sharing the home.
+
+A restart never re-runs a job. When the server stops cleanly, the running ingest finishes and
+the queued jobs fail; when it dies, its jobs stay queued or running in the database until the
+next server on this home starts (or is asked about one of them), finds the dead server's owner
+lock free, and marks them failed. Either way the error code is `interrupted` and the message
+says to upload the files again. Re-running queued jobs automatically was rejected: their files
+may have been replaced by a later upload of the same name, and a job that killed the server
+would kill it again. The KB itself is never at risk: an ingest commits whole or not at all.
+
+Finished jobs are kept for `server.job_history_days` and at most `server.job_history_max` of
+them; older ones are deleted after each job and at start-up, with the uploaded files that only
+they used (a file that is a KB document, is named by a kept job, or was saved again since, stays).
 """
 
 from __future__ import annotations
@@ -15,31 +31,44 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import stat
 import threading
 import time
 import unicodedata
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal, Protocol
+from typing import IO, BinaryIO, Protocol
 
 from ingest.loaders import SUPPORTED_EXTENSIONS
 from ingest.pipeline import IngestReport, ingest_paths
+from kbqa.kb_admin import list_documents
 from kbqa.server.errors import ApiError, api_error_for
+from kbqa.server.job_store import ACTIVE_STATES, Job, JobStore, OwnerLock
 from kbqa.settings import Settings
+from storage.errors import InvalidKBName, KBNotFound
 from storage.names import validate_kb_name
 
 log = logging.getLogger("kbqa.server")
 
-JobState = Literal["queued", "running", "done", "failed"]
-
 MAX_NAME_BYTES = 200
 """Room under the usual 255-byte file name limit for the staging prefix and suffix."""
 
-MAX_KEPT_JOBS = 1000
+JOBS_DB = "jobs.db"
+PROGRESS_SAVE_S = 1.0
+"""A running job's progress is written to its row at most this often (states at once)."""
+MTIME_SLACK_S = 1.0
+"""File systems with coarse timestamps may date a file saved just before its job a bit later."""
+
+INTERRUPTED = "interrupted"
+INTERRUPTED_MESSAGES = {
+    "queued": "the server stopped before this job ran; nothing was ingested, "
+    "upload the files again",
+    "running": "the server stopped before this ingest finished; the knowledge base is intact "
+    "(an ingest commits whole or not at all), upload the files again",
+}
+
 _COPY_BLOCK = 1 << 20
 
 
@@ -139,92 +168,203 @@ def _copy_limited(source: IO[bytes], target: Path, max_bytes: int, name: str) ->
             out.write(block)
 
 
-@dataclass
-class Job:
-    id: str
-    kb: str
-    files: list[str]
-    state: JobState = "queued"
-    files_total: int = 0
-    files_done: int = 0
-    chunks: int = 0
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    created: float = field(default_factory=time.time)
-
-
 class _JobProgress:
-    """The pipeline's Progress protocol, written into a job."""
+    """The pipeline's Progress protocol, written into a job (and, now and then, its row)."""
 
-    def __init__(self, job: Job, lock: threading.Lock) -> None:
+    def __init__(self, manager: JobManager, job: Job) -> None:
+        self._manager = manager
         self._job = job
-        self._lock = lock
+        self._saved = time.monotonic()
 
     def start(self, files: int) -> None:
-        with self._lock:
+        with self._manager.lock:
             self._job.files_total = files
+        self._save()
 
     def file_done(self, path: str, status: str, chunks: int) -> None:
-        with self._lock:
+        with self._manager.lock:
             self._job.files_done += 1
             self._job.chunks += chunks
+        if time.monotonic() - self._saved >= PROGRESS_SAVE_S:
+            self._save()
+
+    def _save(self) -> None:
+        self._saved = time.monotonic()
+        self._manager.persist(self._job)
 
 
 Ingest = Callable[..., IngestReport]
 
 
 class JobManager:
-    """Runs upload ingests one at a time in a background thread; keeps recent jobs in memory."""
+    """Runs upload ingests one at a time in a background thread and records them in jobs.db.
+
+    This process's queued and running jobs are also kept in memory, where their progress is
+    current; everything else is read from the database. Call `start` before use.
+    """
 
     def __init__(self, settings: Settings, *, ingest: Ingest = ingest_paths) -> None:
         self.settings = settings
+        self.lock = threading.Lock()
+        """Guards the fields of this process's active jobs."""
         self._ingest = ingest
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._lock = threading.Lock()
+        self._active: dict[str, Job] = {}
+        self._store: JobStore | None = None
+        self._owner = OwnerLock(settings.home / "jobs.owners")
         # One worker: ingests are CPU-bound and serialised per KB by the storage lock anyway.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbqa-ingest")
 
+    @property
+    def owner(self) -> str:
+        return self._owner.owner
+
+    def start(self) -> None:
+        """Open jobs.db, fail the jobs that dead servers left queued or running, prune."""
+        try:
+            self._owner.acquire()
+        except OSError as e:  # the home is not writable: uploads will fail with it
+            log.error("kbqa: cannot create the job owner lock in %s: %s", self._owner.folder, e)
+        self._store = JobStore(self.settings.home / JOBS_DB)
+        self.recover()
+        self.prune()
+
     def submit(self, kb: str, paths: list[Path]) -> Job:
-        job = Job(id=uuid.uuid4().hex, kb=kb, files=[p.name for p in paths])
-        with self._lock:
-            self._jobs[job.id] = job
-            self._forget_old()
+        job = Job(
+            id=uuid.uuid4().hex,
+            kb=kb,
+            files=[p.name for p in paths],
+            paths=[str(p) for p in paths],
+            owner=self.owner,
+        )
+        self._db.save(job)
+        with self.lock:
+            self._active[job.id] = job
         self._executor.submit(self._run, job, paths)
         return dataclasses.replace(job)
 
     def get(self, job_id: str) -> Job | None:
-        """A snapshot of the job, or None if unknown (or forgotten long ago)."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            return dataclasses.replace(job) if job else None
+        """A snapshot of the job, or None if unknown (or pruned from the history)."""
+        with self.lock:
+            job = self._active.get(job_id)
+            if job is not None:
+                return dataclasses.replace(job)
+        found = self._db.get(job_id)
+        # Another server's job: if that server died since, say so now rather than "running".
+        if found is not None and found.state in ACTIVE_STATES and self._fail_if_dead(found.owner):
+            found = self._db.get(job_id)
+        return found
+
+    def recover(self) -> int:
+        """Fail the queued and running jobs of servers that are gone; how many."""
+        return sum(self._fail_if_dead(owner) for owner in self._recover_candidates())
+
+    def prune(self) -> list[Job]:
+        """Forget finished jobs past the history limits, and delete their leftover uploads."""
+        server = self.settings.server
+        pruned = self._db.prune(
+            older_than=time.time() - server.job_history_days * 86400,
+            keep=server.job_history_max,
+        )
+        if pruned:
+            self._remove_leftovers(pruned)
+        return pruned
+
+    def persist(self, job: Job) -> None:
+        """Write the job's current fields to its row."""
+        with self.lock:
+            snapshot = dataclasses.replace(job)
+        self._db.save(snapshot)
 
     def shutdown(self) -> None:
-        """Finish the running ingest (it commits whole or not at all); drop the queued ones."""
+        """Finish the running ingest (it commits whole or not at all); fail the queued ones."""
         self._executor.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            for job in self._jobs.values():
-                if job.state == "queued":
-                    job.state, job.error = "failed", "the server shut down before this job ran"
+        with self.lock:
+            dropped = list(self._active.values())
+            self._active.clear()
+        if self._store is None:
+            return
+        for job in dropped:  # all queued: the executor has waited for the running one
+            job.state, job.error_code, job.finished = "failed", INTERRUPTED, time.time()
+            job.error = INTERRUPTED_MESSAGES["queued"]
+            self._db.save(job)
+        self._store.close()
+        self._owner.release()
+
+    @property
+    def _db(self) -> JobStore:
+        if self._store is None:
+            raise RuntimeError("JobManager.start() was not called")
+        return self._store
 
     def _run(self, job: Job, paths: list[Path]) -> None:
-        with self._lock:
-            job.state = "running"
+        with self.lock:
+            job.state, job.started = "running", time.time()
+        self.persist(job)
         try:
-            report = self._ingest(
-                self.settings, job.kb, paths, progress=_JobProgress(job, self._lock)
-            )
+            report = self._ingest(self.settings, job.kb, paths, progress=_JobProgress(self, job))
         except Exception as e:
             known = api_error_for(e)
             if known is None:
                 log.error("upload job %s failed", job.id, exc_info=e)
-            with self._lock:
-                job.state = "failed"
+            with self.lock:
+                job.state, job.finished = "failed", time.time()
                 job.error = known.message if known else f"ingest failed: {type(e).__name__}: {e}"
-            return
-        with self._lock:
-            job.state, job.result = "done", report.to_json()
+                job.error_code = known.code if known else "ingest_failed"
+        else:
+            with self.lock:
+                job.state, job.finished, job.result = "done", time.time(), report.to_json()
+        # The row first: a reader that misses the job in memory must find it finished there.
+        self.persist(job)
+        with self.lock:
+            del self._active[job.id]
+        self.prune()
 
-    def _forget_old(self) -> None:
-        finished = [j.id for j in self._jobs.values() if j.state in ("done", "failed")]
-        for job_id in finished[: max(0, len(self._jobs) - MAX_KEPT_JOBS)]:
-            del self._jobs[job_id]
+    def _recover_candidates(self) -> set[str]:
+        return (self._db.active_owners() | self._owner.others()) - {self.owner}
+
+    def _fail_if_dead(self, owner: str) -> int:
+        with self._owner.if_dead(owner) as dead:
+            if not dead:
+                return 0
+            failed = self._db.fail_active(owner, INTERRUPTED, INTERRUPTED_MESSAGES)
+        if failed:
+            log.warning("kbqa: %d upload job(s) of a stopped server marked %s", failed, INTERRUPTED)
+        return failed
+
+    def _remove_leftovers(self, pruned: list[Job]) -> None:
+        """Delete the saved uploads of pruned jobs that no KB document and no kept job uses.
+
+        A file newer than its job was saved again by a later upload (maybe by another server
+        that has not recorded its job yet), so it is left alone too."""
+        in_use = self._db.paths_in_use()
+        documents: dict[str, set[str] | None] = {}
+        for job in pruned:
+            try:
+                folder = uploads_dir(self.settings, job.kb).resolve()
+            except InvalidKBName:
+                continue
+            for raw in job.paths:
+                path = Path(raw)
+                if path.parent != folder or raw in in_use:
+                    continue
+                try:
+                    info = path.lstat()
+                except OSError:
+                    continue
+                if not stat.S_ISREG(info.st_mode) or info.st_mtime > job.created + MTIME_SLACK_S:
+                    continue
+                if job.kb not in documents:
+                    documents[job.kb] = self._document_paths(job.kb)
+                kept = documents[job.kb]
+                if kept is not None and raw not in kept:
+                    path.unlink(missing_ok=True)
+
+    def _document_paths(self, kb: str) -> set[str] | None:
+        """Paths of the KB's documents; empty if it is gone, None if it cannot be read."""
+        try:
+            return {d["path"] for d in list_documents(self.settings, kb)}
+        except KBNotFound:
+            return set()
+        except Exception as e:
+            log.warning("kbqa: keeping old uploads of %s: cannot list its documents: %s", kb, e)
+            return None

@@ -15,7 +15,8 @@ from ingest.pipeline import open_or_create_kb
 from kbqa.kb_admin import list_documents, list_kbs, remove_document
 from kbqa.server.auth import require_api_key
 from kbqa.server.errors import CONFLICT_RESPONSE, ERROR_RESPONSES, ApiError
-from kbqa.server.jobs import Job, remove_uploaded_file, save_uploads, uploads_dir
+from kbqa.server.job_store import Job
+from kbqa.server.jobs import remove_uploaded_file, save_uploads, uploads_dir
 from kbqa.server.schemas import (
     Document,
     DocumentList,
@@ -149,4 +150,5 @@ def job_status(job: Job) -> JobStatus:
         ),
         result=IngestResult.model_validate(job.result) if job.result is not None else None,
         error=job.error,
+        error_code=job.error_code,
     )

@@ -329,6 +329,9 @@ class JobStatus(BaseModel):
     progress: JobProgress
     result: IngestResult | None
     error: str | None
+    error_code: str | None
+    """Why it failed: `interrupted` (the server stopped; upload again), `ingest_failed`, or
+    the code an HTTP error of the same cause would carry (`kb_not_found`, …)."""
 
 
 # -- health -----------------------------------------------------------------------------------

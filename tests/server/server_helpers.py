@@ -9,13 +9,16 @@ injected where the model itself is not what is tested.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -31,6 +34,8 @@ from pydantic import Field
 
 from kbqa.server.app import create_app
 from kbqa.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Written for these tests: facts a retriever can find and a tiny model can repeat.
 DOCUMENTS = {
@@ -182,3 +187,39 @@ def sse_events(response: httpx.Response) -> Iterator[Any]:
     for line in response.iter_lines():
         if line.startswith("data: ") and line != "data: [DONE]":
             yield json.loads(line.removeprefix("data: "))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def kbqa(*args: str, output: IO[str] | None = None, **env: str) -> subprocess.Popen[str]:
+    """The `kbqa` command in a process of its own, without the caller's KBQA_* variables.
+
+    Its stdout and stderr go to `output` when given (a server that logs every request would
+    fill an unread pipe and stall), else to pipes for `communicate`."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("KBQA_")}
+    environment |= {"HF_HUB_OFFLINE": "1", **env}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from kbqa.cli import app; app()", *args],
+        cwd=REPO,
+        env=environment,
+        stdout=output or subprocess.PIPE,
+        stderr=output or subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until_serving(process: subprocess.Popen[str], url: str) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"kbqa serve exited: {process.communicate()[1]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("kbqa serve did not come up")

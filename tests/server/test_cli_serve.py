@@ -7,31 +7,28 @@ without loading a local model and its answers take a known time (0.05 s per word
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from server_helpers import EchoChat, LiveServer, serve_with_model, sse_events
+from server_helpers import (
+    EchoChat,
+    LiveServer,
+    free_port,
+    kbqa,
+    serve_with_model,
+    sse_events,
+    wait_until_serving,
+)
 
 from kbqa.server.generation import ShuttingDown
 from kbqa.server.runner import CANCEL_AFTER_S, GRACEFUL_SHUTDOWN_S
 
-REPO = Path(__file__).resolve().parents[2]
 SHORT = "When does the Harbor Street bakery open?"
 LONG = " ".join([SHORT] * 30)  # echoed back word by word: 12 s, past CANCEL_AFTER_S
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def listening_on(port: int) -> set[str]:
@@ -44,32 +41,6 @@ def listening_on(port: int) -> set[str]:
             if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
                 found.add(host)
     return found
-
-
-def kbqa(*args: str, **env: str) -> subprocess.Popen[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("KBQA_")}
-    environment |= {"HF_HUB_OFFLINE": "1", **env}
-    return subprocess.Popen(
-        [sys.executable, "-c", "from kbqa.cli import app; app()", *args],
-        cwd=REPO,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_until_serving(process: subprocess.Popen[str], url: str) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"kbqa serve exited: {process.communicate()[1]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError("kbqa serve did not come up")
 
 
 @pytest.fixture(scope="module")
