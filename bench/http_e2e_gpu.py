@@ -203,6 +203,7 @@ def engine_baseline(chat: Any, tokenizer: Any, context: str, dry_run: bool) -> d
     return {
         "prompt_tokens": len(tokenizer.build_chat_input(context + "\n\nWhat?")),
         "users_1_ttft_ms_p50": round(pct([r[0] for r in single], 0.5), 1),
+        "users_1_ttft_ms_p95": round(pct([r[0] for r in single], 0.95), 1),
         "users_1_tokens_per_s_p50": round(
             pct([r[2] / (r[1] - r[0]) * 1e3 for r in single if r[1] > r[0]], 0.5), 1
         ),
@@ -212,6 +213,55 @@ def engine_baseline(chat: Any, tokenizer: Any, context: str, dry_run: bool) -> d
         "users_16_total_ms_p50": round(pct([r[1] for r in many], 0.5), 1),
         "users_16_tokens_per_s_total": round(sum(r[2] for r in many) / wall, 1),
     }
+
+
+def stage_profile(settings: Any, chat: Any, dry_run: bool) -> dict[str, Any]:
+    """Where one user's time to first token goes, in this process (no HTTP): the query
+    embedding alone, the whole retrieval (embedding, FAISS, FTS5, relevance), the chain's
+    preparation (retrieval, counting, packing), and `QAChain.stream` to its first token."""
+    from kbqa.answer import TokenEvent
+    from kbqa.chain import QAChain
+    from kbqa.retrieval import Retriever
+
+    rng = random.Random(5)
+    reps = 3 if dry_run else 20
+    retriever = Retriever(settings)
+    chain = QAChain(settings, chat, retriever)
+    embedder = retriever._embedder(retriever._open("bench").info().embedding, "bench")
+
+    def question() -> str:
+        return "What does the report say about " + " ".join(rng.sample(WORDS, 4)) + "?"
+
+    def timed(run: Any) -> float:
+        t0 = time.perf_counter()
+        run()
+        return (time.perf_counter() - t0) * 1e3
+
+    def first_token() -> None:
+        events = chain.stream(question(), "bench")
+        for event in events:
+            if isinstance(event, TokenEvent):
+                break
+        events.close()
+
+    from storage.embeddings import Embedder
+
+    on_cpu = Embedder(embedder.name, device="cpu")
+    stages = {
+        "embed_query": lambda: embedder.embed_query(question()),
+        "embed_query_on_cpu": lambda: on_cpu.embed_query(question()),
+        "retriever_search": lambda: retriever.search(question(), ["bench"], TOP_K),
+        "chain_prepare": lambda: chain._prepare(question(), ["bench"], [], TOP_K),
+        "chain_first_token": first_token,
+    }
+    out: dict[str, Any] = {}
+    for name, run in stages.items():
+        run()
+        times = [timed(run) for _ in range(reps)]
+        out[f"{name}_ms_p50"] = round(pct(times, 0.5), 2)
+        out[f"{name}_ms_p95"] = round(pct(times, 0.95), 2)
+    retriever.close()
+    return out
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -300,6 +350,7 @@ def serve(args: argparse.Namespace) -> None:
         thread.join(60)
     sources = measured.pop("first_sources", [])
     try:
+        R["stages"] = stage_profile(settings, chat, args.dry_run)
         R["engine_only"] = engine_baseline(chat, tokenizer, "\n\n".join(sources), args.dry_run)
     finally:
         chat.close()

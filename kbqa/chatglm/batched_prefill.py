@@ -105,6 +105,14 @@ class Prefiller:
                 self.fused = False
         return self._through_modules(segments)
 
+    def whole_padded(self, ids: Tensor, last: Tensor) -> Tensor:
+        """A prompt padded at its end, ids [B], from position 0 into the cache's scratch row
+        through the fused ops, without a host synchronisation (so it can be captured in a CUDA
+        graph): fp32 logits [1, V] of position `last` ([1] on the device)."""
+        logits = self._fused([Segment(ids, 0, self.cache.scratch, logits=True)], picked=last)
+        assert logits is not None
+        return logits
+
     def _through_modules(self, segments: Sequence[Segment]) -> Tensor | None:
         found = []
         for s in segments:
@@ -113,7 +121,9 @@ class Prefiller:
                 found.append(logits.float())
         return torch.stack(found) if found else None
 
-    def _fused(self, segments: Sequence[Segment]) -> Tensor | None:
+    def _fused(self, segments: Sequence[Segment], picked: Tensor | None = None) -> Tensor | None:
+        """`picked`: the rows of the [S_total] block whose logits to return, on the device;
+        by default the last of each segment that asks for logits."""
         cache, n = self.cache, self.heads
         rope = self.model.transformer.rope  # [seq_length, D/4, 2] fp32
         ids = torch.cat([s.ids for s in segments])  # [S_total]
@@ -149,11 +159,12 @@ class Prefiller:
                 res[rows] = self._linear(layer.h4_to_h, act)  # [rows, H]
                 del act
             del h
-        last = [b - 1 for s, (_, b) in zip(segments, bounds, strict=True) if s.logits]
-        if not last:
-            return None
+        if picked is None:
+            last = [b - 1 for s, (_, b) in zip(segments, bounds, strict=True) if s.logits]
+            if not last:
+                return None
+            picked = torch.tensor(last, device=device)
         assert res is not None
-        picked = torch.tensor(last, device=device)
         hidden = x[picked] + res[picked]  # [n, H]
         if self.final_norm is not None:
             _, hidden = fused.rmsnorm(hidden, None, self.final_norm)

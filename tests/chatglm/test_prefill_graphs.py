@@ -1,0 +1,164 @@
+"""Whole prompts prefilled padded into the scratch row (what the CUDA graphs replay) give what
+the unpadded prefill gives, and an engine that uses them still gives every request exactly its
+one-at-a-time tokens. Here the padded pass runs eagerly (capture=False) through the fused
+ops' torch references; on CUDA the same pass is what gets captured."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from naive_chatglm import randomize
+
+from kbqa.chatglm import ChatGLM2
+from kbqa.chatglm.batched import SlotCache
+from kbqa.chatglm.batched_prefill import Prefiller, Segment
+from kbqa.chatglm.batching import BatchEngine
+from kbqa.chatglm.prefill_graphs import PrefillGraphs
+
+VOCAB = 65024  # the tiny preset's
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> ChatGLM2:
+    torch.manual_seed(0)
+    return ChatGLM2.from_config("tiny", dtype=torch.float64)
+
+
+def _prompts(lengths: list[int], seed: int = 1, vocab: int = VOCAB) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def _alone(model: ChatGLM2, prompt: list[int], max_new: int) -> list[int]:
+    tokens = model.generate(prompt, max_new_tokens=max_new, temperature=0.0, eos_token_ids=[])
+    return list(tokens)
+
+
+def _graphed_engine(model: ChatGLM2, **options: int) -> BatchEngine:
+    """An engine whose prefill is the fused one, with whole prompts padded (uncaptured)."""
+    max_tokens = options.pop("max_tokens", 2048)
+    engine = BatchEngine(model, **options)
+    engine.prefiller = Prefiller(model, engine.cache, fused_ops=True)
+    engine.prefill_graphs = PrefillGraphs(
+        engine.prefiller, max_tokens=max_tokens, bucket=8, capture=False
+    )
+    return engine
+
+
+def _drain(engine: BatchEngine) -> None:
+    for _ in range(10_000):
+        if not engine.step():
+            return
+    raise AssertionError("the engine did not run dry")
+
+
+@pytest.mark.parametrize("length", [1, 7, 8, 9, 30])
+def test_a_padded_whole_prompt_writes_what_the_unpadded_prefill_does(
+    model: ChatGLM2, length: int
+) -> None:
+    prompt = torch.tensor(_prompts([length], seed=length)[0])
+    reference = SlotCache(model, max_batch=2, max_seq=32)
+    unpadded = Prefiller(model, reference, fused_ops=True)
+    want = unpadded([Segment(prompt, 0, 1, logits=True)])
+    cache = SlotCache(model, max_batch=2, max_seq=32)
+    graphs = PrefillGraphs(Prefiller(model, cache, fused_ops=True), bucket=8, capture=False)
+    got = graphs(prompt, row=1)
+    assert want is not None and got is not None and got.shape == want[0].shape
+    torch.testing.assert_close(got, want[0], atol=1e-10, rtol=1e-10)
+    rows = slice(0, 2)  # the prompt's row and the untouched one; the scratch row differs
+    torch.testing.assert_close(cache.k[:, rows], reference.k[:, rows], atol=1e-12, rtol=0)
+    torch.testing.assert_close(cache.v[:, rows], reference.v[:, rows], atol=1e-12, rtol=0)
+
+
+def test_padded_lengths_stop_at_max_tokens_and_max_seq(model: ChatGLM2) -> None:
+    cache = SlotCache(model, max_batch=1, max_seq=30)
+    graphs = PrefillGraphs(Prefiller(model, cache, fused_ops=True), bucket=8, capture=False)
+    assert graphs.max_tokens == 30  # the cache's max_seq caps the default 2,048
+    assert [graphs.padded(n) for n in (1, 8, 9, 24, 25, 30)] == [8, 8, 16, 24, 30, 30]
+    assert graphs.sizes() == [8, 16, 24, 30]
+    assert graphs.fits(30) and not graphs.fits(31) and not graphs.fits(0)
+    with pytest.raises(ValueError, match="does not fit"):
+        graphs(torch.arange(31), row=0)
+    with pytest.raises(ValueError, match="fused"):
+        PrefillGraphs(Prefiller(model, cache, fused_ops=False))
+
+
+def test_an_engine_with_graphed_prompts_gives_one_at_a_time_tokens(model: ChatGLM2) -> None:
+    # Prompts of up to 24 tokens go whole through the padded pass (even the 21-token one that
+    # arrives while others decode: longer than a chunk, but never cut); the 50-token one is
+    # prefilled in eager chunks; rows are reused as requests finish.
+    prompts = _prompts([5, 21, 50, 1, 24, 9, 13], seed=3)
+    budgets = [12, 3, 7, 12, 1, 12, 5]
+    engine = _graphed_engine(model, max_batch=3, max_seq=80, prefill_chunk=16, max_tokens=24)
+    requests = [
+        engine.submit(p, max_new_tokens=n, stop_ids=[])
+        for p, n in zip(prompts[:2], budgets[:2], strict=True)
+    ]
+    engine.step()
+    engine.step()
+    requests += [
+        engine.submit(p, max_new_tokens=n, stop_ids=[])
+        for p, n in zip(prompts[2:], budgets[2:], strict=True)
+    ]
+    _drain(engine)
+    for request, prompt, n in zip(requests, prompts, budgets, strict=True):
+        assert request.finish_reason == "length"
+        assert request.tokens == _alone(model, prompt, n)
+    assert engine.stats.graph_prefills == 6  # all but the 50-token prompt
+
+
+def test_a_whole_prompt_longer_than_a_chunk_joins_in_one_step(model: ChatGLM2) -> None:
+    first, late = _prompts([4, 20], seed=5)
+    engine = _graphed_engine(model, max_batch=2, max_seq=64, prefill_chunk=4)
+    running = engine.submit(first, max_new_tokens=10, stop_ids=[])
+    engine.step()
+    joining = engine.submit(late, max_new_tokens=10, stop_ids=[])
+    engine.step()
+    assert engine.running == 2 and engine.waiting == 0  # 20 tokens at once, not 5 chunks
+    assert len(joining.tokens) == 2  # its prefill's token, then this step's decode
+    _drain(engine)
+    assert running.tokens == _alone(model, first, 10)
+    assert joining.tokens == _alone(model, late, 10)
+
+
+def test_a_failing_graph_turns_graphs_off_and_the_eager_prefill_answers(
+    model: ChatGLM2, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = _prompts([6, 11], seed=6)
+    engine = _graphed_engine(model, max_batch=2, max_seq=40, prefill_chunk=8)
+    assert engine.prefill_graphs is not None
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(engine.prefiller, "whole_padded", broken)
+    requests = [engine.submit(p, max_new_tokens=6, stop_ids=[]) for p in prompts]
+    _drain(engine)
+    assert not engine.prefill_graphs.enabled and engine.stats.graph_prefills == 0
+    for request, prompt in zip(requests, prompts, strict=True):
+        assert request.tokens == _alone(model, prompt, 6)
+
+
+def test_graphed_prompts_keep_a_ptuning_prefix() -> None:
+    config = {"num_layers": 2, "hidden_size": 48, "num_attention_heads": 8, "kv_channels": 16,
+              "multi_query_group_num": 2, "ffn_hidden_size": 40, "padded_vocab_size": 50,
+              "seq_length": 64, "pre_seq_len": 3, "prefix_projection": True}  # fmt: skip
+    tuned = ChatGLM2.from_config(config, dtype=torch.float64)
+    randomize(tuned, 4)
+    prompts = _prompts([6, 13, 2], seed=4, vocab=50)
+    engine = _graphed_engine(tuned, max_batch=2, max_seq=40, prefill_chunk=5)
+    requests = [engine.submit(p, max_new_tokens=8, stop_ids=[]) for p in prompts]
+    _drain(engine)
+    assert engine.stats.graph_prefills == 3
+    for request, prompt in zip(requests, prompts, strict=True):
+        assert request.tokens == _alone(tuned, prompt, 8)
