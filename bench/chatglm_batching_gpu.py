@@ -31,7 +31,6 @@ from kbqa.chatglm import ChatGLM2
 from kbqa.chatglm.batched import (
     DecodeStep,
     SlotCache,
-    batch_bucket,
     decode,
     key_bucket,
     prefill,
@@ -264,6 +263,7 @@ def streams(engine: BatchEngine, n: int, tag: str) -> None:
         "context_at_end": PROMPT + max(len(r.tokens) for r in requests),
         "decode_steps": engine.stats.decode_steps,
         "graphs": engine.decoder.graphs,
+        "graph_prefills": engine.stats.graph_prefills,
     }
     print(f"{tag}_n{n}", R[f"{tag}_n{n}"], flush=True)
 
@@ -280,17 +280,12 @@ def engine_runs(model: ChatGLM2, tag: str, counts: list[int], fused: bool) -> No
         "cache_gib": engine.cache.nbytes / 2**30,
         "fused": engine.decoder.kernels is not None,
     }
-    # Capture the decode graphs the runs will need, so that no capture lands in a timing.
+    # Compile, tune and capture (decode graphs, prefill graphs) before any timing.
     t0 = time.perf_counter()
-    with torch.no_grad():
-        buckets = sorted({batch_bucket(n, engine.max_batch) for n in range(1, max(counts) + 1)})
-        slots = engine.cache.slots
-        lasts = {key_bucket(p + 1, slots): p for p in range(PROMPT - 1, MAX_SEQ)}.values()
-        for b in buckets:
-            for last in lasts:
-                engine.decoder([1] * b, [last] * b)
-    sync()
-    R[f"{tag}_engine"]["capture_s"] = time.perf_counter() - t0
+    engine.warm_up()
+    R[f"{tag}_engine"]["warm_up_s"] = time.perf_counter() - t0
+    graphs = engine.prefill_graphs
+    R[f"{tag}_engine"]["prefill_graphs"] = graphs.graphs if graphs is not None else 0
     with engine:
         for n in counts:
             streams(engine, n, tag)

@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import http_e2e_gpu as setup  # noqa: E402
+import http_e2e_gpu as setup
 
 N_REQUESTS = 20
 MARKS: list[dict[str, float]] = []
@@ -178,7 +178,7 @@ def gil_check(dry_run: bool) -> dict[str, Any]:
     ):
         done = threading.Event()
 
-        def waiter(wait: Callable[[Any], Any] = wait) -> None:
+        def waiter(wait: Callable[[Any], Any] = wait, done: threading.Event = done) -> None:
             torch.cuda._sleep(100_000_000)  # ~50 ms of GPU clock cycles
             wait(x)
             done.set()
