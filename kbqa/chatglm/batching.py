@@ -202,6 +202,9 @@ class BatchEngine:
         if self.decoder.cuda_graphs and self.prefiller.fused:
             self.prefill_graphs = PrefillGraphs(self.prefiller)
         self.warm_up_on_start = warm_up
+        self._ready = threading.Event()
+        if not warm_up:
+            self._ready.set()
         self.stats = EngineStats()
         self._waiting: deque[Request] = deque()
         self._wake = threading.Condition()
@@ -298,6 +301,11 @@ class BatchEngine:
 
     # -- the engine thread --
 
+    @property
+    def ready(self) -> bool:
+        """False while the engine's thread warms up (requests submitted meanwhile wait)."""
+        return self._ready.is_set()
+
     def warm_up(self) -> None:
         """Run, before any request, what serving would otherwise do inside its first requests'
         latency: the thread's first cuBLAS call, Triton's compiles for the prefill's kinds of
@@ -344,6 +352,8 @@ class BatchEngine:
                 self.warm_up()
             except Exception:  # serving still works, only its first requests are slower
                 log.exception("batching engine warm-up failed")
+            finally:
+                self._ready.set()
         while True:
             with self._wake:
                 while not self._closed and not self._has_work():

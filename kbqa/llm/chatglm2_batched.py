@@ -62,6 +62,11 @@ class BatchedChatGLM2Chat(ChatGLM2Chat):
         return chat
 
     @property
+    def ready(self) -> bool:
+        """False while the engine compiles its kernels and captures its CUDA graphs."""
+        return self.engine is not None and self.engine.ready
+
+    @property
     def context_window(self) -> int:
         assert self.engine is not None
         return self.engine.max_seq

@@ -18,7 +18,8 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz")
 def healthz(state: StateDep) -> Health:
-    return Health(model=state.model_name, queue=queue_status(state))
+    ready = bool(getattr(state.chat_model, "ready", True))
+    return Health(model=state.model_name, ready=ready, queue=queue_status(state))
 
 
 @router.get(

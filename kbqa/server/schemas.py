@@ -347,4 +347,7 @@ class QueueStatus(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     model: str
+    ready: bool = True
+    """False while the model warms up (on a GPU: compiling kernels, capturing CUDA graphs;
+    seconds at start-up). Questions asked meanwhile are accepted and wait for it."""
     queue: QueueStatus

@@ -224,9 +224,13 @@ def test_warm_up_leaves_nothing_that_changes_the_answers(model: ChatGLM2) -> Non
 
 def test_an_engine_warms_up_on_its_thread_before_serving(model: ChatGLM2) -> None:
     prompt = _prompts([12], seed=9)[0]
-    with BatchEngine(model, max_batch=2, max_seq=48, warm_up=True) as engine:
+    engine = BatchEngine(model, max_batch=2, max_seq=48, warm_up=True)
+    assert not engine.ready  # its thread has not warmed up yet
+    assert BatchEngine(model, max_batch=1, max_seq=8).ready  # nothing to warm up
+    with engine:
         request = engine.submit(prompt, max_new_tokens=NEW, stop_ids=[])
         assert request.result(timeout=120) == _alone(model, prompt)
+        assert engine.ready
         assert engine.cache.k[:, 1].abs().sum() > 0  # only the warm-up wrote into row 1
 
 
