@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +52,15 @@ def resolve_model(name: str) -> str:
     return name
 
 
+@dataclass
+class _Query:
+    """One caller's query, filled in by whichever caller embeds it."""
+
+    text: str
+    vector: Vectors | None = None
+    error: Exception | None = None
+
+
 class Embedder:
     """Embeds texts into L2-normalised float32 rows. Thread-safe."""
 
@@ -59,13 +69,17 @@ class Embedder:
         self.batch_size = batch_size
         self._model = _load(resolve_model(name), device)
         self._lock = threading.Lock()
+        self._waiting: list[_Query] = []
+        self._waiting_lock = threading.Lock()
+        self.query_passes = 0
+        """Forward passes run for queries (fewer than queries when callers overlap)."""
         # sentence-transformers 6 renamed the method; older releases only have the long name.
         get_dim = getattr(self._model, "get_embedding_dimension", None)
         dim = get_dim() if get_dim else self._model.get_sentence_embedding_dimension()
         if dim is None:
             raise EmbeddingUnavailable(f"embedding model {name} does not report its dimension")
         self.dim: int = int(dim)
-        self._query = _direct_query(self._model)
+        self._query = _direct_queries(self._model)
 
     def embed(self, texts: list[str]) -> Vectors:
         """[len(texts), dim] float32, unit rows.
@@ -90,41 +104,78 @@ class Embedder:
         return out
 
     def embed_query(self, text: str) -> Vectors:
-        """[dim] float32, unit norm."""
-        if self._query is None:
-            return self.embed([text])[0]
+        """[dim] float32, unit norm.
+
+        Queries from several threads at once share forward passes: whoever gets the model
+        embeds every query waiting by then in one batch (one pass instead of one each, while
+        the others wait anyway). A query embedded alone gets encode()'s vector bit for bit;
+        in a batch, the same within float rounding (its row is padded to the longest).
+        """
+        query = _Query(text)
+        with self._waiting_lock:
+            self._waiting.append(query)
         with self._lock:
-            return self._query(text)
+            if query.vector is None and query.error is None:  # nobody took it meanwhile
+                with self._waiting_lock:
+                    batch, self._waiting = self._waiting, []
+                self._embed_queries(batch)
+        if query.error is not None:
+            raise query.error
+        assert query.vector is not None
+        return query.vector
+
+    def _embed_queries(self, batch: list[_Query]) -> None:
+        """Fill in every query of `batch` (the caller holds the model's lock)."""
+        texts = [q.text for q in batch]
+        self.query_passes += 1
+        try:
+            if self._query is not None:
+                vectors = self._query(texts)
+            else:
+                vectors = self._model.encode(
+                    texts,
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+        except Exception as e:  # each waiting caller raises it
+            for q in batch:
+                q.error = e
+            return
+        for q, vector in zip(batch, vectors, strict=True):
+            q.vector = np.asarray(vector, dtype=np.float32)
 
 
 _PROBES = ("warm-up query", "预热 the second probe, longer than the first one: 2 × 3 = 6")
 
 
-def _direct_query(model: SentenceTransformer) -> Callable[[str], Vectors] | None:
-    """One text's forward pass without `encode()`'s set-up per call (`eval()`, a device check
-    over every parameter, sorting by length: ~1 ms), where it gives `encode()`'s vector bit
-    for bit on probe texts; None otherwise (another sentence-transformers API, a model with
-    a default prompt or routed modules), and `encode()` it is."""
+def _direct_queries(model: SentenceTransformer) -> Callable[[list[str]], Vectors] | None:
+    """Queries' forward pass, [n] texts → [n, dim], without `encode()`'s set-up per call
+    (`eval()`, a device check over every parameter, sorting by length: ~1 ms), where it gives
+    `encode()`'s vectors bit for bit on probe texts, alone and as a pair; None otherwise
+    (another sentence-transformers API, a model with a default prompt or routed modules), and
+    `encode()` it is."""
     try:
         import torch
         from sentence_transformers.util import batch_to_device
 
         device = model.device
-        # On a GPU shared with the chat model, a query's few kernels go on a stream of their
+        # On a GPU shared with the chat model, queries' few kernels go on a stream of their
         # own, ahead of the queued prefill work, instead of waiting behind it.
         stream = torch.cuda.Stream(device, priority=-1) if device.type == "cuda" else None
 
-        def forward(text: str) -> Vectors:
+        def forward(texts: list[str]) -> Vectors:
             with torch.inference_mode(), torch.cuda.stream(stream):
-                features = batch_to_device(model.preprocess([text]), device)
-                vectors = model(features)["sentence_embedding"]  # [1, dim]
+                features = batch_to_device(model.preprocess(texts), device)
+                vectors = model(features)["sentence_embedding"]  # [n, dim]
                 vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-                return np.asarray(vectors.float().cpu().numpy()[0], dtype=np.float32)
+                return np.asarray(vectors.float().cpu().numpy(), dtype=np.float32)
 
-        for probe in _PROBES:
+        for probe in [[_PROBES[0]], [_PROBES[1]], list(_PROBES)]:
             expected = model.encode(
-                [probe], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-            )[0]
+                probe, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
             if not np.array_equal(forward(probe), expected):
                 return None
     except Exception:  # any mismatch with the library's API: keep encode()
