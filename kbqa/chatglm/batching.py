@@ -42,6 +42,7 @@ from torch import Tensor
 from kbqa.chatglm.batched import DecodeStep, SlotCache, batch_bucket, key_bucket
 from kbqa.chatglm.batched_prefill import Prefiller, Segment
 from kbqa.chatglm.model import ChatGLM2
+from kbqa.chatglm.prefill_graphs import MAX_TOKENS as GRAPHED_PROMPT_TOKENS
 from kbqa.chatglm.prefill_graphs import PrefillGraphs
 from kbqa.chatglm.sampling import SamplingParams, sample_rows
 
@@ -197,10 +198,12 @@ class BatchEngine:
         self.decoder = DecodeStep(model, self.cache, cuda_graphs)
         self.prefiller = Prefiller(model, self.cache)
         self.prefill_graphs: PrefillGraphs | None = None
-        """Whole prompts of up to 2,048 tokens as one CUDA graph replay each, where the decode
-        step runs graphs and the fused prefill runs (prefill_graphs.py)."""
+        """Whole prompts of up to 2,048 tokens (and max_prefill_tokens) as one CUDA graph
+        replay each, where the decode step runs graphs and the fused prefill runs
+        (prefill_graphs.py)."""
         if self.decoder.cuda_graphs and self.prefiller.fused:
-            self.prefill_graphs = PrefillGraphs(self.prefiller)
+            limit = min(GRAPHED_PROMPT_TOKENS, max_prefill_tokens)
+            self.prefill_graphs = PrefillGraphs(self.prefiller, max_tokens=limit)
         self.warm_up_on_start = warm_up
         self._ready = threading.Event()
         if not warm_up:
@@ -434,7 +437,12 @@ class BatchEngine:
         logits: dict[int, Tensor] = {}  # id(seq) → its last position's logits [V]
         eager: list[tuple[_Seq, int]] = []
         for seq, n in pieces:
-            graphed = self._prefill_graphed(seq, n)
+            try:
+                graphed = self._prefill_graphed(seq, n)
+            except Exception as e:  # after the replay (copying the row, say): this one fails
+                log.exception("prefill failed")
+                self._fail_prefill(seq, e)
+                continue
             if graphed is None:
                 eager.append((seq, n))
             else:
@@ -528,15 +536,21 @@ class BatchEngine:
     def _start_decoding(self, seq: _Seq, logits: Tensor) -> None:
         """seq's prompt is in the cache and logits [V] are its last position's: sample its
         first token and move it to the decoding rows."""
-        self._prefilling.remove(seq)
         prompt = seq.request.prompt
-        if seq.request.params.repetition_penalty != 1.0:
-            seen = self._seen_rows()
-            seen[seq.row] = False
-            seen[seq.row, torch.tensor(prompt, device=seen.device)] = True
-        seen_row = self._seen[seq.row : seq.row + 1] if self._seen is not None else None
-        token = sample_rows(logits.unsqueeze(0), [seq.request.params], seen_row, [seq.generator])
-        if not self._accept(seq, int(token[0])):
+        try:
+            if seq.request.params.repetition_penalty != 1.0:
+                seen = self._seen_rows()
+                seen[seq.row] = False
+                seen[seq.row, torch.tensor(prompt, device=seen.device)] = True
+            seen_row = self._seen[seq.row : seq.row + 1] if self._seen is not None else None
+            params, generator = [seq.request.params], [seq.generator]
+            token = int(sample_rows(logits.unsqueeze(0), params, seen_row, generator)[0])
+        except Exception as e:  # memory, say: this request fails, the others go on
+            log.exception("sampling the first token failed")
+            self._fail_prefill(seq, e)
+            return
+        self._prefilling.remove(seq)
+        if not self._accept(seq, token):
             return
         row = len(self._running)
         if seq.row != row:  # decoders left while it prefilled: move it next to them

@@ -106,6 +106,8 @@ class PrefillGraphs:
 
     def capture_all(self) -> None:
         """Capture a graph for every padded length now (writes only the scratch row)."""
+        if not self.enabled or not self.prefiller.fused:
+            return
         for size in self.sizes():
             if self.capture and size not in self._graphs:
                 self._capture(size)

@@ -162,3 +162,65 @@ def test_graphed_prompts_keep_a_ptuning_prefix() -> None:
     assert engine.stats.graph_prefills == 3
     for request, prompt in zip(requests, prompts, strict=True):
         assert request.tokens == _alone(tuned, prompt, 8)
+
+
+def test_a_failure_after_the_replay_fails_only_that_prompt(
+    model: ChatGLM2, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running_prompt, failing_prompt = _prompts([3, 4], seed=8)
+    engine = _graphed_engine(model, max_batch=2, max_seq=40)
+    running = engine.submit(running_prompt, max_new_tokens=8, stop_ids=[])
+    engine.step()
+    real_move = engine.cache.move
+
+    def move(src: int, dst: int, length: int) -> None:
+        if src == engine.cache.scratch:  # copying the replayed prompt to its row
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        real_move(src, dst, length)
+
+    monkeypatch.setattr(engine.cache, "move", move)
+    failing = engine.submit(failing_prompt, max_new_tokens=8, stop_ids=[])
+    _drain(engine)
+    assert failing.finish_reason == "error" and isinstance(failing.error, torch.OutOfMemoryError)
+    assert running.finish_reason == "length"
+    assert running.tokens == _alone(model, running_prompt, 8)
+
+
+def test_a_failing_first_sample_fails_only_its_request(
+    model: ChatGLM2, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kbqa.chatglm.batching as batching
+
+    prompts = _prompts([5, 6], seed=9)
+    real = batching.sample_rows
+    calls = 0
+
+    def flaky(*args: object, **kwargs: object) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batching, "sample_rows", flaky)
+    with BatchEngine(model, max_batch=2, max_seq=32) as engine:
+        first = engine.submit(prompts[0], max_new_tokens=4, stop_ids=[])
+        with pytest.raises(RuntimeError, match="probability"):
+            first.result(timeout=60)
+        second = engine.submit(prompts[1], max_new_tokens=4, stop_ids=[])
+        assert second.result(timeout=60) == _alone(model, prompts[1], 4)
+
+
+def test_prompts_longer_than_the_graphs_prefill_in_eager_chunks(model: ChatGLM2) -> None:
+    engine = BatchEngine(model, max_batch=1, max_seq=64, prefill_chunk=8, max_prefill_tokens=16)
+    engine.prefiller = Prefiller(model, engine.cache, fused_ops=True)
+    graphs = PrefillGraphs(engine.prefiller, max_tokens=16, bucket=8, capture=False)
+    engine.prefill_graphs = graphs
+    prompt = _prompts([30], seed=10)[0]  # longer than a pass may run: eager chunks
+    request = engine.submit(prompt, max_new_tokens=3, stop_ids=[])
+    _drain(engine)
+    assert engine.stats.graph_prefills == 0
+    assert request.tokens == _alone(model, prompt, 3)
+    graphs.enabled = False
+    graphs.capture_all()  # nothing to capture once graphs are off; no error either
+    assert graphs.graphs == 0
