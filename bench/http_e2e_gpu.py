@@ -274,10 +274,13 @@ def serve(args: argparse.Namespace) -> None:
     from kbqa.server.app import create_app
     from kbqa.settings import load_settings
 
+    if args.switch_interval_ms:
+        sys.setswitchinterval(args.switch_interval_ms / 1e3)
     R: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "dry_run": args.dry_run,
         "torch": torch.__version__,
+        "switch_interval_ms": sys.getswitchinterval() * 1e3,
     }
     device = "cpu" if args.dry_run else "cuda"
     if device == "cuda":
@@ -350,8 +353,10 @@ def serve(args: argparse.Namespace) -> None:
         thread.join(60)
     sources = measured.pop("first_sources", [])
     try:
-        R["stages"] = stage_profile(settings, chat, args.dry_run)
-        R["engine_only"] = engine_baseline(chat, tokenizer, "\n\n".join(sources), args.dry_run)
+        if not args.http_only:
+            R["stages"] = stage_profile(settings, chat, args.dry_run)
+            context = "\n\n".join(sources)
+            R["engine_only"] = engine_baseline(chat, tokenizer, context, args.dry_run)
     finally:
         chat.close()
     R["context_tokens_packed"] = sum(tokenizer.count_tokens(t) for t in sources)
@@ -476,6 +481,10 @@ def main() -> None:
     parser.add_argument("--out", default="http_e2e.json")
     parser.add_argument("--client", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--client-timeout", type=float, default=300)
+    parser.add_argument(
+        "--switch-interval-ms", type=float, default=0, help="sys.setswitchinterval (0: keep)"
+    )
+    parser.add_argument("--http-only", action="store_true", help="skip the in-process timings")
     args = parser.parse_args()
     if args.client:
         print(json.dumps(asyncio.run(measure(args.client, args.dry_run))), flush=True)
