@@ -30,6 +30,7 @@ from kbqa.chatglm.batched import (
 )
 from kbqa.chatglm.batched_prefill import Prefiller, Segment
 from kbqa.chatglm.batching import BatchEngine, Request
+from kbqa.chatglm.prefill_graphs import PrefillGraphs
 from kbqa.chatglm.quantize import dequantize_weight, quantize_weight
 from kbqa.chatglm.sampling import SamplingParams
 
@@ -508,19 +509,36 @@ def test_skinny_matmul_matches_linear(rows: int, bias: bool) -> None:
     torch.testing.assert_close(skinny_linear(x, weight, b), F.linear(x, weight, b))
 
 
+class _FussyGraphs(PrefillGraphs):
+    """Fails the prompts holding id 2, as an error escaping the graphed prefill would."""
+
+    def __call__(self, prompt: torch.Tensor, row: int) -> torch.Tensor | None:
+        if bool((prompt == 2).any()):
+            raise RuntimeError("out of memory")
+        return super().__call__(prompt, row)
+
+
+@pytest.mark.parametrize("graphed", [False, True])
 def test_randomized_schedule_gives_every_request_its_one_at_a_time_tokens(
-    model: ChatGLM2, monkeypatch: pytest.MonkeyPatch
+    model: ChatGLM2, monkeypatch: pytest.MonkeyPatch, graphed: bool
 ) -> None:
     """Many requests on few rows, submitted and cancelled at random steps, with random prompt
     lengths, budgets, sampling settings, stop ids that can end a request at its first token, and
     prompts whose prefill fails alone (forcing the one-by-one fallback, swaps included): each
-    request gets exactly its one-at-a-time tokens (a prefix of them when cancelled)."""
+    request gets exactly its one-at-a-time tokens (a prefix of them when cancelled). `graphed`:
+    whole prompts of up to 16 tokens go through the padded pass that CUDA graphs replay (run
+    eagerly here), the longer ones through the fused prefill in chunks."""
     rng = torch.Generator().manual_seed(12)
 
     def rand(n: int) -> int:
         return int(torch.randint(n, (1,), generator=rng))
 
     engine = BatchEngine(model, max_batch=3, max_seq=48, prefill_chunk=5, max_prefill_tokens=11)
+    if graphed:
+        engine.prefiller = Prefiller(model, engine.cache, fused_ops=True)
+        engine.prefill_graphs = _FussyGraphs(
+            engine.prefiller, max_tokens=16, bucket=8, capture=False
+        )
     real = engine.prefiller.__call__
 
     def fussy(segments: list[Segment]) -> torch.Tensor | None:
@@ -562,7 +580,8 @@ def test_randomized_schedule_gives_every_request_its_one_at_a_time_tokens(
                     cases[j][0].cancel()
             engine.step()
     _drain(engine)
-    assert engine.stats.row_swaps > 0 and engine.running == engine.waiting == 0
+    assert engine.running == engine.waiting == 0
+    assert engine.stats.graph_prefills > 0 if graphed else engine.stats.row_swaps > 0
     for request, prompt, budget, settings, stop in cases:
         if 2 in prompt:
             assert request.finish_reason in ("error", "cancelled") and request.tokens == []
