@@ -10,7 +10,7 @@ import click
 import typer
 from rich.table import Table
 
-from kbqa import cli_answer, cli_serve
+from kbqa import cli_answer, cli_eval, cli_serve
 from kbqa.cli_common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -177,7 +177,7 @@ def kb_list(
     if json_out:
         print_json({"kbs": kbs})
         return
-    table = Table("name", "backend", "embedding", "documents", "chunks")
+    table = Table("name", "backend", "embedding", "documents", "chunks", "min_relevance")
     for item in kbs:
         table.add_row(
             item["name"],
@@ -185,6 +185,7 @@ def kb_list(
             item["embedding"],
             str(item["documents"]),
             str(item["chunks"]),
+            f"{item['min_relevance']}" + (" (calibrated)" if item["calibrated"] else ""),
         )
     stdout.print(table)
 
@@ -325,6 +326,7 @@ def config_show(
 
 cli_answer.register(app, lambda: settings_for(None, None))
 cli_serve.register(app, lambda: settings_for(None, None))
+cli_eval.register(app)
 
 
 # Recent Typer releases carry their own copy of Click; older ones raise Click's own classes.

@@ -9,6 +9,7 @@ from kbqa.settings import Settings
 from storage.errors import KBDamaged
 from storage.kb import KnowledgeBase
 from storage.names import validate_kb_name
+from storage.types import ChunkRecord, DocumentInfo
 
 
 def open_kb(settings: Settings, name: str) -> KnowledgeBase:
@@ -37,6 +38,8 @@ def list_kbs(settings: Settings) -> list[dict[str, Any]]:
                     "documents": info.documents,
                     "chunks": info.chunks,
                     "created_at": info.created_at,
+                    "min_relevance": _threshold(settings, info.min_relevance),
+                    "calibrated": info.min_relevance is not None,
                 }
             )
         except KBDamaged as e:
@@ -48,10 +51,17 @@ def list_kbs(settings: Settings) -> list[dict[str, Any]]:
                     "documents": 0,
                     "chunks": 0,
                     "created_at": "",
+                    "min_relevance": settings.retrieval.min_relevance,
+                    "calibrated": False,
                     "error": str(e),
                 }
             )
     return kbs
+
+
+def _threshold(settings: Settings, own: float | None) -> float:
+    """A KB's refusal threshold: its calibrated one, else the global retrieval.min_relevance."""
+    return settings.retrieval.min_relevance if own is None else own
 
 
 def check_kb(settings: Settings, name: str) -> list[str]:
@@ -69,6 +79,14 @@ def list_documents(settings: Settings, name: str) -> list[dict[str, Any]]:
             {"doc_id": doc.doc_id, "source": doc.source, "chunks": doc.chunks, "path": doc.path}
             for doc in kb.documents()
         ]
+
+
+def read_document(
+    settings: Settings, name: str, doc_id: str
+) -> tuple[DocumentInfo, list[ChunkRecord]] | None:
+    """Document `doc_id` of KB `name` with its chunks in order; None if the KB has no such id."""
+    with open_kb(settings, name) as kb:
+        return kb.document(doc_id)
 
 
 def remove_document(settings: Settings, name: str, document: str) -> int:

@@ -95,6 +95,10 @@ class Retriever:
             self._embedder(self._open(name).info().embedding, name)
         query_terms("预热 warm-up")
 
+    def embedder_for(self, kb: str) -> Embedder:
+        """The embedding model `kb` was built with (loaded once per process)."""
+        return self._embedder(self._open(kb).info().embedding, kb)
+
     def _embedder(self, model: str, kb_name: str) -> Embedder:
         embedding = self.settings.embedding
         try:
@@ -139,6 +143,20 @@ class Retriever:
         if self.settings.retrieval.reranker:  # a cross-encoder reorders all the candidates
             merged = rerank_hits(self.settings, query, merged)
         return merged[:k]
+
+    def min_relevance(self, kb: str) -> float:
+        """KB `kb`'s refusal threshold: its calibrated one, else retrieval.min_relevance."""
+        own = self._open(kb).min_relevance()
+        return self.settings.retrieval.min_relevance if own is None else own
+
+    def set_min_relevance(self, kb: str, value: float | None) -> None:
+        """Store KB `kb`'s own refusal threshold; None = back to retrieval.min_relevance."""
+        self._open(kb).set_min_relevance(value)
+
+    def relevant(self, hits: Sequence[SearchHit]) -> list[SearchHit]:
+        """The hits whose relevance reaches their KB's threshold (see `min_relevance`)."""
+        thresholds = {name: self.min_relevance(name) for name in {hit.kb for hit in hits}}
+        return [hit for hit in hits if relevance_of(hit) >= thresholds[hit.kb]]
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -111,11 +111,29 @@ def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
     return {key: value for key, value in conn.execute("SELECT key, value FROM meta")}
 
 
+MIN_RELEVANCE_KEY = "min_relevance"
+"""Optional meta key: the KB's own refusal threshold, a float in 0..1."""
+
+
+def parse_min_relevance(value: str | None) -> float | None:
+    """The stored threshold, or None when absent or unreadable (meta_problems reports that)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if 0.0 <= number <= 1.0 else None
+
+
 def meta_problems(meta: dict[str, str]) -> list[str]:
     problems = [f"meta key {key!r} is missing" for key in META_KEYS if key not in meta]
     for key in ("dim", "generation", "schema_version"):
         if key in meta and not meta[key].isdigit():
             problems.append(f"meta key {key!r} is not a number: {meta[key]!r}")
+    stored = meta.get(MIN_RELEVANCE_KEY)
+    if stored is not None and parse_min_relevance(stored) is None:
+        problems.append(f"meta key {MIN_RELEVANCE_KEY!r} is not a number in 0..1: {stored!r}")
     if meta.get("dim", "1") == "0":
         problems.append("meta key 'dim' is 0")
     if meta.get("schema_version", str(SCHEMA_VERSION)) != str(SCHEMA_VERSION):

@@ -256,7 +256,33 @@ class KnowledgeBase:
             created_at=meta["created_at"],
             documents=documents,
             chunks=chunks,
+            min_relevance=db.parse_min_relevance(meta.get(db.MIN_RELEVANCE_KEY)),
         )
+
+    def min_relevance(self) -> float | None:
+        """The KB's own refusal threshold (`kbqa eval --calibrate`); None = the global default.
+
+        Read from the database on every call, so a server sees a calibration made meanwhile by
+        another process without reopening the KB."""
+        with self._reading():
+            meta = db.read_meta(self._conn)
+        return db.parse_min_relevance(meta.get(db.MIN_RELEVANCE_KEY))
+
+    def set_min_relevance(self, value: float | None) -> None:
+        """Store the KB's own refusal threshold (0..1), or forget it with None."""
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"min_relevance must be within 0..1, got {value}")
+        with self._mutex, self._lock.hold(), _damage_as_kbdamaged(self.name):
+            self._ensure_open()
+            with db.transaction(self._conn, "IMMEDIATE"):
+                if value is None:
+                    self._conn.execute("DELETE FROM meta WHERE key = ?", (db.MIN_RELEVANCE_KEY,))
+                else:
+                    self._conn.execute(
+                        "INSERT INTO meta (key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (db.MIN_RELEVANCE_KEY, repr(float(value))),
+                    )
 
     def documents(self) -> list[DocumentInfo]:
         with self._reading():
@@ -266,6 +292,29 @@ class KnowledgeBase:
                 "GROUP BY d.doc_id ORDER BY d.source, d.path"
             ).fetchall()
         return [DocumentInfo(*row) for row in found]
+
+    def document(self, doc_id: str) -> tuple[DocumentInfo, list[ChunkRecord]] | None:
+        """One document and its chunks in reading order, from one snapshot; None if unknown."""
+        with self._reading():
+            info = self._conn.execute(
+                "SELECT doc_id, path, root, source, content_hash, size, mtime FROM documents "
+                "WHERE doc_id = ?",
+                (doc_id,),
+            ).fetchone()
+            found = self._conn.execute(
+                "SELECT chunk_id, position, text, page, heading, embed_text, metadata "
+                "FROM chunks WHERE doc_id = ? ORDER BY position, id",
+                (doc_id,),
+            ).fetchall()
+        if info is None:
+            return None
+        chunks = [
+            ChunkRecord(text, page, heading, position, embed, chunk_id, json.loads(meta))
+            for chunk_id, position, text, page, heading, embed, meta in found
+        ]
+        doc_id, path, root, source, content_hash, size, mtime = info
+        document = DocumentInfo(doc_id, path, root, source, content_hash, size, mtime, len(chunks))
+        return document, chunks
 
     def search(
         self,

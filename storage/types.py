@@ -85,3 +85,5 @@ class KBInfo:
     created_at: str
     documents: int
     chunks: int
+    min_relevance: float | None = None
+    """The KB's own refusal threshold, set by calibration; None = the global setting."""

@@ -122,6 +122,7 @@ def create_kb(settings: Settings, body: KbCreate) -> KbInfo:
         documents=info.documents,
         chunks=info.chunks,
         created_at=info.created_at,
+        min_relevance=settings.retrieval.min_relevance,
     )
 
 

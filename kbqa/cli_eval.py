@@ -1,0 +1,188 @@
+"""`kbqa eval`: measure a knowledge base on a file of questions (see kbqa.evaluation)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from kbqa.cli_common import (
+    EXIT_PARTIAL,
+    ConfigOption,
+    HomeOption,
+    JsonOption,
+    KbsOption,
+    print_json,
+    settings_for,
+    stderr,
+    stdout,
+    user_errors,
+)
+
+
+class EvalProgress:
+    """Questions done, elapsed time and the estimated time left; silent when disabled."""
+
+    def __init__(self, console: Console, *, enabled: bool) -> None:
+        self._bar = Progress(
+            TextColumn("[bold]eval"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("questions"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not enabled,
+        )
+        self._task = self._bar.add_task("eval", total=None)
+
+    def __enter__(self) -> EvalProgress:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._bar.__exit__(exc_type, exc, tb)
+
+    def __call__(self, done: int, total: int) -> None:
+        self._bar.update(self._task, completed=done, total=total)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `eval` to the kbqa app."""
+
+    @app.command("eval")
+    def eval_command(
+        file: Annotated[
+            Path,
+            typer.Argument(
+                help='JSON lines {"question", "facts"?, "sources"?, "unanswerable"?, "history"?}.'
+            ),
+        ],
+        kb: KbsOption = None,
+        retrieval_only: Annotated[
+            bool,
+            typer.Option("--retrieval-only", help="Skip the LLM: retrieval and refusal only."),
+        ] = False,
+        calibrate: Annotated[
+            bool,
+            typer.Option(
+                "--calibrate", help="Choose and store the KB's own min_relevance from the file."
+            ),
+        ] = False,
+        report: Annotated[
+            Path | None,
+            typer.Option("--report", help="Write an HTML report with plots into this folder."),
+        ] = None,
+        top_k: Annotated[
+            int | None,
+            typer.Option("-k", "--top-k", min=1, max=100, help="Chunks given to the model."),
+        ] = None,
+        json_out: JsonOption = False,
+        home: HomeOption = None,
+        config: ConfigOption = None,
+    ) -> None:
+        """Measure retrieval, refusal, answers and citations on a file of questions."""
+        from kbqa.evaluation.cases import read_cases
+        from kbqa.evaluation.evaluate import evaluate
+
+        with user_errors():
+            settings = settings_for(home, config)
+            cases, bad_lines = read_cases(file)
+            for bad in bad_lines:
+                stderr.print(
+                    f"warning: {file}: line {bad.line} skipped: {bad.error}",
+                    markup=False,
+                    highlight=False,
+                )
+            with EvalProgress(stderr, enabled=sys.stderr.isatty()) as progress:
+                evaluation = evaluate(
+                    settings,
+                    cases,
+                    kb or ["default"],
+                    bad_lines=bad_lines,
+                    retrieval_only=retrieval_only,
+                    calibrate_kb=calibrate,
+                    top_k=top_k,
+                    progress=progress,
+                )
+            page = None
+            if report is not None:
+                from kbqa.evaluation.report import write_report
+
+                try:
+                    page = write_report(evaluation, report)
+                except OSError as e:
+                    raise typer.Exit(_report_failed(report, e)) from None
+        result = evaluation.to_json()
+        if page is not None:
+            result["report"] = str(page)
+        if json_out:
+            print_json(result)
+        else:
+            _print_result(result)
+        if bad_lines:
+            raise typer.Exit(EXIT_PARTIAL)
+
+
+def _report_failed(report: Path, error: OSError) -> int:
+    from kbqa.cli_common import EXIT_USAGE
+
+    stderr.print(
+        f"error: cannot write the report into {report}: {error.strerror or error}",
+        markup=False,
+        highlight=False,
+    )
+    return EXIT_USAGE
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    table = Table("metric", "value", title=f"kbqa eval — {result['n']} questions")
+    for group in ("retrieval", "refusal", "answer", "citation", "evidence", "latency_ms"):
+        for name, value in result[group].items():
+            shown = (
+                "—" if value is None else f"{value:.3f}" if group != "latency_ms" else str(value)
+            )
+            table.add_row(f"{group} {name}", shown)
+    table.add_row("min_relevance", str(result["min_relevance"]))
+    if "calibrated_min_relevance" in result:
+        point = result["calibration"]["at_threshold"]
+        table.add_row(
+            "calibrated min_relevance (stored)",
+            f"{result['calibrated_min_relevance']} — keeps {point['answerable_kept']:.0%} of "
+            f"answerable, refuses {point['unanswerable_refused']:.0%} of unanswerable",
+        )
+    stdout.print(table)
+    failed = result["failed"]
+    if failed:
+        stdout.print(f"[bold]{len(failed)} questions failed[/]:")
+        for item in failed[:20]:
+            label = item["id"] or f"line {item['line']}"
+            stdout.print(
+                f"  {label}: {item['question']} — {'; '.join(item['problems'])}",
+                markup=False,
+                highlight=False,
+            )
+        if len(failed) > 20:
+            stdout.print(f"  … and {len(failed) - 20} more (see --json or --report)")
+    if "report" in result:
+        stdout.print(f"report: {result['report']}", markup=False, highlight=False)
