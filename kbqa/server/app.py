@@ -19,7 +19,14 @@ from langchain_core.language_models import BaseChatModel
 from kbqa.chain import QAChain
 from kbqa.llm.factory import build_chat_model, generation_concurrency
 from kbqa.retrieval import Retriever
-from kbqa.server import routes_ask, routes_chatglm, routes_health, routes_kbs, routes_openai
+from kbqa.server import (
+    routes_ask,
+    routes_chatglm,
+    routes_documents,
+    routes_health,
+    routes_kbs,
+    routes_openai,
+)
 from kbqa.server.auth import ApiKeyGuard
 from kbqa.server.errors import install_error_handlers
 from kbqa.server.generation import GenerationGate
@@ -59,7 +66,14 @@ def create_app(settings: Settings, *, chat_model: BaseChatModel | None = None) -
     app.add_middleware(BodyLimit, limit_for=upload_aware_limit(settings.server.max_upload_mb))
     # Added last, so it runs first: a request without the key is refused before its body is read.
     app.add_middleware(ApiKeyGuard, api_key=settings.server.api_key)
-    for module in (routes_health, routes_ask, routes_openai, routes_chatglm, routes_kbs):
+    for module in (
+        routes_health,
+        routes_ask,
+        routes_openai,
+        routes_chatglm,
+        routes_kbs,
+        routes_documents,
+    ):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app

@@ -351,3 +351,36 @@ class Health(BaseModel):
     """False while the model warms up (on a GPU: compiling kernels, capturing CUDA graphs;
     seconds at start-up). Questions asked meanwhile are accepted and wait for it."""
     queue: QueueStatus
+
+
+# -- source viewer ----------------------------------------------------------------------------
+
+
+class DocumentMeta(BaseModel):
+    doc_id: str
+    source: str
+    path: str
+    """The resolved absolute path the document was ingested from (its identity)."""
+    chunks: int
+    content_type: str
+    """Of the original file, by its extension."""
+    available: bool
+    """Whether the original file is still there (`…/content` serves it)."""
+    size: int | None
+    """The original file's size in bytes now; null when it is not available."""
+    modified: bool
+    """The file changed since it was ingested: the chunks show the ingested version."""
+
+
+class DocumentChunk(BaseModel):
+    chunk_id: str
+    position: int
+    text: str
+    page: int | None
+    heading: str | None
+
+
+class DocumentDetail(BaseModel):
+    document: DocumentMeta
+    chunks: list[DocumentChunk]
+    """In reading order."""
