@@ -81,8 +81,10 @@ def parse_cases(
         except UsageError as e:
             bad.append(BadLine(number, str(e)))
     if not cases:
-        detail = f" ({len(bad)} malformed lines, the first: line {bad[0].line}: {bad[0].error})"
-        raise UsageError(f"{where} holds no questions" + (detail if bad else ""))
+        detail = ""
+        if bad:
+            detail = f" ({len(bad)} malformed lines, the first: line {bad[0].line}: {bad[0].error})"
+        raise UsageError(f"{where} holds no questions{detail}")
     return cases, bad
 
 
