@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from langchain_core.messages import BaseMessage
 from typer.testing import CliRunner
 
 from kbqa.chain import QAChain
@@ -90,7 +91,7 @@ def test_full_run_scores_facts_and_citations(home: Path, tmp_path: Path) -> None
     settings = settings_for(home, answer={"mode": "generate"})  # the model's own words
     retriever = Retriever(settings)
 
-    def reply(messages: list[object]) -> str:
+    def reply(messages: list[BaseMessage]) -> str:
         return "Snapshots are kept for 14 days [1]." if "Harbor" in str(messages) else "不知道 [1]"
 
     chat = ScriptedChat(reply=reply)
