@@ -23,6 +23,7 @@ from kbqa.server import (
     routes_ask,
     routes_chatglm,
     routes_documents,
+    routes_eval,
     routes_health,
     routes_kbs,
     routes_openai,
@@ -73,6 +74,7 @@ def create_app(settings: Settings, *, chat_model: BaseChatModel | None = None) -
         routes_chatglm,
         routes_kbs,
         routes_documents,
+        routes_eval,
     ):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
@@ -96,6 +98,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not await state.gate.wait_idle(WORKER_STOP_S):
             log.error("kbqa: a generation did not stop within %s s", WORKER_STOP_S)
         await anyio.to_thread.run_sync(state.jobs.shutdown)
+        await anyio.to_thread.run_sync(state.evals.shutdown)
         if state.retriever is not None:
             state.retriever.close()
 

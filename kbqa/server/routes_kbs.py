@@ -15,12 +15,14 @@ from ingest.pipeline import open_or_create_kb
 from kbqa.kb_admin import list_documents, list_kbs, remove_document
 from kbqa.server.auth import require_api_key
 from kbqa.server.errors import CONFLICT_RESPONSE, ERROR_RESPONSES, ApiError
+from kbqa.server.eval_jobs import eval_job_status
 from kbqa.server.job_store import Job
 from kbqa.server.jobs import remove_uploaded_file, save_uploads, uploads_dir
 from kbqa.server.schemas import (
     Document,
     DocumentList,
     DocumentRemoved,
+    EvalJobStatus,
     IngestResult,
     JobCreated,
     JobProgress,
@@ -100,7 +102,15 @@ def upload_documents(
 
 
 @router.get("/v1/jobs/{job_id}")
-def get_job(job_id: Annotated[str, Path(max_length=64)], state: StateDep) -> JobStatus:
+def get_job(
+    job_id: Annotated[str, Path(max_length=64)], state: StateDep
+) -> JobStatus | EvalJobStatus:
+    """An upload job, or an evaluation job (kbqa.server.eval_jobs, ids starting `eval-`)."""
+    if job_id.startswith("eval-"):
+        evaluation = state.evals.get(job_id)
+        if evaluation is not None:
+            return eval_job_status(evaluation)
+        raise ApiError(404, "job_not_found", f"no job {job_id}")
     job = state.jobs.get(job_id)
     if job is None:
         raise ApiError(404, "job_not_found", f"no job {job_id}")

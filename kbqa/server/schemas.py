@@ -6,7 +6,7 @@ check the types and ranges of those they do; a KB name is validated where it is 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -72,6 +72,17 @@ class AskRequest(_Request):
         return [self.kb] if isinstance(self.kb, str) else list(dict.fromkeys(self.kb))
 
 
+class Evidence(BaseModel):
+    start: int = Field(description="Character offset into the source's `text` (a Python index)")
+    end: int
+    text: str = Field(description="Exactly `text[start:end]` of the source")
+    score: float = Field(ge=0.0, le=1.0)
+    basis: Literal["answer", "question"] = Field(
+        description="`answer`: supports the answer; `question`: best matches the question "
+        "(the answer had no support, or was itself quoted from the sources)"
+    )
+
+
 class Source(_Open):
     index: int
     chunk_id: str
@@ -81,6 +92,9 @@ class Source(_Open):
     heading: str | None = None
     text: str
     score: float
+    evidence: list[Evidence] | None = Field(
+        default=None, description="Found once the answer is complete; absent before (SSE `sources`)"
+    )
 
 
 class Timings(_Open):
@@ -95,6 +109,13 @@ class AskResponse(_Open):
     refused: bool
     sources: list[Source]
     timings: Timings
+    evidence_basis: Literal["answer", "question"] | None = None
+    answer_mode: Literal["generated", "extracted"] | None = Field(
+        default=None, description="`extracted`: sentences quoted from the sources (null if refused)"
+    )
+    generated: str | None = Field(
+        default=None, description="The model's answer, where the answer shown replaced it"
+    )
 
 
 # -- POST / (ChatGLM2 api.py) ----------------------------------------------------------------
@@ -235,6 +256,9 @@ class KbInfo(_Open):
     documents: int
     chunks: int
     created_at: str
+    min_relevance: float | None = None
+    """The KB's refusal threshold: its calibrated one (`kbqa eval --calibrate`) or the default."""
+    calibrated: bool = False
     error: str | None = None
     """Set when the KB is damaged and could not be read."""
 
@@ -332,6 +356,39 @@ class JobStatus(BaseModel):
     error_code: str | None
     """Why it failed: `interrupted` (the server stopped; upload again), `ingest_failed`, or
     the code an HTTP error of the same cause would carry (`kb_not_found`, …)."""
+
+
+# -- evaluation jobs ---------------------------------------------------------------------------
+
+
+class EvalRequest(BaseModel):
+    """`POST /v1/kbs/{kb}/eval`: the questions of `kbqa eval`'s file, as a list of objects."""
+
+    model_config = ConfigDict(extra="forbid")
+    questions: list[Any] = Field(min_length=1, max_length=10_000)
+    """Objects {"question", "facts"?, "sources"?, "unanswerable"?, "history"?, "id"?}; an
+    invalid one is reported in the result's `invalid_lines` by its 1-based position."""
+    retrieval_only: bool = False
+    calibrate: bool = False
+    """Choose and store the KB's own min_relevance from these questions."""
+    top_k: int | None = Field(default=None, ge=1, le=100)
+
+
+class EvalProgress(BaseModel):
+    questions_total: int
+    questions_done: int
+
+
+class EvalJobStatus(BaseModel):
+    job_id: str
+    kb: str
+    kind: Literal["eval"] = "eval"
+    state: Literal["queued", "running", "done", "failed"]
+    progress: EvalProgress
+    result: dict[str, Any] | None
+    """`kbqa eval --json`'s object once done."""
+    error: str | None
+    error_code: str | None
 
 
 # -- health -----------------------------------------------------------------------------------

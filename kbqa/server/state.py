@@ -5,7 +5,7 @@ swap them with `app.dependency_overrides`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -14,6 +14,7 @@ from langchain_core.language_models import BaseChatModel
 from kbqa.chain import QAChain
 from kbqa.retrieval import Retriever
 from kbqa.server.errors import ApiError
+from kbqa.server.eval_jobs import EvalJobs
 from kbqa.server.generation import GenerationGate
 from kbqa.server.jobs import JobManager
 from kbqa.settings import Settings
@@ -24,6 +25,7 @@ class ServerState:
     settings: Settings
     gate: GenerationGate
     jobs: JobManager
+    evals: EvalJobs = field(default_factory=EvalJobs)
     chat_model: BaseChatModel | None = None
     """Injected by the caller of create_app, else built from the settings in the lifespan."""
     retriever: Retriever | None = None
