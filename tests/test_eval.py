@@ -262,3 +262,19 @@ def test_latency_percentiles_interpolate() -> None:
 def test_data_folder_is_the_one_the_kbs_hold() -> None:
     # The questions above are about these files; guard against the fixture data moving.
     assert (DATA / "ops" / "lumen_deploy_zh.md").is_file()
+
+
+def test_progress_shows_questions_done_and_the_time_left() -> None:
+    import io
+
+    from rich.console import Console
+
+    from kbqa.cli_eval import EvalProgress
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    with EvalProgress(console, enabled=True) as progress:
+        progress(3, 10)
+    drawn = out.getvalue()  # the last frame, drawn as the bar stops
+    assert "3/10" in drawn and "ETA" in drawn
+    assert "-:--:--" in drawn or "0:00:" in drawn  # the estimate column is drawn
