@@ -1,7 +1,7 @@
 """ChatGLM2-6B in plain PyTorch (torch, sentencepiece and safetensors only)."""
 
+from kbqa.chatglm.chatglm2 import ChatGLM2
 from kbqa.chatglm.config import ChatGLM2Config
-from kbqa.chatglm.model import ChatGLM2
 
 __all__ = [
     "ChatGLM2",

@@ -13,9 +13,7 @@ handled here, because the model's forward shares one position vector across the 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -26,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention.bias import causal_lower_right
 
-from kbqa.chatglm.model import ChatGLM2, GLMBlock, RMSNorm, SelfAttention, apply_rotary
+from kbqa.chatglm.model import ChatGLM2Model, GLMBlock, RMSNorm, SelfAttention, apply_rotary
 from kbqa.chatglm.quantize import QuantizedLinear
+from kbqa.chatglm.triton_use import kernels_run_on
 
 log = logging.getLogger("kbqa.chatglm")
 
@@ -54,7 +53,7 @@ class SlotCache:
     With P-tuning every row holds the prefix in slots 0..P-1; position p lives in slot P + p.
     """
 
-    def __init__(self, model: ChatGLM2, max_batch: int, max_seq: int) -> None:
+    def __init__(self, model: ChatGLM2Model, max_batch: int, max_seq: int) -> None:
         cfg = model.config
         if max_batch < 1 or max_seq < 2:
             raise ValueError(f"need max_batch >= 1 and max_seq >= 2, got {max_batch}, {max_seq}")
@@ -76,7 +75,7 @@ class SlotCache:
     def nbytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
 
-    def write_prefix(self, model: ChatGLM2) -> None:
+    def write_prefix(self, model: ChatGLM2Model) -> None:
         """Copy the P-tuning prefix keys/values into slots 0..P-1 of every row."""
         encoder = model.transformer.prefix_encoder
         if encoder is None:
@@ -115,7 +114,7 @@ def _split_qkv(attn: SelfAttention, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def prefill(
-    model: ChatGLM2, cache: SlotCache, ids: Tensor, start: int, row: int, logits: bool
+    model: ChatGLM2Model, cache: SlotCache, ids: Tensor, start: int, row: int, logits: bool
 ) -> Tensor | None:
     """Run prompt tokens ids [S] at positions start..start+S-1 of cache row `row`.
 
@@ -163,16 +162,14 @@ def prefill(
     return t.output_layer(last)[0, -1]  # [V]
 
 
-def fused_kernels(model: ChatGLM2) -> ModuleType | None:
-    """batched_kernels (Triton) where the fused decode can run: CUDA (or the Triton
-    interpreter, for tests), fp16/bf16/fp32, triton installed, residuals taken before the
-    norms (chatglm2-6b); else None."""
-    on_device = model.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+def fused_kernels(model: ChatGLM2Model) -> ModuleType | None:
+    """batched_kernels (Triton) where the fused decode can run: where the kernels run
+    (triton_use.py), fp16/bf16/fp32, residuals taken before the norms (chatglm2-6b); else
+    None."""
     if (
-        not on_device
+        not kernels_run_on(model.device)
         or model.dtype not in (torch.float16, torch.bfloat16, torch.float32)
         or model.config.apply_residual_connection_post_layernorm
-        or importlib.util.find_spec("triton") is None
     ):
         return None
     from kbqa.chatglm import batched_kernels
@@ -181,7 +178,7 @@ def fused_kernels(model: ChatGLM2) -> ModuleType | None:
 
 
 def decode(
-    model: ChatGLM2,
+    model: ChatGLM2Model,
     cache: SlotCache,
     tokens: Tensor,
     pos: Tensor,
@@ -230,7 +227,7 @@ def decode(
 
 
 def _decode_fused(
-    model: ChatGLM2,
+    model: ChatGLM2Model,
     cache: SlotCache,
     tokens: Tensor,
     pos: Tensor,
@@ -295,7 +292,7 @@ class DecodeStep:
 
     def __init__(
         self,
-        model: ChatGLM2,
+        model: ChatGLM2Model,
         cache: SlotCache,
         cuda_graphs: bool | None = None,
         fused: bool | None = None,

@@ -20,8 +20,6 @@ kbqa.chatglm. Launchers take contiguous tensors and check nothing; batched.py ow
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -30,6 +28,7 @@ from torch import Tensor
 from kbqa.chatglm import kernels as row_ops
 from kbqa.chatglm.attn_kernels import attn_decode_rows
 from kbqa.chatglm.quantize import dequantize_weight
+from kbqa.chatglm.triton_use import interpreted
 
 __all__ = [
     "add_rmsnorm",
@@ -190,7 +189,7 @@ _SKINNY_CONFIGS = [
     triton.Config({"BN": 64, "BK": 256}, num_warps=8, num_stages=3),
 ]
 _skinny_tuned = triton.autotune(configs=_SKINNY_CONFIGS, key=["M_PAD", "N", "K"])(_skinny_kernel)
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRET = interpreted()
 
 SKINNY_MAX_ROWS = 16  # measured on an H100: faster than cuBLAS at 1 and 16 rows, a tie at 64
 

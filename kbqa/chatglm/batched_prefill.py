@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from kbqa.chatglm import fused
 from kbqa.chatglm.batched import SlotCache, fused_kernels, linear, prefill
 from kbqa.chatglm.fused import LinearWeights, Norm
-from kbqa.chatglm.model import ChatGLM2
+from kbqa.chatglm.model import ChatGLM2Model
 
 log = logging.getLogger("kbqa.chatglm")
 
@@ -62,7 +62,9 @@ class Prefiller:
     layout); True forces them (on the CPU they run their torch references: for tests).
     """
 
-    def __init__(self, model: ChatGLM2, cache: SlotCache, fused_ops: bool | None = None) -> None:
+    def __init__(
+        self, model: ChatGLM2Model, cache: SlotCache, fused_ops: bool | None = None
+    ) -> None:
         self.model = model
         self.cache = cache
         supported = not model.config.apply_residual_connection_post_layernorm

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from kbqa.chatglm.batched import DecodeStep, SlotCache, batch_bucket, key_bucket
 from kbqa.chatglm.batched_prefill import Prefiller, Segment
-from kbqa.chatglm.model import ChatGLM2
+from kbqa.chatglm.model import ChatGLM2Model
 from kbqa.chatglm.prefill_graphs import MAX_TOKENS as GRAPHED_PROMPT_TOKENS
 from kbqa.chatglm.prefill_graphs import PrefillGraphs
 from kbqa.chatglm.sampling import SamplingParams, sample_rows
@@ -175,7 +175,7 @@ class BatchEngine:
 
     def __init__(
         self,
-        model: ChatGLM2,
+        model: ChatGLM2Model,
         *,
         max_batch: int = 16,
         max_seq: int = 2048,

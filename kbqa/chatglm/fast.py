@@ -24,7 +24,7 @@ from torch import Tensor
 
 from kbqa.chatglm import fused
 from kbqa.chatglm.fused import AttnScratch, LinearWeights, Norm
-from kbqa.chatglm.model import ChatGLM2
+from kbqa.chatglm.model import ChatGLM2Model
 
 # Prompts up to this many tokens prefill in one piece (fastest: the largest matmuls); longer
 # ones go in chunks of PREFILL_CHUNK with the MLP in blocks of MLP_ROWS rows, so that
@@ -47,7 +47,7 @@ class Steps(Protocol):
 class EagerSteps:
     """The model's own forward (the reference, and the path off CUDA)."""
 
-    def __init__(self, model: ChatGLM2) -> None:
+    def __init__(self, model: ChatGLM2Model) -> None:
         self.model = model
 
     def prefill(self, ids: Tensor) -> Tensor:
@@ -84,7 +84,7 @@ class FastSteps:
     when either is replaced, and decode_steps() then builds a new one.
     """
 
-    def __init__(self, model: ChatGLM2, graph: bool | None = None) -> None:
+    def __init__(self, model: ChatGLM2Model, graph: bool | None = None) -> None:
         cfg = model.config
         if cfg.apply_residual_connection_post_layernorm:
             raise ValueError("the fast path needs apply_residual_connection_post_layernorm=False")
@@ -119,7 +119,7 @@ class FastSteps:
         self._logits = torch.empty(0)
 
     @staticmethod
-    def key(model: ChatGLM2) -> tuple[int, ...]:
+    def key(model: ChatGLM2Model) -> tuple[int, ...]:
         """Identity of every tensor the steps read (weights and cache)."""
         return tuple(t.data_ptr() for t in model.state_dict(keep_vars=True).values()) + tuple(
             block.self_attention.kv_cache.k_cache.data_ptr()
@@ -221,12 +221,12 @@ class FastSteps:
         self._graph = graph
 
 
-_CACHE: weakref.WeakKeyDictionary[ChatGLM2, tuple[tuple[int, ...], FastSteps]] = (
+_CACHE: weakref.WeakKeyDictionary[ChatGLM2Model, tuple[tuple[int, ...], FastSteps]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def fast_supported(model: ChatGLM2) -> bool:
+def fast_supported(model: ChatGLM2Model) -> bool:
     """Whether `fast=None` picks the fast path: CUDA with Triton, and a supported layout."""
     return (
         model.device.type == "cuda"
@@ -235,7 +235,7 @@ def fast_supported(model: ChatGLM2) -> bool:
     )
 
 
-def decode_steps(model: ChatGLM2, fast: bool | None = None) -> Steps:
+def decode_steps(model: ChatGLM2Model, fast: bool | None = None) -> Steps:
     """The steps generate() runs: FastSteps when fast is True (or None and fast_supported),
     else the eager model. FastSteps (and its CUDA graph) is reused while the model's weights
     and cache stay the same tensors."""

@@ -10,9 +10,6 @@ order in which split-K programs finish).
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import os
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -23,26 +20,20 @@ from torch import Tensor, nn
 
 from kbqa.chatglm.model import RMSNorm, apply_rotary
 from kbqa.chatglm.quantize import QuantizedLinear, dequantize_weight
+from kbqa.chatglm.triton_use import kernels_run_on
 
 # Prefill matmuls on quantized weights dequantize this many weights at a time (64 MB in fp16),
 # so the temporary stays small next to the 4 GB of int4 weights.
 DEQUANT_BLOCK = 32 * 1024 * 1024
 
 
-@functools.cache
-def _kernels() -> ModuleType | None:
-    if os.environ.get("KBQA_NO_TRITON") == "1" or importlib.util.find_spec("triton") is None:
+def triton_for(t: Tensor) -> ModuleType | None:
+    """The kernels module when they run on `t`'s device (triton_use.py decides)."""
+    if not kernels_run_on(t.device):
         return None
     from kbqa.chatglm import kernels  # imports triton
 
     return kernels
-
-
-def triton_for(t: Tensor) -> ModuleType | None:
-    """The kernels module when `t` lives where they run (CUDA, or anywhere when interpreted)."""
-    if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return None
-    return _kernels()
 
 
 @dataclass

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from kbqa.chatglm.model import ChatGLM2
+from kbqa.chatglm.fast import decode_steps
+from kbqa.chatglm.model import ChatGLM2Model
 
 CACHE_ROUNDING = 256  # cache lengths are rounded up so that nearby requests reuse one cache
 
@@ -69,7 +68,7 @@ def _cancelled(cancel: threading.Event | Callable[[], bool] | None) -> bool:
 
 
 def generate(
-    model: ChatGLM2,
+    model: ChatGLM2Model,
     input_ids: Sequence[int] | Tensor,
     *,
     max_new_tokens: int = 256,
@@ -114,7 +113,7 @@ def generate(
 
 
 def _generate(
-    model: ChatGLM2,
+    model: ChatGLM2Model,
     ids: Tensor,
     max_new_tokens: int,
     temperature: float,
@@ -138,8 +137,6 @@ def _generate(
         model.setup_caches(1, min(rounded, model.config.seq_length))
     owner = object()
     model.cache_owner = owner
-    from kbqa.chatglm.fast import decode_steps  # fast.py imports the model, which imports us
-
     steps = decode_steps(model, fast)
 
     generator = None

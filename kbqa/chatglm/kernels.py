@@ -30,10 +30,11 @@ import triton.language as tl
 from torch import Tensor
 
 from kbqa.chatglm.attn_kernels import attn_decode, attn_prefill, rope_cache
+from kbqa.chatglm.triton_use import interpreted
 
 __all__ = ["attn_decode", "attn_prefill", "dequant_int4", "gemv", "rmsnorm", "rope_cache"]
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRET = interpreted()
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,7 @@ from kbqa.chatglm.checkpoint import (
     write_weights,
 )
 from kbqa.chatglm.config import ChatGLM2Config
-from kbqa.chatglm.model import ChatGLM2, RMSNorm
+from kbqa.chatglm.model import ChatGLM2Model, RMSNorm
 from kbqa.chatglm.ptuning import load_ptuning
 from kbqa.chatglm.quantize import (
     QuantizedLinear,
@@ -35,6 +35,10 @@ from kbqa.chatglm.quantize import (
 )
 
 __all__ = ["CheckpointError", "build_random", "load_pretrained", "save_pretrained"]
+
+# The class to build: ChatGLM2Model, or the public ChatGLM2 above it (chatglm2.py), which
+# passes itself in so that this module need not import it.
+M = TypeVar("M", bound=ChatGLM2Model)
 
 # In the original checkpoints but recomputed here.
 IGNORED_KEYS = {"transformer.rotary_pos_emb.inv_freq"}
@@ -57,12 +61,13 @@ def _shape_error(file: Path, name: str, got: Tensor, want: tuple[int, ...]) -> C
 
 
 def load_pretrained(
+    cls: type[M],
     path: str | Path,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     quantize: str | None = None,
     ptuning_checkpoint: str | Path | None = None,
-) -> ChatGLM2:
+) -> M:
     folder = Path(path)
     try:
         config = ChatGLM2Config.from_dict(read_config(folder))
@@ -76,7 +81,7 @@ def load_pretrained(
     quantize_on_load = bits != config.quantization_bit  # a float checkpoint, quantized here
 
     with torch.device("meta"):
-        model = ChatGLM2(config)
+        model = cls(config)
     if bits:
         swap_linears(model, bits)
     expected = model.state_dict()
@@ -153,17 +158,18 @@ def init_random(model: nn.Module) -> None:
 
 
 def build_random(
+    cls: type[M],
     config: ChatGLM2Config | dict[str, Any] | str,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     quantize: str | None = None,
-) -> ChatGLM2:
+) -> M:
     cfg = _coerce_config(config)
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     bits = _resolve_bits(cfg, quantize)
     with torch.device("meta"):
-        model = ChatGLM2(cfg)
+        model = cls(cfg)
     model.to(dtype)  # still on meta: the weights are allocated once, in their final dtype
     model.to_empty(device=device)
     init_random(model)
@@ -175,7 +181,7 @@ def build_random(
 
 
 def save_pretrained(
-    model: ChatGLM2, path: str | Path, format: Format = "bin", shards: int = 1
+    model: ChatGLM2Model, path: str | Path, format: Format = "bin", shards: int = 1
 ) -> None:
     """Write config.json and the weights in the Hugging Face layout (quantized ones included)."""
     folder = Path(path)

@@ -12,7 +12,6 @@ them, with no Python branching on data.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -20,8 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kbqa.chatglm.config import ChatGLM2Config
-from kbqa.chatglm.generate import generate as _generate
-from kbqa.chatglm.ptuning import PrefixEncoder
 
 # cuBLAS keeps a workspace per stream (~33 MB by default, counted in the allocator's peak); two
 # 4 MiB buffers cost nothing measurable in speed here and bring fp16 8k generation under 12.8 GB
@@ -76,6 +73,36 @@ def apply_rotary(x: Tensor, rope: Tensor) -> Tensor:
     rotated = torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1)
     rotated = rotated.flatten(3)  # [B, S, N, D/2]
     return torch.cat([rotated.to(x.dtype), x_pass], dim=-1)  # [B, S, N, D]
+
+
+class PrefixEncoder(nn.Module):
+    def __init__(self, config: ChatGLM2Config) -> None:
+        super().__init__()
+        if not config.pre_seq_len:
+            raise ValueError("PrefixEncoder needs config.pre_seq_len")
+        self.pre_seq_len = config.pre_seq_len
+        self.num_layers = config.num_layers
+        self.groups = config.kv_groups
+        self.kv_channels = config.kv_channels
+        width = config.num_layers * 2 * config.kv_groups * config.kv_channels
+        self.embedding = nn.Embedding(config.pre_seq_len, width)
+        # Key names trans.0 / trans.2 come from the official nn.Sequential(Linear, Tanh, Linear).
+        self.trans: nn.Sequential | None = None
+        if config.prefix_projection:
+            self.trans = nn.Sequential(
+                nn.Linear(width, config.hidden_size),
+                nn.Tanh(),
+                nn.Linear(config.hidden_size, width),
+            )
+
+    def forward(self) -> Tensor:
+        """Prefix keys/values for every layer: [num_layers, 2, groups, P, kv_channels]."""
+        rows = self.embedding.weight  # [P, L * 2 * G * D]: index i for prefix position i
+        if self.trans is not None:
+            rows = self.trans(rows)
+        p, n, g, d = self.pre_seq_len, self.num_layers, self.groups, self.kv_channels
+        kv = rows.view(p, n * 2, g, d).permute(1, 2, 0, 3)  # [L * 2, G, P, D]
+        return kv.reshape(n, 2, g, p, d)  # [L, 2 (key, value), G, P, D]
 
 
 class KVCache(nn.Module):
@@ -290,7 +317,9 @@ class ChatGLMTransformer(nn.Module):
         return self.encoder.final_layernorm(x)
 
 
-class ChatGLM2(nn.Module):
+class ChatGLM2Model(nn.Module):
+    """The network with its KV cache; chatglm2.py's ChatGLM2 adds loading and generate()."""
+
     def __init__(self, config: ChatGLM2Config) -> None:
         super().__init__()
         self.config = config
@@ -348,33 +377,3 @@ class ChatGLM2(nn.Module):
         if last_logits_only:
             hidden = hidden[:, -1:]  # [B, 1, hidden]
         return self.transformer.output_layer(hidden)
-
-    # One signature, defined in generate.py: the model as `self`, then the options.
-    generate = _generate
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-        quantize: str | None = None,
-        ptuning_checkpoint: str | Path | None = None,
-    ) -> ChatGLM2:
-        """Load a Hugging Face checkpoint folder (see load.py for the layouts)."""
-        from kbqa.chatglm.load import load_pretrained  # load.py imports this module
-
-        return load_pretrained(path, device, dtype, quantize, ptuning_checkpoint)
-
-    @classmethod
-    def from_config(
-        cls,
-        config: ChatGLM2Config | dict[str, Any] | str,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-        quantize: str | None = None,
-    ) -> ChatGLM2:
-        """A randomly initialised model from a config, a config.json dict or a preset name."""
-        from kbqa.chatglm.load import build_random  # load.py imports this module
-
-        return build_random(config, device, dtype, quantize)

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, nn
 
 from kbqa.chatglm.checkpoint import (
     BIN_SINGLE,
@@ -23,45 +21,12 @@ from kbqa.chatglm.checkpoint import (
     read_tensors,
     write_config,
 )
-from kbqa.chatglm.config import ChatGLM2Config
-
-if TYPE_CHECKING:
-    from kbqa.chatglm.model import ChatGLM2
+from kbqa.chatglm.model import ChatGLM2Model, PrefixEncoder
 
 PREFIX = "transformer.prefix_encoder."
 
 
-class PrefixEncoder(nn.Module):
-    def __init__(self, config: ChatGLM2Config) -> None:
-        super().__init__()
-        if not config.pre_seq_len:
-            raise ValueError("PrefixEncoder needs config.pre_seq_len")
-        self.pre_seq_len = config.pre_seq_len
-        self.num_layers = config.num_layers
-        self.groups = config.kv_groups
-        self.kv_channels = config.kv_channels
-        width = config.num_layers * 2 * config.kv_groups * config.kv_channels
-        self.embedding = nn.Embedding(config.pre_seq_len, width)
-        # Key names trans.0 / trans.2 come from the official nn.Sequential(Linear, Tanh, Linear).
-        self.trans: nn.Sequential | None = None
-        if config.prefix_projection:
-            self.trans = nn.Sequential(
-                nn.Linear(width, config.hidden_size),
-                nn.Tanh(),
-                nn.Linear(config.hidden_size, width),
-            )
-
-    def forward(self) -> Tensor:
-        """Prefix keys/values for every layer: [num_layers, 2, groups, P, kv_channels]."""
-        rows = self.embedding.weight  # [P, L * 2 * G * D]: index i for prefix position i
-        if self.trans is not None:
-            rows = self.trans(rows)
-        p, n, g, d = self.pre_seq_len, self.num_layers, self.groups, self.kv_channels
-        kv = rows.view(p, n * 2, g, d).permute(1, 2, 0, 3)  # [L * 2, G, P, D]
-        return kv.reshape(n, 2, g, p, d)  # [L, 2 (key, value), G, P, D]
-
-
-def load_ptuning(model: ChatGLM2, path: str | Path) -> None:
+def load_ptuning(model: ChatGLM2Model, path: str | Path) -> None:
     """Attach the prefix encoder of a P-tuning v2 checkpoint folder to model (in place)."""
     folder = Path(path)
     raw = read_config(folder)
@@ -107,7 +72,7 @@ def load_ptuning(model: ChatGLM2, path: str | Path) -> None:
         model.setup_caches(model.max_batch_size, model.max_seq_length)
 
 
-def save_ptuning(model: ChatGLM2, path: str | Path) -> None:
+def save_ptuning(model: ChatGLM2Model, path: str | Path) -> None:
     """Write model's prefix encoder as the official fine-tuning scripts do."""
     encoder = model.transformer.prefix_encoder
     if encoder is None:

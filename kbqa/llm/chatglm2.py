@@ -30,7 +30,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, model_validator
 
-from kbqa.chatglm.model import ChatGLM2
+from kbqa.chatglm.chatglm2 import ChatGLM2
 from kbqa.chatglm.streaming import StreamDecoder
 from kbqa.chatglm.tokenizer import ChatGLM2Tokenizer
 from kbqa.llm.errors import LLMUnavailable

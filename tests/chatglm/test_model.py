@@ -4,8 +4,6 @@ and the KV cache against a full forward."""
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -165,25 +163,6 @@ def test_the_6b_preset_has_the_published_parameter_count() -> None:
     model = ChatGLM2.from_config("chatglm2-6b", device="meta", dtype=torch.float16)
     assert sum(p.numel() for p in model.parameters()) == 6_243_584_000
     assert model.dtype == torch.float16
-
-
-def test_imports_nothing_but_torch_sentencepiece_and_safetensors() -> None:
-    # GPU benchmark hosts may lack numpy and transformers: block them and run the model.
-    code = (
-        "import sys\n"
-        "for name in ('numpy', 'transformers', 'langchain_core'): sys.modules[name] = None\n"
-        "from kbqa.chatglm import ChatGLM2\n"
-        "from kbqa.chatglm import load, quantize, ptuning, generate, checkpoint\n"
-        "m = ChatGLM2.from_config({'num_layers': 1, 'padded_vocab_size': 50, 'hidden_size': 32,"
-        " 'num_attention_heads': 2, 'kv_channels': 16, 'ffn_hidden_size': 32}, quantize='int4')\n"
-        "print(len(list(m.generate([1, 2], max_new_tokens=3, temperature=0, eos_token_ids=[]))))\n"
-    )
-    root = Path(__file__).parent.parent.parent
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "3"
 
 
 def test_shapes_and_limits() -> None:
