@@ -1,14 +1,19 @@
 // One question and its answer in the conversation: the question, the sources' file names (shown
-// as soon as they arrive), the answer rendered from Markdown as it streams, citation buttons
-// that open the cited excerpt, and a status line (timings, stopped, error).
+// as soon as they arrive; each shows its excerpt with the evidence marked), the answer rendered
+// from Markdown as it streams, citation buttons that open the cited passage in the source viewer,
+// and a status line (timings, stopped, error).
 
 import { h, uniqueId } from "./dom.js";
+import { highlighted } from "./evidence.js";
 import { formatNumber, setAttr, setText } from "./i18n.js";
 import { renderMarkdown } from "./markdown.js";
+import { openViewer } from "./viewer.js";
 
 export class AnswerView {
-  constructor(question) {
+  /** `kbs`: the knowledge bases asked, where the viewer looks the cited documents up. */
+  constructor(question, kbs) {
     this.id = uniqueId("turn");
+    this.kbs = kbs;
     this.text = "";
     this.sources = new Map(); // index → source
     this.excerpts = new Map(); // index → excerpt element
@@ -21,6 +26,7 @@ export class AnswerView {
       this.sourceList,
     );
     this.body = h("div", { class: "answer-body", "aria-busy": "true" });
+    this.mode = h("div", { class: "answer-mode", hidden: true });
     this.excerptBox = h("div", { class: "excerpts" });
     this.note = h("p", { class: "note" });
     this.element = h(
@@ -37,6 +43,7 @@ export class AnswerView {
         { class: "answer" },
         setText(h("span", { class: "visually-hidden" }), "chat.assistant"),
         this.sourceBox,
+        this.mode,
         this.body,
         this.excerptBox,
         this.note,
@@ -45,12 +52,14 @@ export class AnswerView {
   }
 
   setSources(sources) {
+    const open = [...this.excerpts].filter(([, excerpt]) => !excerpt.hidden).map(([n]) => n);
     this.sources = new Map(sources.map((s) => [s.index, s]));
     this.sourceList.replaceChildren(
       ...sources.map((s) => h("li", {}, this.sourceButton(s.index, `[${s.index}] ${s.source}`))),
     );
     this.sourceBox.hidden = sources.length === 0;
     this.excerptBox.replaceChildren(...sources.map((s) => this.excerpt(s)));
+    for (const n of open) this.toggle(n, true);
     this.render();
   }
 
@@ -63,9 +72,15 @@ export class AnswerView {
     });
   }
 
-  /** The final answer replaces what was streamed (the server's text is authoritative). */
-  finish({ answer, refused, timings }) {
+  /**
+   * The final answer replaces what was streamed (the server's text is authoritative: it may be
+   * an extract of the sources that replaced an unsupported generated answer); the sources come
+   * again with their evidence.
+   */
+  finish({ answer, refused, timings, sources, answer_mode: mode, generated }) {
+    if (Array.isArray(sources)) this.setSources(sources);
     if (typeof answer === "string") this.text = answer;
+    this.showMode(mode, generated);
     this.render();
     this.settle();
     if (refused) this.element.classList.add("refused");
@@ -86,6 +101,22 @@ export class AnswerView {
     this.body.setAttribute("aria-busy", "false");
   }
 
+  /** An extracted answer says so, and keeps the model's dropped text folded away. */
+  showMode(mode, generated) {
+    this.mode.hidden = mode !== "extracted";
+    if (this.mode.hidden) return;
+    const dropped = generated?.trim()
+      ? h(
+          "details",
+          { class: "generated" },
+          setText(h("summary"), "answer.generated"),
+          h("p", {}, generated),
+        )
+      : null;
+    const label = setText(h("p", { class: "mode-label" }), "answer.extracted");
+    this.mode.replaceChildren(...[label, dropped].filter(Boolean));
+  }
+
   render() {
     this.body.replaceChildren(renderMarkdown(this.text, (n) => this.citation(n)));
   }
@@ -100,13 +131,28 @@ export class AnswerView {
     });
   }
 
+  /** Citation [n]: opens source n's document in the viewer, at the cited passage. */
   citation(n) {
     const source = this.sources.get(n);
     if (!source) return null;
-    const button = this.sourceButton(n, `[${n}]`);
-    button.classList.add("cite");
+    const button = h(
+      "button",
+      {
+        type: "button",
+        class: "cite",
+        "aria-haspopup": "dialog",
+        dataset: { cite: String(n) },
+        onclick: () => this.view(n),
+      },
+      `[${n}]`,
+    );
     setAttr(button, "aria-label", "chat.citation", { n, file: source.source });
     return button;
+  }
+
+  view(n) {
+    const source = this.sources.get(n);
+    if (source) openViewer(source.kb ? [source.kb] : this.kbs, source);
   }
 
   /** A button that shows or hides the excerpt of source n (all such buttons stay in step). */
@@ -148,6 +194,15 @@ export class AnswerView {
       h("button", { type: "button", class: "link", onclick: () => this.toggle(source.index) }),
       "source.close",
     );
+    const open = setText(
+      h("button", {
+        type: "button",
+        class: "link open-viewer",
+        "aria-haspopup": "dialog",
+        onclick: () => this.view(source.index),
+      }),
+      "source.open",
+    );
     const excerpt = h(
       "section",
       { class: "excerpt", id: `${this.id}-source-${source.index}`, hidden: true },
@@ -156,9 +211,10 @@ export class AnswerView {
         {},
         h("strong", { class: "excerpt-file" }, `[${source.index}] ${source.source}`),
         h("span", { class: "excerpt-meta" }, details),
+        open,
         close,
       ),
-      h("p", { class: "excerpt-text" }, source.text ?? ""),
+      h("p", { class: "excerpt-text" }, highlighted(source.text ?? "", source.evidence)),
     );
     setAttr(excerpt, "aria-label", "chat.citation", { n: source.index, file: source.source });
     this.excerpts.set(source.index, excerpt);

@@ -95,7 +95,15 @@ export const api = {
   listDocuments: (kb) => json("GET", `/v1/kbs/${enc(kb)}/documents`),
   deleteDocument: (kb, docId) => json("DELETE", `/v1/kbs/${enc(kb)}/documents/${enc(docId)}`),
   job: (jobId) => json("GET", `/v1/jobs/${enc(jobId)}`),
+  document: (kb, docId) => json("GET", `/v1/kbs/${enc(kb)}/documents/${enc(docId)}`),
 };
+
+/** The original file of a document as a Blob (fetched with the key, so it works behind one). */
+export async function fetchOriginal(kb, docId) {
+  const response = await send(`/v1/kbs/${enc(kb)}/documents/${enc(docId)}/content`);
+  if (!response.ok) throw await toApiError(response);
+  return response.blob();
+}
 
 /**
  * POST /v1/ask with stream: true; calls onEvent for each event ({type: sources|token|done|error}).

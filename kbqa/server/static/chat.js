@@ -81,7 +81,7 @@ export class ChatView {
       return;
     }
     this.status.textContent = "";
-    const view = this.startTurn(question);
+    const view = this.startTurn(question, this.selected);
     const history = this.turns.slice(-MAX_HISTORY_TURNS).map((t) => [t.question, t.answer]);
     const request = { question, kb: this.selected, history };
     this.setBusy(new AbortController());
@@ -97,10 +97,10 @@ export class ChatView {
     }
   }
 
-  startTurn(question) {
+  startTurn(question, kbs) {
     this.question.value = "";
     byId("chat-empty").hidden = true;
-    const view = new AnswerView(question);
+    const view = new AnswerView(question, kbs);
     setText(view.note, "chat.thinking");
     this.log.append(view.element);
     view.element.scrollIntoView({ block: "end" });
@@ -119,9 +119,17 @@ export class ChatView {
   }
 
   remember(question, view) {
-    const { answer, refused } = view.result;
+    const { answer, refused, answer_mode: mode, generated } = view.result;
     const sources = [...view.sources.values()];
-    this.turns.push({ question, answer: answer ?? view.text, refused: Boolean(refused), sources });
+    this.turns.push({
+      question,
+      answer: answer ?? view.text,
+      refused: Boolean(refused),
+      sources,
+      kbs: view.kbs,
+      answer_mode: mode ?? null,
+      generated: generated ?? null,
+    });
     this.turns = this.turns.slice(-MAX_HISTORY_TURNS);
     writeJson(TURNS_STORAGE, this.turns);
   }
@@ -146,9 +154,8 @@ export class ChatView {
   /** Show the turns kept from earlier in this tab's session. */
   restore() {
     for (const turn of this.turns) {
-      const view = new AnswerView(turn.question);
-      view.setSources(turn.sources ?? []);
-      view.finish({ answer: turn.answer, refused: turn.refused });
+      const view = new AnswerView(turn.question, turn.kbs ?? this.selected ?? []);
+      view.finish({ ...turn, sources: turn.sources ?? [] });
       this.log.append(view.element);
     }
     byId("chat-empty").hidden = this.turns.length > 0;

@@ -37,7 +37,8 @@ for (const button of document.querySelectorAll("dialog [data-dismiss]")) {
   button.addEventListener("click", () => button.closest("dialog").close("cancel"));
 }
 
-function openModal(dialog, initialFocus) {
+/** Show `dialog` modally with focus on `initialFocus`; resolves with its returnValue on close. */
+export function openModal(dialog, initialFocus) {
   return new Promise((resolve) => {
     const restore = document.activeElement;
     dialog.returnValue = "";
