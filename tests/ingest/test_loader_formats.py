@@ -18,7 +18,8 @@ def load(path: Path) -> list[Section]:
 
 
 def test_supported_extensions() -> None:
-    expected = {".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".csv", ".xlsx"}
+    expected = {".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".pptx", ".csv"}
+    expected |= {".xlsx"}
     assert expected | {".json", ".jsonl"} == SUPPORTED_EXTENSIONS
 
 
