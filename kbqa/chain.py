@@ -6,6 +6,8 @@
     nothing kept ──► refusal without calling the LLM (or, with chain.on_no_context = "chat",
                      a plain chat answer labelled as not from the KB)
     else ──► zh/en template, numbered passages [1] [2] … ─► LLM stream ─► Answer
+    answer.mode (kbqa.answer_mode) ──► quote the sources instead of calling the LLM, or after
+                                       it where its answer has no support; evidence for both
 
 `QAChain.stream` yields SourcesEvent, then TokenEvents, then one DoneEvent; `QAChain.ask`
 collects them into an Answer. The CLI and the HTTP server both call these two.
@@ -24,7 +26,9 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import Runnable, RunnableLambda
 
 from kbqa.answer import Answer, DoneEvent, Event, Source, SourcesEvent, Timings, TokenEvent
+from kbqa.answer_mode import Outcome, extract, extracts_first, review
 from kbqa.errors import ConfigError, UsageError
+from kbqa.evidence import Encoder
 from kbqa.llm.factory import model_token_budget, token_counter
 from kbqa.prompting import (
     HISTORY_SHARE,
@@ -46,6 +50,7 @@ from kbqa.relevance import relevance_of
 from kbqa.retrieval import Retriever
 from kbqa.settings import Settings
 from prompts import TemplateError, fill, load_template
+from storage.fusion import reads_chinese
 
 REFUSAL = {
     "zh": "知识库中没有找到相关信息。",
@@ -119,7 +124,7 @@ class QAChain:
             if isinstance(event, SourcesEvent):
                 sources = event.sources
             elif isinstance(event, DoneEvent):
-                return Answer(event.answer, event.refused, sources, event.timings)
+                return Answer.from_done(event, sources)
         raise RuntimeError("the answer stream ended without a DoneEvent")
 
     def stream(
@@ -147,7 +152,15 @@ class QAChain:
             timings.first_token_ms = _ms(started)
             yield TokenEvent(refusal)
             timings.total_ms = _ms(started)
-            yield DoneEvent(refusal, True, timings)
+            yield DoneEvent(refusal, True, timings, sources=[])
+            return
+        small = _is_small_default(self.chat_model)
+        if prepared.sources and extracts_first(self.settings.answer.mode, small, prepared.lang):
+            outcome = extract(question, prepared.lang, prepared.sources, self._encoder)
+            timings.first_token_ms = _ms(started)
+            yield TokenEvent(outcome.answer)
+            timings.total_ms = _ms(started)
+            yield _done(outcome, timings, cancelled=False)
             return
         pieces: list[str] = []
         if prepared.label:
@@ -183,10 +196,21 @@ class QAChain:
         if output_tokens is None:
             output_tokens = self._count(generated) if generated else 0
         seconds = time.perf_counter() - generation_started
+        timings.tokens_per_s = output_tokens / seconds if seconds > 0 else 0.0
+        outcome = Outcome(answer, [], None, "generated")
+        if prepared.sources:  # a stopped answer keeps what was streamed, with its evidence
+            outcome = review(
+                question,
+                prepared.lang,
+                answer,
+                prepared.sources,
+                self._encoder,
+                self.settings.answer,
+                replaceable=not cancelled,
+            )
         timings.total_ms = _ms(started)
         timings.first_token_ms = timings.first_token_ms or timings.total_ms
-        timings.tokens_per_s = output_tokens / seconds if seconds > 0 else 0.0
-        yield DoneEvent(answer, False, timings, cancelled)
+        yield _done(outcome, timings, cancelled)
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -254,6 +278,11 @@ class QAChain:
         sources = [Source.from_hit(i, hit) for i, hit in enumerate(packed, start=1)]
         return _Prepared(lang, sources, qa_messages(template, context, question, turns))
 
+    def _encoder(self, kb: str) -> Encoder:
+        """KB `kb`'s embedding model, for evidence (already loaded: it searched the KB)."""
+        embedder = self.retriever.embedder_for(kb)
+        return Encoder(embedder.embed, reads_chinese(embedder.name))
+
     def _condense(self, question: str, history: History, lang: str) -> str:
         """The follow-up rewritten by the LLM into a standalone question (LCEL)."""
         turns = history[-max(self.settings.chain.history_turns, 1) :]
@@ -278,6 +307,19 @@ def _is_small_default(model: BaseChatModel) -> bool:
     from kbqa.llm.default import DefaultChat
 
     return isinstance(model, DefaultChat)
+
+
+def _done(outcome: Outcome, timings: Timings, cancelled: bool) -> DoneEvent:
+    return DoneEvent(
+        outcome.answer,
+        False,
+        timings,
+        cancelled,
+        sources=outcome.sources,
+        evidence_basis=outcome.basis,
+        answer_mode=outcome.mode,
+        generated=outcome.generated,
+    )
 
 
 def _ms(since: float) -> float:

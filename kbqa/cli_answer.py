@@ -1,8 +1,10 @@
 """`kbqa ask` and `kbqa chat`: thin terminal front ends over kbqa.chain.QAChain.
 
-The answer streams to stdout as it is generated, then its sources; rich styling on a
-terminal, plain text when piped. Errors are one line on stderr: exit 2 for usage and
-configuration errors, never a traceback.
+The answer streams to stdout as it is generated, then its sources, each with its evidence
+sentences quoted «…» (highlighted on a terminal); rich styling on a terminal, plain text when
+piped. Where the generated answer is replaced by sentences quoted from the sources
+(kbqa.answer_mode), the quote follows a separator line. Errors are one line on stderr: exit 2
+for usage and configuration errors, never a traceback.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ TopKOption = Annotated[
         "-k", "--top-k", min=1, max=100, help="Chunks to retrieve (default retrieval.top_k)."
     ),
 ]
+EVIDENCE_HEADINGS = {
+    "answer": "Sources (« » supports the answer):",
+    "question": "Sources (« » best matches the question):",
+}
 CHAT_HELP = (
     "kbqa chat — 输入问题开始对话；clear 清空历史，Ctrl-C 停止当前回答，exit 退出。\n"
     "Type a question; `clear` resets the history, Ctrl-C stops the answer, `exit` quits."
@@ -129,16 +135,20 @@ def read_questions(path: Path) -> list[dict[str, Any]]:
     return items
 
 
-def print_sources(sources: list[Source]) -> None:
+def print_sources(sources: list[Source], basis: str | None = None) -> None:
+    """The sources, each followed by its evidence sentences, quoted and indented."""
     if not sources:
         return
     stdout.print()
-    stdout.print("Sources:", style="bold")
+    stdout.print(EVIDENCE_HEADINGS.get(basis or "", "Sources:"), style="bold", markup=False)
     for s in sources:
         where = s.source + (f" › {s.heading}" if s.heading else "")
         where += f" (p. {s.page})" if s.page is not None else ""
         kb = f" [{s.kb}]" if s.kb else ""
         stdout.print(f"[{s.index}] {where}{kb}  {s.score:.2f}", style="dim", markup=False)
+        for evidence in s.evidence or ():
+            quote = " ".join(evidence.text.split())
+            stdout.print(f"    «{quote}»", style="bold yellow", markup=False, highlight=False)
 
 
 def stream_answer(
@@ -151,6 +161,7 @@ def stream_answer(
 ) -> Answer:
     """Print the answer as it is generated, then its sources; return it."""
     from kbqa.answer import Answer, DoneEvent, SourcesEvent, TokenEvent
+    from kbqa.answer_mode import REPLACED_NOTE
 
     sources: list[Source] = []
     pending = ""  # whitespace held back: the answer printed matches the stripped answer
@@ -171,8 +182,12 @@ def stream_answer(
             if event.cancelled:
                 stdout.print(" [stopped]", style="yellow", end="", markup=False)
             stdout.print()
-            print_sources(sources)
-            return Answer(event.answer, event.refused, sources, event.timings)
+            if event.generated is not None:  # what streamed was replaced by a quote
+                stdout.print(REPLACED_NOTE, style="bold red", markup=False, highlight=False)
+                stdout.print(event.answer, markup=False, highlight=False)
+            answer = Answer.from_done(event, sources)
+            print_sources(answer.sources, answer.evidence_basis)
+            return answer
     raise RuntimeError("the answer stream ended without a DoneEvent")
 
 

@@ -34,6 +34,8 @@ class Retriever:
         self._kbs: dict[str, tuple[KnowledgeBase, tuple[int, int] | None]] = {}
         """Open KBs by name, with the identity of the directory each was opened from."""
         self._lock = threading.Lock()
+        self._embedders: dict[str, Embedder] = {}
+        """Embedding models by name, once loaded (get_embedder also keeps them per process)."""
 
     def close(self) -> None:
         with self._lock:
@@ -100,11 +102,16 @@ class Retriever:
         return self._embedder(self._open(kb).info().embedding, kb)
 
     def _embedder(self, model: str, kb_name: str) -> Embedder:
+        embedder = self._embedders.get(model)  # evidence asks again after every search
+        if embedder is not None:
+            return embedder
         embedding = self.settings.embedding
         try:
-            return get_embedder(model, embedding.device, embedding.batch_size)
+            embedder = get_embedder(model, embedding.device, embedding.batch_size)
         except EmbeddingUnavailable as e:
             raise ConfigError(f"knowledge base {kb_name}: {e}") from None
+        self._embedders[model] = embedder
+        return embedder
 
     def _embed(self, model: str, kb_name: str, text: str) -> Vectors:
         return self._embedder(model, kb_name).embed_query(text)

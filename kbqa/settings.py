@@ -122,6 +122,16 @@ class ChainSettings(_Section):
     history_turns: int = Field(default=3, ge=0, le=50)
 
 
+class AnswerSettings(_Section):
+    mode: Literal["auto", "generate", "extract"] = "auto"
+    """`extract`: answer with sentences quoted from the sources, never calling the model;
+    `generate`: the model's answer; `auto`: extract where the model cannot be trusted (the
+    bundled small model on a question that is not English) or its answer has no support in
+    the sources or names a URL or file name they do not hold (kbqa.answer_mode)."""
+    min_support: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Evidence score (kbqa.evidence) a sentence needs to count as supporting the answer."""
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -146,6 +156,7 @@ class Settings(_Section):
     retrieval: RetrievalSettings = RetrievalSettings()
     llm: LLMSettings = LLMSettings()
     chain: ChainSettings = ChainSettings()
+    answer: AnswerSettings = AnswerSettings()
     server: ServerSettings = ServerSettings()
 
     @property

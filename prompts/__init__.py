@@ -3,6 +3,7 @@
     qa_<lang>.txt          the answer prompt: {context} (the numbered passages), {question}
     condense_<lang>.txt    rewrites a follow-up into a standalone question: {history}, {question}
     no_context_<lang>.txt  the label put before a plain chat answer when the KB has nothing
+    extract_<lang>.txt     the label put before sentences quoted from the documents as the answer
 
 `lang` is "zh" or "en". Placeholders are replaced literally (no str.format), so a user's own
 template may contain other braces freely.
@@ -18,6 +19,7 @@ PLACEHOLDERS = {
     "qa": ("{context}", "{question}"),
     "condense": ("{history}", "{question}"),
     "no_context": (),
+    "extract": (),
 }
 
 

@@ -236,7 +236,10 @@ def test_cancel_stops_the_answer_and_closes_the_model_stream() -> None:
 def test_answer_json_is_the_design_shape() -> None:
     answer = make_chain().ask("How long are Harbor backups kept?", ["ops"])
     data = answer.to_json()
-    assert list(data) == ["answer", "refused", "sources", "timings"]
+    assert list(data) == [
+        *("answer", "refused", "sources", "timings"),
+        *("evidence_basis", "answer_mode", "generated"),
+    ]
     assert list(data["sources"][0]) == [
         "index",
         "chunk_id",
@@ -246,6 +249,7 @@ def test_answer_json_is_the_design_shape() -> None:
         "heading",
         "text",
         "score",
+        "evidence",
     ]
     assert list(data["timings"]) == ["retrieval_ms", "first_token_ms", "total_ms", "tokens_per_s"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -36,17 +37,27 @@ def test_ask_json_refusal_is_the_design_shape() -> None:
     assert code == 0, err
     data = json.loads(out)
     assert data["refused"] is True and data["answer"] == REFUSAL["zh"] and data["sources"] == []
-    assert list(data) == ["answer", "refused", "sources", "timings"]
+    assert list(data) == [
+        "answer",
+        "refused",
+        "sources",
+        "timings",
+        "evidence_basis",
+        "answer_mode",
+        "generated",
+    ]
+    assert data["evidence_basis"] is None and data["answer_mode"] is None
 
 
 @pytest.mark.slow
 def test_ask_streams_the_answer_then_the_sources_when_piped() -> None:
     code, out, err = kbqa("ask", HARBOR, "--kb", "ops", "--kb", "hr", "-k", "2")
     assert code == 0, err
-    answer, _, sources = out.partition("\nSources:\n")
+    answer, _, sources = out.partition("\nSources (« » ")
     assert answer.strip()
-    lines = sources.strip().splitlines()
+    lines = [line for line in sources.strip().splitlines()[1:] if not line.startswith("    «")]
     assert len(lines) == 2
+    assert re.search(r"^    «.+»$", sources, re.MULTILINE)  # evidence, marked when piped
     assert lines[0].startswith("[1] harbor_backup_en.md › Harbor queue operations > Backups [ops]")
     assert "\x1b[" not in out  # plain text when piped
 
@@ -177,4 +188,7 @@ def test_streamed_answer_is_printed_stripped(monkeypatch: pytest.MonkeyPatch) ->
     )
     code, out, err = kbqa("ask", HARBOR, "--kb", "ops")
     assert code == 0, err
-    assert out.startswith("Kept  for 14 days [1].\n\nSources:\n[1] harbor_backup_en.md")
+    assert out.startswith(
+        "Kept  for 14 days [1].\n\nSources (« » supports the answer):\n[1] harbor_backup_en.md"
+    )
+    assert "    «Snapshots are kept for 14 days and then deleted automatically.»" in out

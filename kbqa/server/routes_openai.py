@@ -3,6 +3,11 @@
 Models: `kbqa` answers from the `default` KB, `kbqa/<kb>` from that KB (both add a top-level
 `sources` field), and the backend's own model name chats plainly, without a KB.
 
+KB answers carry evidence in their sources (kbqa.evidence): a whole completion's `sources`
+have it; a stream sends the sources without it first and with it on its last chunk. Where
+the streamed answer was replaced by sentences quoted from the sources (kbqa.answer_mode), the
+stream adds a note and the quote as a last piece of content: clients show only the content.
+
 `usage` is the backend's own count (see kbqa.server.usage): on every whole completion, and in
 a stream that asks for it with `stream_options.include_usage`, as OpenAI does: a last chunk
 with empty `choices` and the `usage`, before `data: [DONE]` (every other chunk then has
@@ -23,6 +28,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from kbqa.answer import DoneEvent, Event, SourcesEvent, TokenEvent
+from kbqa.answer_mode import REPLACED_NOTE
 from kbqa.server.answering import Options, Question, answer_events, chat_tokens, split_conversation
 from kbqa.server.auth import require_api_key
 from kbqa.server.errors import ERROR_RESPONSES, ApiError
@@ -137,7 +143,9 @@ class Reply:
                 elif isinstance(item, TokenEvent):
                     yield self._chunk(Delta(content=item.text))
                 elif isinstance(item, DoneEvent):
-                    yield self._chunk(Delta(), finish_reason="stop")
+                    if item.generated is not None:
+                        yield self._chunk(Delta(content=f"\n\n{REPLACED_NOTE}\n{item.answer}"))
+                    yield self._chunk(Delta(), finish_reason="stop", sources=self._sources([item]))
                 elif self.with_usage:
                     yield self._usage_chunk(item.usage)
         except Exception as e:
@@ -171,7 +179,11 @@ class Reply:
         return sse(chunk.model_dump(mode="json", exclude={"sources"}))
 
     def _sources(self, events: Sequence[Item]) -> list[Source] | None:
+        """The sources of the last event that has them (the done event's carry evidence)."""
         if not self.with_sources:
             return None
-        found = next((e for e in events if isinstance(e, SourcesEvent)), SourcesEvent([]))
-        return [Source.model_validate(s.to_json()) for s in found.sources]
+        found: list[Any] = []
+        for event in events:
+            if isinstance(event, SourcesEvent | DoneEvent) and event.sources is not None:
+                found = event.sources
+        return [Source.model_validate(s.to_json()) for s in found]

@@ -1,0 +1,159 @@
+"""Which answer is shown: the model's, or sentences quoted from the sources (`answer.mode`).
+
+    extract   never call the model: the sentences that best match the question (one to
+              three, source order, each followed by its [n]) under a label saying they are
+              quoted from the documents
+    generate  the model's answer, with evidence (kbqa.evidence)
+    auto      extract at once where the model cannot be trusted with the question (the bundled
+              small model and a question that is not English: it cannot read the language and
+              echoes or invents); otherwise generate, then show the extract instead when the
+              generated answer has no support in its sources (no sentence at
+              answer.min_support) or names a URL or file name that none of its sources holds.
+              The model's text is then kept as `generated`.
+
+Tokens already streamed stay streamed; the final answer is the `done` event's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from kbqa.answer import AnswerMode, Basis, Source
+from kbqa.evidence import (
+    EncoderFor,
+    Ranked,
+    Sentence,
+    find_evidence,
+    fold,
+    rank_for_question,
+    ranked_evidence,
+    split_sentences,
+)
+from kbqa.settings import AnswerSettings
+from prompts import load_template
+
+REPLACED_NOTE = (
+    "── 生成的回答没有文档依据，以下内容摘自文档 / "
+    "the generated answer is not supported by the documents; quoted from them instead ──"
+)
+"""Put between a streamed answer and the quote that replaces it, where both are shown."""
+MAX_QUOTES = 3
+QUOTE_SHARE = 0.8
+"""Further sentences are quoted when they score at least this share of the best one."""
+
+_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'`()\[\]{}（）【】，。；！？]+", re.IGNORECASE)
+_EXTENSIONS = (
+    "md|markdown|txt|rst|pdf|docx?|xlsx?|pptx?|csv|tsv|json|jsonl|ya?ml|toml|ini|cfg|conf|xml"
+    "|html?|py|ipynb|js|ts|java|go|rs|c|h|cpp|hpp|sh|bat|ps1|exe|dll|so|zip|tar|gz|tgz|whl"
+    "|png|jpe?g|gif|svg|log|sql|db|sqlite|bin|safetensors|gguf|onnx|pt|pth|ckpt"
+)
+_FILE = re.compile(rf"[\w.\-/\\]*[\w\-]\.(?:{_EXTENSIONS})(?![\w.\-/])", re.IGNORECASE)
+_LINE_MARKER = re.compile(r"^\s*(?:[-*+•·>]+|\d{1,3}[.)、]|#{1,6})\s+", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer to show, its sources with their evidence, and how it came about."""
+
+    answer: str
+    sources: list[Source]
+    basis: Basis | None
+    mode: AnswerMode
+    generated: str | None = None
+    """The model's text, where the shown answer replaced it."""
+
+
+def extracts_first(mode: str, small_default: bool, lang: str) -> bool:
+    """Whether to answer by extraction without calling the model at all."""
+    return mode == "extract" or (mode == "auto" and small_default and lang != "en")
+
+
+def extract(
+    question: str,
+    lang: str,
+    sources: Sequence[Source],
+    encoder_for: EncoderFor,
+    ranked: Ranked | None = None,
+) -> Outcome:
+    """The sentences of `sources` that best match `question` (`ranked`: already scored),
+    quoted and cited."""
+    if ranked is None:
+        ranked = rank_for_question(question, sources, encoder_for)
+    found = ranked_evidence(ranked, sources)
+    chosen = _quotes(ranked) or _first_sentence(sources)
+    chosen.sort(key=lambda s: (s.position, s.start))  # the documents' own order reads best
+    lines = [
+        f"{_quote(sources[s.position].text[s.start : s.end])} [{sources[s.position].index}]"
+        for s in chosen
+    ]
+    label = load_template(lang, name="extract").strip()
+    return Outcome("\n".join([label, *lines]), found.apply(sources), found.basis, "extracted")
+
+
+def review(
+    question: str,
+    lang: str,
+    answer: str,
+    sources: Sequence[Source],
+    encoder_for: EncoderFor,
+    settings: AnswerSettings,
+    *,
+    replaceable: bool,
+) -> Outcome:
+    """The generated `answer` with its evidence, or (auto mode, `replaceable`) the extract
+    when the answer has no support or invents a reference."""
+    found = find_evidence(answer, question, sources, encoder_for, settings.min_support)
+    unsupported = found.basis != "answer" or bool(invented_references(answer, sources))
+    if settings.mode == "auto" and replaceable and unsupported:
+        extracted = extract(question, lang, sources, encoder_for, found.ranked)
+        return replace(extracted, generated=answer)
+    return Outcome(answer, found.apply(sources), found.basis, "generated")
+
+
+def invented_references(text: str, sources: Sequence[Source]) -> list[str]:
+    """URLs and file names in `text` that occur in none of `sources` (texts or file names)."""
+    known = fold("\n".join(part for s in sources for part in (s.source, s.heading or "", s.text)))
+    invented: list[str] = []
+    for match in _URL.finditer(text):
+        url = match.group().rstrip(".,;:!?")
+        bare = re.sub(r"^(?:https?://)?(?:www\.)?", "", fold(url)).rstrip("/")
+        if bare not in known:
+            invented.append(url)
+    for match in _FILE.finditer(_URL.sub(" ", text)):
+        name = fold(match.group()).replace("\\", "/").rsplit("/", 1)[-1]
+        if name not in known:
+            invented.append(match.group())
+    return invented
+
+
+def _quotes(ranked: Ranked) -> list[Sentence]:
+    if not ranked or ranked[0][1] <= 0:
+        return []
+    floor = QUOTE_SHARE * ranked[0][1]
+    chosen: list[Sentence] = []
+    for sentence, score in ranked:
+        if len(chosen) == MAX_QUOTES or score < floor:
+            break
+        if not any(_overlap(sentence, other) for other in chosen):
+            chosen.append(sentence)
+    return chosen
+
+
+def _first_sentence(sources: Sequence[Source]) -> list[Sentence]:
+    """Nothing matched the question by its words: the start of the most relevant source."""
+    for position, source in enumerate(sources):
+        spans = split_sentences(source.text)
+        if spans:
+            return [Sentence.of(position, source.text, *spans[0])]
+    return []
+
+
+def _overlap(a: Sentence, b: Sentence) -> bool:
+    return a.position == b.position and a.start < b.end and b.start < a.end
+
+
+def _quote(text: str) -> str:
+    """A quoted span on one line: list markers dropped, white space runs made one space."""
+    return " ".join(_LINE_MARKER.sub("", text).split())

@@ -1,0 +1,471 @@
+"""Sentence-level evidence, found by kbqa itself whatever the model: which sentences of the
+sources support the answer, or, where nothing does, which best match the question.
+
+    sources' texts ──► sentences (character spans, Chinese and English punctuation, lines)
+    answer ──► claims (its sentences, citation marks and echoes of the question left out)
+    score(claim, sentence) = ((1 - w) · lexical + w · dense) · keys · cited
+    a claim's best sentence at ≥ min_support ──► evidence, basis "answer"
+    no claim supported ──► the sentences that best match the question, basis "question"
+
+- lexical: weighted share of the claim's terms found in the sentence. Terms as
+  kbqa.relevance.query_terms finds them (NFKC, lower case, jieba words for Chinese, whole
+  words and identifiers otherwise), English words cut to a crude stem (weighs ~ weigh), plus
+  the character pairs of Chinese terms of three or more characters (分词模式 ~ 三种分词模式).
+  A claim's terms that the question already holds count half: what the answer adds is what
+  needs support, and an answer that only repeats the question supports nothing.
+- dense: the cosine of the KB's own embeddings (one `embed` call for all the texts). `w` is
+  0.4 for English; for Chinese text 0.3 with a Chinese-capable model and 0.1 with an
+  English-only one such as the bundled MiniLM, whose cosines on Chinese are noise.
+- keys: numbers, versions, command-line options and identifiers (INT4, chatglm2-6b) of the
+  claim must occur in the sentence: the score is scaled by 0.2 + 0.8 · their found share, so
+  "14 GB" is not supported by a sentence that says "5.5 GB".
+- cited: a claim that cites [n] looks in source n first: sentences of other sources count
+  0.85 of their score.
+
+Offsets are Python string indices into the source's own text: `text[start:end]` is the
+sentence exactly, whatever the script, emoji, combining marks or line ends.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+import numpy as np
+
+from kbqa.answer import Basis, Evidence, Source
+from kbqa.relevance import query_terms
+from storage.keyword import has_cjk
+from storage.types import Vectors
+
+MIN_SUPPORT = 0.5
+"""Default score a sentence needs to count as supporting a claim (answer.min_support)."""
+CITED_ELSEWHERE = 0.85
+QUESTION_SHARE = 0.6
+"""Question evidence: sentences scoring at least this share of the best one (and QUESTION_FLOOR)."""
+QUESTION_FLOOR = 0.15
+PER_SOURCE = 3
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """A KB's embedding model as evidence uses it: texts → [n, dim] unit rows."""
+
+    embed: Callable[[list[str]], Vectors]
+    reads_chinese: bool
+
+
+EncoderFor = Callable[[str], Encoder | None]
+"""The encoder of a KB by name; None = lexical scores only."""
+
+
+# -- sentences ---------------------------------------------------------------------------------
+
+_CLOSERS = "”’」』）》】)\\]\"'"
+_BOUNDARY = re.compile(
+    rf"\r\n|[\r\n\u2028\u2029]"
+    rf"|[。！？；…]+[{_CLOSERS}]*"
+    rf"|[.!?;]+[{_CLOSERS}]*(?=\s|$)"
+)
+_ABBREVIATIONS = frozenset(
+    (
+        *("e.g", "i.e", "eg", "ie", "etc", "vs", "cf", "al", "fig", "figs", "no", "nos"),
+        *("approx", "incl", "resp", "esp", "ca", "viz", "mr", "mrs", "ms", "dr", "prof", "st"),
+    )
+)
+_MARKER = re.compile(r"(?:[-*+•·>]+|#{1,6}|\d{1,3}[.)、]|[(（]\d{1,3}[)）])\s+")
+"""A list marker, quote mark or Markdown heading at the start of a line: not part of a sentence."""
+_WORD_CHAR = re.compile(r"[^\W_]")
+
+
+def _ends_sentence(text: str, start: int, match: re.Match[str]) -> bool:
+    """Whether an ASCII `.` ending a word really ends a sentence (not "e.g." or "J. Smith")."""
+    if match.group().rstrip(_CLOSERS) != ".":
+        return True
+    line = _LAST_LINE.search(text, start, match.start())
+    words = line.group().split() if line else []
+    word = words[-1].lower().lstrip("([\"'") if words else ""
+    if len(words) == 1 and word.isdigit():
+        return False  # "1. " numbering a list item
+    return word not in _ABBREVIATIONS and not (len(word) == 1 and word.isalpha())
+
+
+_LINE_BREAKS = "\r\n\u2028\u2029"
+_LAST_LINE = re.compile(rf"[^{_LINE_BREAKS}]*$")
+_FIRST_LINE = re.compile(rf"[^{_LINE_BREAKS}]*")
+
+
+def _soft_wrap(text: str, match: re.Match[str]) -> bool:
+    """Whether a line break only wraps a paragraph's text (it does not end a sentence): both
+    lines have words, the next starts no list item, heading or table row, the line before is
+    no heading or table row and does not end in a colon, and a list item goes on indented."""
+    before = _LAST_LINE.search(text, 0, match.start())
+    after = _FIRST_LINE.match(text, match.end())
+    previous = before.group().strip() if before else ""
+    following = after.group().strip() if after else ""
+    if not _WORD_CHAR.search(previous) or not _WORD_CHAR.search(following):
+        return False
+    if previous.startswith(("#", "|")) or previous.endswith((":", "：")):
+        return False
+    if _MARKER.match(previous) and after and not after.group()[:1].isspace():
+        return False  # a list item goes on only on indented lines
+    return not (_MARKER.match(following + " ") or following.startswith(("#", "|")))
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence of `text`, in order, without surrounding white space,
+    list markers or heading marks; pieces without a letter or digit are left out. A line
+    break ends a sentence except inside a hard-wrapped paragraph."""
+    return list(_split(text))
+
+
+@lru_cache(maxsize=1024)
+def _split(text: str) -> tuple[tuple[int, int], ...]:
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for match in _BOUNDARY.finditer(text):
+        if match.group()[0] in _LINE_BREAKS:
+            if _soft_wrap(text, match):
+                continue
+        elif not _ends_sentence(text, start, match):
+            continue
+        _add(spans, text, start, match.end())
+        start = match.end()
+    _add(spans, text, start, len(text))
+    return tuple(spans)
+
+
+def _add(spans: list[tuple[int, int]], text: str, start: int, end: int) -> None:
+    piece = text[start:end]
+    stripped = piece.lstrip()
+    start += len(piece) - len(stripped)
+    marker = _MARKER.match(stripped)
+    if marker and marker.end() < len(stripped.rstrip()):
+        start += marker.end()
+    end = start + len(text[start:end].rstrip())
+    if end > start and _WORD_CHAR.search(text, start, end):
+        spans.append((start, end))
+
+
+# -- terms and keys ------------------------------------------------------------------------
+
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.:,]\d+)*(?![\w])")
+_OPTION = re.compile(r"(?<![\w-])--?[a-z][\w-]*")
+_IDENTIFIER = re.compile(r"(?<![\w.-])[a-z][\w]*(?:[.\-_][\w]+)+|(?<!\w)[a-z]+\d[\w]*")
+_UPPER_WORD = re.compile(r"(?<!\w)[A-Z][A-Z0-9]+(?!\w)")
+_LATIN_RUN = re.compile(r"[a-z0-9]+")
+_SMALL_NUMBER = re.compile(r"\d{1,2}")
+"""Alone, not a claim: such numbers also number list items and loops."""
+_STEM = re.compile(r"(?:ing|ed|es|s|ly)$")
+
+
+def fold(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+def _stem(word: str) -> str:
+    return _STEM.sub("", word) if len(word) > 4 and word.isalpha() else word
+
+
+def terms(text: str) -> dict[str, float]:
+    """Weighted terms of a question or a claim (see the module docstring)."""
+    found: dict[str, float] = {}
+    for term, weight in query_terms(text).items():
+        if has_cjk(term):
+            found[term] = float(weight)
+            if len(term) >= 3:
+                for i in range(len(term) - 1):
+                    found.setdefault(term[i : i + 2], 0.5)
+        else:
+            found[term] = float(weight)
+    return found
+
+
+def keys(text: str) -> frozenset[str]:
+    """Numbers, options and identifiers (folded) that a supporting sentence must contain."""
+    folded = fold(text)
+    found = set(_NUMBER.findall(folded)) | set(_OPTION.findall(folded))
+    found |= set(_IDENTIFIER.findall(folded))
+    found |= {w.lower() for w in _UPPER_WORD.findall(unicodedata.normalize("NFKC", text))}
+    return frozenset(found)
+
+
+@dataclass(frozen=True, slots=True)
+class Sentence:
+    """A source sentence as the scorer searches it: `text[start:end]` of source `position`
+    (its index in the list given)."""
+
+    position: int
+    start: int
+    end: int
+    folded: str
+    stems: frozenset[str]
+
+    @classmethod
+    def of(cls, position: int, text: str, start: int, end: int) -> Sentence:
+        folded = fold(text[start:end])
+        return cls(position, start, end, folded, frozenset(map(_stem, _LATIN_RUN.findall(folded))))
+
+    def has_term(self, term: str) -> bool:
+        if has_cjk(term) or not _LATIN_RUN.fullmatch(term):
+            return _whole(term, self.folded)
+        return _stem(term) in self.stems
+
+    def has_key(self, key: str) -> bool:
+        return _whole(key, self.folded)
+
+
+def _whole(needle: str, haystack: str) -> bool:
+    """`needle` in `haystack`, not inside a longer word or number (any match for Chinese)."""
+    if has_cjk(needle):
+        return needle in haystack
+    at = haystack.find(needle)
+    while at >= 0:
+        before = haystack[at - 1] if at else " "
+        after = haystack[at + len(needle)] if at + len(needle) < len(haystack) else " "
+        if not (before.isalnum() or before in "_-") and not (after.isalnum() or after == "_"):
+            return True
+        at = haystack.find(needle, at + 1)
+    return False
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A claim of the answer, or the question: what sentences are scored against."""
+
+    text: str
+    terms: dict[str, float]
+    keys: frozenset[str]
+    cites: frozenset[int]
+    """Positions (0-based) of the sources it cites."""
+
+
+def _claims(answer: str, question: str, count: int) -> list[_Target]:
+    """The answer's sentences that say something beyond the question, with their citations."""
+    asked = terms(question)
+    claims: list[_Target] = []
+    for start, end in split_sentences(answer):
+        piece = answer[start:end]
+        cites = frozenset(int(n) - 1 for n in _CITATION.findall(piece) if 1 <= int(n) <= count)
+        text = _CITATION.sub(" ", piece).strip()
+        said = terms(text)
+        novel = {t for t in said if t not in asked and not _SMALL_NUMBER.fullmatch(t)}
+        if not novel:  # an echo of the question, or list numbers ("1. 1. 1.") only
+            if claims and cites:  # "[2]" on its own after a sentence belongs to that sentence
+                claims[-1] = replace(claims[-1], cites=claims[-1].cites | cites)
+            continue
+        weighted = {t: w if t in novel else w / 2 for t, w in said.items()}
+        claims.append(_Target(text, weighted, keys(text), cites))
+    return claims
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+
+def _lexical(target: _Target, sentence: Sentence) -> float:
+    total = sum(target.terms.values())
+    if not total:
+        return 0.0
+    return sum(w for t, w in target.terms.items() if sentence.has_term(t)) / total
+
+
+def _key_factor(target: _Target, sentence: Sentence) -> float:
+    if not target.keys:
+        return 1.0
+    found = sum(sentence.has_key(k) for k in target.keys)
+    return 0.2 + 0.8 * found / len(target.keys)
+
+
+def _dense_weight(target: _Target, sentence: Sentence, encoder: Encoder | None) -> float:
+    if encoder is None:
+        return 0.0
+    if has_cjk(target.text) or has_cjk(sentence.folded):
+        return 0.3 if encoder.reads_chinese else 0.1
+    return 0.4
+
+
+def _scores(
+    targets: Sequence[_Target],
+    sentences: Sequence[Sentence],
+    texts: Sequence[str],
+    sources: Sequence[Source],
+    encoder_for: EncoderFor,
+) -> np.ndarray:
+    """[targets, sentences] scores in 0..1."""
+    scores = np.zeros((len(targets), len(sentences)), dtype=np.float64)
+    dense = _cosines(targets, sentences, texts, sources, encoder_for)
+    encoders = {s.kb: encoder_for(s.kb) for s in sources}
+    for j, sentence in enumerate(sentences):
+        encoder = encoders[sources[sentence.position].kb]
+        for i, target in enumerate(targets):
+            w = _dense_weight(target, sentence, encoder)
+            score = (1 - w) * _lexical(target, sentence) + w * max(float(dense[i, j]), 0.0)
+            score *= _key_factor(target, sentence)
+            if target.cites and sentence.position not in target.cites:
+                score *= CITED_ELSEWHERE
+            scores[i, j] = score
+    return scores
+
+
+def _cosines(
+    targets: Sequence[_Target],
+    sentences: Sequence[Sentence],
+    texts: Sequence[str],
+    sources: Sequence[Source],
+    encoder_for: EncoderFor,
+) -> np.ndarray:
+    """[targets, sentences] cosines; 0 where a source's KB has no encoder. One `embed` call
+    per distinct encoder among the sources' KBs (usually one)."""
+    cosines = np.zeros((len(targets), len(sentences)), dtype=np.float64)
+    encoders = {s.kb: encoder_for(s.kb) for s in sources}
+    groups: dict[Encoder, list[int]] = {}
+    for j, sentence in enumerate(sentences):
+        encoder = encoders[sources[sentence.position].kb]
+        if encoder is not None:
+            groups.setdefault(encoder, []).append(j)
+    for encoder, columns in groups.items():
+        batch = [t.text for t in targets] + [texts[j] for j in columns]
+        vectors = np.asarray(encoder.embed(batch), dtype=np.float64)  # [T + S, dim], unit rows
+        cosines[:, columns] = vectors[: len(targets)] @ vectors[len(targets) :].T
+    return cosines
+
+
+def _sentences(sources: Sequence[Source]) -> tuple[list[Sentence], list[str]]:
+    sentences: list[Sentence] = []
+    texts: list[str] = []
+    for position, source in enumerate(sources):
+        for start, end in split_sentences(source.text):
+            sentences.append(Sentence.of(position, source.text, start, end))
+            texts.append(source.text[start:end])
+    return sentences, texts
+
+
+# -- evidence --------------------------------------------------------------------------------
+
+
+Ranked = list[tuple[Sentence, float]]
+"""Sentences with their scores for the question, best first."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """Evidence for each source (in the order given) and what it was chosen for."""
+
+    evidence: list[list[Evidence]]
+    basis: Basis | None
+    support: float = 0.0
+    """The best claim's best score (0 when the answer has no claims): the answer's support."""
+    ranked: Ranked = field(default_factory=list)
+    """Every sentence scored for the question (see `rank_for_question`)."""
+
+    def apply(self, sources: Sequence[Source]) -> list[Source]:
+        """`sources` with their evidence set (best first)."""
+        return [replace(s, evidence=tuple(e)) for s, e in zip(sources, self.evidence, strict=True)]
+
+
+def find_evidence(
+    answer: str,
+    question: str,
+    sources: Sequence[Source],
+    encoder_for: EncoderFor,
+    min_support: float = MIN_SUPPORT,
+) -> Found:
+    """Sentences of `sources` that support `answer`; where none reaches `min_support`, the
+    sentences that best match `question` (basis "question"). The question and the answer's
+    claims are scored in one pass (one `embed` call)."""
+    sentences, texts = _sentences(sources)
+    if not sentences:
+        return Found([[] for _ in sources], None)
+    claims = _claims(answer, question, len(sources))
+    scores = _scores([_asked(question), *claims], sentences, texts, sources, encoder_for)
+    ranked = _ranking(scores[0], sentences, texts, sources)
+    support = float(scores[1:].max()) if claims else 0.0
+    if support >= min_support:
+        evidence = _answer_evidence(scores[1:], sentences, sources, min_support)
+        return Found(evidence, "answer", support, ranked)
+    return replace(ranked_evidence(ranked, sources), support=support)
+
+
+def _answer_evidence(
+    scores: np.ndarray, sentences: Sequence[Sentence], sources: Sequence[Source], floor: float
+) -> list[list[Evidence]]:
+    """Each claim's best sentence, and those within 0.05 of it, at `floor` or above."""
+    best: dict[int, float] = {}
+    for row in scores:
+        top = float(row.max())
+        for j in np.flatnonzero(row >= max(floor, top - 0.05)):
+            best[int(j)] = max(best.get(int(j), 0.0), float(row[j]))
+    return _by_source([(sentences[j], score) for j, score in best.items()], sources, "answer")
+
+
+def question_evidence(question: str, sources: Sequence[Source], encoder_for: EncoderFor) -> Found:
+    """The sentences of `sources` that best match `question`."""
+    return ranked_evidence(rank_for_question(question, sources, encoder_for), sources)
+
+
+def ranked_evidence(ranked: Ranked, sources: Sequence[Source]) -> Found:
+    """Question evidence from a ranking: the best sentence and those within QUESTION_SHARE
+    of it, at most PER_SOURCE a source."""
+    if not ranked or ranked[0][1] <= 0:
+        return Found([[] for _ in sources], None, ranked=ranked)
+    floor = max(QUESTION_FLOOR, QUESTION_SHARE * ranked[0][1])
+    kept = [(s, score) for s, score in ranked if score >= floor]
+    return Found(_by_source(kept, sources, "question"), "question", ranked=ranked)
+
+
+def rank_for_question(question: str, sources: Sequence[Source], encoder_for: EncoderFor) -> Ranked:
+    """Every sentence of `sources` with its score for `question`, best first."""
+    sentences, texts = _sentences(sources)
+    if not sentences:
+        return []
+    row = _scores([_asked(question)], sentences, texts, sources, encoder_for)[0]
+    return _ranking(row, sentences, texts, sources)
+
+
+def _asked(question: str) -> _Target:
+    return _Target(question, terms(question), keys(question), frozenset())
+
+
+def _ranking(
+    row: np.ndarray, sentences: Sequence[Sentence], texts: Sequence[str], sources: Sequence[Source]
+) -> Ranked:
+    """Sentences by their question scores, a sentence ending in a colon joined with the (up to
+    two) sentences it introduces; the sources' own relevance breaks near ties (0.1 of it)."""
+    ranked = []
+    for j, sentence in enumerate(sentences):
+        prior = 0.9 + 0.1 * sources[sentence.position].score
+        ranked.append((_with_list(sentences, j, texts), float(row[j]) * prior))
+    ranked.sort(key=lambda item: item[1], reverse=True)
+    return ranked
+
+
+def _with_list(sentences: Sequence[Sentence], j: int, texts: Sequence[str]) -> Sentence:
+    """Sentence j, extended over the next two sentences of its source when it ends in a
+    colon ("支持三种分词模式：" says nothing without the modes that follow)."""
+    sentence = sentences[j]
+    if not texts[j].endswith((":", "：")):
+        return sentence
+    following = [s for s in sentences[j + 1 : j + 3] if s.position == sentence.position]
+    if not following:
+        return sentence
+    return replace(sentence, end=following[-1].end)
+
+
+def _by_source(
+    scored: Sequence[tuple[Sentence, float]], sources: Sequence[Source], basis: Basis
+) -> list[list[Evidence]]:
+    """Evidence per source, best first, at most PER_SOURCE each, overlapping spans merged away."""
+    evidence: list[list[Evidence]] = [[] for _ in sources]
+    for sentence, score in sorted(scored, key=lambda item: item[1], reverse=True):
+        kept = evidence[sentence.position]
+        if len(kept) >= PER_SOURCE or any(
+            e.start < sentence.end and sentence.start < e.end for e in kept
+        ):
+            continue
+        text = sources[sentence.position].text[sentence.start : sentence.end]
+        kept.append(Evidence(sentence.start, sentence.end, text, min(max(score, 0.0), 1.0), basis))
+    return evidence

@@ -1,0 +1,293 @@
+"""Evidence spans and answer.mode over a real KB (real FAISS + SQLite, the bundled MiniLM)
+built from documents written here; scripted chat models give the answers to check."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGenerationChunk
+
+from kbqa.answer import Answer, Source
+from kbqa.answer_mode import invented_references
+from kbqa.chain import REFUSAL, QAChain
+from kbqa.evidence import find_evidence, keys, split_sentences
+from kbqa.llm.default import DefaultChat
+from kbqa.retrieval import Retriever
+from kbqa.settings import Settings, load_settings
+from tests.answering_support import ScriptedChat
+
+KB = "facts"
+DOCUMENTS = {
+    "bridge_zh.md": (
+        "# 青石桥\n\n## 历史\n\n青石桥建于 1890 年，全长 72 米，横跨清河。"
+        "桥面由本地开采的青石铺成，共有九个桥孔。\n\n"
+        "## 维护\n\n大桥每 5 年检修一次，最近一次检修在 2021 年完成。"
+        "检修期间桥面只允许行人通过。\n"
+    ),
+    "ferry_en.md": (
+        "# Riverside ferry\n\n"
+        "The Riverside ferry crosses the bay every 40 minutes from 6 am to 11 pm.\n"
+        "A single ticket costs 3.50 euros; children under 12 travel free.\n\n"
+        "## Timetable\n\n"
+        "The timetable is published as ferry_timetable.pdf on "
+        "https://ferry.example.org/timetable and changes on 1 May each year.\n"
+    ),
+}
+FERRY = "How often does the Riverside ferry cross the bay?"
+BRIDGE = "青石桥全长多少米？"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ingest.pipeline import ingest_paths
+
+    home = tmp_path_factory.mktemp("evidence-home")
+    docs = tmp_path_factory.mktemp("evidence-docs")
+    for name, text in DOCUMENTS.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    report = ingest_paths(load_settings(home=home), KB, [docs])
+    assert not report.failed
+    return home
+
+
+def chain(home: Path, model: Any, mode: str = "auto") -> QAChain:
+    settings: Settings = load_settings(
+        home=home,
+        overrides={
+            "answer": {"mode": mode},
+            "llm": {"max_new_tokens": 24},
+            "retrieval": {"min_relevance": 0.3},  # what is tested here comes after retrieval
+        },
+    )
+    return QAChain(settings, model, Retriever(settings), condense=False)
+
+
+def check_offsets(answer: Answer) -> None:
+    for source in answer.sources:
+        assert source.evidence is not None
+        for e in source.evidence:
+            assert source.text[e.start : e.end] == e.text and 0.0 <= e.score <= 1.0
+
+
+def evidence_texts(answer: Answer) -> list[str]:
+    return [e.text for s in answer.sources for e in s.evidence or ()]
+
+
+# -- sentences -----------------------------------------------------------------------------
+
+
+def sentences(text: str) -> list[str]:
+    return [text[a:b] for a, b in split_sentences(text)]
+
+
+def test_chinese_and_english_sentences_split_at_their_own_punctuation() -> None:
+    text = "第一句。第二句！第三句？第四句；Then English. Version 3.9 and v1.2.3 stay, e.g. here!"
+    assert sentences(text) == [
+        "第一句。",
+        "第二句！",
+        "第三句？",
+        "第四句；",
+        "Then English.",
+        "Version 3.9 and v1.2.3 stay, e.g. here!",
+    ]
+
+
+def test_lines_lists_and_headings_split_but_wrapped_paragraphs_do_not() -> None:
+    text = (
+        "# Title\r\n\r\nA paragraph wrapped\nover two lines.\n- item one\n- item two\n"
+        "支持三种模式：\n  1. 精确模式\n-d, --delete\n删除用户密码。"
+    )
+    assert sentences(text) == [
+        "Title",
+        "A paragraph wrapped\nover two lines.",
+        "item one",
+        "item two",
+        "支持三种模式：",
+        "精确模式",
+        "-d, --delete\n删除用户密码。",
+    ]
+
+
+_ALPHABET = st.sampled_from(
+    [
+        *"ab Z9.。！？；;!?\n\r\t -•#:：",
+        *("\r\n", "青", "石", "桥", "😀", "👍🏽", "ﬁ", "Ａ"),
+        *("e\u0301", "\u0301"),  # a combining mark, after a letter and alone
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_ALPHABET, max_size=80).map("".join))
+def test_sentence_spans_slice_the_text_exactly(text: str) -> None:
+    spans = split_sentences(text)
+    previous_end = 0
+    for start, end in spans:
+        assert previous_end <= start < end <= len(text)
+        previous_end = end
+        piece = text[start:end]
+        assert piece == piece.strip() and re.search(r"[^\W_]", piece)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(_ALPHABET, min_size=1, max_size=60).map("".join), min_size=1, max_size=3),
+    st.lists(_ALPHABET, max_size=40).map("".join),
+)
+def test_evidence_offsets_slice_the_chunk_text_exactly(texts: list[str], answer: str) -> None:
+    sources = [
+        Source(i, f"c{i}", f"d{i}", f"s{i}.md", None, None, text, 0.5, KB)
+        for i, text in enumerate(texts, start=1)
+    ]
+    found = find_evidence(answer, "青石桥 ab Z9", sources, lambda kb: None, 0.3)
+    assert len(found.evidence) == len(sources)
+    for source, spans in zip(sources, found.evidence, strict=True):
+        for e in spans:
+            assert source.text[e.start : e.end] == e.text and e.text
+            assert e.basis == found.basis and 0.0 <= e.score <= 1.0
+
+
+def test_numbers_and_identifiers_are_keys() -> None:
+    assert keys("INT4 需要约 5.5 GB，见 chatglm2-6b 的 --port 选项") >= {
+        "int4",
+        "5.5",
+        "chatglm2-6b",
+        "--port",
+    }
+
+
+# -- evidence over a real KB ---------------------------------------------------------------
+
+
+def test_a_supported_answer_gets_the_supporting_sentence(home: Path) -> None:
+    model = ScriptedChat(reply=lambda m: "The ferry crosses every 40 minutes [1].")
+    answer = chain(home, model).ask(FERRY, KB)
+    assert answer.answer_mode == "generated" and answer.generated is None
+    assert answer.answer == "The ferry crosses every 40 minutes [1]."
+    assert answer.evidence_basis == "answer"
+    check_offsets(answer)
+    top = max((e for s in answer.sources for e in s.evidence or ()), key=lambda e: e.score)
+    assert "every 40 minutes" in top.text and top.basis == "answer"
+    assert answer.to_json()["sources"][0]["evidence"][0]["basis"] == "answer"
+
+
+def test_a_sentence_lacking_the_answers_number_does_not_support_it(home: Path) -> None:
+    model = ScriptedChat(reply=lambda m: "青石桥全长 95 米。")
+    answer = chain(home, model, "generate").ask(BRIDGE, KB)
+    assert answer.answer == "青石桥全长 95 米。"  # generate mode keeps it
+    assert answer.evidence_basis == "question"  # but nothing supports it
+    assert any("72 米" in text for text in evidence_texts(answer))
+    check_offsets(answer)
+
+
+def test_extract_mode_never_calls_the_model(home: Path) -> None:
+    answer = chain(home, ScriptedChat(fail=True), "extract").ask(FERRY, KB)
+    assert answer.answer_mode == "extracted" and answer.generated is None
+    label, *quotes = answer.answer.splitlines()
+    assert label == "Quoted from the documents:"
+    assert 1 <= len(quotes) <= 3 and all(re.search(r" \[\d\]$", q) for q in quotes)
+    assert "every 40 minutes" in answer.answer
+    assert answer.evidence_basis == "question"
+    check_offsets(answer)
+
+
+class SilentDefault(DefaultChat):
+    """The bundled model's type (what auto mode looks at) that must not be asked."""
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        raise AssertionError("the bundled model must not be called for a Chinese question")
+
+
+def test_auto_with_the_bundled_model_extracts_for_a_chinese_question(home: Path) -> None:
+    answer = chain(home, SilentDefault(max_new_tokens=24)).ask(BRIDGE, KB)
+    assert answer.answer_mode == "extracted" and not answer.refused
+    assert answer.answer.startswith("以下内容摘自知识库文档：\n")
+    assert "72 米" in answer.answer and "[1]" in answer.answer
+    check_offsets(answer)
+
+
+def test_auto_replaces_an_unsupported_answer_and_keeps_it_as_generated(home: Path) -> None:
+    model = ScriptedChat(reply=lambda m: "Penguins migrate south in winter.")
+    events = list(chain(home, model).stream(FERRY, KB))
+    streamed = "".join(e.text for e in events if type(e).__name__ == "TokenEvent")
+    done = events[-1].to_json()
+    assert streamed == "Penguins migrate south in winter."  # what streamed stays streamed
+    assert done["answer_mode"] == "extracted" and done["generated"] == streamed
+    assert (
+        done["answer"].startswith("Quoted from the documents:") and "40 minutes" in done["answer"]
+    )
+    assert done["evidence_basis"] == "question" and done["sources"][0]["evidence"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "The ferry crosses every 40 minutes, see https://ferry.example.com/schedule [1].",
+        "The ferry crosses every 40 minutes; details in riverside_schedule.xlsx [1].",
+        "It runs every 40 minutes [1]. 详见 http://github.com/ferry/readme.md",
+        "Every 40 minutes (see docs/ferry-faq.md) [1].",
+        "1. 1. 1. 1. 1. 1.",
+        "",
+    ],
+)
+def test_no_shown_answer_names_a_url_or_file_missing_from_its_sources(
+    home: Path, reply: str
+) -> None:
+    answer = chain(home, ScriptedChat(reply=lambda m: reply)).ask(FERRY, KB)
+    assert answer.answer_mode == "extracted" and answer.generated == reply
+    assert invented_references(answer.answer, answer.sources) == []
+    assert "40 minutes" in answer.answer
+
+
+def test_references_that_the_sources_hold_are_kept(home: Path) -> None:
+    reply = "See ferry_timetable.pdf at https://ferry.example.org/timetable [1]."
+    answer = chain(home, ScriptedChat(reply=lambda m: reply)).ask(
+        "Where is the ferry timetable published?", KB
+    )
+    assert answer.answer_mode == "generated" and answer.answer == reply
+    assert answer.evidence_basis == "answer"
+
+
+def test_cited_source_is_looked_at_first() -> None:
+    text = "The bay ferry leaves every 40 minutes."
+    sources = [
+        Source(1, "a", "d1", "a.md", None, None, text, 0.9, KB),
+        Source(2, "b", "d2", "b.md", None, None, text, 0.5, KB),
+    ]
+    found = find_evidence("It leaves every 40 minutes [2].", "How often?", sources, lambda kb: None)
+    assert found.basis == "answer"
+    assert [len(spans) for spans in found.evidence] == [0, 1]  # the cited copy, not the first
+
+
+def test_refusals_have_no_evidence(home: Path) -> None:
+    answer = chain(home, ScriptedChat(fail=True)).ask("红烧肉怎么做？", KB)
+    assert answer.refused and answer.answer == REFUSAL["zh"]
+    data = answer.to_json()
+    assert data["evidence_basis"] is None and data["answer_mode"] is None
+    assert data["sources"] == []
+
+
+def test_answer_mode_is_validated_and_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from kbqa.settings import SettingsError
+
+    monkeypatch.setenv("KBQA_ANSWER__MODE", "extract")
+    assert load_settings(home=tmp_path).answer.mode == "extract"
+    monkeypatch.setenv("KBQA_ANSWER__MODE", "guess")
+    with pytest.raises(SettingsError, match=r"answer\.mode"):
+        load_settings(home=tmp_path)
