@@ -27,7 +27,7 @@ def docs(tmp_path: Path) -> Path:
         encoding="utf-8",
     )
     (folder / "sub" / "notes.txt").write_text("The release is called Borealis.\n")
-    (folder / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (folder / "tool.exe").write_bytes(b"MZ\x90\x00")
     return folder
 
 
@@ -40,7 +40,7 @@ def test_first_ingest_adds_supported_files_and_skips_others(settings: Settings, 
     assert (report.added, report.updated, report.unchanged, report.removed) == (2, 0, 0, 0)
     assert report.chunks >= 2
     assert report.skipped == [
-        {"path": str(docs / "image.png"), "reason": "unsupported extension .png"}
+        {"path": str(docs / "tool.exe"), "reason": "unsupported extension .exe"}
     ]
     assert sources(settings) == {"install.md", "sub/notes.txt"}
     assert check_kb(settings, "default") == []

@@ -100,14 +100,22 @@ def test_upload_ask_cite_and_delete(server: Server, new_page: Any) -> None:
 
     excerpt = turn.locator(".excerpt").first
     expect(excerpt).to_be_hidden()
-    citation = body.get_by_role("button", name=re.compile(r"^Source 1: zephyr\.md$"))
-    citation.click()
+    toggle = turn.locator(".sources .source-toggle").first
+    toggle.click()
     expect(excerpt).to_be_visible()
     expect(excerpt.locator(".excerpt-file")).to_have_text("[1] zephyr.md")
     expect(excerpt.locator(".excerpt-text")).to_contain_text("412 grams")
-    expect(citation).to_have_attribute("aria-expanded", "true")
-    expect(turn.locator(".sources .source-toggle").first).to_have_attribute("aria-expanded", "true")
+    expect(excerpt.locator("mark.evidence").first).to_contain_text("412 grams")
+    expect(toggle).to_have_attribute("aria-expanded", "true")
     screenshot(page, "chat-citation")
+
+    citation = body.get_by_role("button", name=re.compile(r"^Source 1: zephyr\.md$"))
+    citation.click()
+    viewer = page.get_by_role("dialog", name="zephyr.md")
+    expect(viewer.locator(".viewer-chunk.cited mark.evidence").first).to_contain_text("412 grams")
+    viewer.get_by_role("button", name="Close").click()
+    expect(viewer).to_be_hidden()
+    expect(citation).to_be_focused()
 
     page.get_by_role("tab", name="Manage").click()
     page.get_by_role("button", name="Delete zephyr.md").click()
@@ -141,9 +149,10 @@ def test_markup_in_documents_and_answers_stays_text(server: Server, new_page: An
     page.get_by_role("tab", name="Chat").click()
     pick_only(page, "web-xss")
     turn = ask(page, "What colour does the Quasar lamp glow?")
-    expect(turn.locator(".answer-body")).to_contain_text("<img src=x onerror=")
-    expect(turn.locator(".answer-body")).to_contain_text("<script>window.__xss='answer-script'")
-    turn.locator("button.cite").first.click()
+    # The model's answer is shown, or folded under an answer quoted from the document instead.
+    expect(turn.locator(".answer")).to_contain_text("<img src=x onerror=")
+    expect(turn.locator(".answer")).to_contain_text("<script>window.__xss='answer-script'")
+    turn.locator(".sources .source-toggle").first.click()
     excerpt = turn.locator(".excerpt").first
     expect(excerpt.locator(".excerpt-file")).to_have_text(f"[1] {HOSTILE_NAME}")
     expect(excerpt.locator(".excerpt-text")).to_contain_text(
@@ -151,8 +160,15 @@ def test_markup_in_documents_and_answers_stays_text(server: Server, new_page: An
     )
     screenshot(page, "chat-markup-as-text")
 
+    turn.locator("button.cite").first.click()
+    viewer = page.locator("#viewer-dialog")
+    expect(viewer.locator("#viewer-title")).to_have_text(HOSTILE_NAME)
+    expect(viewer.locator(".viewer-chunk.cited")).to_contain_text(
+        "<script>window.__xss='document-script'</script>"
+    )
     assert page.evaluate("window.__xss") is None
     assert page.locator("main img, main script, main iframe").count() == 0
+    assert viewer.locator("img, script, iframe").count() == 0
 
 
 def test_api_key_is_asked_once_per_session(tmp_path: Path, new_page: Any) -> None:
@@ -277,10 +293,17 @@ def test_phone_width_in_chinese(server: Server, new_page: Any) -> None:
     expect(page.get_by_role("tab", name="问答")).to_have_attribute("aria-selected", "true")
     pick_only(page, "手机")
     turn = ask(page, "Zephyr-9 有多重？")
-    turn.locator("button.cite").first.click()
+    turn.locator(".sources .source-toggle").first.click()
     expect(turn.locator(".excerpt").first).to_be_visible()
     assert no_horizontal_overflow(page)
     screenshot(page, "phone-chat-zh")
+    turn.locator(".excerpt .open-viewer").first.click()
+    viewer = page.get_by_role("dialog")
+    expect(viewer.locator(".viewer-chunk.cited")).to_be_in_viewport()
+    expect(viewer.get_by_role("button", name="打开原文件")).to_be_visible()
+    assert no_horizontal_overflow(page)
+    screenshot(page, "phone-viewer-zh")
+    viewer.get_by_role("button", name="关闭").click()
 
     page.get_by_role("tab", name="知识库管理").click()
     page.get_by_role("button", name=re.compile("^手机")).click()

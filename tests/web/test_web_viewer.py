@@ -7,6 +7,7 @@ points, so the page's conversion to UTF-16 is what is checked.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,19 @@ pytestmark = pytest.mark.browser
 
 QUESTION = "How heavy is the Zephyr-9 widget?"
 FILLER = (
-    "Tomato seedlings want a sunny windowsill, water every second morning and a larger pot "
-    "once their third leaf opens. Basil likes the same light but less water; mint spreads "
-    "wherever it is allowed to, so it is better kept in a pot of its own. "
+    "Bed {n}: tomato seedlings want a sunny windowsill, water every second morning and a larger "
+    "pot once their third leaf opens. Basil likes the same light but less water; mint spreads "
+    "wherever it is allowed to, so it is better kept in pot {n} of its own."
 )
 SPEC = "<b>bold</b> 😀 𠀀 intro line. The Zephyr-9 widget weighs 412 grams. It is painted teal."
 """Markup, an emoji and a CJK Extension B character (both two UTF-16 units) before the fact."""
 DOCUMENT = (
     "# Garden notes\n\n"
-    + "\n\n".join(FILLER for _ in range(6))
+    + "\n\n".join(FILLER.format(n=n) for n in range(6))
     + "\n\n# Zephyr specifications\n\n"
     + SPEC
     + "\n\n# More garden notes\n\n"
-    + "\n\n".join(FILLER for _ in range(6))
+    + "\n\n".join(FILLER.format(n=n) for n in range(6, 12))
     + "\n"
 )
 NAME = "zephyr-emoji.md"
@@ -109,6 +110,9 @@ def test_evidence_marked_in_sources_and_viewer(
         ["Garden notes", "Zephyr specifications", "More garden notes"]
     )
     assert dialog.locator("b, img, script").count() == 0
+    # The sentences ingest repeats at the start of a chunk (its overlap) are shown once.
+    shown = dialog.locator("#viewer-body").inner_text()
+    assert [shown.count(f"in pot {n} of its own.") for n in range(12)] == [1] * 12
     shot(page, tmp_path, "viewer-evidence")
 
     # The original: opened in a new tab as inert text, and downloaded byte for byte.
@@ -127,6 +131,27 @@ def test_evidence_marked_in_sources_and_viewer(
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
     expect(citation).to_be_focused()
+
+    # Manage lists the document with a View button: the viewer opens at its beginning.
+    page.get_by_role("tab", name="Manage").click()
+    page.get_by_role("button", name=re.compile("^web-viewer")).click()
+    page.get_by_role("button", name=f"View {NAME}").click()
+    expect(dialog.locator(".viewer-chunk")).to_have_count(len(detail["chunks"]))
+    expect(dialog.locator(".viewer-chunk.cited")).to_have_count(0)
+    expect(dialog.locator("#viewer-meta")).to_contain_text(f"{len(detail['chunks'])} chunks")
+    dialog.get_by_role("button", name="Close").click()
+
+    # A document removed since the answer: the viewer says so, nothing breaks.
+    with httpx.Client(base_url=server.url) as client:
+        removed = client.delete(f"/v1/kbs/web-viewer/documents/{first['doc_id']}")
+        assert removed.status_code == 200
+    page.get_by_role("tab", name="Chat").click()
+    citation.click()
+    expect(page.locator("#viewer-status")).to_contain_text(
+        "Could not open the document: no document"
+    )
+    expect(dialog.locator(".viewer-chunk")).to_have_count(0)
+    expect(dialog.get_by_role("button", name="Open original")).to_be_disabled()
 
 
 def test_viewer_behind_an_api_key(tmp_path: Path, new_page: Any) -> None:
@@ -195,7 +220,7 @@ def test_evidence_offsets_and_answer_modes_in_the_page(server: Server, new_page:
                 text: box.textContent,
                 html: box.innerHTML,
                 body: view.body.textContent,
-                mode: view.mode.querySelector(".mode-label").textContent,
+                summary: view.mode.querySelector("summary").textContent,
                 generated: view.mode.querySelector("details p").textContent,
                 folded: !view.mode.querySelector("details").open,
                 scripts: view.element.querySelectorAll("script").length,
@@ -211,7 +236,7 @@ def test_evidence_offsets_and_answer_modes_in_the_page(server: Server, new_page:
     ]
     assert "&lt;i&gt;x&lt;/i&gt;" in result["html"]
     assert result["body"] == "Quoted: the widget weighs 412 grams [1]."
-    assert result["mode"].startswith("Quoted from the documents")
+    assert result["summary"] == "The model's own answer (not used)"
     assert result["generated"].startswith("<script>window.__xss = 1</script>")
     assert result["folded"] and result["scripts"] == 0 and result["excerptMarks"] == 2
     assert page.evaluate("window.__xss") is None

@@ -43,8 +43,8 @@ export class AnswerView {
         { class: "answer" },
         setText(h("span", { class: "visually-hidden" }), "chat.assistant"),
         this.sourceBox,
-        this.mode,
         this.body,
+        this.mode,
         this.excerptBox,
         this.note,
       ),
@@ -101,20 +101,19 @@ export class AnswerView {
     this.body.setAttribute("aria-busy", "false");
   }
 
-  /** An extracted answer says so, and keeps the model's dropped text folded away. */
+  /** An extracted answer (quoted from the sources, and saying so itself) keeps the model's
+   * dropped text folded away under it. */
   showMode(mode, generated) {
-    this.mode.hidden = mode !== "extracted";
+    this.mode.hidden = mode !== "extracted" || !generated?.trim();
     if (this.mode.hidden) return;
-    const dropped = generated?.trim()
-      ? h(
-          "details",
-          { class: "generated" },
-          setText(h("summary"), "answer.generated"),
-          h("p", {}, generated),
-        )
-      : null;
-    const label = setText(h("p", { class: "mode-label" }), "answer.extracted");
-    this.mode.replaceChildren(...[label, dropped].filter(Boolean));
+    this.mode.replaceChildren(
+      h(
+        "details",
+        { class: "generated" },
+        setText(h("summary"), "answer.generated"),
+        h("p", {}, generated),
+      ),
+    );
   }
 
   render() {

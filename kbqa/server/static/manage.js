@@ -1,5 +1,5 @@
 // The manage view: knowledge bases (create, pick, delete) and the picked one's documents
-// (upload by file picker or drag and drop, delete).
+// (upload by file picker or drag and drop, view in the source viewer, delete).
 
 import { api } from "./api.js";
 import { confirmDialog } from "./dialogs.js";
@@ -7,6 +7,7 @@ import { byId, h } from "./dom.js";
 import { setAttr, setText, t } from "./i18n.js";
 import { onKbs, reloadKbs } from "./store.js";
 import { SUPPORTED_EXTENSIONS, UploadCard } from "./upload.js";
+import { openViewer } from "./viewer.js";
 
 const PICKED_STORAGE = "kbqa.manageKb";
 const MAX_NAME_LENGTH = 64;
@@ -156,11 +157,22 @@ export class ManageView {
       "manage.delete",
     );
     setAttr(remove, "aria-label", "manage.deleteDoc", { name: doc.source });
+    const view = setText(
+      h("button", {
+        type: "button",
+        class: "view",
+        "aria-haspopup": "dialog",
+        onclick: () => openViewer([kb], doc),
+      }),
+      "manage.view",
+    );
+    setAttr(view, "aria-label", "manage.viewDoc", { name: doc.source });
     return h(
       "li",
       { class: "doc-item" },
       h("span", { class: "doc-name" }, doc.source),
       setText(h("small"), "manage.chunks", { chunks: doc.chunks }),
+      view,
       remove,
     );
   }

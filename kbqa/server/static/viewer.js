@@ -19,6 +19,8 @@ const VIEWABLE = new Map([
 ]);
 const TEXT_TYPES = /^(text\/|application\/(json|jsonl|xml)$)/;
 const URL_LIFETIME_MS = 60_000; // long enough for the new tab or the download to read it
+const MAX_OVERLAP = 400; // chunk overlap the viewer hides (ingest's default overlap is 50)
+const MIN_OVERLAP = 8; // shorter repeats are more likely coincidence than overlap
 
 let current = null; // {kb, document} shown now; null while loading or after a failure
 let ticket = 0; // the latest openViewer call: a slower, older load that finishes late is dropped
@@ -79,6 +81,7 @@ function show({ document: doc, chunks }, cited) {
   setOriginalButtons(doc.available);
 
   const byPage = chunks.some((c) => c.page != null);
+  const overlaps = new Map(chunks.map((c, i) => [c, i ? overlap(chunks[i - 1].text, c.text) : 0]));
   const body = byId("viewer-body");
   body.replaceChildren(
     ...groups(chunks, byPage).map(({ key, members }) =>
@@ -86,7 +89,7 @@ function show({ document: doc, chunks }, cited) {
         "section",
         { class: "viewer-group" },
         groupHeading(key, byPage),
-        members.map((c) => chunkNode(c, c === target ? cited.evidence : null)),
+        members.map((c) => chunkNode(c, c === target ? cited.evidence : null, overlaps.get(c))),
       ),
     ),
   );
@@ -115,8 +118,24 @@ function groupHeading(key, byPage) {
   return key ? h("h3", {}, key) : null;
 }
 
-function chunkNode(chunk, evidence) {
+/**
+ * How many leading characters of `text` repeat the end of the chunk before it: ingest carries
+ * the last sentence(s) of a chunk over into the next, and the viewer shows them once.
+ */
+function overlap(previous, text) {
+  // The shortest repeat that ends before white space: a document that repeats itself must not
+  // lose more than the carried-over sentences.
+  const longest = Math.min(MAX_OVERLAP, previous.length, text.length - 1);
+  for (let k = MIN_OVERLAP; k <= longest; k++) {
+    if (/\s/.test(text[k]) && previous.endsWith(text.slice(0, k))) return k;
+  }
+  return 0;
+}
+
+/** A chunk's paragraph: the cited one whole, with its evidence; others without their overlap. */
+function chunkNode(chunk, evidence, skip) {
   const cited = evidence !== null;
+  const text = cited ? chunk.text : chunk.text.slice(skip).trimStart();
   return h(
     "p",
     {
@@ -124,7 +143,7 @@ function chunkNode(chunk, evidence) {
       tabindex: cited ? "-1" : undefined,
       dataset: { chunkId: chunk.chunk_id },
     },
-    cited ? highlighted(chunk.text, evidence ?? []) : chunk.text,
+    cited ? highlighted(text, evidence ?? []) : text,
   );
 }
 
