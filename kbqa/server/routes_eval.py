@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Path
 
 from kbqa.errors import UsageError
 from kbqa.evaluation.cases import BadLine, EvalCase, case_from_json
-from kbqa.server.auth import require_api_key
+from kbqa.server.auth import AccessDep, demand, require_api_key
 from kbqa.server.errors import ERROR_RESPONSES, ApiError
 from kbqa.server.eval_jobs import EvalRequestSpec
 from kbqa.server.routes_kbs import require_kb
@@ -29,7 +29,10 @@ def post_eval(
     body: EvalRequest,
     state: StateDep,
     retriever: RetrieverDep,
+    access: AccessDep,
 ) -> JobCreated:
+    if body.calibrate:  # stores a threshold in the KB: a change, so a write
+        demand(access, "write")
     require_kb(state.settings, kb)
     cases, bad_lines = _cases(body.questions)
     if not body.retrieval_only and state.chain is None:

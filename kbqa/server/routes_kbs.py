@@ -13,7 +13,13 @@ from fastapi import APIRouter, Depends, File, Path, UploadFile
 
 from ingest.pipeline import open_or_create_kb
 from kbqa.kb_admin import list_documents, list_kbs, remove_document
-from kbqa.server.auth import require_api_key
+from kbqa.server.auth import (
+    AccessDep,
+    forbidden,
+    require_admin,
+    require_api_key,
+    require_write,
+)
 from kbqa.server.errors import CONFLICT_RESPONSE, ERROR_RESPONSES, ApiError
 from kbqa.server.eval_jobs import eval_job_status
 from kbqa.server.job_store import Job
@@ -49,16 +55,21 @@ KbPath = Annotated[KbName, Path(description="Knowledge base name")]
 
 
 @router.get("/v1/kbs")
-def get_kbs(settings: SettingsDep) -> KbList:
-    return KbList(kbs=[KbInfo.model_validate(kb) for kb in list_kbs(settings)])
+def get_kbs(settings: SettingsDep, access: AccessDep) -> KbList:
+    kbs = [kb for kb in list_kbs(settings) if access.sees(kb["name"])]
+    return KbList(kbs=[KbInfo.model_validate(kb) for kb in kbs])
 
 
-@router.post("/v1/kbs", status_code=201, responses=CONFLICT_RESPONSE)
-def post_kb(body: KbCreate, settings: SettingsDep) -> KbInfo:
+@router.post(
+    "/v1/kbs", status_code=201, responses=CONFLICT_RESPONSE, dependencies=[Depends(require_admin)]
+)
+def post_kb(body: KbCreate, settings: SettingsDep, access: AccessDep) -> KbInfo:
+    if not access.sees(body.name):  # a key limited to some KBs creates only those
+        raise forbidden(access, "admin")
     return create_kb(settings, body)
 
 
-@router.delete("/v1/kbs/{kb}")
+@router.delete("/v1/kbs/{kb}", dependencies=[Depends(require_admin)])
 def delete_kb(kb: KbPath, settings: SettingsDep) -> KbDeleted:
     KnowledgeBase.delete(settings.kbs_dir, kb, milvus_uri=settings.storage.milvus_uri or None)
     shutil.rmtree(uploads_dir(settings, kb), ignore_errors=True)
@@ -79,7 +90,7 @@ def get_documents(kb: KbPath, settings: SettingsDep) -> DocumentList:
     )
 
 
-@router.delete("/v1/kbs/{kb}/documents/{doc_id}")
+@router.delete("/v1/kbs/{kb}/documents/{doc_id}", dependencies=[Depends(require_write)])
 def delete_document(
     kb: KbPath, doc_id: Annotated[str, Path(max_length=200)], settings: SettingsDep
 ) -> DocumentRemoved:
@@ -87,7 +98,7 @@ def delete_document(
     return DocumentRemoved(removed=doc_id)
 
 
-@router.post("/v1/kbs/{kb}/documents", status_code=202)
+@router.post("/v1/kbs/{kb}/documents", status_code=202, dependencies=[Depends(require_write)])
 def upload_documents(
     kb: KbPath,
     files: Annotated[
@@ -103,16 +114,17 @@ def upload_documents(
 
 @router.get("/v1/jobs/{job_id}")
 def get_job(
-    job_id: Annotated[str, Path(max_length=64)], state: StateDep
+    job_id: Annotated[str, Path(max_length=64)], state: StateDep, access: AccessDep
 ) -> JobStatus | EvalJobStatus:
-    """An upload job, or an evaluation job (kbqa.server.eval_jobs, ids starting `eval-`)."""
+    """An upload job, or an evaluation job (kbqa.server.eval_jobs, ids starting `eval-`);
+    a job of a KB the key may not see does not exist for it."""
     if job_id.startswith("eval-"):
         evaluation = state.evals.get(job_id)
-        if evaluation is not None:
+        if evaluation is not None and access.sees(evaluation.kb):
             return eval_job_status(evaluation)
         raise ApiError(404, "job_not_found", f"no job {job_id}")
     job = state.jobs.get(job_id)
-    if job is None:
+    if job is None or not access.sees(job.kb):
         raise ApiError(404, "job_not_found", f"no job {job_id}")
     return job_status(job)
 

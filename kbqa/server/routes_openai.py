@@ -29,8 +29,9 @@ from starlette.responses import Response
 
 from kbqa.answer import DoneEvent, Event, SourcesEvent, TokenEvent
 from kbqa.answer_mode import REPLACED_NOTE
+from kbqa.keys import Access
 from kbqa.server.answering import Options, Question, answer_events, chat_tokens, split_conversation
-from kbqa.server.auth import require_api_key
+from kbqa.server.auth import AccessDep, require_api_key
 from kbqa.server.errors import ERROR_RESPONSES, ApiError
 from kbqa.server.schemas import (
     AssistantMessage,
@@ -58,15 +59,17 @@ router = APIRouter(
 
 
 @router.get("/v1/models")
-def list_models(state: StateDep) -> ModelList:
-    return ModelList(data=[ModelCard(id=name, created=0) for name in model_names(state)])
+def list_models(state: StateDep, access: AccessDep) -> ModelList:
+    names = model_names(state, access)
+    return ModelList(data=[ModelCard(id=name, created=0) for name in names])
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=SSE_RESPONSE)
 async def chat_completions(
-    body: ChatCompletionRequest, state: StateDep, request: Request
+    body: ChatCompletionRequest, state: StateDep, request: Request, access: AccessDep
 ) -> Response | ChatCompletion:
-    produce = partial(metered, await anyio.to_thread.run_sync(plan_completion, state, body))
+    plan = await anyio.to_thread.run_sync(plan_completion, state, body, access)
+    produce = partial(metered, plan)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     reply = Reply(body.model, with_sources=body.model != state.model_name, with_usage=include_usage)
     if body.stream:
@@ -74,33 +77,35 @@ async def chat_completions(
     return reply.completion(await generate(state, request, partial(_collect, produce)))
 
 
-def model_names(state: ServerState) -> list[str]:
-    kbs = KnowledgeBase.list_names(state.settings.kbs_dir)
-    return [KB_MODEL, *(f"{KB_MODEL}/{kb}" for kb in kbs), state.model_name]
+def model_names(state: ServerState, access: Access) -> list[str]:
+    """The models the key may use: `kbqa` needs the `default` KB, `kbqa/<kb>` that KB."""
+    kbs = access.visible(KnowledgeBase.list_names(state.settings.kbs_dir))
+    default = [KB_MODEL] if access.sees("default") else []
+    return [*default, *(f"{KB_MODEL}/{kb}" for kb in kbs), state.model_name]
 
 
 Producer = Callable[[threading.Event], Iterator[Event]]
 Item = Event | Metered
 
 
-def plan_completion(state: ServerState, body: ChatCompletionRequest) -> Producer:
+def plan_completion(state: ServerState, body: ChatCompletionRequest, access: Access) -> Producer:
     """What answering `body` means: a KB answer or plain chat, as a `produce(cancel)`."""
     options = Options(body.token_limit, body.temperature, body.top_p, tuple(body.stop_list))
     if body.model == state.model_name and body.model != KB_MODEL:
         return partial(chat_tokens, state, body.messages, options)
-    kbs = _kbs_of_model(state, body.model)
+    kbs = _kbs_of_model(state, body.model, access)
     text, history = split_conversation(body.messages)
     return partial(answer_events, state, Question(text, kbs, history, None, options))
 
 
-def _kbs_of_model(state: ServerState, model: str) -> list[str]:
+def _kbs_of_model(state: ServerState, model: str, access: Access) -> list[str]:
     if model == KB_MODEL:
         kb = "default"
     elif model.startswith(f"{KB_MODEL}/"):
         kb = model.removeprefix(f"{KB_MODEL}/")
     else:
         raise ApiError(404, "model_not_found", f"no model {model!r} (see GET /v1/models)")
-    if kb not in KnowledgeBase.list_names(state.settings.kbs_dir):
+    if kb not in KnowledgeBase.list_names(state.settings.kbs_dir) or not access.sees(kb):
         raise ApiError(404, "model_not_found", f"no model {model!r}: no knowledge base {kb!r}")
     return [kb]
 

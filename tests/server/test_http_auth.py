@@ -15,7 +15,8 @@ KEY = "s3cret-Key_with.symbols~"
 
 @pytest.fixture(scope="module")
 def guarded(docs_home: Path) -> Iterator[LiveServer]:
-    server = serve_with_model(docs_home, EchoChat(), api_key=KEY)
+    # Every wrong key below counts against 127.0.0.1; test_http_keys.py tests the limit itself.
+    server = serve_with_model(docs_home, EchoChat(), api_key=KEY, auth_failures_per_minute=10_000)
     yield server
     server.stop()
 

@@ -1,0 +1,27 @@
+"""`kbqa mcp`: the knowledge bases as an MCP server over stdio (see kbqa.mcp_server).
+
+stdout carries the protocol, so everything else (errors included) goes to stderr.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from kbqa.cli_common import ConfigOption, HomeOption, KbsOption, settings_for, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def mcp(kb: KbsOption = None, home: HomeOption = None, config: ConfigOption = None) -> None:
+        """Serve search, ask and the document listings to an MCP client over stdio.
+
+        With --kb the client sees only the knowledge bases named, and the first is the default;
+        without, it sees them all and `default` is the default.
+        """
+        from kbqa.mcp_server import run_stdio
+        from storage.names import validate_kb_name
+
+        with user_errors():
+            settings = settings_for(home, config)
+            kbs = [validate_kb_name(name) for name in kb or []]
+        run_stdio(settings, kbs)
