@@ -7,6 +7,7 @@ API key, so every request but the 401 checks sends it.
 
 from __future__ import annotations
 
+import io
 import re
 import tracemalloc
 import urllib.parse
@@ -33,6 +34,19 @@ HOSTILE_NAME = 'evil "quote"; x=1\\ \r\n<img src=x onerror=y>文档 😀.txt'
 BIG_BYTES = 30 * 1024 * 1024
 
 
+def pdf_bytes(pages: list[str]) -> bytes:
+    """A PDF with one line of text on each page (reportlab, made here)."""
+    from reportlab.pdfgen import canvas
+
+    buffer = io.BytesIO()
+    pdf = canvas.Canvas(buffer)
+    for line in pages:
+        pdf.drawString(72, 720, line)
+        pdf.showPage()
+    pdf.save()
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope="module")
 def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, Path]]:
     home = make_home(tmp_path_factory, "viewer-home")
@@ -40,6 +54,7 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServe
     (folder / HOSTILE_NAME).write_text("The hostile file names a teal heron.\n", encoding="utf-8")
     for name in ("big.txt", "gone.txt", "swapped.txt", "removed.txt"):
         (folder / name).write_text(f"{name} holds a few words about herons.\n", encoding="utf-8")
+    (folder / "pages.pdf").write_bytes(pdf_bytes(["First page: herons.", "Second page: teal."]))
     report = ingest_paths(server_settings(home), "default", [folder])
     assert not report.failed, report.failed
     server = serve_with_model(home, EchoChat(), api_key=KEY)
@@ -126,6 +141,19 @@ def test_content_is_the_original_with_its_type(client: httpx.Client) -> None:
         f"/v1/kbs/default/documents/{doc_ids(client)['zephyr.md']}/content?download=true"
     )
     assert download.headers["content-disposition"].startswith("attachment;")
+
+
+def test_pdf_pages_and_type(client: httpx.Client, viewer: tuple[LiveServer, Path]) -> None:
+    doc_id = doc_ids(client)["pages.pdf"]
+    detail = client.get(f"/v1/kbs/default/documents/{doc_id}").json()
+    assert detail["document"]["content_type"] == "application/pdf"
+    assert [(c["page"], c["text"]) for c in detail["chunks"]] == [
+        (1, "First page: herons."),
+        (2, "Second page: teal."),
+    ]
+    content = client.get(f"/v1/kbs/default/documents/{doc_id}/content")
+    assert content.headers["content-type"] == "application/pdf"
+    assert content.content == (viewer[1] / "pages.pdf").read_bytes()
 
 
 def test_hostile_file_name_round_trips_through_content_disposition(client: httpx.Client) -> None:

@@ -7,13 +7,24 @@ points, so the page's conversion to UTF-16 is what is checked.
 
 from __future__ import annotations
 
+import io
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from web_helpers import API_KEY, Server, ask, expect, pick_only, seed_kb, start_server
+from web_helpers import (
+    API_KEY,
+    JOB_TIMEOUT_MS,
+    Server,
+    ask,
+    expect,
+    pick_only,
+    seed_kb,
+    start_server,
+)
 
 from ingest.pipeline import ingest_paths
 from kbqa.settings import load_settings
@@ -152,6 +163,46 @@ def test_evidence_marked_in_sources_and_viewer(
     )
     expect(dialog.locator(".viewer-chunk")).to_have_count(0)
     expect(dialog.get_by_role("button", name="Open original")).to_be_disabled()
+
+
+def pdf_bytes(pages: list[str]) -> bytes:
+    """A PDF with one line of text on each page (reportlab, made here)."""
+    from reportlab.pdfgen import canvas
+
+    buffer = io.BytesIO()
+    pdf = canvas.Canvas(buffer)
+    for line in pages:
+        pdf.drawString(72, 720, line)
+        pdf.showPage()
+    pdf.save()
+    return buffer.getvalue()
+
+
+def test_pdf_is_grouped_by_page_and_opens_at_the_cited_page(server: Server, new_page: Any) -> None:
+    pages = [
+        "Tomato seedlings want a sunny windowsill and water every second morning.",
+        "The Zephyr-9 widget weighs 412 grams and is painted teal.",
+        "Mint spreads wherever it is allowed to, so it gets a pot of its own.",
+    ]
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.post("/v1/kbs", json={"name": "web-pdf"}).status_code == 201
+        files = [("files", ("specs.pdf", pdf_bytes(pages), "application/pdf"))]
+        job_id = client.post("/v1/kbs/web-pdf/documents", files=files).json()["job_id"]
+        deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] not in ("done", "failed"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+        assert job["state"] == "done" and job["result"]["added"] == 1, job
+    page = new_page()
+    page.goto(server.url)
+    pick_only(page, "web-pdf")
+    turn = ask(page, QUESTION)
+    turn.locator(".answer-body button.cite").first.click()
+    dialog = page.get_by_role("dialog", name="specs.pdf")
+    expect(dialog.locator(".viewer-group h3")).to_have_text(["Page 1", "Page 2", "Page 3"])
+    cited_group = dialog.locator(".viewer-group").filter(has=page.locator(".viewer-chunk.cited"))
+    expect(cited_group.locator("h3")).to_have_text("Page 2")
+    expect(cited_group.locator("mark.evidence").first).to_contain_text("412 grams")
 
 
 def test_viewer_behind_an_api_key(tmp_path: Path, new_page: Any) -> None:
