@@ -17,7 +17,7 @@ from typing import Protocol
 
 from ingest.loaders import SUPPORTED_EXTENSIONS, load_document
 from ingest.splitter import embed_text, split_sections
-from ingest.types import LoadError
+from ingest.types import LoadError, LoadOptions
 from kbqa.settings import Settings
 from storage.embeddings import DEFAULT_EMBEDDING, Embedder, get_embedder
 from storage.errors import EmbeddingMismatch, KBNotFound
@@ -60,12 +60,31 @@ class Progress(Protocol):
     def file_done(self, path: str, status: str, chunks: int) -> None: ...
 
 
+class PageProgress(Progress, Protocol):
+    """A Progress that also hears of each page of a paged file (OCR takes seconds a page).
+
+    Optional: the pipeline calls `page_done` only on front ends that define it.
+    """
+
+    def page_done(self, path: str, page: int, pages: int) -> None: ...
+
+
 class _NoProgress:
     def start(self, files: int) -> None:
         pass
 
     def file_done(self, path: str, status: str, chunks: int) -> None:
         pass
+
+
+def _load_options(settings: Settings, progress: Progress, source: str) -> LoadOptions:
+    page_done = getattr(progress, "page_done", None)
+    return LoadOptions(
+        ocr=settings.ocr.enabled,
+        ocr_max_pages=settings.ocr.max_pages,
+        ocr_dpi=settings.ocr.dpi,
+        on_page=(lambda done, total: page_done(source, done, total)) if page_done else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -218,7 +237,8 @@ def ingest_paths(
             progress.start(len(candidates))
             upserts = []
             for candidate in candidates:
-                upsert, status = _prepare(settings, embedder, candidate, known, report)
+                options = _load_options(settings, progress, candidate.source)
+                upsert, status = _prepare(settings, embedder, candidate, known, report, options)
                 if upsert is not None:
                     upserts.append(upsert)
                 progress.file_done(candidate.source, status, len(upsert.chunks) if upsert else 0)
@@ -240,6 +260,7 @@ def _prepare(
     candidate: _Candidate,
     known: dict[str, DocumentInfo],
     report: IngestReport,
+    options: LoadOptions,
 ) -> tuple[DocumentUpsert | None, str]:
     """The upsert for one file (None when unchanged, skipped or failed) and its status word."""
     shown = str(candidate.path)
@@ -248,7 +269,7 @@ def _prepare(
         report.skipped.append({"path": shown, "reason": reason})
         return None, "skipped"
     try:
-        upsert = _read_and_embed(settings, embedder, candidate, known)
+        upsert = _read_and_embed(settings, embedder, candidate, known, options)
     except LoadError as e:
         report.failed.append({"path": shown, "error": str(e)})
         return None, "failed"
@@ -270,6 +291,7 @@ def _read_and_embed(
     embedder: Callable[[], Embedder],
     candidate: _Candidate,
     known: dict[str, DocumentInfo],
+    options: LoadOptions,
 ) -> DocumentUpsert | None:
     stat = candidate.path.stat()
     max_bytes = int(settings.ingest.max_file_mb * 1024 * 1024)
@@ -277,7 +299,7 @@ def _read_and_embed(
     previous = known.get(str(candidate.path))
     if previous is not None and previous.content_hash == content_hash:
         return None
-    sections = load_document(candidate.path, max_bytes=max_bytes)
+    sections = load_document(candidate.path, max_bytes=max_bytes, options=options)
     chunks = split_sections(
         sections,
         chunk_size=settings.ingest.chunk_size,

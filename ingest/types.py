@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -35,3 +36,21 @@ class LoadError(Exception):
 
 class UnsupportedFormat(LoadError):
     """The file's extension is not one kbqa reads."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How loaders may read a file: OCR limits and who hears about each page read.
+
+    `on_page(done, total)` is called after each page of a paged document (PDF pages, image
+    frames), so a front end can show progress on documents that take seconds a page to OCR.
+    """
+
+    ocr: bool = True
+    ocr_max_pages: int = 100
+    ocr_dpi: int = 200
+    on_page: Callable[[int, int], None] | None = None
+
+    def page_done(self, done: int, total: int) -> None:
+        if self.on_page is not None:
+            self.on_page(done, total)

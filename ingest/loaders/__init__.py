@@ -9,33 +9,47 @@ from ingest.loaders.delimited import load_csv
 from ingest.loaders.encoding import read_text
 from ingest.loaders.excel import load_xlsx
 from ingest.loaders.html import load_html
+from ingest.loaders.image import load_image
 from ingest.loaders.jsondoc import load_json, load_jsonl
 from ingest.loaders.pdf import load_pdf
 from ingest.loaders.slides import load_pptx
 from ingest.loaders.text import load_markdown, load_txt
 from ingest.loaders.word import load_docx
-from ingest.types import LoadError, Section, UnsupportedFormat
+from ingest.types import LoadError, LoadOptions, Section, UnsupportedFormat
 
-__all__ = ["SUPPORTED_EXTENSIONS", "load_document", "read_text"]
+__all__ = ["IMAGE_EXTENSIONS", "SUPPORTED_EXTENSIONS", "LoadOptions", "load_document", "read_text"]
 
-_LOADERS: dict[str, Callable[[bytes], list[Section]]] = {
-    ".txt": load_txt,
-    ".md": load_markdown,
-    ".markdown": load_markdown,
-    ".html": load_html,
-    ".htm": load_html,
-    ".pdf": load_pdf,
-    ".docx": load_docx,
-    ".pptx": load_pptx,
-    ".csv": load_csv,
-    ".xlsx": load_xlsx,
-    ".json": load_json,
-    ".jsonl": load_jsonl,
-}
+Loader = Callable[[bytes, LoadOptions], list[Section]]
+
+
+def _plain(loader: Callable[[bytes], list[Section]]) -> Loader:
+    """A loader that needs no options (every format that is never OCR'd)."""
+    return lambda data, _options: loader(data)
+
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+)
+_LOADERS: dict[str, Loader] = {
+    ".txt": _plain(load_txt),
+    ".md": _plain(load_markdown),
+    ".markdown": _plain(load_markdown),
+    ".html": _plain(load_html),
+    ".htm": _plain(load_html),
+    ".pdf": _plain(load_pdf),
+    ".docx": _plain(load_docx),
+    ".pptx": _plain(load_pptx),
+    ".csv": _plain(load_csv),
+    ".xlsx": _plain(load_xlsx),
+    ".json": _plain(load_json),
+    ".jsonl": _plain(load_jsonl),
+} | dict.fromkeys(IMAGE_EXTENSIONS, load_image)
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(_LOADERS)
 
 
-def load_document(path: Path, *, max_bytes: int) -> list[Section]:
+def load_document(
+    path: Path, *, max_bytes: int, options: LoadOptions | None = None
+) -> list[Section]:
     """The file's text as Sections; never empty: a file without text raises LoadError.
 
     Raises UnsupportedFormat for an extension not in SUPPORTED_EXTENSIONS and LoadError for
@@ -47,7 +61,7 @@ def load_document(path: Path, *, max_bytes: int) -> list[Section]:
         raise UnsupportedFormat(f"unsupported file type {kind}")
     data = _read(path, max_bytes)
     try:
-        sections = [section for section in loader(data) if section.text.strip()]
+        sections = [s for s in loader(data, options or LoadOptions()) if s.text.strip()]
     except LoadError as exc:
         message = " ".join(str(exc).split())  # one line, whatever a library put in it
         if message == str(exc):

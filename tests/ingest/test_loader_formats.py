@@ -20,7 +20,8 @@ def load(path: Path) -> list[Section]:
 def test_supported_extensions() -> None:
     expected = {".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".pptx", ".csv"}
     expected |= {".xlsx"}
-    assert expected | {".json", ".jsonl"} == SUPPORTED_EXTENSIONS
+    images = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+    assert expected | {".json", ".jsonl"} | images == SUPPORTED_EXTENSIONS
 
 
 def test_extension_case_is_ignored(write) -> None:

@@ -73,5 +73,5 @@ def test_deck_without_text(tmp_path: Path) -> None:
     deck.slides.add_slide(deck.slide_layouts[6])
     path = tmp_path / "blank.pptx"
     deck.save(str(path))
-    with pytest.raises(LoadError, match="^no text found$"):
+    with pytest.raises(LoadError, match=r"^no text found$"):
         load_document(path, max_bytes=MAX_BYTES)

@@ -1,0 +1,48 @@
+"""Images (.png .jpg .tif .bmp .webp) read by OCR; each frame of a multi-page TIFF is a page."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from ingest.ocr import MAX_PIXELS, recognize
+from ingest.types import LoadError, LoadOptions, Section
+
+
+def load_image(data: bytes, options: LoadOptions) -> list[Section]:
+    if not options.ocr:
+        raise LoadError("images are read by OCR, which is turned off (ocr.enabled = false)")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its own limit and twice it; any bomb is an error here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise LoadError(f"image too large to read (decompression bomb?): {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise LoadError("not a readable image: corrupt or of an unknown format") from exc
+    with image:
+        if image.width * image.height > MAX_PIXELS:
+            raise LoadError(
+                f"image too large to read: {image.width}×{image.height} pixels, "
+                f"over the {MAX_PIXELS // 1_000_000} megapixel limit"
+            )
+        frames = getattr(image, "n_frames", 1)
+        total = min(frames, options.ocr_max_pages)
+        sections: list[Section] = []
+        try:
+            for number, frame in enumerate(ImageSequence.Iterator(image), start=1):
+                if number > total:
+                    break
+                frame.load()
+                text = recognize(frame)
+                options.page_done(number, total)
+                if text:
+                    sections.append(Section(text=text, page=number if frames > 1 else None))
+        except OSError as exc:  # Pillow's "image file is truncated", broken compressed data
+            raise LoadError(f"truncated or corrupt image: {exc}") from exc
+    if not sections:
+        raise LoadError("no text found in the image (OCR)")
+    return sections
