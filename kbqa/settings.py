@@ -59,6 +59,15 @@ class IngestSettings(_Section):
         return self
 
 
+class OcrSettings(_Section):
+    enabled: bool = True
+    """Read images and PDF pages without a text layer by OCR (RapidOCR, offline, zh + en)."""
+    max_pages: int = Field(default=100, ge=1, le=10_000)
+    """Pages of one PDF read by OCR; further scanned pages are left out (about 2 s a page)."""
+    dpi: int = Field(default=200, ge=72, le=600)
+    """Resolution PDF pages are rendered at for OCR (capped at 4000 pixels a side)."""
+
+
 class StorageSettings(_Section):
     backend: Literal["faiss", "milvus"] = "faiss"
     """Backend for newly created KBs; an existing KB keeps the backend it was created with."""
@@ -171,6 +180,7 @@ class Settings(_Section):
     home: Path = Path("~/.kbqa")
     embedding: EmbeddingSettings = EmbeddingSettings()
     ingest: IngestSettings = IngestSettings()
+    ocr: OcrSettings = OcrSettings()
     storage: StorageSettings = StorageSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     llm: LLMSettings = LLMSettings()
