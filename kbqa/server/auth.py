@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -157,7 +157,7 @@ class AccessGuard:
         await self.app(scope, receive, send)
 
     def _check_route(self, scope: Scope, access: Access) -> None:
-        for route in self.router.routes:
+        for route in flat_routes(self.router.routes):
             match, child = route.matches(scope)
             if match == Match.FULL:
                 kb = child.get("path_params", {}).get("kb")
@@ -208,6 +208,18 @@ async def current_access(request: Request) -> Access:
 
 
 AccessDep = Annotated[Access, Depends(current_access)]
+
+
+def flat_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """Every route of the app, in matching order, with included routers opened up (FastAPI
+    keeps an included router as one route that holds the router's own). kbqa includes its
+    routers without a prefix, so each route matches the request's path as it is."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if isinstance(included, Router):
+            yield from flat_routes(included.routes)
+        else:
+            yield route
 
 
 def declared_scope(route: BaseRoute) -> KeyScope:

@@ -12,7 +12,7 @@ from ingest_documents import MAX_BYTES, docx_bytes, pdf_bytes, xlsx_bytes
 from reportlab.lib.pdfencrypt import StandardEncryption
 
 from ingest.loaders import load_document
-from ingest.types import LoadError, UnsupportedFormat
+from ingest.types import LoadError, LoadOptions, UnsupportedFormat
 
 
 def error_of(path: Path, max_bytes: int = MAX_BYTES) -> str:
@@ -98,9 +98,11 @@ def test_encrypted_pdf(write) -> None:
     assert error_of(write("locked.pdf", data)) == "encrypted PDF: needs a password"
 
 
-def test_pdf_without_text_layer_needs_ocr(write) -> None:
+def test_pdf_without_text_layer_or_text_to_ocr(write) -> None:
     data = pdf_bytes([[], []])
-    assert error_of(write("scan.pdf", data)) == "no text layer (scanned PDF?): needs OCR"
+    with pytest.raises(LoadError) as caught:  # OCR'd at 72 DPI: its result is known, only faster
+        load_document(write("scan.pdf", data), max_bytes=MAX_BYTES, options=LoadOptions(ocr_dpi=72))
+    assert str(caught.value) == "no text found (no text layer, and OCR found none)"
 
 
 @pytest.mark.parametrize(

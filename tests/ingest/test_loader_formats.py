@@ -10,7 +10,7 @@ from reportlab.lib.pdfencrypt import StandardEncryption
 
 from ingest.loaders import SUPPORTED_EXTENSIONS, load_document
 from ingest.tables import TableSection
-from ingest.types import Section
+from ingest.types import LoadOptions, Section
 
 
 def load(path: Path) -> list[Section]:
@@ -111,8 +111,9 @@ def test_pdf_pages_are_numbered_from_one(write) -> None:
     ]
 
 
-def test_pdf_pages_without_text_are_skipped(write) -> None:
-    sections = load(write("mixed.pdf", pdf_bytes([[], ["Only page two has text."]])))
+def test_pdf_pages_without_text_are_skipped_with_ocr_off(write) -> None:
+    path = write("mixed.pdf", pdf_bytes([[], ["Only page two has text."]]))
+    sections = load_document(path, max_bytes=MAX_BYTES, options=LoadOptions(ocr=False))
     assert [(s.page, s.text) for s in sections] == [(2, "Only page two has text.")]
 
 
