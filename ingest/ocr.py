@@ -51,7 +51,8 @@ def recognize(image: Image.Image) -> str:
     bgr = np.ascontiguousarray(np.asarray(image)[:, :, ::-1])  # [H, W, 3] as OpenCV orders it
     with _lock:
         result, _ = _get_engine()(bgr)
-    boxes = [_box(points, text) for points, text, _score in result or [] if text.strip()]
+    # A box without a letter or digit is a rule, a bullet or a stain read as "■" or "|".
+    boxes = [_box(p, text) for p, text, _score in result or [] if any(c.isalnum() for c in text)]
     return "\n".join(_join(line) for line in _lines(boxes))
 
 

@@ -1,4 +1,4 @@
-"""A terminal progress bar for ingests: files done and chunks written."""
+"""A terminal progress bar for ingests: files done, chunks written, the page being read."""
 
 from __future__ import annotations
 
@@ -44,3 +44,8 @@ class IngestProgress:
     def file_done(self, path: str, status: str, chunks: int) -> None:
         self._chunks += chunks
         self._bar.update(self._task, advance=1, chunks=self._chunks, current=f"{status} {path}")
+
+    def page_done(self, path: str, page: int, pages: int) -> None:
+        """OCR takes seconds a page: say which page of which file is being read."""
+        if page < pages:
+            self._bar.update(self._task, current=f"page {page + 1}/{pages} of {path}")

@@ -36,7 +36,7 @@ _LOADERS: dict[str, Loader] = {
     ".markdown": _plain(load_markdown),
     ".html": _plain(load_html),
     ".htm": _plain(load_html),
-    ".pdf": _plain(load_pdf),
+    ".pdf": load_pdf,
     ".docx": _plain(load_docx),
     ".pptx": _plain(load_pptx),
     ".csv": _plain(load_csv),

@@ -1,4 +1,8 @@
-"""PDF text layer with pypdf: one Section per page that has text, pages numbered from 1."""
+"""PDF page by page: the text layer (pypdf) where a page has one, OCR where it has none.
+
+One Section per page that has text, pages numbered from 1; a scanned page is rendered with
+pypdfium2 at the configured DPI and read by OCR (ingest.ocr), so mixed documents keep both.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import re
 from pypdf import PdfReader
 from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
 
-from ingest.types import LoadError, Section
+from ingest.loaders.pdf_ocr import ScanReader
+from ingest.types import LoadError, LoadOptions, Section
 
 _CJK = r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]"
 # A line break between two Chinese characters is a wrap inside a sentence, not a space.
@@ -17,7 +22,7 @@ _CJK_WRAP = re.compile(rf"(?<={_CJK})\n(?={_CJK})")
 _HYPHEN_WRAP = re.compile(r"(?<=[a-z])-\n(?=[a-z])")
 
 
-def load_pdf(data: bytes) -> list[Section]:
+def load_pdf(data: bytes, options: LoadOptions) -> list[Section]:
     # pypdf logs every repaired xref at WARNING; the result or the LoadError says what matters.
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
@@ -36,19 +41,23 @@ def load_pdf(data: bytes) -> list[Section]:
 
     sections: list[Section] = []
     failures = 0
+    scans = ScanReader(data, options)
     for number, page in enumerate(pages, start=1):
         try:
-            text = page.extract_text() or ""
+            text = _tidy(page.extract_text() or "")
         except Exception:  # one broken content stream should not lose the other pages
             failures += 1
-            continue
-        text = _tidy(text)
+            text = ""
+        if not text:
+            text = scans.read(number)
         if text:
             sections.append(Section(text=text, page=number))
+        options.page_done(number, len(pages))
+    scans.close()
     if not sections:
         if failures == len(pages):
             raise LoadError("corrupt PDF: no page could be read")
-        raise LoadError("no text layer (scanned PDF?): needs OCR")
+        raise LoadError(scans.why_empty())
     return sections
 
 

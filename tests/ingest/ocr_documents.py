@@ -35,3 +35,21 @@ def scanned_pdf_bytes(pages: Sequence[Image.Image]) -> bytes:
         buffer, format="PDF", save_all=True, append_images=list(pages[1:]), resolution=200
     )
     return buffer.getvalue()
+
+
+def mixed_pdf_bytes(text_lines: Sequence[str], scan: Image.Image) -> bytes:
+    """Page 1 with a text layer, page 2 a scan (an image and no text), as merged PDFs often are."""
+    from reportlab.lib.utils import ImageReader
+    from reportlab.pdfgen import canvas
+
+    # Pages the size of the scan at 200 DPI plus a margin: small pages keep the OCR quick.
+    width, height = scan.width * 72 / 200, scan.height * 72 / 200
+    buffer = io.BytesIO()
+    pdf = canvas.Canvas(buffer, pagesize=(width + 72, max(height, 18 * len(text_lines)) + 72))
+    for i, line in enumerate(text_lines):
+        pdf.drawString(36, 36 + 18 * (len(text_lines) - 1 - i), line)
+    pdf.showPage()
+    pdf.drawImage(ImageReader(scan), 36, 36, width, height)
+    pdf.showPage()
+    pdf.save()
+    return buffer.getvalue()
