@@ -2,6 +2,7 @@
 
 One Section per page that has text, pages numbered from 1; a scanned page is rendered with
 pypdfium2 at the configured DPI and read by OCR (ingest.ocr), so mixed documents keep both.
+Ruled tables on text pages become TableSections of header-labelled rows (pdf_tables).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pypdf import PdfReader
 from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
 
 from ingest.loaders.pdf_ocr import ScanReader
+from ingest.loaders.pdf_tables import TableFinder
 from ingest.types import LoadError, LoadOptions, Section
 
 _CJK = r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]"
@@ -42,18 +44,25 @@ def load_pdf(data: bytes, options: LoadOptions) -> list[Section]:
     sections: list[Section] = []
     failures = 0
     scans = ScanReader(data, options)
+    tables = TableFinder(data)
     for number, page in enumerate(pages, start=1):
         try:
             text = _tidy(page.extract_text() or "")
         except Exception:  # one broken content stream should not lose the other pages
             failures += 1
             text = ""
-        if not text:
+        found = tables.find(number) if text else None
+        if found is not None:
+            text = _tidy(found.text)
+        elif not text:
             text = scans.read(number)
         if text:
             sections.append(Section(text=text, page=number))
+        if found is not None:
+            sections.extend(found.tables)
         options.page_done(number, len(pages))
     scans.close()
+    tables.close()
     if not sections:
         if failures == len(pages):
             raise LoadError("corrupt PDF: no page could be read")
