@@ -1,6 +1,6 @@
 """The 0..1 relevance that decides which retrieved chunks reach the model.
 
-    relevance = max(dense_weight * dense, lexical)
+    relevance = max(dense_weight * dense, lexical) * 0.8 ** (the question's numbers the chunk lacks)
 
 - `dense` is the hit's score from storage: the cosine between the question's and the chunk's
   embeddings, clipped to 0..1 (or a reranker's score where one is configured).
@@ -20,7 +20,17 @@ lone characters are joined back into one term and a lone one left over is droppe
 a Latin letter or a digit (names, versions, identifiers: `INT4`, `Harbor`) weigh 2, others 1:
 they are rarer and say more about what is asked. A Latin word also matches its plural; a
 Chinese term of three or more characters that does not occur whole earns the share of its
-character pairs that do (繁体中文 against 繁体分词: 1 of 3).
+character pairs that do (繁体中文 against 繁体分词: 1 of 3). A Latin name is the same with or
+without its `-`, `.`, `_` (C-Eval and CEval, Q-LoRA and QLoRA).
+
+A Chinese question against a chunk with no Chinese in it (an English README, a PDF) can only
+match there by its Latin terms: its share is that of its Latin terms alone, at most
+CROSS_LANGUAGE_SHARE (0.5; see `_cross_language_share`).
+
+Numbers: a term with a digit (4090, INT4, Qwen-72B, F1, 2016) names exactly what is asked; a
+chunk that lacks it rarely answers (it is how "ChatGLM2-6B 在 RTX 4090 上每秒生成多少 token" and
+"jieba 的 F1 值" pass on chunks about the same model and tool). Each one missing keeps 0.8 of
+the relevance (MISSING_NUMBER_FACTOR); for a follow-up, only the new question's numbers count.
 
 A follow-up searched as "earlier questions + new question" (see kbqa.prompting) scores the
 lexical share only for chunks holding at least one term of the new question itself (see
@@ -28,7 +38,10 @@ lexical share only for chunks holding at least one term of the new question itse
 
 With `retrieval.min_relevance` = 0.45 on real documents (bench/eval_answers.py, results in
 bench/RESULTS.md) no answerable question was refused and off-topic ones were; questions on the
-documents' topics that the documents do not answer still pass, and are left to the model.
+documents' topics that the documents do not answer still often pass, and are left to the model.
+Measured on Chinese and English projects' docs (bench/eval_zh.py, "Chinese retrieval and
+refusal" in bench/RESULTS.md); weighting terms by their IDF in the KB was tried there and lost
+(paraphrased words the KB never uses weigh most and sink answerable questions).
 """
 
 from __future__ import annotations
@@ -43,6 +56,11 @@ from storage.keyword import STOPWORDS, has_cjk
 from storage.types import SearchHit
 
 CJK_DENSE_WEIGHT = 0.5
+CROSS_LANGUAGE_SHARE = 0.5
+"""Most a Chinese question's lexical share can reach on a chunk without Chinese text."""
+MISSING_NUMBER_FACTOR = 0.8
+"""Relevance kept for each number, version or sized name of the question the chunk lacks."""
+"""Most a Chinese question's lexical share can reach on a chunk without Chinese text."""
 
 RELEVANCE = "relevance"
 """Key of the relevance in SearchHit.extra once `with_relevance` has scored a hit."""
@@ -52,14 +70,17 @@ _FILLER_WORDS = (
     # Chinese question words, modal verbs and politeness.
     "多少 几 哪 哪里 哪儿 哪个 哪些 哪几种 怎么样 怎样 什么样 是否 是不是 能否 能不能 "
     "可以 可不可以 有没有 要 需要 吗 呢 吧 么 请 告诉 一下 知道 情况 问题 "
+    # Hedges and pointers that questions add and documents do not say (几 多少 asked another way).
+    "最少 至少 多大 大概 大约 这个 那个 哪天 一共 "
     # English ones.
     "much many long when where why there any some about tell please know get use used using "
-    "should would will shall may might must need needs"
+    "should would will shall may might must need needs roughly approximately often"
 )
 _FILLER = frozenset(_FILLER_WORDS.split())
 _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _WORD = re.compile(r"[^\W_]+(?:[._\-+][^\W_]+)*")
 _ASCII_ALNUM = re.compile(r"[a-z0-9]")
+_DIGIT = re.compile(r"[0-9]")
 _RUN = re.compile(r"[^\W_]+")
 """A run of letters and digits: what the whole-word test in `_occurs` treats as one word."""
 
@@ -106,13 +127,26 @@ def query_terms(question: str) -> dict[str, int]:
 
 class _Haystack:
     """A chunk's text as lexical_score searches it: NFKC-folded and lower-cased, with the set
-    of its runs of letters and digits (a single-run term is found there without a regex)."""
+    of its runs of letters and digits (a single-run term is found there without a regex), the
+    set of its words without their `.`, `-`, `_` (see `_squashed`), and whether it holds any
+    Chinese."""
 
-    __slots__ = ("text", "words")
+    __slots__ = ("chinese", "squashed", "text", "words")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.words = frozenset(_RUN.findall(text))
+        self.squashed = frozenset(_squash(word) for word in _WORD.findall(text))
+        self.chinese = has_cjk(text)
+
+
+_CONNECTORS = re.compile(r"[._\-]")
+
+
+def _squash(word: str) -> str:
+    # "C-Eval" and "CEval", "Q-LoRA" and "QLoRA", "P-Tuning" and "PTuning": one name, spelt
+    # with or without its hyphen (bench/eval_zh.py: the C-Eval column is headed "CEval").
+    return _CONNECTORS.sub("", word)
 
 
 @lru_cache(maxsize=2048)
@@ -142,6 +176,11 @@ def _occurs(term: str, haystack: _Haystack) -> bool:
         found = re.search(pattern, haystack.text) is not None
     if found:
         return True
+    squashed = _squash(term)
+    if squashed != term or term in haystack.squashed:  # spelt with connectors here or there
+        variants = haystack.squashed
+        if squashed in variants or f"{squashed}s" in variants or f"{squashed}es" in variants:
+            return True
     return term.endswith("s") and len(term) > 3 and _occurs(term[:-1], haystack)
 
 
@@ -161,8 +200,26 @@ def lexical_score(question: str, hit: SearchHit, focus: str | None = None) -> fl
         focus_terms = query_terms(focus)
         if focus_terms and not any(_found(term, haystack) for term in focus_terms):
             return 0.0
+    if not haystack.chinese and any(has_cjk(term) for term in terms):
+        return _cross_language_share(terms, haystack)
     found = sum(weight * _found(term, haystack) for term, weight in terms.items())
     return found / total
+
+
+def _cross_language_share(terms: dict[str, int], haystack: _Haystack) -> float:
+    """A Chinese question against a chunk without Chinese: only its Latin terms (names,
+    versions, numbers) can occur there, so they alone are scored, at CROSS_LANGUAGE_SHARE.
+
+    Counting the Chinese terms as missing kept "tiktoken 比其他开源分词器快多少倍" at 0.33 on
+    tiktoken's English README (refused, and below Chinese chunks that share one common word);
+    scoring the Latin terms at full weight would let any English chunk naming the product
+    answer any Chinese question about it."""
+    latin = {term: weight for term, weight in terms.items() if not has_cjk(term)}
+    total = sum(latin.values())
+    if total == 0:
+        return 0.0
+    found = sum(weight * _found(term, haystack) for term, weight in latin.items())
+    return CROSS_LANGUAGE_SHARE * found / total
 
 
 def dense_weight(question: str, embedding: str) -> float:
@@ -177,7 +234,16 @@ def relevance(
 ) -> float:
     """max(weight * dense, lexical); `weight` from `dense_weight`, 1 for a reranker's score."""
     dense = min(max(hit.score, 0.0), 1.0) * weight
-    return max(dense, lexical_score(question, hit, focus))
+    score = max(dense, lexical_score(question, hit, focus))
+    haystack = _haystack(hit.source, hit.heading or "", hit.text)
+    return score * MISSING_NUMBER_FACTOR ** missing_numbers(focus or question, haystack)
+
+
+def missing_numbers(question: str, haystack: _Haystack) -> int:
+    """How many of the question's terms with a digit (4090, int4, qwen-72b, f1) the chunk lacks."""
+    return sum(
+        1 for term in query_terms(question) if _DIGIT.search(term) and _found(term, haystack) < 1
+    )
 
 
 def with_relevance(

@@ -8,6 +8,8 @@ import pytest
 
 from kbqa.relevance import (
     CJK_DENSE_WEIGHT,
+    CROSS_LANGUAGE_SHARE,
+    MISSING_NUMBER_FACTOR,
     dense_weight,
     lexical_score,
     query_terms,
@@ -106,3 +108,51 @@ def test_whole_word_matching(term: str, text: str, found: bool) -> None:
     )
     assert expected == found  # the plain regex the word-set lookup stands in for agrees
     assert lexical_score(term, hit(text, source="")) == (1.0 if found else 0.0)
+
+
+def test_question_hedges_are_not_terms() -> None:
+    # "至少", "多大", "大概": how a question asks, not what the document says.
+    assert query_terms("至少要多大显存？") == {"显存": 1}
+    assert query_terms("这个模型大概多少参数？") == {"模型": 1, "参数": 1}
+    assert query_terms("Roughly how often is it downloaded?") == {"downloaded": 2}
+
+
+@pytest.mark.parametrize(
+    ("term", "text"),
+    [
+        ("C-Eval", "| Model | CEval (val) |"),
+        ("QLoRA", "uses Q-LoRA adapters"),
+        ("p-tuning", "PTuning"),
+    ],
+)
+def test_latin_names_match_with_or_without_their_connectors(term: str, text: str) -> None:
+    assert lexical_score(term, hit(text, source="")) == 1.0
+    assert lexical_score(term, hit("CE val, Q LoRA, P tuning", source="")) == 0.0
+
+
+def test_chinese_question_on_a_chunk_without_chinese_scores_its_latin_terms() -> None:
+    question = "tiktoken 比其他开源分词器快多少倍？"
+    english = hit("tiktoken is between 3-6x faster than a comparable open source tokeniser")
+    assert lexical_score(question, english) == pytest.approx(CROSS_LANGUAGE_SHARE)
+    assert lexical_score("Qwen 训练用了多少张 GPU？", english) == 0.0
+    assert lexical_score("红烧肉怎么做？", english) == 0.0
+    # A chunk with Chinese in it is scored on all the terms, as before.
+    chinese = hit("tiktoken 是一个分词器。")
+    assert lexical_score(question, chinese) == pytest.approx(3 / 6)
+
+
+def test_each_missing_number_costs_a_share_of_the_relevance() -> None:
+    question = "ChatGLM2-6B 在 RTX 4090 上每秒生成多少 token？"
+    chunk = hit("ChatGLM2-6B 在 A100 上每秒生成 44 个 token。")
+    lexical = lexical_score(question, chunk)
+    assert relevance(question, chunk) == pytest.approx(lexical * MISSING_NUMBER_FACTOR)
+    both = hit("ChatGLM2-6B 在 RTX 4090 上每秒生成 60 个 token。")
+    assert relevance(question, both) == 1.0
+    # A follow-up answers for its own numbers only: the earlier question's are not required.
+    joined = "ChatGLM2-6B 在 FP16 下要多少显存？\n那 INT8 呢？"
+    int8 = hit("INT8 量化需要 8 GB 显存。", heading="ChatGLM2-6B")
+    assert relevance(joined, int8, focus="那 INT8 呢？") == lexical_score(
+        joined, int8, "那 INT8 呢？"
+    )
+    int4 = hit("INT4 量化需要 6 GB 显存。", heading="ChatGLM2-6B")
+    assert relevance(joined, int4, focus="那 INT8 呢？") == 0.0  # no term of the new question
