@@ -74,7 +74,9 @@ def kb_not_found(kb: str) -> ApiError:
 
 def forbidden(access: Access, needed: KeyScope) -> ApiError:
     return ApiError(
-        403, "forbidden", f"this needs a {needed} key; the key {access.name!r} is {access.scope}"
+        403,
+        "forbidden",
+        f"this needs the {needed} scope; the key {access.name!r} has {access.scope}",
     )
 
 
