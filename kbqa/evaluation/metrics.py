@@ -96,12 +96,14 @@ def _refusal(records: Sequence[EvalRecord]) -> dict[str, float | None]:
     answerable = [r for r in scored if not r.case.unanswerable]
     right = [r for r in refused if r.case.unanswerable]
     return {
-        "precision": len(right) / len(refused) if refused else None,
-        "recall": len(right) / len(unanswerable) if unanswerable else None,
-        "answerable_refused": (
-            sum(r.refused for r in answerable) / len(answerable) if answerable else None
-        ),
+        "precision": _share(len(right), len(refused)),
+        "recall": _share(len(right), len(unanswerable)),
+        "answerable_refused": _share(sum(r.refused for r in answerable), len(answerable)),
     }
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 def _fact_recall(records: Sequence[EvalRecord]) -> float | None:
