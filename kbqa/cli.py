@@ -60,6 +60,9 @@ def ingest(
         typer.Option(help="Embedding model, fixed when the KB is created."),
     ] = None,
     backend: Annotated[str | None, typer.Option(help="Storage backend: faiss or milvus.")] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Then keep syncing on every change, until Ctrl-C.")
+    ] = False,
     json_out: JsonOption = False,
     home: HomeOption = None,
     config: ConfigOption = None,
@@ -81,6 +84,10 @@ def ingest(
         print_json(report.to_json())
     else:
         _print_ingest_report(report.to_json())
+    if watch:
+        from kbqa.cli_watch import follow
+
+        raise typer.Exit(follow(settings, kb, paths, json_out=json_out))
     raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
 
 
