@@ -32,6 +32,9 @@ def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
 
         with user_errors():
             settings = settings_for(home, config) if home or config else get_settings()
+            if host is not None:  # /mcp checks the Host header only on a loopback address
+                server = settings.server.model_copy(update={"host": host})
+                settings = settings.model_copy(update={"server": server})
             web_app = create_app(settings)
             stderr.print(f"loading the model ({settings.llm.backend} backend)…", highlight=False)
             try:
@@ -40,4 +43,4 @@ def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
                 raise fail(str(e), e.exit_code) from None
             except LLMUnavailable as e:
                 raise fail(str(e)) from None
-        serve(web_app, host or settings.server.host, port or settings.server.port)
+        serve(web_app, settings.server.host, port or settings.server.port)

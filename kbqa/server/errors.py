@@ -51,9 +51,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in (
         (400, "Malformed request (e.g. invalid JSON)"),
         (401, "Missing or wrong API key"),
-        (404, "Unknown knowledge base, document, job or model"),
+        (403, "The API key's scope does not allow this"),
+        (404, "Unknown knowledge base, document, job or model (or one the key may not see)"),
         (413, "Body or upload over the size limit, or input longer than the model's context"),
         (422, "Request does not fit the schema, or an invalid name"),
+        (429, "Too many wrong API keys from this address (see Retry-After)"),
         (503, "Generation queue full or timed out (see Retry-After)"),
     )
 }

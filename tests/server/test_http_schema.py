@@ -40,7 +40,16 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     home = make_home(tmp_path_factory, "fuzz-home")
     ingest_paths(server_settings(home), "default", [write_documents(home.parent / "fuzz-docs")])
     model = EchoChat(max_tokens=8)
-    server = serve_with_model(home, model, queue_size=16, max_upload_mb=1, api_key=KEY)
+    # The fuzzer sends many wrong keys on purpose: past the per-address limit every request
+    # would be a 429 and the rest of the operations would go untested.
+    server = serve_with_model(
+        home,
+        model,
+        queue_size=16,
+        max_upload_mb=1,
+        api_key=KEY,
+        auth_failures_per_minute=1_000_000,
+    )
     yield server
     server.stop()
 
