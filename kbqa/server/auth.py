@@ -1,11 +1,11 @@
 """Who may call what: API keys, their scopes, and the knowledge bases they see.
 
-A server with neither `server.api_key` (`KBQA_API_KEY`) nor any key from `kbqa keys create` is
-open, as before keys existed. Otherwise every route but `/healthz`, `GET /`, `/static/*` and
-the API's own documentation (`/docs`, `/redoc`, `/openapi.json`) needs
-`Authorization: Bearer <key>`: a missing or wrong key gets 401, and an address that sent too
-many wrong keys within a minute gets 429 (kbqa.server.ratelimit). `server.api_key` is an admin
-key for every KB; the scoped keys are kbqa.keys.
+A server with neither `server.api_key` (`KBQA_API_KEY`) nor a key file from `kbqa keys create`
+is open, as before keys existed (revoking every key leaves it closed). Otherwise every route
+but `/healthz`, `GET /`, `/static/*` and the API's own documentation (`/docs`, `/redoc`,
+`/openapi.json`) needs `Authorization: Bearer <key>`: a missing or wrong key gets 401, and an
+address that sent too many wrong keys within a minute gets 429 (kbqa.server.ratelimit).
+`server.api_key` is an admin key for every KB; the scoped keys are kbqa.keys.
 
 Each route declares the scope it needs as a router or route dependency (`require_read`,
 `require_write`, `require_admin`); a `{kb}` path parameter outside the key's KBs is 404
@@ -105,8 +105,10 @@ class Authenticator:
         self.limiter = FailureLimiter(settings.server.auth_failures_per_minute)
 
     def access(self, authorization: str | None, client: str) -> Access:
-        if not self.api_key and not self.keys.records():
-            return FULL_ACCESS  # no key configured at all: the server is open
+        if not self.api_key and not self.keys.path.exists():
+            # No key configured, none ever created: open. Revoking the last key does not
+            # reopen a server (delete keys.json for that).
+            return FULL_ACCESS
         retry_after = self.limiter.retry_after(client)
         if retry_after is not None:
             raise ApiError(

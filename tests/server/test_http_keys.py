@@ -27,8 +27,9 @@ from starlette.routing import Mount
 
 from ingest.pipeline import ingest_paths
 from kbqa.kb_admin import list_documents, list_kbs
-from kbqa.keys import SCOPES, KeyStore
-from kbqa.server.auth import flat_routes
+from kbqa.keys import FULL_ACCESS, SCOPES, KeyStore
+from kbqa.server.auth import Authenticator, flat_routes
+from kbqa.server.errors import ApiError
 from kbqa.settings import load_settings
 from storage.kb import KnowledgeBase
 
@@ -406,3 +407,14 @@ def test_wrong_keys_from_one_address_are_rate_limited(
             assert client.get("/healthz").status_code == 200  # open routes stay open
     finally:
         server.stop()
+
+
+def test_revoking_the_last_key_leaves_the_server_closed(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path, overrides={"server": {"api_key": ""}})
+    assert Authenticator(settings).access(None, "192.0.2.1") == FULL_ACCESS  # never had keys
+    store = KeyStore(tmp_path)
+    store.create("only", "read", None)
+    assert store.revoke("only")
+    with pytest.raises(ApiError) as refused:
+        Authenticator(settings).access(None, "192.0.2.1")
+    assert refused.value.status == 401
