@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     state      TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
     files      TEXT NOT NULL,  -- JSON ["name", ...]: the names the client sees
     paths      TEXT NOT NULL,  -- JSON ["/abs/path", ...]: where the server saved them
-    progress   TEXT NOT NULL,  -- JSON {"files_total", "files_done", "chunks"}
+    progress   TEXT NOT NULL,  -- JSON {"files_total", "files_done", "chunks", "pages_done"}
     result     TEXT,           -- JSON of `kbqa ingest --json`, once done
     error      TEXT,
     error_code TEXT,
@@ -71,6 +71,9 @@ class Job:
     files_total: int = 0
     files_done: int = 0
     chunks: int = 0
+    pages_done: int = 0
+    current: str | None = None
+    """The page being read ("scan.pdf page 3/20") while a paged file is OCR'd; not stored."""
     result: dict[str, Any] | None = None
     error: str | None = None
     error_code: str | None = None
@@ -83,6 +86,7 @@ class Job:
             "files_total": self.files_total,
             "files_done": self.files_done,
             "chunks": self.chunks,
+            "pages_done": self.pages_done,
         }
 
 
@@ -207,6 +211,7 @@ def _job(row: tuple[Any, ...]) -> Job:
         files_total=counts["files_total"],
         files_done=counts["files_done"],
         chunks=counts["chunks"],
+        pages_done=counts.get("pages_done", 0),  # rows written before pages were counted
         result=json.loads(result) if result is not None else None,
         error=error,
         error_code=code,

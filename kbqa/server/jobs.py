@@ -185,6 +185,15 @@ class _JobProgress:
         with self._manager.lock:
             self._job.files_done += 1
             self._job.chunks += chunks
+            self._job.current = None
+        if time.monotonic() - self._saved >= PROGRESS_SAVE_S:
+            self._save()
+
+    def page_done(self, path: str, page: int, pages: int) -> None:
+        """OCR takes seconds a page: a scanned PDF's job shows which page it is on."""
+        with self._manager.lock:
+            self._job.pages_done += 1
+            self._job.current = f"{path} page {page}/{pages}" if page < pages else None
         if time.monotonic() - self._saved >= PROGRESS_SAVE_S:
             self._save()
 

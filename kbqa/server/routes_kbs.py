@@ -169,7 +169,11 @@ def job_status(job: Job) -> JobStatus:
         state=job.state,
         files=job.files,
         progress=JobProgress(
-            files_total=job.files_total, files_done=job.files_done, chunks=job.chunks
+            files_total=job.files_total,
+            files_done=job.files_done,
+            chunks=job.chunks,
+            pages_done=job.pages_done,
+            current=job.current,
         ),
         result=IngestResult.model_validate(job.result) if job.result is not None else None,
         error=job.error,

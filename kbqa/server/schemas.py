@@ -343,6 +343,10 @@ class JobProgress(BaseModel):
     files_total: int
     files_done: int
     chunks: int
+    pages_done: int = 0
+    """Pages of paged files (PDF, multi-page TIFF) read so far, all files together."""
+    current: str | None = None
+    """While a paged file is read: "scan.pdf page 3/20" (OCR takes seconds a page)."""
 
 
 class JobStatus(BaseModel):

@@ -65,7 +65,13 @@ def test_kb_lifecycle_upload_search_remove(live: LiveServer) -> None:
             client, "notes", ("otters.md", b"# Otters\n\nSea otters hold hands.\n")
         )
         assert job["result"]["added"] == 1
-        assert job["progress"] == {"files_total": 1, "files_done": 1, "chunks": 1}
+        assert job["progress"] == {
+            "files_total": 1,
+            "files_done": 1,
+            "chunks": 1,
+            "pages_done": 0,
+            "current": None,
+        }
 
         # A second upload adds a document and leaves the first one alone.
         job = upload_and_wait(client, "notes", ("owls.txt", b"Barn owls swallow mice whole."))
