@@ -183,6 +183,7 @@ class Needs:
     async def __call__(  # async: see kbqa.server.state (no thread pool round trip)
         self,
         request: Request,
+        # Unused here (AccessGuard read the header): declared so that OpenAPI shows the scheme.
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Access:
         access = request_access(request)
