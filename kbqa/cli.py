@@ -10,7 +10,7 @@ import click
 import typer
 from rich.table import Table
 
-from kbqa import cli_answer, cli_eval, cli_keys, cli_mcp, cli_serve
+from kbqa import cli_answer, cli_eval, cli_finetune, cli_keys, cli_mcp, cli_serve
 from kbqa.cli_common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -334,6 +334,7 @@ def config_show(
 cli_answer.register(app, lambda: settings_for(None, None))
 cli_serve.register(app, lambda: settings_for(None, None))
 cli_eval.register(app)
+cli_finetune.register(app)
 cli_keys.register(app)
 cli_mcp.register(app)
 
