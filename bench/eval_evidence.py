@@ -1,10 +1,12 @@
 """Evidence precision and the answer shown by `answer.mode`, on documents we did not write.
 
-    .venv/bin/python bench/eval_evidence.py [--log FILE]
+    .venv/bin/python bench/eval_evidence.py [--log FILE] [--home DIR]
+    .venv/bin/python bench/eval_evidence.py --replay FILE     # score an earlier --log again
 
 The corpus and questions are bench/eval_answers.py's (Debian's zh_CN manual pages of passwd,
 package READMEs; bench/eval_questions.py). The default model generates once per answerable
-question (answer.mode = generate); every mode is then replayed on those answers with
+English question (answer.mode = generate; auto mode quotes the documents for Chinese ones
+without asking the bundled model); every mode is then replayed on those answers with
 kbqa.answer_mode, so the modes and the support thresholds are compared on the same text.
 
 Reports, as Markdown to paste into bench/RESULTS.md:
@@ -40,69 +42,96 @@ def top_evidence(sources: list[Source]) -> str:
     return max(spans, key=lambda e: e.score).text if spans else ""
 
 
-def replay(chain: Any, q: Question, generated: Answer, mode: str, min_support: float) -> Any:
-    """What `mode` would show for the generated answer (kbqa.answer_mode, as the chain does)."""
-    from kbqa.answer_mode import extract, extracts_first, review
+def replay(chain: Any, q: Question, generated: Answer) -> dict[str, Any]:
+    """What each mode and threshold would show for the generated answer: the support is
+    measured once (kbqa.evidence), the quote made once (kbqa.answer_mode.extract)."""
+    from kbqa.answer_mode import extract, extracts_first, invented_references
     from kbqa.chain import _is_small_default
+    from kbqa.evidence import find_evidence
     from kbqa.prompting import detect_language
 
     lang = detect_language(q.question)
     sources = [replace(s, evidence=None) for s in generated.sources]
-    if extracts_first(mode, _is_small_default(chain.chat_model), lang):
-        return extract(q.question, lang, sources, chain._encoder)
-    settings = AnswerSettings(mode=mode, min_support=min_support)  # type: ignore[arg-type]
-    return review(
-        q.question, lang, generated.answer, sources, chain._encoder, settings, replaceable=True
-    )
+    found = find_evidence(generated.answer, q.question, sources, chain._encoder, 0.0)
+    quoted = extract(q.question, lang, sources, chain._encoder, found.ranked)
+    quote = {"answer_ok": holds(quoted.answer, q.answer), "top": top_evidence(quoted.sources)}
+    kept = {
+        "answer_ok": holds(generated.answer, q.answer),
+        "top": top_evidence(found.apply(sources)),
+    }
+    first = extracts_first("auto", _is_small_default(chain.chat_model), lang)
+    invented = bool(invented_references(generated.answer, sources))
+    modes: dict[str, Any] = {"extract@0.0": {"mode": "extracted", **quote}}
+    for t in THRESHOLDS:
+        keep = not first and not invented and found.support >= t
+        modes[f"auto@{t}"] = (
+            {"mode": "generated", **kept} if keep else {"mode": "extracted", **quote}
+        )
+    for shown in modes.values():
+        shown["top_ok"] = holds(shown["top"], q.answer)
+    return {"support": round(found.support, 3), "invented": invented, "modes": modes}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--log", type=Path, help="write per-question results (JSON lines) here")
+    parser.add_argument("--home", type=Path, help="a KBQA home already holding the eval KB")
+    parser.add_argument(
+        "--replay", type=Path, help="an earlier --log: score its generated answers, generate none"
+    )
     args = parser.parse_args(argv)
+    earlier: dict[str, str] = {}
+    if args.replay is not None:
+        for line in args.replay.read_text(encoding="utf-8").splitlines():
+            logged = json.loads(line) if line.startswith("{") else {}
+            if isinstance(logged.get("generated"), str) and not logged.get("zh"):
+                earlier[logged["id"]] = logged["generated"]
 
     from ingest.pipeline import ingest_paths
     from kbqa.chain import QAChain
-    from kbqa.evidence import find_evidence
     from kbqa.prompting import detect_language
+    from storage.kb import KnowledgeBase
 
     with tempfile.TemporaryDirectory(prefix="kbqa-evidence-") as tmp:
         overrides: dict[str, Any] = {
             "llm": {"max_new_tokens": args.max_new_tokens},
             "answer": {"mode": "generate"},
         }
-        settings = load_settings(home=Path(tmp) / "home", overrides=overrides)
+        settings = load_settings(home=args.home or Path(tmp) / "home", overrides=overrides)
         pages = write_corpus(Path(tmp) / "docs")
-        ingest_paths(settings, KB, [Path(tmp) / "docs"])
+        if KB not in KnowledgeBase.list_names(settings.kbs_dir):
+            ingest_paths(settings, KB, [Path(tmp) / "docs"])
         chain = QAChain.from_settings(settings)
         chain.warm_up([KB])
+        # auto mode never asks the bundled model a Chinese question: no need to generate one
+        quoting = QAChain(
+            settings.model_copy(update={"answer": AnswerSettings(mode="extract")}),
+            chain.chat_model,
+            chain.retriever,
+        )
         rows = []
         for q in [q for q in QUESTIONS if usable(q, pages) and q.kind != "unanswerable"]:
-            generated = chain.ask(q.question, [KB], q.history)
+            zh = detect_language(q.question) == "zh"
+            if args.replay is not None and not zh:
+                if q.id not in earlier:
+                    continue
+                found = quoting.ask(q.question, [KB], q.history)  # the same retrieval
+                generated = Answer(earlier[q.id], found.refused, found.sources)
+            else:
+                generated = (quoting if zh else chain).ask(q.question, [KB], q.history)
             if generated.refused:
                 rows.append({"id": q.id, "refused": True})
                 continue
-            found = find_evidence(generated.answer, q.question, generated.sources, chain._encoder)
             row: dict[str, Any] = {
                 "id": q.id,
-                "zh": detect_language(q.question) == "zh",
+                "zh": zh,
                 "refused": False,
                 "generated": generated.answer,
                 "generated_ok": holds(generated.answer, q.answer),
-                "support": round(found.support, 3),
                 "fact_in_sources": any(holds(s.text, q.answer) for s in generated.sources),
-                "modes": {},
+                **replay(chain, q, generated),
             }
-            for mode, threshold in [("auto", t) for t in THRESHOLDS] + [("extract", 0.0)]:
-                shown = replay(chain, q, generated, mode, threshold)
-                top = top_evidence(shown.sources)
-                row["modes"][f"{mode}@{threshold}"] = {
-                    "mode": shown.mode,
-                    "answer_ok": holds(shown.answer, q.answer),
-                    "top_ok": holds(top, q.answer),
-                    "top": top,
-                }
             rows.append(row)
             print(json.dumps(row, ensure_ascii=False), flush=True)
         if args.log is not None:

@@ -3,7 +3,7 @@ sources support the answer, or, where nothing does, which best match the questio
 
     sources' texts ──► sentences (character spans, Chinese and English punctuation, lines)
     answer ──► claims (its sentences, citation marks and echoes of the question left out)
-    score(claim, sentence) = ((1 - w) · lexical + w · dense) · keys · cited
+    score(claim, sentence) = ((1 - w) · lexical + w · dense) · keys · cited · on topic
     a claim's best sentence at ≥ min_support ──► evidence, basis "answer"
     no claim supported ──► the sentences that best match the question, basis "question"
 
@@ -11,8 +11,9 @@ sources support the answer, or, where nothing does, which best match the questio
   kbqa.relevance.query_terms finds them (NFKC, lower case, jieba words for Chinese, whole
   words and identifiers otherwise), English words cut to a crude stem (weighs ~ weigh), plus
   the character pairs of Chinese terms of three or more characters (分词模式 ~ 三种分词模式).
-  A claim's terms that the question already holds count half: what the answer adds is what
-  needs support, and an answer that only repeats the question supports nothing.
+  What a claim adds to the question counts 0.8, the words it repeats from it 0.2: what the
+  answer adds is what needs support, and an answer that only repeats the question (or numbers
+  its list items "1. 1. 1.") makes no claim at all.
 - dense: the cosine of the KB's own embeddings (one `embed` call for all the texts). `w` is
   0.4 for English; for Chinese text 0.3 with a Chinese-capable model and 0.1 with an
   English-only one such as the bundled MiniLM, whose cosines on Chinese are noise.
@@ -21,6 +22,8 @@ sources support the answer, or, where nothing does, which best match the questio
   "14 GB" is not supported by a sentence that says "5.5 GB".
 - cited: a claim that cites [n] looks in source n first: sentences of other sources count
   0.85 of their score.
+- on topic: a sentence whose own score for the question is under half the best sentence's
+  supports in proportion: the small model copies passages that do not answer the question.
 
 Offsets are Python string indices into the source's own text: `text[start:end]` is the
 sentence exactly, whatever the script, emoji, combining marks or line ends.
@@ -44,6 +47,7 @@ from storage.types import Vectors
 MIN_SUPPORT = 0.5
 """Default score a sentence needs to count as supporting a claim (answer.min_support)."""
 CITED_ELSEWHERE = 0.85
+ON_TOPIC = 0.5
 QUESTION_SHARE = 0.6
 """Question evidence: sentences scoring at least this share of the best one (and QUESTION_FLOOR)."""
 QUESTION_FLOOR = 0.15
@@ -242,24 +246,27 @@ class _Target:
     keys: frozenset[str]
     cites: frozenset[int]
     """Positions (0-based) of the sources it cites."""
+    echo: frozenset[str] = frozenset()
+    """A claim's terms that the question already holds."""
 
 
 def _claims(answer: str, question: str, count: int) -> list[_Target]:
     """The answer's sentences that say something beyond the question, with their citations."""
-    asked = terms(question)
+    asked = {_stem(t) for t in terms(question)}
     claims: list[_Target] = []
     for start, end in split_sentences(answer):
         piece = answer[start:end]
         cites = frozenset(int(n) - 1 for n in _CITATION.findall(piece) if 1 <= int(n) <= count)
         text = _CITATION.sub(" ", piece).strip()
         said = terms(text)
-        novel = {t for t in said if t not in asked and not _SMALL_NUMBER.fullmatch(t)}
-        if not novel:  # an echo of the question, or list numbers ("1. 1. 1.") only
-            if claims and cites:  # "[2]" on its own after a sentence belongs to that sentence
+        echo = frozenset(t for t in said if _stem(t) in asked)
+        if all(t in echo or _SMALL_NUMBER.fullmatch(t) for t in said):
+            # An echo of the question, or list numbers ("1. 1. 1.") only: no claim. "[2]" on
+            # its own after a sentence belongs to that sentence.
+            if claims and cites:
                 claims[-1] = replace(claims[-1], cites=claims[-1].cites | cites)
             continue
-        weighted = {t: w if t in novel else w / 2 for t, w in said.items()}
-        claims.append(_Target(text, weighted, keys(text), cites))
+        claims.append(_Target(text, said, keys(text), cites, echo))
     return claims
 
 
@@ -267,10 +274,21 @@ def _claims(answer: str, question: str, count: int) -> list[_Target]:
 
 
 def _lexical(target: _Target, sentence: Sentence) -> float:
-    total = sum(target.terms.values())
+    """Weighted share of the target's terms in the sentence; for a claim, what it adds to
+    the question counts 0.8 and what it repeats 0.2 (a sentence that holds the question's
+    words but not the claim's own does not support it)."""
+    novel = {t: w for t, w in target.terms.items() if t not in target.echo}
+    echo = {t: w for t, w in target.terms.items() if t in target.echo}
+    if not novel or not echo:
+        return _covered(target.terms, sentence)
+    return 0.8 * _covered(novel, sentence) + 0.2 * _covered(echo, sentence)
+
+
+def _covered(weights: dict[str, float], sentence: Sentence) -> float:
+    total = sum(weights.values())
     if not total:
         return 0.0
-    return sum(w for t, w in target.terms.items() if sentence.has_term(t)) / total
+    return sum(w for t, w in weights.items() if sentence.has_term(t)) / total
 
 
 def _key_factor(target: _Target, sentence: Sentence) -> float:
@@ -383,6 +401,12 @@ def find_evidence(
     claims = _claims(answer, question, len(sources))
     scores = _scores([_asked(question), *claims], sentences, texts, sources, encoder_for)
     ranked = _ranking(scores[0], sentences, texts, sources)
+    # On topic too: a claim copied from a sentence that has nothing to do with the question
+    # (the small model repeats passages) is not an answer. Sentences scoring under half the
+    # best question score support in proportion.
+    best = float(scores[0].max())
+    if best > 0:
+        scores[1:] *= np.minimum(1.0, scores[0] / (ON_TOPIC * best))
     support = float(scores[1:].max()) if claims else 0.0
     if support >= min_support:
         evidence = _answer_evidence(scores[1:], sentences, sources, min_support)
