@@ -1,11 +1,9 @@
 """Checks of the fast path (kbqa/chatglm/fast.py) against the eager model, shared by
-test_fast.py (torch reference ops, in process) and a run of this file under TRITON_INTERPRET=1
-(the Triton kernels themselves, on the CPU), which test_fast.py starts when Triton is there.
+test_fast.py (torch reference ops) and test_kernels.py (the Triton kernels themselves, on the
+CPU under TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations
-
-import sys
 
 import torch
 from torch import Tensor
@@ -15,9 +13,10 @@ from kbqa.chatglm.config import PRESETS
 from kbqa.chatglm.fused import LinearWeights, Norm
 
 # Small enough for the Triton interpreter; ffn 96 and vocab 300 leave partial GEMV blocks,
-# and 150 prompt tokens over a 256-slot cache give several attention pieces of 64 keys.
+# and 80 prompt tokens over a 256-slot cache give two attention pieces of 64 keys, the second
+# partly filled.
 CONFIG = {**PRESETS["tiny"], "ffn_hidden_size": 96, "padded_vocab_size": 300}
-PROMPT, STEPS, SLOTS = 150, 5, 256
+PROMPT, STEPS, SLOTS = 80, 3, 256
 
 
 def rel(a: Tensor, b: Tensor) -> float:
@@ -82,21 +81,3 @@ def gemv_error(bits: int, variant: str, n: int = 37, k: int = 200) -> float:
     else:
         got = fused.linear_vec(lw, x, norm=norm, glu=variant == "glu", out_dtype=torch.float32)
     return rel(got, expected)
-
-
-def main() -> None:
-    assert fused.triton_for(torch.zeros(1)) is not None, "run with TRITON_INTERPRET=1"
-    for bits in (16, 8, 4):
-        for variant in ("none", "norm", "glu"):
-            err = gemv_error(bits, variant)
-            assert err < 1e-5, (bits, variant, err)
-    for quantize in (None, "int4"):
-        err = steps_error(quantize)
-        assert err < 1e-5, (quantize, err)
-    err = steps_error(None, pre_seq_len=3)
-    assert err < 1e-5, ("prefix", err)
-    print("ok")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

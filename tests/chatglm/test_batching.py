@@ -7,15 +7,12 @@ cancelling mid-prefill), and by its own thread where it is used as the server us
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from naive_chatglm import randomize
 
 from kbqa.chatglm import ChatGLM2
@@ -23,15 +20,12 @@ from kbqa.chatglm.batched import (
     DecodeStep,
     SlotCache,
     batch_bucket,
-    decode,
-    fused_kernels,
     key_bucket,
     prefill,
 )
 from kbqa.chatglm.batched_prefill import Prefiller, Segment
 from kbqa.chatglm.batching import BatchEngine, Request
 from kbqa.chatglm.prefill_graphs import PrefillGraphs
-from kbqa.chatglm.quantize import dequantize_weight, quantize_weight
 from kbqa.chatglm.sampling import SamplingParams
 
 VOCAB = 65024  # the tiny preset's
@@ -406,33 +400,6 @@ def test_request_iteration_reports_what_the_engine_did() -> None:
     assert len(request.token_times) == 2
 
 
-@pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
-    reason="the fused decode's kernels run on CUDA, or here under TRITON_INTERPRET=1",
-)
-@pytest.mark.parametrize("quantize", [None, "int4"])
-def test_fused_decode_matches_the_modules(quantize: str | None) -> None:
-    torch.manual_seed(0)
-    tiny = ChatGLM2.from_config("tiny", dtype=torch.float32, quantize=quantize)
-    kernels = fused_kernels(tiny)
-    assert kernels is not None
-    cache = SlotCache(tiny, max_batch=4, max_seq=64)
-    lengths = [5, 9, 3]
-    for row, prompt in enumerate(_prompts(lengths)):
-        prefill(tiny, cache, torch.tensor(prompt), 0, row, logits=False)
-    before = cache.k.clone(), cache.v.clone()
-    # Three sequences padded to four rows: the fourth writes into the scratch row (4).
-    args = torch.tensor([11, 22, 33, 0]), torch.tensor([*lengths, 0]), torch.tensor([0, 1, 2, 4])
-    expected = decode(tiny, cache, *args, n_keys=16)
-    expected_cache = cache.k.clone(), cache.v.clone()
-    cache.k.copy_(before[0])
-    cache.v.copy_(before[1])
-    got = decode(tiny, cache, *args, n_keys=16, kernels=kernels)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache.k, expected_cache[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache.v, expected_cache[1], atol=1e-5, rtol=1e-5)
-
-
 def test_a_failing_fused_kernel_falls_back_to_the_modules(model: ChatGLM2) -> None:
     cache = SlotCache(model, max_batch=2, max_seq=32)
     step = DecodeStep(model, cache, cuda_graphs=False)
@@ -444,69 +411,6 @@ def test_a_failing_fused_kernel_falls_back_to_the_modules(model: ChatGLM2) -> No
     got = step([7, 8], [0, 0]).clone()
     assert step.kernels is None
     assert torch.equal(got, step([7, 8], [0, 0]))
-
-
-@pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
-    reason="Triton kernels run on CUDA, or here under TRITON_INTERPRET=1",
-)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_int4_dequant_kernel_is_bit_exact(dtype: torch.dtype) -> None:
-    from kbqa.chatglm.batched_kernels import dequant_int4
-
-    torch.manual_seed(0)
-    for rows, cols in ((48, 600), (20, 26)):  # neither a multiple of the kernel's tiles
-        weight, scale = quantize_weight(torch.randn(rows, cols), 4)
-        expected = dequantize_weight(weight, scale, 4, dtype)
-        assert torch.equal(dequant_int4(weight, scale, dtype), expected)
-
-
-@pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
-    reason="Triton kernels run on CUDA, or here under TRITON_INTERPRET=1",
-)
-def test_fused_decode_over_long_rows_and_a_prefix_matches_the_modules() -> None:
-    """Rows of very different lengths (attention split into pieces that short rows skip),
-    behind a P-tuning prefix, at a batch that is not a power of two."""
-    torch.manual_seed(0)
-    config = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "kv_channels": 16,
-              "multi_query_group_num": 2, "ffn_hidden_size": 128, "padded_vocab_size": 96,
-              "seq_length": 512, "pre_seq_len": 3, "prefix_projection": False}  # fmt: skip
-    tiny = ChatGLM2.from_config(config, dtype=torch.float32)
-    randomize(tiny, 7)
-    kernels = fused_kernels(tiny)
-    assert kernels is not None
-    cache = SlotCache(tiny, max_batch=5, max_seq=300)
-    lengths = [150, 4, 70, 201, 1]
-    for row, prompt in enumerate(_prompts(lengths, seed=6)):
-        prefill(tiny, cache, torch.tensor(prompt) % 96, 0, row, logits=False)
-    before = cache.k.clone(), cache.v.clone()
-    args = torch.tensor([5, 6, 7, 8, 9]), torch.tensor(lengths), torch.arange(5)
-    n_keys = key_bucket(cache.prefix + max(lengths) + 1, cache.slots)
-    expected = decode(tiny, cache, *args, n_keys=n_keys)
-    expected_cache = cache.k.clone(), cache.v.clone()
-    cache.k.copy_(before[0])
-    cache.v.copy_(before[1])
-    got = decode(tiny, cache, *args, n_keys=n_keys, kernels=kernels)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache.k, expected_cache[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache.v, expected_cache[1], atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
-    reason="Triton kernels run on CUDA, or here under TRITON_INTERPRET=1",
-)
-@pytest.mark.parametrize("rows", [1, 5, 17, 64])
-@pytest.mark.parametrize("bias", [True, False])
-def test_skinny_matmul_matches_linear(rows: int, bias: bool) -> None:
-    from kbqa.chatglm.batched_kernels import skinny_linear
-
-    g = torch.Generator().manual_seed(rows)
-    x = torch.randn(rows, 80, generator=g)  # K not a multiple of the block: masked tail
-    weight = torch.randn(40, 80, generator=g)
-    b = torch.randn(40, generator=g) if bias else None
-    torch.testing.assert_close(skinny_linear(x, weight, b), F.linear(x, weight, b))
 
 
 class _FussyGraphs(PrefillGraphs):

@@ -1,0 +1,142 @@
+"""The Triton kernels (kernels.py, attn_kernels.py, batched_kernels.py) against the eager
+reference, run on the CPU by Triton's interpreter with tiny shapes.
+
+The interpreter must be on before Triton compiles anything, so the tests below run only with
+TRITON_INTERPRET=1 set; `test_kernels_under_the_interpreter` runs this file again in such a
+process (what CI does, where triton is installed with the dev extra). On CUDA the compiled
+kernels are checked by bench/chatglm_gpu.py and bench/chatglm_batching_gpu.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fast_checks import gemv_error, steps_error
+from naive_chatglm import randomize
+
+from kbqa.chatglm import ChatGLM2
+from kbqa.chatglm.batched import SlotCache, decode, fused_kernels, key_bucket, prefill
+from kbqa.chatglm.quantize import dequantize_weight, quantize_weight
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted = pytest.mark.skipif(
+    not (HAVE_TRITON and INTERPRETED), reason="runs under TRITON_INTERPRET=1 (see below)"
+)
+# Two layers, 4 heads over 2 groups, ffn 96 and vocab 96: partial blocks in every kernel.
+SMALL = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "kv_channels": 16,
+         "multi_query_group_num": 2, "ffn_hidden_size": 96, "padded_vocab_size": 96,
+         "seq_length": 512}  # fmt: skip
+
+
+@pytest.mark.skipif(not HAVE_TRITON or INTERPRETED, reason="needs triton; starts the run below")
+def test_kernels_under_the_interpreter() -> None:
+    root = Path(__file__).parent.parent.parent
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    this = Path(__file__).relative_to(root).as_posix()
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", this]
+    command += ["--deselect", f"{this}::test_kernels_under_the_interpreter"]
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "passed" in summary and "skipped" not in summary, summary
+
+
+@interpreted
+@pytest.mark.parametrize("bits", [16, 8, 4])
+def test_fast_path_gemv(bits: int) -> None:
+    for variant in ("none", "norm", "glu"):
+        assert gemv_error(bits, variant) < 1e-5, variant
+
+
+@interpreted
+@pytest.mark.parametrize(("quantize", "pre_seq_len"), [(None, None), ("int4", None), (None, 3)])
+def test_fast_path_steps(quantize: str | None, pre_seq_len: int | None) -> None:
+    """Chunked prefill (chunks of 32) and decode of FastSteps: GEMVs, norms, rotary and cache
+    writes, both attention kernels (behind a P-tuning prefix too), int4 dequantization."""
+    assert steps_error(quantize, pre_seq_len, chunk=32) < 1e-5
+
+
+@interpreted
+@pytest.mark.parametrize("quantize", [None, "int4"])
+def test_fused_decode_matches_the_modules(quantize: str | None) -> None:
+    """The batched decode step through the kernels against the model's modules."""
+    torch.manual_seed(0)
+    tiny = ChatGLM2.from_config(SMALL, dtype=torch.float32, quantize=quantize)
+    kernels = fused_kernels(tiny)
+    assert kernels is not None
+    cache = SlotCache(tiny, max_batch=4, max_seq=64)
+    lengths = [5, 9, 3]
+    g = torch.Generator().manual_seed(1)
+    for row, n in enumerate(lengths):
+        prefill(tiny, cache, torch.randint(3, 96, (n,), generator=g), 0, row, logits=False)
+    before = cache.k.clone(), cache.v.clone()
+    # Three sequences padded to four rows: the fourth writes into the scratch row (4).
+    args = torch.tensor([11, 22, 33, 0]), torch.tensor([*lengths, 0]), torch.tensor([0, 1, 2, 4])
+    expected = decode(tiny, cache, *args, n_keys=16)
+    expected_cache = cache.k.clone(), cache.v.clone()
+    cache.k.copy_(before[0])
+    cache.v.copy_(before[1])
+    got = decode(tiny, cache, *args, n_keys=16, kernels=kernels)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.k, expected_cache[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.v, expected_cache[1], atol=1e-5, rtol=1e-5)
+
+
+@interpreted
+def test_fused_decode_over_long_rows_and_a_prefix_matches_the_modules() -> None:
+    """Rows of very different lengths (attention split into pieces that short rows skip),
+    behind a P-tuning prefix, at a batch that is not a power of two."""
+    torch.manual_seed(0)
+    tiny = ChatGLM2.from_config({**SMALL, "pre_seq_len": 3}, dtype=torch.float32)
+    randomize(tiny, 7)
+    kernels = fused_kernels(tiny)
+    assert kernels is not None
+    cache = SlotCache(tiny, max_batch=5, max_seq=300)
+    lengths = [150, 4, 70, 201, 1]
+    g = torch.Generator().manual_seed(6)
+    for row, n in enumerate(lengths):
+        prefill(tiny, cache, torch.randint(3, 96, (n,), generator=g), 0, row, logits=False)
+    before = cache.k.clone(), cache.v.clone()
+    args = torch.tensor([5, 6, 7, 8, 9]), torch.tensor(lengths), torch.arange(5)
+    n_keys = key_bucket(cache.prefix + max(lengths) + 1, cache.slots)
+    expected = decode(tiny, cache, *args, n_keys=n_keys)
+    expected_cache = cache.k.clone(), cache.v.clone()
+    cache.k.copy_(before[0])
+    cache.v.copy_(before[1])
+    got = decode(tiny, cache, *args, n_keys=n_keys, kernels=kernels)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.k, expected_cache[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.v, expected_cache[1], atol=1e-5, rtol=1e-5)
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_int4_dequant_kernel_is_bit_exact(dtype: torch.dtype) -> None:
+    from kbqa.chatglm.batched_kernels import dequant_int4
+
+    torch.manual_seed(0)
+    for rows, cols in ((48, 600), (20, 26)):  # neither a multiple of the kernel's tiles
+        weight, scale = quantize_weight(torch.randn(rows, cols), 4)
+        expected = dequantize_weight(weight, scale, 4, dtype)
+        assert torch.equal(dequant_int4(weight, scale, dtype), expected)
+
+
+@interpreted
+@pytest.mark.parametrize("rows", [1, 17])
+@pytest.mark.parametrize("bias", [True, False])
+def test_skinny_matmul_matches_linear(rows: int, bias: bool) -> None:
+    from kbqa.chatglm.batched_kernels import skinny_linear
+
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 80, generator=g)  # K not a multiple of the block: masked tail
+    weight = torch.randn(40, 80, generator=g)
+    b = torch.randn(40, generator=g) if bias else None
+    torch.testing.assert_close(skinny_linear(x, weight, b), F.linear(x, weight, b))
