@@ -90,6 +90,18 @@ def test_other_columns_and_a_held_out_split(base: Path, tmp_path: Path) -> None:
     assert code == 0 and "llm.chatglm2.ptuning_checkpoint" in stdout
 
 
+def test_an_int4_base_on_the_cpu(base: Path, tmp_path: Path) -> None:
+    data = _write(tmp_path / "d.jsonl", PAIRS)
+    out = tmp_path / "out"
+    code, stdout, stderr = kbqa(tmp_path, "finetune", str(data), "--out", str(out),
+                                "--model", str(base), "--quantize", "int4", "--recompute",
+                                "--micro-batch", "1", *FAST)  # fmt: skip
+    assert code == 0, stderr
+    assert json.loads(stdout)["steps"] == 3
+    tuned = ChatGLM2.from_pretrained(base, quantize="int4", ptuning_checkpoint=out)
+    assert tuned.config.quantization_bit == 4 and tuned.config.pre_seq_len == 4
+
+
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kbqa.chatglm import ChatGLM2, ChatGLM2Tokenizer
+from kbqa.chatglm import ChatGLM2, ChatGLM2Tokenizer, train
 from kbqa.chatglm.load import save_pretrained
 from kbqa.chatglm.prefix_tuning import IGNORE, attach_prefix, loss_sum
 from kbqa.chatglm.quantize import QuantizedLinear
@@ -183,3 +183,14 @@ def test_int4_base_passes_gradients_through_its_dequantized_weights(
     model, losses = _train(tmp_path / "q", samples[:2], quantize="int4", steps=8, lr=0.3)
     assert losses[-1] < losses[0]
     assert model.config.quantization_bit == 4
+
+
+def test_out_of_memory_names_what_to_lower(
+    tmp_path: Path, samples: list[Encoded], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exhausted(*args: object, **kwargs: object) -> torch.Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train, "loss_sum", exhausted)
+    with pytest.raises(TrainingError, match=r"micro-batch of 2 samples × \d+ tokens; lower the"):
+        _train(tmp_path, samples, batch_size=4, micro_batch=2)
