@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--recompute", help="Recompute activations in the backward.")
         ] = False,
         resume: Annotated[
-            bool, typer.Option("--resume", help="Go on from OUT's newest checkpoint-N.")
+            bool, typer.Option("--resume", help="Go on from OUT's newest checkpoint-N, if any.")
         ] = False,
         held_out: Annotated[
             float,

@@ -230,7 +230,7 @@ class Trainer:
 
     def load(self, folder: Path) -> None:
         """Continue from a checkpoint folder written by save()."""
-        state = torch.load(folder / STATE_FILE, weights_only=False)
+        state = torch.load(folder / STATE_FILE, weights_only=True)
         saved = state["config"]
         for key in ("pre_seq_len", "prefix_projection", "batch_size", "seed", "lr"):
             if saved[key] != getattr(self.config, key):
