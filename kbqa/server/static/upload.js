@@ -6,8 +6,10 @@ import { h } from "./dom.js";
 import { setAttr, setText } from "./i18n.js";
 
 // The server's loaders (ingest/loaders): other files are refused before anything is sent.
+// tests/web/test_upload_types.py keeps this list equal to ingest.loaders.SUPPORTED_EXTENSIONS.
 export const SUPPORTED_EXTENSIONS = [
-  ".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".csv", ".xlsx", ".json", ".jsonl",
+  ".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".pptx", ".csv", ".xlsx", ".json",
+  ".jsonl", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp",
 ];
 
 const POLL_MS = 400;
