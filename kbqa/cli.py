@@ -119,7 +119,7 @@ def search(
     config: ConfigOption = None,
 ) -> None:
     """Show the chunks most relevant to a query (keyword and dense search, fused)."""
-    from kbqa.retrieval import Retriever
+    from kbqa.retrieval import Retriever, hit_json
 
     if (query is None) == (queries is None):
         raise fail("give either a QUERY or --queries FILE")
@@ -131,7 +131,7 @@ def search(
             if not text.strip():
                 raise fail("the query is empty")
             hits = retriever.search(text, kbs, top_k)
-            result = {"query": text, "results": [_hit_json(hit) for hit in hits]}
+            result = {"query": text, "results": [hit_json(hit) for hit in hits]}
             if json_out or queries:
                 print_json(result)
             else:
@@ -144,18 +144,6 @@ def _read_queries(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise fail(f"cannot read queries file {path}: {e}") from None
     return [line for line in lines if line.strip()]
-
-
-def _hit_json(hit: Any) -> dict[str, Any]:
-    return {
-        "chunk_id": hit.chunk_id,
-        "doc_id": hit.doc_id,
-        "text": hit.text,
-        "source": hit.source,
-        "page": hit.page,
-        "heading": hit.heading,
-        "score": round(float(hit.score), 4),
-    }
 
 
 def _print_hits(result: dict[str, Any]) -> None:

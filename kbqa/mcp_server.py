@@ -29,11 +29,10 @@ from kbqa.errors import KBQAError
 from kbqa.kb_admin import list_documents, list_kbs, read_document
 from kbqa.keys import Access
 from kbqa.llm.errors import LLMUnavailable
-from kbqa.retrieval import Retriever
+from kbqa.retrieval import Retriever, hit_json
 from kbqa.settings import Settings
 from storage.errors import StorageError
 from storage.kb import KnowledgeBase
-from storage.types import SearchHit
 
 Answering = Callable[[Callable[[threading.Event], dict[str, Any]]], Awaitable[dict[str, Any]]]
 """Runs `fn(cancel)` where answers are generated (the server's generation gate, or a thread)."""
@@ -141,19 +140,6 @@ def build_mcp(backend: McpBackend) -> MCPServer:
         return "\n\n".join(chunk.text for chunk in chunks)
 
     return server
-
-
-def hit_json(hit: SearchHit) -> dict[str, Any]:
-    """A search hit as `kbqa search --json` prints it."""
-    return {
-        "chunk_id": hit.chunk_id,
-        "doc_id": hit.doc_id,
-        "text": hit.text,
-        "source": hit.source,
-        "page": hit.page,
-        "heading": hit.heading,
-        "score": round(float(hit.score), 4),
-    }
 
 
 def _visible(backend: McpBackend, ctx: Context, kb: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kbqa.errors import ConfigError, NotFound, UsageError
 from kbqa.relevance import dense_weight, query_terms, relevance_of, with_relevance
@@ -167,6 +168,19 @@ class Retriever:
         """The hits whose relevance reaches their KB's threshold (see `min_relevance`)."""
         thresholds = {name: self.min_relevance(name) for name in {hit.kb for hit in hits}}
         return [hit for hit in hits if relevance_of(hit) >= thresholds[hit.kb]]
+
+
+def hit_json(hit: SearchHit) -> dict[str, Any]:
+    """A hit as `kbqa search --json` prints it and the MCP `search` tool returns it."""
+    return {
+        "chunk_id": hit.chunk_id,
+        "doc_id": hit.doc_id,
+        "text": hit.text,
+        "source": hit.source,
+        "page": hit.page,
+        "heading": hit.heading,
+        "score": round(float(hit.score), 4),
+    }
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
