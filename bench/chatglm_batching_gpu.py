@@ -147,10 +147,51 @@ def checks(model: ChatGLM2, tag: str) -> bool:
                     break
             kernels.SKINNY_MAX_ROWS = limit if len(variants) > 1 else skinny_default
             out["skinny_max_rows_chosen"] = kernels.SKINNY_MAX_ROWS
+            if fused_ok and model.config.quantization_bit == 4:
+                try:
+                    int4_step_variants(model, kernels, out)
+                except Exception:
+                    out["int4_variants_error"] = traceback.format_exc()[-1500:]
         prefill_checks(model, out)
     R[f"{tag}_checks"] = out
     print(tag, out, flush=True)
     return fused_ok
+
+
+def int4_step_variants(model: ChatGLM2, kernels: Any, out: dict[str, Any]) -> None:
+    """INT4 decode step by graph replay at 2.1k context: the engine's int4 matmul (the GEMV at
+    one row, the tiled kernel above), "_gemv" (the GEMV at every row), "_tiled" (the tiled
+    kernel at one row), and "_dequant": the previous path, every int4 weight dequantized
+    whole each step, then cuBLAS. Skipped on a tree without the int4 matmul."""
+    if not hasattr(kernels, "INT4_MATMUL_MAX_ROWS"):
+        return
+    from kbqa.chatglm import kernels as row_ops
+
+    defaults = kernels.INT4_MATMUL_MAX_ROWS, row_ops.INT4_GEMV_MAX_ROWS
+    variants = {"": defaults, "_dequant": (0, 0), "_tiled": (defaults[0], 0)}
+    variants["_gemv"] = (defaults[0], 64)
+    at = PROMPT + 100
+    try:
+        for b in (1, 2, 4, 8, 16, 24, 32, 64):
+            big = SlotCache(model, b, MAX_SEQ)
+            for suffix, (matmul_rows, gemv_rows) in variants.items():
+                if (suffix == "_tiled" and b > 2) or (suffix == "_gemv" and b not in (2, 4)):
+                    continue  # the same kernels as the default
+                kernels.INT4_MATMUL_MAX_ROWS, row_ops.INT4_GEMV_MAX_ROWS = matmul_rows, gemv_rows
+                s = DecodeStep(model, big, fused=True)
+                s([1] * b, [at] * b)
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    s([1] * b, [at] * b)
+                sync()
+                out[f"int4_step_ms_b{b}{suffix}"] = (time.perf_counter() - t0) / 20 * 1e3
+                del s
+            del big
+    finally:
+        kernels.INT4_MATMUL_MAX_ROWS, row_ops.INT4_GEMV_MAX_ROWS = defaults
+    out["int4_matmul_configs"] = row_ops.int4_matmul_best_configs()
+    out["gemv_configs"] = row_ops.gemv_best_configs()
 
 
 def prefill_checks(model: ChatGLM2, out: dict[str, Any]) -> None:
@@ -320,6 +361,7 @@ def main() -> None:
     parser.add_argument("--out", default="batching.json")
     parser.add_argument("--counts", default="1,4,16,64")
     parser.add_argument("--int4-counts", default="1,16")
+    parser.add_argument("--skip-fp16", action="store_true", help="INT4 only")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--config", default="chatglm2-6b")
     parser.add_argument("--prompt", type=int, default=PROMPT)
@@ -342,10 +384,11 @@ def main() -> None:
     def check() -> None:
         fused[0] = checks(model, "fp16")
 
-    section("fp16 checks", check, args.out)
-    section("fp16 baseline", lambda: baseline(model, "fp16", 64), args.out)
-    section("fp16 engine", lambda: engine_runs(model, "fp16", counts, fused[0]), args.out)
-    table("fp16", counts)
+    if not args.skip_fp16:
+        section("fp16 checks", check, args.out)
+        section("fp16 baseline", lambda: baseline(model, "fp16", 64), args.out)
+        section("fp16 engine", lambda: engine_runs(model, "fp16", counts, fused[0]), args.out)
+        table("fp16", counts)
     if int4_counts:
         del model
         gc.collect()

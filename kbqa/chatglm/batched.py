@@ -269,12 +269,17 @@ def _decode_fused(
 
 def linear(module: nn.Module, x: Tensor, kernels: ModuleType) -> Tensor:
     """module(x), but float weights at a few rows go through the skinny Triton matmul, and an
-    int4 QuantizedLinear dequantizes through one Triton kernel (its own forward takes ~8 torch
-    passes over the weight, ~40 ms of every 6B step, whatever the batch) and then runs one
-    cuBLAS matmul for all rows."""
-    if isinstance(module, nn.Linear) and x.shape[0] <= kernels.SKINNY_MAX_ROWS:
+    int4 QuantizedLinear (whose own forward takes ~8 torch passes over the weight) through the
+    int4 matmul that reads the packed weights, up to INT4_MATMUL_MAX_ROWS rows (a decode
+    step); more rows (a prefill) dequantize the weight in one kernel and share one cuBLAS
+    matmul."""
+    rows = x.shape[0]
+    if isinstance(module, nn.Linear) and rows <= kernels.SKINNY_MAX_ROWS:
         return kernels.skinny_linear(x, module.weight, module.bias)
     if isinstance(module, QuantizedLinear) and module.bits == 4:
+        if rows <= kernels.INT4_MATMUL_MAX_ROWS and module.in_features % 8 == 0:
+            words = module.weight.view(torch.int32)  # [out, in / 8]
+            return kernels.int4_linear(x, words, module.weight_scale, module.bias)
         weight = kernels.dequant_int4(module.weight, module.weight_scale, x.dtype)  # [out, in]
         return F.linear(x, weight, module.bias)
     return module(x)

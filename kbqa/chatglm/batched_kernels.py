@@ -8,7 +8,8 @@ costs more than the attention.
   three run kernels.py's kernels (the fast path's), for a batch of rows.
 - rope_cache: rotate q (in place) and k of every row by that row's position, and write k and
   v into the KV cache at (that row's cache row, its slot): one program per (row, head).
-- skinny_linear: x · Wᵀ (+ bias) for a few rows, reading each weight once.
+- skinny_linear: x · Wᵀ (+ bias) for a few rows, reading each weight once; int4_linear
+  (kernels.py, shared with the fast path's GEMV) the same from packed int4 weights.
 - attn_decode_rows (attn_kernels.py): each row's attention over its own cache row.
 
 Imported only on CUDA (or with TRITON_INTERPRET=1 in tests): triton is not a dependency of
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from kbqa.chatglm import kernels as row_ops
 from kbqa.chatglm.attn_kernels import attn_decode_rows
+from kbqa.chatglm.kernels import int4_linear
 from kbqa.chatglm.quantize import dequantize_weight
 from kbqa.chatglm.triton_use import interpreted
 
@@ -34,6 +36,7 @@ __all__ = [
     "add_rmsnorm",
     "attn_decode_rows",
     "dequant_int4",
+    "int4_linear",
     "rope_cache",
     "skinny_linear",
     "swiglu",
@@ -192,6 +195,9 @@ _skinny_tuned = triton.autotune(configs=_SKINNY_CONFIGS, key=["M_PAD", "N", "K"]
 INTERPRET = interpreted()
 
 SKINNY_MAX_ROWS = 16  # measured on an H100: faster than cuBLAS at 1 and 16 rows, a tie at 64
+# int4 rows that int4_linear takes (every decode bucket up to 64 rows); a prefill's many rows
+# dequantize the weight once and run cuBLAS instead.
+INT4_MATMUL_MAX_ROWS = 64
 
 
 def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -32,7 +32,15 @@ from torch import Tensor
 from kbqa.chatglm.attn_kernels import attn_decode, attn_prefill, rope_cache
 from kbqa.chatglm.triton_use import interpreted
 
-__all__ = ["attn_decode", "attn_prefill", "dequant_int4", "gemv", "rmsnorm", "rope_cache"]
+__all__ = [
+    "attn_decode",
+    "attn_prefill",
+    "dequant_int4",
+    "gemv",
+    "int4_linear",
+    "rmsnorm",
+    "rope_cache",
+]
 
 INTERPRET = interpreted()
 
@@ -77,9 +85,14 @@ def _gemv_kernel(
     BK: tl.constexpr,  # columns per step (for int4, BK/8 words)
     SPLIT: tl.constexpr,  # programs along K (ACCUM only): their sums meet in the atomics
 ) -> None:
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    # Input row m of x [M, K] gives output row m of y [M, N]. The M programs of one block of
+    # weights are launched together (axis 0), so all but the first read it from L2.
+    m = tl.program_id(0)
+    x_ptr += m * K
+    y_ptr += m * N
+    rows = tl.program_id(1) * BN + tl.arange(0, BN)
     row_ok = rows < N
-    piece = tl.program_id(1)
+    piece = tl.program_id(2)
     # Columns of this piece: [piece * KS, (piece + 1) * KS), KS a multiple of BK.
     KS: tl.constexpr = (K + SPLIT * BK - 1) // (SPLIT * BK) * BK
     if BITS == 4:
@@ -186,6 +199,14 @@ TUNED: dict[tuple[int, int, int], tuple[int, int, int, int]] = {
     (4, 4096, 13696): (64, 256, 4, 8),
 }
 
+# The batched engine's int4 GEMV at 1–2 rows stores its result (the fast path's dense and
+# 4h→h add into the residual, with K split): tuned the same way, for those launches.
+TUNED_STORE: dict[tuple[int, int, int], tuple[int, int, int, int]] = {
+    (4, 4096, 4096): (4, 1024, 4, 1),
+    (4, 27392, 4096): (16, 1024, 4, 1),
+    (4, 4096, 13696): (4, 1024, 4, 1),
+}
+
 _KEY = ["N", "K", "BITS", "NORM", "GLU"]
 _gemv_autotuned = triton.autotune(configs=_gemv_configs(False), key=_KEY)(_gemv_kernel)
 # Accumulating launches add into y: the tuner puts y back after each trial.
@@ -209,9 +230,11 @@ def gemv(
     k: int,
 ) -> None:
     """out [N] (+)= epilogue(W · prologue(x)); weight [N, K] (float or int8) or int32 words
-    [N, K/8], with 2N rows (gate, up) when glu; x [K]. accumulate: out is fp32 and gets the
-    result added (the residual stream); only then may K be split over programs."""
-    n = out.shape[0]
+    [N, K/8], with 2N rows (gate, up) when glu; x [K]. Or x [M, K] → out [M, N], row by row
+    (each row reads the weights again, from L2). accumulate: out is fp32 and gets the result
+    added (the residual stream); only then may K be split over programs."""
+    n = out.shape[-1]
+    m = x.numel() // k
     dummy = out
     args = (
         weight,
@@ -225,14 +248,16 @@ def gemv(
     )
     flags = {"K": k, "BITS": bits, "NORM": norm is not None, "GLU": glu}
     flags |= {"HAS_BIAS": bias is not None, "ACCUM": accumulate}
-    tuned = TUNED.get((bits, n, k))
+    tuned = (None if accumulate else TUNED_STORE.get((bits, n, k))) or TUNED.get((bits, n, k))
+    if tuned is not None and tuned[3] > 1 and not accumulate:
+        tuned = None  # tuned for the fast path's accumulating launch; split K needs that
     if INTERPRET or (tuned is not None and not AUTOTUNE):
         bn, bk, warps, split = tuned or (16, 64, 4, 2 if accumulate else 1)
-        grid = (triton.cdiv(n, bn), split)
+        grid = (m, triton.cdiv(n, bn), split)
         _gemv_kernel[grid](*args, **flags, BN=bn, BK=bk, SPLIT=split, num_warps=warps)
     else:
         tuner = _gemv_accum_autotuned if accumulate else _gemv_autotuned
-        tuner[lambda meta: (triton.cdiv(n, meta["BN"]), meta["SPLIT"])](*args, **flags)
+        tuner[lambda meta: (m, triton.cdiv(n, meta["BN"]), meta["SPLIT"])](*args, **flags)
 
 
 def gemv_best_configs() -> dict[str, str]:
@@ -343,3 +368,150 @@ def dequant_int4(words: Tensor, scale: Tensor, out: Tensor) -> None:
     br, bc = 16, 256
     grid = (triton.cdiv(rows, br), triton.cdiv(half, bc))
     _dequant_int4_kernel[grid](packed, scale, out, rows, half, br, bc)
+
+
+# --------------------------------------------------------------------------------------------
+# int4 matmul: y [M, N] = x [M, K] · W[N, K]ᵀ (+ bias) read from the packed words, for the
+# batched decode step. One row goes to the GEMV above; more go to a tiled kernel that turns
+# each tile of words into floats in registers and multiplies on the tensor cores, so the
+# weights are read once for all M rows and never written out as floats.
+
+
+@triton.jit
+def _int4_as(words: tl.tensor, C: tl.constexpr, dtype: tl.constexpr) -> tl.tensor:
+    """Column C of each int4 word as the signed value v in dtype, exactly: v + 8 (the nibble
+    with its sign bit flipped) under the exponent of 2^10 (fp16) or 2^23 (fp32), minus that
+    power + 8. A shift, one LOP3 and a subtraction, no int→float conversion (bf16 converts
+    from fp16 after: one more instruction, for a dtype the int4 checkpoints do not use)."""
+    nib = (words >> (8 * (C // 2) + 4 * (1 - C % 2))) & 0xF  # [BN, BW] int32
+    if dtype == tl.float32:
+        w = (nib ^ 0x4B000008).to(tl.float32, bitcast=True) - 8388616.0
+    else:
+        w = (nib ^ 0x6408).to(tl.int16).to(tl.float16, bitcast=True) - 1032.0
+    return w.to(dtype)
+
+
+@triton.jit
+def _int4_matmul_kernel(
+    x_ptr: tl.tensor,
+    w_ptr: tl.tensor,
+    scale_ptr: tl.tensor,
+    bias_ptr: tl.tensor,
+    y_ptr: tl.tensor,
+    M: tl.tensor,
+    N: tl.tensor,
+    K: tl.constexpr,
+    M_PAD: tl.constexpr,  # M rounded up to a power of two >= 16 (the autotuner's key)
+    HAS_BIAS: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BW: tl.constexpr,  # words per step (BW * 8 columns)
+) -> None:
+    cols = tl.program_id(0) * BN + tl.arange(0, BN)  # output features
+    rows = tl.program_id(1) * BM + tl.arange(0, BM)
+    n_ok = cols < N
+    m_ok = rows < M
+    WORDS: tl.constexpr = K // 8
+    dtype: tl.constexpr = x_ptr.dtype.element_ty
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(0, WORDS, BW):
+        wi = k0 + tl.arange(0, BW)
+        w_ok = wi < WORDS
+        words = tl.load(
+            w_ptr + cols[:, None] * WORDS + wi[None, :], mask=n_ok[:, None] & w_ok[None, :], other=0
+        )  # [BN, BW]
+        # Column c of every word, as [BN, BW] floats, interleaved back into column order
+        # w * 8 + c: each join adds a last axis, read as the lowest bit of c that is left.
+        c0, c1 = _int4_as(words, 0, dtype), _int4_as(words, 1, dtype)
+        c2, c3 = _int4_as(words, 2, dtype), _int4_as(words, 3, dtype)
+        c4, c5 = _int4_as(words, 4, dtype), _int4_as(words, 5, dtype)
+        c6, c7 = _int4_as(words, 6, dtype), _int4_as(words, 7, dtype)
+        even = tl.join(tl.join(c0, c4), tl.join(c2, c6))  # [BN, BW, 2, 2]
+        odd = tl.join(tl.join(c1, c5), tl.join(c3, c7))
+        w = tl.reshape(tl.join(even, odd), (BN, 8 * BW))  # [BN, BK]
+        ks = k0 * 8 + tl.arange(0, 8 * BW)
+        x = tl.load(
+            x_ptr + rows[:, None] * K + ks[None, :],
+            mask=m_ok[:, None] & (ks < K)[None, :],
+            other=0.0,
+        )  # [BM, BK]
+        if dtype == tl.float32:
+            acc += tl.dot(x, tl.trans(w), input_precision="ieee")
+        else:
+            acc += tl.dot(x, tl.trans(w))
+    y = acc * tl.load(scale_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out = y_ptr + rows[:, None] * N + cols[None, :]
+    tl.store(out, y.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+# Tuned per (rows bucket, N, K) on first use, which is outside any graph capture (the decode
+# step warms up eagerly first): few output features per program for few rows, so that a
+# 4096-row weight still spreads over the SMs.
+_INT4_CONFIGS = [
+    triton.Config({"BM": bm, "BN": bn, "BW": bw}, num_warps=w, num_stages=st)
+    for bm, bn, bw, w, st in [
+        (16, 16, 32, 4, 4), (16, 16, 64, 4, 4), (16, 32, 32, 4, 4), (16, 32, 64, 4, 3),
+        (16, 64, 32, 4, 3), (32, 32, 32, 4, 4), (32, 64, 32, 4, 3), (64, 64, 32, 4, 3),
+    ]
+]  # fmt: skip
+_int4_matmul_tuned = triton.autotune(configs=_INT4_CONFIGS, key=["M_PAD", "N", "K"])(
+    _int4_matmul_kernel
+)
+INT4_GEMV_MAX_ROWS = 2  # rows that take the GEMV; more take the tiled kernel
+# Winners of the autotuner on an H100 (2026-12-07) for chatglm2-6b's decode, by (M_PAD, N, K):
+# (BM, BN, BW, warps, stages); other shapes are tuned on first use (KBQA_GEMV_AUTOTUNE=1: all).
+INT4_TUNED: dict[tuple[int, int, int], tuple[int, int, int, int, int]] = {
+    # 3–16 rows: qkv, dense, h→4h (gate and up, no GLU fused), 4h→h
+    (16, 4608, 4096): (16, 32, 32, 4, 4),
+    (16, 4096, 4096): (16, 32, 32, 4, 4),
+    (16, 27392, 4096): (16, 32, 32, 4, 4),
+    (16, 4096, 13696): (16, 32, 32, 4, 4),
+    (32, 4608, 4096): (64, 64, 32, 4, 3),
+    (32, 4096, 4096): (32, 32, 32, 4, 4),
+    (32, 27392, 4096): (64, 64, 32, 4, 3),
+    (32, 4096, 13696): (32, 32, 32, 4, 4),
+    (64, 4608, 4096): (64, 64, 32, 4, 3),
+    (64, 4096, 4096): (64, 64, 32, 4, 3),
+    (64, 27392, 4096): (64, 64, 32, 4, 3),
+    (64, 4096, 13696): (64, 64, 32, 4, 3),
+}
+
+
+def int4_linear(x: Tensor, words: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+    """x [M, K] · Wᵀ (+ bias) → [M, N] in x's dtype, W the int32 words [N, K/8] of int4
+    weights with scale [N]; accumulated in fp32, the scale applied to the sums."""
+    rows, k = x.shape
+    n = words.shape[0]
+    out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    if rows <= INT4_GEMV_MAX_ROWS:
+        gemv(words, scale, bias, x, None, 0.0, False, out, False, 4, k)
+        return out
+    m_pad = max(16, triton.next_power_of_2(rows))
+    args = (x, words, scale, bias if bias is not None else scale, out, rows, n)
+    flags = {"K": k, "M_PAD": m_pad, "HAS_BIAS": bias is not None}
+    if INTERPRET:
+        grid = (triton.cdiv(n, 16), triton.cdiv(rows, 16))
+        _int4_matmul_kernel[grid](*args, **flags, BM=16, BN=16, BW=16)
+        return out
+
+    tuned = INT4_TUNED.get((m_pad, n, k))
+    if tuned is not None and not AUTOTUNE:
+        bm, bn, bw, warps, stages = tuned
+        grid = (triton.cdiv(n, bn), triton.cdiv(rows, bm))
+        _int4_matmul_kernel[grid](
+            *args, **flags, BM=bm, BN=bn, BW=bw, num_warps=warps, num_stages=stages
+        )
+        return out
+
+    def grid_of(meta: dict[str, int]) -> tuple[int, int]:
+        return (triton.cdiv(n, meta["BN"]), triton.cdiv(rows, meta["BM"]))
+
+    _int4_matmul_tuned[grid_of](*args, **flags)
+    return out
+
+
+def int4_matmul_best_configs() -> dict[str, str]:
+    """What the autotuner picked for the tiled int4 matmul, by key (for the benchmark)."""
+    return {str(key): str(config) for key, config in _int4_matmul_tuned.cache.items()}

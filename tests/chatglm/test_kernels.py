@@ -65,9 +65,31 @@ def test_fast_path_steps(quantize: str | None, pre_seq_len: int | None) -> None:
 
 
 @interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_int4_matmul_matches_the_dequantized_weights(dtype: torch.dtype) -> None:
+    """kernels.int4_linear at the GEMV's row counts (1, 2) and the tiled kernel's (3; 17 over
+    two row tiles), K not a multiple of the tiles, with and without a bias."""
+    from kbqa.chatglm import kernels
+
+    g = torch.Generator().manual_seed(0)
+    n, k = 40, 200  # 25 int32 words a row
+    weight, scale = quantize_weight(torch.randn(n, k, generator=g), 4)
+    w = dequantize_weight(weight, scale, 4, torch.float64)
+    for rows, bias in ((1, True), (2, False), (3, True), (17, False)):
+        x = torch.randn(rows, k, generator=g).to(dtype)
+        b = torch.randn(n, generator=g).to(dtype) if bias else None
+        expected = F.linear(x.double(), w, b.double() if b is not None else None)
+        got = kernels.int4_linear(x, weight.view(torch.int32), scale, b)
+        assert got.dtype == dtype
+        tol = 1e-4 if dtype == torch.float32 else 2e-3  # sums of 200 products
+        torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
+
+
+@interpreted
 @pytest.mark.parametrize("quantize", [None, "int4"])
 def test_fused_decode_matches_the_modules(quantize: str | None) -> None:
-    """The batched decode step through the kernels against the model's modules."""
+    """The batched decode step through the kernels (int4: the tiled int4 matmul at 4 rows)
+    against the model's modules."""
     torch.manual_seed(0)
     tiny = ChatGLM2.from_config(SMALL, dtype=torch.float32, quantize=quantize)
     kernels = fused_kernels(tiny)
