@@ -10,7 +10,8 @@ sources support the answer, or, where nothing does, which best match the questio
 - lexical: weighted share of the claim's terms found in the sentence. Terms as
   kbqa.relevance.query_terms finds them (NFKC, lower case, jieba words for Chinese, whole
   words and identifiers otherwise), English words cut to a crude stem (weighs ~ weigh), plus
-  the character pairs of Chinese terms of three or more characters (分词模式 ~ 三种分词模式).
+  the character pairs of Chinese terms of three or more characters (分词模式 ~ 三种分词模式),
+  plus the keys below (command-line options such as `-d` are no words to jieba).
   What a claim adds to the question counts 0.8, the words it repeats from it 0.2: what the
   answer adds is what needs support, and an answer that only repeats the question (or numbers
   its list items "1. 1. 1.") makes no claim at all.
@@ -31,6 +32,7 @@ sentence exactly, whatever the script, emoji, combining marks or line ends.
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -89,8 +91,7 @@ def _ends_sentence(text: str, start: int, match: re.Match[str]) -> bool:
     """Whether an ASCII `.` ending a word really ends a sentence (not "e.g." or "J. Smith")."""
     if match.group().rstrip(_CLOSERS) != ".":
         return True
-    line = _LAST_LINE.search(text, start, match.start())
-    words = line.group().split() if line else []
+    words = _line_before(text, match.start(), start).split()
     word = words[-1].lower().lstrip("([\"'") if words else ""
     if len(words) == 1 and word.isdigit():
         return False  # "1. " numbering a list item
@@ -98,24 +99,33 @@ def _ends_sentence(text: str, start: int, match: re.Match[str]) -> bool:
 
 
 _LINE_BREAKS = "\r\n\u2028\u2029"
-_LAST_LINE = re.compile(rf"[^{_LINE_BREAKS}]*$")
 _FIRST_LINE = re.compile(rf"[^{_LINE_BREAKS}]*")
+_CONTINUED = re.compile(r"[,，、]$")
+"""A line ending like this goes on (a list item wrapped where ingest lost its indentation)."""
+
+
+def _line_before(text: str, end: int, floor: int = 0) -> str:
+    """The text from the last line break before `end` (or `floor`) up to `end`."""
+    start = max(text.rfind(c, floor, end) for c in _LINE_BREAKS) + 1
+    return text[max(start, floor) : end]
 
 
 def _soft_wrap(text: str, match: re.Match[str]) -> bool:
     """Whether a line break only wraps a paragraph's text (it does not end a sentence): both
     lines have words, the next starts no list item, heading or table row, the line before is
-    no heading or table row and does not end in a colon, and a list item goes on indented."""
-    before = _LAST_LINE.search(text, 0, match.start())
+    no heading or table row and does not end in a colon, and a list item goes on indented
+    (or after a comma, or between lower-case words)."""
     after = _FIRST_LINE.match(text, match.end())
-    previous = before.group().strip() if before else ""
+    previous = _line_before(text, match.start()).strip()
     following = after.group().strip() if after else ""
     if not _WORD_CHAR.search(previous) or not _WORD_CHAR.search(following):
         return False
     if previous.startswith(("#", "|")) or previous.endswith((":", "：")):
         return False
-    if _MARKER.match(previous) and after and not after.group()[:1].isspace():
-        return False  # a list item goes on only on indented lines
+    indented = after is not None and after.group()[:1].isspace()
+    mid_sentence = previous[-1:].islower() and following[:1].islower()
+    if _MARKER.match(previous) and not (indented or mid_sentence or _CONTINUED.search(previous)):
+        return False  # a list item goes on indented, or after a comma or mid-sentence
     return not (_MARKER.match(following + " ") or following.startswith(("#", "|")))
 
 
@@ -186,6 +196,8 @@ def terms(text: str) -> dict[str, float]:
                     found.setdefault(term[i : i + 2], 0.5)
         else:
             found[term] = float(weight)
+    for key in keys(text):  # "-d" in "passwd 的 -d 选项" is the word that matters most
+        found.setdefault(key, 2.0)
     return found
 
 
@@ -399,8 +411,9 @@ def find_evidence(
     if not sentences:
         return Found([[] for _ in sources], None)
     claims = _claims(answer, question, len(sources))
-    scores = _scores([_asked(question), *claims], sentences, texts, sources, encoder_for)
-    ranked = _ranking(scores[0], sentences, texts, sources)
+    asked = _asked(question, sentences)
+    scores = _scores([asked, *claims], sentences, texts, sources, encoder_for)
+    ranked = _ranking(question, scores[0], sentences, texts, sources)
     # On topic too: a claim copied from a sentence that has nothing to do with the question
     # (the small model repeats passages) is not an answer. Sentences scoring under half the
     # best question score support in proportion.
@@ -446,23 +459,61 @@ def rank_for_question(question: str, sources: Sequence[Source], encoder_for: Enc
     sentences, texts = _sentences(sources)
     if not sentences:
         return []
-    row = _scores([_asked(question)], sentences, texts, sources, encoder_for)[0]
-    return _ranking(row, sentences, texts, sources)
+    asked = _asked(question, sentences)
+    row = _scores([asked], sentences, texts, sources, encoder_for)[0]
+    return _ranking(question, row, sentences, texts, sources)
 
 
-def _asked(question: str) -> _Target:
-    return _Target(question, terms(question), keys(question), frozenset())
+def _asked(question: str, sentences: Sequence[Sentence]) -> _Target:
+    """The question as a target, its terms weighted by how rare they are among the sentences
+    (BM25's idf): the topic's name ("jieba") is in most of them and tells them apart least.
+    Names count as much as words here (query_terms doubles them for retrieval); a term in
+    none weighs no more than the rarest one found."""
+    weights = {term: min(weight, 1.0) for term, weight in terms(question).items()}
+    n = len(sentences)
+    found: list[float] = []
+    for term in weights:
+        df = sum(s.has_term(term) for s in sentences)
+        idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+        weights[term] *= idf
+        if df:
+            found.append(weights[term])
+    cap = max(found, default=0.0)
+    for term in weights:
+        weights[term] = min(weights[term], cap) if cap else weights[term]
+    return _Target(question, weights, keys(question), frozenset())
+
+
+_DEFINITION = re.compile(
+    r"^\s*(?:what\s+(?:is|are)\s+(?:an?\s+|the\s+)?(?P<en>.+?)"
+    r"|(?P<zh>.+?)\s*(?:是什么|是啥|指什么)(?:东西)?)\s*[?？]?\s*$",
+    re.IGNORECASE,
+)
+_DEFINES = re.compile(r"\s*(?:is|are|是|：|:)")
+DEFINITION_BONUS = 0.3
+"""Added to a sentence that starts "X is" for the question "what is X" / "X 是什么"."""
 
 
 def _ranking(
-    row: np.ndarray, sentences: Sequence[Sentence], texts: Sequence[str], sources: Sequence[Source]
+    question: str,
+    row: np.ndarray,
+    sentences: Sequence[Sentence],
+    texts: Sequence[str],
+    sources: Sequence[Source],
 ) -> Ranked:
     """Sentences by their question scores, a sentence ending in a colon joined with the (up to
-    two) sentences it introduces; the sources' own relevance breaks near ties (0.1 of it)."""
+    two) sentences it introduces; the sources' own relevance breaks near ties (0.1 of it).
+    For "what is X", sentences that say what X is come first."""
+    match = _DEFINITION.match(fold(question))
+    subject = (match.group("en") or match.group("zh")).strip() if match else ""
     ranked = []
     for j, sentence in enumerate(sentences):
         prior = 0.9 + 0.1 * sources[sentence.position].score
-        ranked.append((_with_list(sentences, j, texts), float(row[j]) * prior))
+        score = float(row[j]) * prior
+        folded = sentence.folded
+        if subject and folded.startswith(subject) and _DEFINES.match(folded, len(subject)):
+            score += DEFINITION_BONUS
+        ranked.append((_with_list(sentences, j, texts), score))
     ranked.sort(key=lambda item: item[1], reverse=True)
     return ranked
 
