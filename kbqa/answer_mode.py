@@ -78,7 +78,8 @@ def extract(
     ranked: Ranked | None = None,
 ) -> Outcome:
     """The sentences of `sources` that best match `question` (`ranked`: already scored),
-    quoted and cited."""
+    quoted and cited; the answer is "" where the sources hold no sentence at all (text without
+    a letter or digit)."""
     if ranked is None:
         ranked = rank_for_question(question, sources, encoder_for)
     found = ranked_evidence(ranked, sources)
@@ -89,7 +90,8 @@ def extract(
         for s in chosen
     ]
     label = load_template(lang, name="extract").strip()
-    return Outcome("\n".join([label, *lines]), found.apply(sources), found.basis, "extracted")
+    answer = "\n".join([label, *lines]) if lines else ""
+    return Outcome(answer, found.apply(sources), found.basis, "extracted")
 
 
 def review(
@@ -108,7 +110,8 @@ def review(
     unsupported = found.basis != "answer" or bool(invented_references(answer, sources))
     if settings.mode == "auto" and replaceable and unsupported:
         extracted = extract(question, lang, sources, encoder_for, found.ranked)
-        return replace(extracted, generated=answer)
+        if extracted.answer:  # else nothing to quote: the model's answer is all there is
+            return replace(extracted, generated=answer)
     return Outcome(answer, found.apply(sources), found.basis, "generated")
 
 

@@ -147,20 +147,23 @@ class QAChain:
         prepared = self._prepare(question, names, pairs, k)
         timings = Timings(retrieval_ms=_ms(started))
         yield SourcesEvent(prepared.sources)
-        if prepared.messages is None:
+        small = _is_small_default(self.chat_model)
+        quoted = None
+        if prepared.sources and extracts_first(self.settings.answer.mode, small, prepared.lang):
+            quoted = extract(question, prepared.lang, prepared.sources, self._encoder)
+        if prepared.messages is None or (quoted is not None and not quoted.answer):
+            # Nothing relevant, or (rarely) sources without a sentence to quote.
             refusal = REFUSAL[prepared.lang]
             timings.first_token_ms = _ms(started)
             yield TokenEvent(refusal)
             timings.total_ms = _ms(started)
             yield DoneEvent(refusal, True, timings, sources=[])
             return
-        small = _is_small_default(self.chat_model)
-        if prepared.sources and extracts_first(self.settings.answer.mode, small, prepared.lang):
-            outcome = extract(question, prepared.lang, prepared.sources, self._encoder)
+        if quoted is not None:
             timings.first_token_ms = _ms(started)
-            yield TokenEvent(outcome.answer)
+            yield TokenEvent(quoted.answer)
             timings.total_ms = _ms(started)
-            yield _done(outcome, timings, cancelled=False)
+            yield _done(quoted, timings, cancelled=False)
             return
         pieces: list[str] = []
         if prepared.label:

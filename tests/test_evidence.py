@@ -15,7 +15,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 
-from kbqa.answer import Answer, Source
+from kbqa.answer import Answer, Source, TokenEvent
 from kbqa.answer_mode import invented_references
 from kbqa.chain import REFUSAL, QAChain
 from kbqa.evidence import find_evidence, keys, split_sentences
@@ -223,7 +223,7 @@ def test_auto_with_the_bundled_model_extracts_for_a_chinese_question(home: Path)
 def test_auto_replaces_an_unsupported_answer_and_keeps_it_as_generated(home: Path) -> None:
     model = ScriptedChat(reply=lambda m: "Penguins migrate south in winter.")
     events = list(chain(home, model).stream(FERRY, KB))
-    streamed = "".join(e.text for e in events if type(e).__name__ == "TokenEvent")
+    streamed = "".join(e.text for e in events if isinstance(e, TokenEvent))
     done = events[-1].to_json()
     assert streamed == "Penguins migrate south in winter."  # what streamed stays streamed
     assert done["answer_mode"] == "extracted" and done["generated"] == streamed
@@ -271,6 +271,18 @@ def test_cited_source_is_looked_at_first() -> None:
     found = find_evidence("It leaves every 40 minutes [2].", "How often?", sources, lambda kb: None)
     assert found.basis == "answer"
     assert [len(spans) for spans in found.evidence] == [0, 1]  # the cited copy, not the first
+
+
+def test_sources_without_a_sentence_are_not_quoted() -> None:
+    from kbqa.answer_mode import extract, review
+    from kbqa.settings import AnswerSettings
+
+    sources = [Source(1, "c", "d", "rules.md", None, None, "——— … ———\n* * *", 0.6, KB)]
+    assert extract("规则是什么？", "zh", sources, lambda kb: None).answer == ""
+    kept = review(
+        "What?", "en", "An answer.", sources, lambda kb: None, AnswerSettings(), replaceable=True
+    )
+    assert kept.answer == "An answer." and kept.mode == "generated" and kept.basis is None
 
 
 def test_refusals_have_no_evidence(home: Path) -> None:
