@@ -12,7 +12,7 @@ costs more than the attention.
   (kernels.py, shared with the fast path's GEMV) the same from packed int4 weights.
 - attn_decode_rows (attn_kernels.py): each row's attention over its own cache row.
 
-Imported only on CUDA (or with TRITON_INTERPRET=1 in tests): triton is not a dependency of
+Imported only where the kernels run (triton_use.py): triton is not a dependency of
 kbqa.chatglm. Launchers take contiguous tensors and check nothing; batched.py owns shapes.
 """
 # Triton reads parameter annotations: `tl.constexpr` makes a parameter a compile-time constant;
@@ -195,8 +195,8 @@ _skinny_tuned = triton.autotune(configs=_SKINNY_CONFIGS, key=["M_PAD", "N", "K"]
 INTERPRET = interpreted()
 
 SKINNY_MAX_ROWS = 16  # measured on an H100: faster than cuBLAS at 1 and 16 rows, a tie at 64
-# int4 rows that int4_linear takes (every decode bucket up to 64 rows); a prefill's many rows
-# dequantize the weight once and run cuBLAS instead.
+# int4 rows that int4_linear takes: measured on an H100, faster than dequantizing the weight
+# and cuBLAS at every decode bucket up to 64 rows; a prefill's many rows still do that.
 INT4_MATMUL_MAX_ROWS = 64
 
 

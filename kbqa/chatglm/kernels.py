@@ -1,11 +1,13 @@
 """Triton kernels for ChatGLM2 on CUDA: weight-only GEMV (fp16/bf16, int8, int4) with the
 RMSNorm before it and the bias / SwiGLU / residual add after it fused in, RMSNorm and SwiGLU for
-prefill, and int4 dequantization for prefill matmuls; attention kernels live in
-attn_kernels.py and are re-exported here.
+prefill, int4 dequantization for prefill matmuls, and the batched engine's int4 matmul
+(int4_linear: this GEMV for one or two rows, a tiled kernel for more); attention kernels live
+in attn_kernels.py and are re-exported here.
 
-Imported only by fused.py, and only on CUDA (or under TRITON_INTERPRET=1 in tests): triton is
-not a dependency of kbqa.chatglm. The launchers here take contiguous tensors and check
-nothing; fused.py owns shapes and the torch reference of every op.
+Imported by fused.py and batched_kernels.py, only where the kernels run (triton_use.py: CUDA,
+or TRITON_INTERPRET=1 in tests): triton is not a dependency of kbqa.chatglm. The launchers
+here take contiguous tensors and check nothing; their callers own shapes and the torch
+reference of every op.
 
 int4 weights are read in the checkpoint layout (quantize.py): int8 bytes [N, K/2], even
 column in the high nibble, viewed as int32 words [N, K/8]. Little-endian, so byte b of a word
@@ -372,9 +374,9 @@ def dequant_int4(words: Tensor, scale: Tensor, out: Tensor) -> None:
 
 # --------------------------------------------------------------------------------------------
 # int4 matmul: y [M, N] = x [M, K] · W[N, K]ᵀ (+ bias) read from the packed words, for the
-# batched decode step. One row goes to the GEMV above; more go to a tiled kernel that turns
-# each tile of words into floats in registers and multiplies on the tensor cores, so the
-# weights are read once for all M rows and never written out as floats.
+# batched decode step. Up to INT4_GEMV_MAX_ROWS rows go to the GEMV above; more to a tiled
+# kernel that turns each tile of words into floats in registers and multiplies on the tensor
+# cores, so the weights are read once for all M rows and never written out as floats.
 
 
 @triton.jit
@@ -420,8 +422,9 @@ def _int4_matmul_kernel(
         words = tl.load(
             w_ptr + cols[:, None] * WORDS + wi[None, :], mask=n_ok[:, None] & w_ok[None, :], other=0
         )  # [BN, BW]
-        # Column c of every word, as [BN, BW] floats, interleaved back into column order
-        # w * 8 + c: each join adds a last axis, read as the lowest bit of c that is left.
+        # Column c of every word as [BN, BW] floats, put back in column order w * 8 + c:
+        # tl.join stacks on a new last axis, so the last join picks c's lowest bit (even or
+        # odd), the inner ones its higher bits, and [BN, BW, 2, 2, 2] reads row-major in order.
         c0, c1 = _int4_as(words, 0, dtype), _int4_as(words, 1, dtype)
         c2, c3 = _int4_as(words, 2, dtype), _int4_as(words, 3, dtype)
         c4, c5 = _int4_as(words, 4, dtype), _int4_as(words, 5, dtype)
