@@ -29,8 +29,8 @@ from kbqa.evidence import (
     fold,
     rank_for_question,
     ranked_evidence,
-    split_sentences,
 )
+from kbqa.sentences import split_sentences
 from kbqa.settings import AnswerSettings
 from prompts import load_template
 

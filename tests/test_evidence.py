@@ -18,9 +18,10 @@ from langchain_core.outputs import ChatGenerationChunk
 from kbqa.answer import Answer, Source, TokenEvent
 from kbqa.answer_mode import invented_references
 from kbqa.chain import REFUSAL, QAChain
-from kbqa.evidence import find_evidence, keys, split_sentences
+from kbqa.evidence import find_evidence, keys
 from kbqa.llm.default import DefaultChat
 from kbqa.retrieval import Retriever
+from kbqa.sentences import split_sentences
 from kbqa.settings import Settings, load_settings
 from tests.answering_support import ScriptedChat
 
