@@ -2,7 +2,7 @@
 
     history? ──► standalone question (the LLM rewrites it, where the backend can)
              └─► or search on the last questions + the new one (the bundled small model)
-    search the KBs ─► keep relevance ≥ retrieval.min_relevance ─► pack by the token budget
+    search the KBs ─► keep relevance ≥ the KB's min_relevance ─► pack by the token budget
     nothing kept ──► refusal without calling the LLM (or, with chain.on_no_context = "chat",
                      a plain chat answer labelled as not from the KB)
     else ──► zh/en template, numbered passages [1] [2] … ─► LLM stream ─► Answer
@@ -46,7 +46,6 @@ from kbqa.prompting import (
     remembering,
     retrieval_query,
 )
-from kbqa.relevance import relevance_of
 from kbqa.retrieval import Retriever
 from kbqa.settings import Settings
 from prompts import TemplateError, fill, load_template
@@ -260,7 +259,7 @@ class QAChain:
         else:
             query, focus = retrieval_query(history, question), question if history else None
         hits = self.retriever.search(query, kbs, k, focus=focus)
-        hits = [h for h in hits if relevance_of(h) >= self.settings.retrieval.min_relevance]
+        hits = self.retriever.relevant(hits)
         turns = fit_history(
             history,
             self.settings.chain.history_turns,
