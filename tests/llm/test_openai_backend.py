@@ -174,6 +174,7 @@ def test_kbqa_ask_through_the_remote(
         "OPENAI__MAX_RETRIES": "0",
     }.items():
         monkeypatch.setenv(f"KBQA_LLM__{key}", value)
+    monkeypatch.setenv("KBQA_ANSWER__MODE", "generate")  # the remote's own text, not a quote
     runner = CliRunner()
     home = ["--home", str(tmp_path / "home")]
     assert runner.invoke(app, [*home, "ingest", str(docs), "--json"]).exit_code == 0

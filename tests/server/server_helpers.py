@@ -100,9 +100,13 @@ def make_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     return home
 
 
-def server_settings(home: Path, llm: dict[str, Any] | None = None, **server: Any) -> Settings:
+def server_settings(
+    home: Path, llm: dict[str, Any] | None = None, answer_mode: str = "auto", **server: Any
+) -> Settings:
+    """`answer_mode` "generate" for tests of what the model streams (auto may quote instead)."""
     server.setdefault("api_key", "")  # a KBQA_API_KEY in the developer's shell must not leak in
-    return load_settings(home, overrides={"llm": QUICK_LLM | (llm or {}), "server": server})
+    overrides = {"llm": QUICK_LLM | (llm or {}), "server": server, "answer": {"mode": answer_mode}}
+    return load_settings(home, overrides=overrides)
 
 
 def write_documents(folder: Path) -> Path:
@@ -113,9 +117,13 @@ def write_documents(folder: Path) -> Path:
 
 
 def serve_with_model(
-    home: Path, model: BaseChatModel, llm: dict[str, Any] | None = None, **server: Any
+    home: Path,
+    model: BaseChatModel,
+    llm: dict[str, Any] | None = None,
+    answer_mode: str = "auto",
+    **server: Any,
 ) -> LiveServer:
-    settings = server_settings(home, llm, **server)
+    settings = server_settings(home, llm, answer_mode, **server)
     return start_server(create_app(settings, chat_model=model), settings)
 
 

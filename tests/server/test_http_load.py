@@ -43,7 +43,10 @@ def ask_until_answered(server: LiveServer, asker: int) -> tuple[list[int], str]:
 
 
 def test_fifty_concurrent_askers(docs_home: Path) -> None:
-    server = serve_with_model(docs_home, EchoChat(delay=0.002), queue_size=QUEUE_SIZE)
+    # Each answer must be the asker's own echo: the model's text, never a quote of the sources.
+    server = serve_with_model(
+        docs_home, EchoChat(delay=0.002), answer_mode="generate", queue_size=QUEUE_SIZE
+    )
     peaks = {"running": 0, "waiting": 0}
     done = threading.Event()
 

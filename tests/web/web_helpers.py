@@ -120,8 +120,12 @@ class Server:
         self.thread.join(timeout=30)
 
 
-def start_server(home: Path, api_key: str = "") -> Server:
-    settings = load_settings(home, overrides={"server": {"api_key": api_key}})
+def start_server(home: Path, api_key: str = "", answer_mode: str = "generate") -> Server:
+    """A server whose model is ScriptedChat. `answer_mode` "generate" by default: the page is
+    tested on the model's own Markdown (auto mode would quote the sources instead of an
+    answer they do not support, such as TABLE_ANSWER; test_web_answer_mode tests that)."""
+    overrides = {"server": {"api_key": api_key}, "answer": {"mode": answer_mode}}
+    settings = load_settings(home, overrides=overrides)
     app = create_app(settings, chat_model=ScriptedChat())
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
