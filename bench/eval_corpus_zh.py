@@ -6,10 +6,10 @@ and refusal evaluation (question sets: bench/eval_sets/zh_dev.jsonl, zh_heldout.
 
 The documents are never committed. They come from three places:
 
-- Public projects' docs, read from git mirrors under /work/.mirror (or --mirrors PATH): one
-  bare git directory per project at <mirrors>/<owner>+<name>/repo, read with `git show`. Get
-  them with the team's fetch tool (`github:THUDM/ChatGLM2-6B` and the others in MIRRORED), or
-  with `git clone --bare https://github.com/<owner>/<name> <mirrors>/<owner>+<name>/repo`.
+- Public projects' docs, read from git mirrors under --mirrors PATH (default
+  $KBQA_BENCH_MIRRORS, else ~/.cache/kbqa/mirrors): one bare git directory per project at
+  <mirrors>/<owner>+<name>/repo, read with `git show`. Get each project in MIRRORED with
+  `git clone --bare https://github.com/<owner>/<name> <mirrors>/<owner>+<name>/repo`.
   The question sets were written against the commits in MIRRORED's comments.
 - Debian's Simplified Chinese manual pages (/usr/share/man/zh_CN), rendered by
   bench/retrieval_corpus.py.
@@ -24,6 +24,7 @@ their expected sources by these paths.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval_corpus import MAN_DIR, package_readme, render_man_page
 
-MIRRORS = Path("/work/.mirror")
+MIRRORS = Path(os.environ.get("KBQA_BENCH_MIRRORS", "~/.cache/kbqa/mirrors")).expanduser()
 
 MIRRORED: dict[str, tuple[str, dict[str, str]]] = {
     # project folder: (owner+name of the mirror, {path in the repository: path under DIR})

@@ -333,7 +333,7 @@ _ABORTS = (click.exceptions.Abort, typer.Abort)
 
 
 def run() -> None:
-    """The console script: like `app()`, but usage errors are one line too (DESIGN.md)."""
+    """The console script: like `app()`, but usage errors are one line too (docs/cli.md)."""
     if len(sys.argv) <= 1:
         app()  # prints the help
     try:

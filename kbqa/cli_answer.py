@@ -72,7 +72,7 @@ def answer_errors() -> Iterator[None]:
             raise fail(str(e), e.exit_code) from None
         except LLMUnavailable as e:
             raise fail(str(e), EXIT_USAGE) from None
-        except Exception as e:  # a bug: still one line, never a traceback (DESIGN.md)
+        except Exception as e:  # a bug: still one line, never a traceback (docs/cli.md)
             raise fail(f"unexpected {type(e).__name__}: {e}", EXIT_PARTIAL) from None
 
 

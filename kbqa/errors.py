@@ -1,8 +1,8 @@
 """Errors the answering path raises on purpose. Every message is one line meant for the user.
 
 Each class says how a front end reports it: `exit_code` for the CLI (2 = usage or
-configuration error, per DESIGN.md), `http_status` and `code` for the HTTP server's
-`{"error": {"code", "message"}}`.
+configuration error, see docs/cli.md), `http_status` and `code` for the HTTP server's
+`{"error": {"code", "message"}}` (docs/http-api.md).
 """
 
 from __future__ import annotations

@@ -36,7 +36,9 @@ class EmbeddingSettings(_Section):
     model: str = DEFAULT_EMBEDDING
     """`default`, a sentence-transformers model directory, or a model name in the local cache."""
     device: str = "cpu"
+    """Torch device the embedding model runs on (`cpu`, `cuda`, `cuda:1`, `mps`)."""
     batch_size: int = Field(default=32, ge=1, le=4096)
+    """Texts embedded per forward pass while ingesting."""
 
 
 class IngestSettings(_Section):
@@ -48,7 +50,9 @@ class IngestSettings(_Section):
     """Target chunk length in characters for Chinese text (a character carries more meaning).
     150 to 400 measured alike (MRR within 0.02); the smaller size spends fewer prompt tokens."""
     chunk_overlap: int = Field(default=50, ge=0, le=2000)
+    """Characters two neighbouring chunks share, so a sentence cut at a boundary is whole in one."""
     max_file_mb: float = Field(default=50.0, gt=0)
+    """Larger files are skipped with a per-file error rather than ingested."""
     title_enhance: bool = True
     """Prefix each chunk's embedded text with its file name and heading path."""
 
@@ -72,6 +76,7 @@ class StorageSettings(_Section):
     backend: Literal["faiss", "milvus"] = "faiss"
     """Backend for newly created KBs; an existing KB keeps the backend it was created with."""
     index: Literal["auto", "flat", "hnsw"] = "auto"
+    """FAISS index kind: `flat` (exact), `hnsw` (approximate), `auto` (by approximate_threshold)."""
     approximate_threshold: int = Field(default=200_000, ge=1)
     """With `index = "auto"`, KBs with at least this many chunks use an HNSW index."""
     milvus_uri: str = ""
@@ -80,6 +85,7 @@ class StorageSettings(_Section):
 
 class RetrievalSettings(_Section):
     top_k: int = Field(default=4, ge=1, le=100)
+    """Chunks given to the model (and returned as sources) per question."""
     candidates: int = Field(default=30, ge=1, le=1000)
     """How many dense and how many keyword hits enter the fusion."""
     min_relevance: float = Field(default=0.45, ge=0.0, le=1.0)
@@ -92,8 +98,12 @@ class ChatGLM2Settings(_Section):
     path: str = ""
     """Directory of a Hugging Face chatglm2-6b (or -int4) checkpoint."""
     dtype: Literal["fp16", "bf16", "int4", "int8", "fp32"] = "fp16"
+    """Weight type; `int4`/`int8` quantize an fp16 checkpoint while loading (or load an int4
+    one)."""
     device: str = "cuda"
+    """Torch device ChatGLM2 runs on."""
     ptuning_checkpoint: str = ""
+    """Directory written by `kbqa finetune` (P-Tuning v2 prefix); empty = none."""
     batching: bool = True
     """Serve concurrent requests by continuous batching; false: one generation at a time."""
     max_batch: int = Field(default=16, ge=1, le=256)
@@ -109,19 +119,29 @@ class DefaultLLMSettings(_Section):
 
 class OpenAISettings(_Section):
     base_url: str = "http://127.0.0.1:8000/v1"
+    """OpenAI-compatible endpoint (`.../v1`) of a remote model server."""
     model: str = "kbqa"
+    """Model name sent in each request."""
     api_key: str = "none"
+    """Bearer key sent to the remote server."""
     timeout_s: float = Field(default=120.0, gt=0)
+    """Seconds one remote request may take."""
     max_retries: int = Field(default=2, ge=0, le=10)
+    """Retries of a failed remote request (connection errors, 429, 5xx)."""
     concurrency: int = Field(default=8, ge=1, le=1024)
     """Answers one kbqa server has the remote generate at once (it batches them); more queue."""
 
 
 class LLMSettings(_Section):
     backend: Literal["default", "chatglm2", "openai"] = "default"
+    """`default`: the bundled small GGUF model on CPU; `chatglm2`: local ChatGLM2
+    (llm.chatglm2); `openai`: a remote OpenAI-compatible server (llm.openai)."""
     max_new_tokens: int = Field(default=256, ge=1, le=32768)
+    """Most tokens generated for one answer."""
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    """Sampling temperature; 0 = greedy decoding (repeatable answers)."""
     top_p: float = Field(default=0.8, gt=0.0, le=1.0)
+    """Nucleus sampling mass, used when temperature > 0."""
     context_tokens: int = Field(default=2048, ge=256)
     """Token budget of the prompt (history + context + question)."""
     chatglm2: ChatGLM2Settings = ChatGLM2Settings()
@@ -135,7 +155,9 @@ class ChainSettings(_Section):
     prompt_zh: str = ""
     """Path of a user's own Chinese template; empty = the bundled one."""
     prompt_en: str = ""
+    """Path of a user's own English template; empty = the bundled one."""
     history_turns: int = Field(default=3, ge=0, le=50)
+    """Earlier question/answer pairs of a conversation put into the prompt."""
 
 
 class AnswerSettings(_Section):
@@ -150,12 +172,17 @@ class AnswerSettings(_Section):
 
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
+    """Address `kbqa serve` listens on (loopback only by default)."""
     port: int = Field(default=8000, ge=1, le=65535)
+    """TCP port `kbqa serve` listens on."""
     api_key: str = ""
     """Also read from KBQA_API_KEY; empty = open."""
     queue_size: int = Field(default=8, ge=1)
+    """Answers that may wait for the model beyond those generating; more get 503 + Retry-After."""
     request_timeout_s: float = Field(default=300.0, gt=0)
+    """Deadline of one answer, its wait in the queue included; past it: 503 `timeout`."""
     max_upload_mb: float = Field(default=50.0, gt=0)
+    """Largest upload body accepted; larger gets 413."""
     job_history_days: float = Field(default=7.0, gt=0, le=36500)
     """Finished upload jobs (and uploads no document uses) are forgotten after this many days…"""
     job_history_max: int = Field(default=1000, ge=1, le=1_000_000)
@@ -178,6 +205,7 @@ class Settings(_Section):
     """The whole configuration. Build it with `load_settings`."""
 
     home: Path = Path("~/.kbqa")
+    """Data directory (KBs, caches, keys, jobs); set by `--home` or KBQA_HOME, not by the file."""
     embedding: EmbeddingSettings = EmbeddingSettings()
     ingest: IngestSettings = IngestSettings()
     ocr: OcrSettings = OcrSettings()

@@ -1,4 +1,4 @@
-"""Request and response bodies of every route (DESIGN.md's HTTP contract), in one place.
+"""Request and response bodies of every route (documented in docs/http-api.md), in one place.
 
 Requests ignore fields they do not know (clients written for other servers send extras) but
 check the types and ranges of those they do; a KB name is validated where it is parsed.

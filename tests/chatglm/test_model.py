@@ -23,7 +23,8 @@ REFERENCE_CONFIG = {
     "padded_vocab_size": 5,
     "seq_length": 16,
 }
-# Checkpoint keys (without "transformer.") and shapes, in file order; see shared/reference.
+# Checkpoint keys (without "transformer.") and shapes, in the order the original implementation's
+# tiny checkpoint wrote them into tests/data/chatglm2_tiny_reference.bin (with its outputs).
 REFERENCE_WEIGHTS = [
     ("embedding.word_embeddings.weight", (5, 32)),
     ("encoder.layers.0.input_layernorm.weight", (32,)),

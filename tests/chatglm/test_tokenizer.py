@@ -139,7 +139,7 @@ _REAL = os.environ.get("KBQA_CHATGLM2_PATH", "")
 
 @pytest.mark.skipif(not _REAL, reason="KBQA_CHATGLM2_PATH does not name a real checkpoint")
 def test_real_chatglm2_ids() -> None:
-    # Known-good ids of the original tokenizer (../shared/reference/README.md).
+    # Known-good ids: the original chatglm2-6b tokenizer's outputs on these texts, copied here.
     tok = ChatGLM2Tokenizer.from_pretrained(_REAL)
     assert tok.n_words == 64789
     assert tok.special_ids == {

@@ -1,4 +1,4 @@
-// The HTTP API (DESIGN.md): JSON requests, the /v1/ask event stream and uploads, all with the
+// The HTTP API (docs/http-api.md): JSON requests, the /v1/ask event stream and uploads, all with the
 // API key as a Bearer token. A 401 asks the user for the key and repeats the request.
 
 import { t } from "./i18n.js";

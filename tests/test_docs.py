@@ -1,0 +1,93 @@
+"""The repository documents itself: docs/configuration.md matches the settings model, and no
+tracked file points at anything outside the repository (a clone must be complete)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kbqa import settings_doc
+from kbqa.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGURATION = ROOT / "docs" / "configuration.md"
+
+# `../shared` or a DESIGN.md: the team's private notes; `/work/`: the machine it was built on.
+OUTSIDE = re.compile(r"\.\./shared|DESIGN\.md|/work/")
+
+
+def test_configuration_page_is_the_rendered_settings_model() -> None:
+    committed = CONFIGURATION.read_text(encoding="utf-8")
+    assert committed == settings_doc.render(), (
+        "docs/configuration.md is stale: run `python -m kbqa.settings_doc > docs/configuration.md`"
+    )
+
+
+def _leaf_settings(model: type, path: str = "") -> list[str]:
+    names = []
+    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+        annotation = info.annotation
+        key = f"{path}{name}"
+        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+            names.extend(_leaf_settings(annotation, key + "."))
+        else:
+            names.append(key)
+    return names
+
+
+def test_every_setting_has_a_row_with_a_description() -> None:
+    page = settings_doc.render()
+    rows = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\| `([a-z0-9_.]+)` \|.*\| ([^|]*) \|$", page, re.MULTILINE)
+    }
+    leaves = _leaf_settings(Settings)
+    assert len(leaves) > 40
+    assert sorted(rows) == sorted(leaves)
+    undocumented = [key for key, description in rows.items() if not description.strip()]
+    assert undocumented == [], "add an attribute docstring under these fields in kbqa/settings.py"
+
+
+def test_rows_name_the_environment_variable_that_sets_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    page = settings_doc.render()
+    assert "| `llm.chatglm2.max_batch` | `16` | `KBQA_LLM__CHATGLM2__MAX_BATCH` |" in page
+    monkeypatch.setenv("KBQA_LLM__CHATGLM2__MAX_BATCH", "3")
+    from kbqa.settings import load_settings
+
+    assert load_settings(home=ROOT / "nonexistent-home").llm.chatglm2.max_batch == 3
+
+
+def test_field_docstrings_are_read_from_the_source() -> None:
+    source = 'class A:\n    x: int = 1\n    """Why x."""\n    y: int = 2\n    z: str = ""\n'
+    assert settings_doc.field_docstrings(source) == {"A": {"x": "Why x."}}
+
+
+def _tracked_files() -> list[Path]:
+    out = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    return [ROOT / name for name in out.decode().split("\0") if name]
+
+
+def test_no_tracked_file_refers_outside_the_repository() -> None:
+    offenders = []
+    for path in _tracked_files():
+        if path == Path(__file__).resolve() or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue  # binary: model weights, images, test data
+        for number, line in enumerate(text.splitlines(), 1):
+            if OUTSIDE.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+def test_the_outside_pattern_catches_each_form() -> None:
+    for line in ("see ../shared/DESIGN.md", "the DESIGN.md contract", "Path('/work/.mirror')"):
+        assert OUTSIDE.search(line)
+    assert not OUTSIDE.search("docs/http-api.md and work/ in the tree")
