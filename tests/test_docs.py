@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,3 +92,74 @@ def test_the_outside_pattern_catches_each_form() -> None:
     for line in ("see ../shared/DESIGN.md", "the DESIGN.md contract", "Path('/work/.mirror')"):
         assert OUTSIDE.search(line)
     assert not OUTSIDE.search("docs/http-api.md and work/ in the tree")
+
+
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_relative_links_in_the_docs_resolve() -> None:
+    broken = []
+    for page in DOC_PAGES:
+        for target in LINK.findall(page.read_text(encoding="utf-8")):
+            if target.startswith(("http://", "https://", "#", "mailto:")):
+                continue
+            path = (page.parent / target.split("#", 1)[0]).resolve()
+            if not path.exists():
+                broken.append(f"{page.relative_to(ROOT)} → {target}")
+    assert broken == []
+
+
+def test_every_command_and_option_is_in_cli_md() -> None:
+    import typer
+
+    from kbqa.cli import app
+
+    page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    missing: list[str] = []
+    seen: list[str] = []
+
+    def walk(command: Any, words: list[str]) -> None:
+        # Duck-typed: recent Typer releases carry their own copy of Click's classes.
+        subcommands = getattr(command, "commands", None)
+        if subcommands is not None:
+            for name, sub in subcommands.items():
+                walk(sub, [*words, name])
+            return
+        heading = "kbqa " + " ".join(words)
+        seen.append(heading)
+        if f"`{heading}" not in page:
+            missing.append(heading)
+        for param in command.params:
+            for option in getattr(param, "opts", []):
+                if option.startswith("--") and option not in ("--help",) and option not in page:
+                    missing.append(f"{heading} {option}")
+
+    walk(typer.main.get_command(app), [])
+    assert "kbqa kb migrate" in seen and len(seen) >= 18
+    assert missing == []
+
+
+def test_every_route_is_in_http_api_md() -> None:
+    import importlib
+    import pkgutil
+
+    from fastapi.routing import APIRoute
+
+    import kbqa.server
+
+    page = (ROOT / "docs" / "http-api.md").read_text(encoding="utf-8")
+    missing: list[str] = []
+    seen = 0
+    for module in pkgutil.iter_modules(kbqa.server.__path__):
+        if not module.name.startswith("routes_"):
+            continue
+        router = importlib.import_module(f"kbqa.server.{module.name}").router
+        for route in router.routes:
+            assert isinstance(route, APIRoute)
+            for method in route.methods or ():
+                seen += 1
+                if f"| {method} | `{route.path}` |" not in page:
+                    missing.append(f"{method} {route.path}")
+    assert seen >= 17
+    assert missing == []
