@@ -98,16 +98,35 @@ DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors for the page's headings: lower case, punctuation dropped, spaces → -."""
+    found = set()
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            found.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return found
+
+
 def test_relative_links_in_the_docs_resolve() -> None:
     broken = []
     for page in DOC_PAGES:
         for target in LINK.findall(page.read_text(encoding="utf-8")):
-            if target.startswith(("http://", "https://", "#", "mailto:")):
+            if target.startswith(("http://", "https://", "mailto:")):
                 continue
-            path = (page.parent / target.split("#", 1)[0]).resolve()
-            if not path.exists():
+            file, _, anchor = target.partition("#")
+            path = (page.parent / file).resolve() if file else page
+            if not path.exists() or (
+                anchor and path.suffix == ".md" and anchor not in anchors(path)
+            ):
                 broken.append(f"{page.relative_to(ROOT)} → {target}")
     assert broken == []
+
+
+def test_anchors_follow_github() -> None:
+    page = ROOT / "docs" / "cli.md"
+    assert "kbqa-serve---host-addr---port-n" in anchors(page)
+    assert "exit-status" not in anchors(page)
 
 
 def test_every_command_and_option_is_in_cli_md() -> None:
