@@ -1,6 +1,6 @@
 """Sentences of Chinese and English text, as character spans into it.
 
-A sentence ends at 。！？；… (and the quotes or brackets closing them), at . ! ? ; before white
+A sentence ends at 。！？；… (and the quotes or brackets closing them), at . ! ? before white
 space, and at a line break, except where
 - the `.` ends an abbreviation ("e.g.", "etc.", an initial) or numbers a list item ("1. "):
   decimals and versions ("3.9", "v1.2.3") have no space after their dots anyway;
@@ -22,7 +22,9 @@ _CLOSERS = "”’」』）》】)\\]\"'"
 _BOUNDARY = re.compile(
     rf"\r\n|[\r\n\u2028\u2029]"
     rf"|[。！？；…]+[{_CLOSERS}]*"
-    rf"|[.!?;]+[{_CLOSERS}]*(?=\s|$)"
+    # Not at an ASCII ";": ingest writes a table row as "header: value; header: value", and
+    # a row cut there loses the pairing of its cells (the row's other headers and values).
+    rf"|[.!?]+[{_CLOSERS}]*(?=\s|$)"
 )
 _ABBREVIATIONS = frozenset(
     (
@@ -58,6 +60,10 @@ def _line_before(text: str, end: int, floor: int = 0) -> str:
     return text[max(start, floor) : end]
 
 
+_TABLE_ROW = re.compile(r"[^:;\n]{1,80}: [^;\n]*; [^:;\n]{1,80}: ")
+"""A table row as ingest writes one: "header: value; header: value"."""
+
+
 def _soft_wrap(text: str, match: re.Match[str]) -> bool:
     """Whether a line break only wraps a paragraph's text (it does not end a sentence): both
     lines have words, the next starts no list item, heading or table row, the line before is
@@ -70,6 +76,8 @@ def _soft_wrap(text: str, match: re.Match[str]) -> bool:
         return False
     if previous.startswith(("#", "|")) or previous.endswith((":", "：")):
         return False
+    if _TABLE_ROW.match(previous) or _TABLE_ROW.match(following):
+        return False  # one row per line, as ingest writes tables
     indented = after is not None and after.group()[:1].isspace()
     mid_sentence = previous[-1:].islower() and following[:1].islower()
     if _MARKER.match(previous) and not (indented or mid_sentence or _CONTINUED.search(previous)):

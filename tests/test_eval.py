@@ -218,6 +218,15 @@ def test_source_matching_is_whole_path_components() -> None:
     assert not source_matches("docs/a.md", "a.md")
 
 
+def test_facts_are_found_whatever_the_spacing_width_and_case() -> None:
+    from kbqa.evaluation.metrics import contains_fact
+
+    assert contains_fact("INT4 量化后需要约 6GB 显存", "6 GB")
+    assert contains_fact("needs **13 gb** of memory", "13 GB")
+    assert contains_fact("ＩＮＴ４ works", "int4")
+    assert not contains_fact("needs 8 GB", "6 GB")
+
+
 def test_citations_are_read_from_markers() -> None:
     sources = [{"index": 1, "source": "a.md"}, {"index": 2, "source": "b.md"}]
     assert cited_sources("x [2] y [1, 2] z [3]", sources) == ["b.md", "a.md"]

@@ -101,6 +101,14 @@ def test_chinese_and_english_sentences_split_at_their_own_punctuation() -> None:
     ]
 
 
+def test_a_table_row_as_ingest_writes_it_stays_one_sentence() -> None:
+    text = (
+        "量化等级: INT8; 最低 GPU 显存（推理）: 8 GB; 最低 GPU 显存（高效参数微调）: 9 GB\n"
+        "量化等级: INT4; 最低 GPU 显存（推理）: 6 GB; 最低 GPU 显存（高效参数微调）: 7 GB"
+    )
+    assert sentences(text) == text.split("\n")
+
+
 def test_lines_lists_and_headings_split_but_wrapped_paragraphs_do_not() -> None:
     text = (
         "# Title\r\n\r\nA paragraph wrapped\nover two lines.\n- item one\n- item two\n"

@@ -30,9 +30,10 @@ _MARKUP = re.compile(r"[*`]")
 
 
 def normalise(text: str) -> str:
-    """NFKC, lower case, no Markdown emphasis, single spaces: how facts are looked for."""
+    """NFKC, lower case, no Markdown emphasis, no white space: how facts are looked for
+    ("13 GB" is found in "13GB", as Chinese documents write it either way)."""
     folded = unicodedata.normalize("NFKC", text).lower()
-    return _SPACE.sub(" ", _MARKUP.sub("", folded)).strip()
+    return _SPACE.sub("", _MARKUP.sub("", folded))
 
 
 def contains_fact(text: str, fact: str) -> bool:
