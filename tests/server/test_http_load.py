@@ -47,15 +47,18 @@ def test_fifty_concurrent_askers(docs_home: Path) -> None:
     server = serve_with_model(
         docs_home, EchoChat(delay=0.002), answer_mode="generate", queue_size=QUEUE_SIZE
     )
-    peaks = {"running": 0, "waiting": 0}
+    peaks = {"running": 0, "in": 0}
     done = threading.Event()
 
     def watch_queue() -> None:
         with server.client() as client:
             while not done.is_set():
                 queue = client.get("/healthz").json()["queue"]
-                for key in peaks:
-                    peaks[key] = max(peaks[key], queue[key])
+                peaks["running"] = max(peaks["running"], queue["running"])
+                # Admitted requests, running or waiting. Not "waiting" alone: the moment a
+                # generation ends, its slot is free before the next request takes it, and all
+                # the admitted ones are briefly waiting (1 + QUEUE_SIZE of them).
+                peaks["in"] = max(peaks["in"], queue["running"] + queue["waiting"])
                 time.sleep(0.005)
 
     watcher = threading.Thread(target=watch_queue)
@@ -74,4 +77,4 @@ def test_fifty_concurrent_askers(docs_home: Path) -> None:
     for asker, (_, answer) in enumerate(results):
         # EchoChat answers with the question's own words: each answer names its own asker.
         assert re.findall(r"asker (\d+)", answer) == [str(asker)], answer
-    assert peaks["running"] <= 1 and peaks["waiting"] <= QUEUE_SIZE
+    assert peaks["running"] <= 1 and peaks["in"] <= 1 + QUEUE_SIZE
