@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from kbqa.jsonlines import BadLine
 from kbqa.settings import Settings, SettingsError, load_settings
 
 EXIT_OK = 0
@@ -99,3 +100,13 @@ def user_errors() -> Iterator[None]:
         raise fail(str(e), EXIT_PARTIAL) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
+
+
+def warn_skipped_lines(file: Path | None, bad: Sequence[BadLine]) -> None:
+    """One warning line on stderr for each malformed line of a JSON-lines input file."""
+    for line in bad:
+        stderr.print(
+            f"warning: {file}: line {line.line} skipped: {line.error}",
+            markup=False,
+            highlight=False,
+        )

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from types import TracebackType
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
     TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 
@@ -30,38 +24,16 @@ from kbqa.cli_common import (
     stderr,
     stdout,
     user_errors,
+    warn_skipped_lines,
 )
+from kbqa.cli_progress import TerminalBar
 
 
-class EvalProgress:
+class EvalProgress(TerminalBar):
     """Questions done, elapsed time and the estimated time left; silent when disabled."""
 
     def __init__(self, console: Console, *, enabled: bool) -> None:
-        self._bar = Progress(
-            TextColumn("[bold]eval"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("questions"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=not enabled,
-        )
-        self._task = self._bar.add_task("eval", total=None)
-
-    def __enter__(self) -> EvalProgress:
-        self._bar.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._bar.__exit__(exc_type, exc, tb)
+        super().__init__(console, "eval", TextColumn("questions"), enabled=enabled, eta=True)
 
     def __call__(self, done: int, total: int) -> None:
         self._bar.update(self._task, completed=done, total=total)
@@ -108,12 +80,7 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             settings = settings_for(home, config)
             cases, bad_lines = read_cases(file)
-            for bad in bad_lines:
-                stderr.print(
-                    f"warning: {file}: line {bad.line} skipped: {bad.error}",
-                    markup=False,
-                    highlight=False,
-                )
+            warn_skipped_lines(file, bad_lines)
             with EvalProgress(stderr, enabled=sys.stderr.isatty()) as progress:
                 evaluation = evaluate(
                     settings,

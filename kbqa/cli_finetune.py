@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
     TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from kbqa.cli_common import (
@@ -28,42 +22,22 @@ from kbqa.cli_common import (
     stderr,
     stdout,
     user_errors,
+    warn_skipped_lines,
 )
+from kbqa.cli_progress import TerminalBar
 
 if TYPE_CHECKING:
     from kbqa.chatglm.train import StepReport
-    from kbqa.evaluation.cases import BadLine
 
 
-class TrainProgress:
+class TrainProgress(TerminalBar):
     """Steps done, the last loss, samples/s and the time left; silent when disabled."""
 
     def __init__(self, console: Console, *, enabled: bool) -> None:
-        self._bar = Progress(
-            TextColumn("[bold]finetune"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("steps  loss {task.fields[loss]}  {task.fields[speed]} samples/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=not enabled,
+        columns = TextColumn("steps  loss {task.fields[loss]}  {task.fields[speed]} samples/s")
+        super().__init__(
+            console, "finetune", columns, enabled=enabled, eta=True, loss="—", speed="—"
         )
-        self._task = self._bar.add_task("finetune", total=None, loss="—", speed="—")
-
-    def __enter__(self) -> TrainProgress:
-        self._bar.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._bar.__exit__(exc_type, exc, tb)
 
     def __call__(self, report: StepReport) -> None:
         self._bar.update(
@@ -72,15 +46,6 @@ class TrainProgress:
             total=report.steps,
             loss=f"{report.loss:.4f}",
             speed=f"{report.samples_per_s:.2f}",
-        )
-
-
-def _warn(file: Path | None, bad: list[BadLine]) -> None:
-    for line in bad:
-        stderr.print(
-            f"warning: {file}: line {line.line} skipped: {line.error}",
-            markup=False,
-            highlight=False,
         )
 
 
@@ -186,7 +151,7 @@ def register(app: typer.Typer) -> None:
                     request,
                     settings,
                     on_step=progress,
-                    on_bad_lines=lambda bad: _warn(questions or data, bad),
+                    on_bad_lines=lambda bad: warn_skipped_lines(questions or data, bad),
                 )
         if json_out:
             print_json(summary)

@@ -1,32 +1,51 @@
-"""A terminal progress bar for ingests: files done, chunks written, the page being read."""
+"""Terminal progress bars: ingest (files, chunks, the page being read), eval and finetune build
+on TerminalBar, which draws nothing when disabled (pipes, --json)."""
 
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Any, Self
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
-class IngestProgress:
-    """Implements ingest.pipeline.Progress; draws nothing when disabled (pipes, --json)."""
+class TerminalBar:
+    """One transient rich bar named `name`: the name, a bar, done/total, `columns`, the time
+    spent (and, with `eta`, the time left). `fields` are the task's initial extra fields."""
 
-    def __init__(self, console: Console, *, enabled: bool) -> None:
-        self._enabled = enabled
-        self._chunks = 0
+    def __init__(
+        self,
+        console: Console,
+        name: str,
+        *columns: ProgressColumn,
+        enabled: bool,
+        eta: bool = False,
+        **fields: Any,
+    ) -> None:
+        time_left = (TextColumn("ETA"), TimeRemainingColumn()) if eta else ()
         self._bar = Progress(
-            TextColumn("[bold]ingest"),
+            TextColumn(f"[bold]{name}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("files · {task.fields[chunks]} chunks · {task.fields[current]}"),
+            *columns,
             TimeElapsedColumn(),
+            *time_left,
             console=console,
             transient=True,
             disable=not enabled,
         )
-        self._task = self._bar.add_task("ingest", total=None, chunks=0, current="")
+        self._task = self._bar.add_task(name, total=None, **fields)
 
-    def __enter__(self) -> IngestProgress:
+    def __enter__(self) -> Self:
         self._bar.__enter__()
         return self
 
@@ -37,6 +56,15 @@ class IngestProgress:
         tb: TracebackType | None,
     ) -> None:
         self._bar.__exit__(exc_type, exc, tb)
+
+
+class IngestProgress(TerminalBar):
+    """Implements ingest.pipeline.Progress; draws nothing when disabled (pipes, --json)."""
+
+    def __init__(self, console: Console, *, enabled: bool) -> None:
+        columns = TextColumn("files · {task.fields[chunks]} chunks · {task.fields[current]}")
+        super().__init__(console, "ingest", columns, enabled=enabled, chunks=0, current="")
+        self._chunks = 0
 
     def start(self, files: int) -> None:
         self._bar.update(self._task, total=files)

@@ -22,9 +22,9 @@ from kbqa.chatglm.train import (
     encode_examples,
 )
 from kbqa.errors import UsageError
-from kbqa.evaluation.cases import BadLine
 from kbqa.finetune_data import pairs_from_kb, read_pairs, read_references, split_holdout
 from kbqa.finetune_eval import evaluate_held_out
+from kbqa.jsonlines import BadLine
 from kbqa.llm.chatglm2 import check_checkpoint
 from kbqa.settings import Settings
 

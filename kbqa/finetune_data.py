@@ -12,7 +12,6 @@ time, so the prefix learns the prompt it will be served; no LLM is needed to mak
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from kbqa.chatglm.train import Example
 from kbqa.errors import UsageError
-from kbqa.evaluation.cases import BadLine
+from kbqa.jsonlines import BadLine, json_objects, read_lines
 from kbqa.prompting import check_history, detect_language, pack_context
 from kbqa.retrieval import Retriever
 from kbqa.settings import Settings
@@ -28,35 +27,6 @@ from prompts import TemplateError, fill, load_template
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 ROUND_MARGIN = 16
-
-
-def _lines(path: Path, what: str) -> list[str]:
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise UsageError(f"{what} {path} is larger than {MAX_FILE_BYTES >> 20} MB")
-        return path.read_bytes().decode("utf-8-sig").splitlines()
-    except OSError as e:
-        raise UsageError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{what} {path} is not UTF-8 text") from None
-
-
-def _objects(lines: list[str]) -> tuple[list[tuple[int, dict[str, object]]], list[BadLine]]:
-    """(line number, object) of each JSON-object line; blank and `#` lines are skipped."""
-    found, bad = [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            bad.append(BadLine(number, f"not valid JSON: {e.msg} (column {e.colno})"))
-            continue
-        if not isinstance(item, dict):
-            bad.append(BadLine(number, "a line must be a JSON object"))
-            continue
-        found.append((number, item))
-    return found, bad
 
 
 def _text(item: dict[str, object], key: str) -> str:
@@ -76,7 +46,7 @@ def read_pairs(
     path: Path, prompt_column: str = "prompt", response_column: str = "response"
 ) -> tuple[list[Example], list[BadLine]]:
     """The training pairs of a JSON-lines file; UsageError when it holds none."""
-    objects, bad = _objects(_lines(path, "training file"))
+    objects, bad = json_objects(read_lines(path, "training file", MAX_FILE_BYTES))
     examples = []
     for number, item in objects:
         try:
@@ -100,7 +70,7 @@ class Reference:
 def read_references(path: Path) -> tuple[list[Reference], list[BadLine]]:
     """Questions with reference answers: `kbqa eval` lines carrying an "answer", or
     {"question", "answer"}; the evaluation-only fields (facts, sources, …) are ignored."""
-    objects, bad = _objects(_lines(path, "questions file"))
+    objects, bad = json_objects(read_lines(path, "questions file", MAX_FILE_BYTES))
     references = []
     for number, item in objects:
         try:

@@ -16,8 +16,12 @@ from kbqa.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGURATION = ROOT / "docs" / "configuration.md"
 
-# `../shared` or a DESIGN.md: the team's private notes; `/work/`: the machine it was built on.
-OUTSIDE = re.compile(r"\.\./shared|DESIGN\.md|/work/")
+# The team's private notes folder beside the repository and its design file, and the folder of
+# the machine the project was built on. Spelled in pieces so that this file names none of them.
+_NOTES_DIR = "../" + "shared"
+_DESIGN_FILE = "DESIGN" + ".md"
+_BUILD_DIR = "/" + "work/"
+OUTSIDE = re.compile("|".join(re.escape(name) for name in (_NOTES_DIR, _DESIGN_FILE, _BUILD_DIR)))
 
 
 def test_configuration_page_is_the_rendered_settings_model() -> None:
@@ -76,7 +80,7 @@ def _tracked_files() -> list[Path]:
 def test_no_tracked_file_refers_outside_the_repository() -> None:
     offenders = []
     for path in _tracked_files():
-        if path == Path(__file__).resolve() or not path.is_file():
+        if not path.is_file():
             continue
         try:
             text = path.read_text(encoding="utf-8")
@@ -89,7 +93,11 @@ def test_no_tracked_file_refers_outside_the_repository() -> None:
 
 
 def test_the_outside_pattern_catches_each_form() -> None:
-    for line in ("see ../shared/DESIGN.md", "the DESIGN.md contract", "Path('/work/.mirror')"):
+    for line in (
+        f"see {_NOTES_DIR}/{_DESIGN_FILE}",
+        f"the {_DESIGN_FILE} contract",
+        f"Path('{_BUILD_DIR}.mirror')",
+    ):
         assert OUTSIDE.search(line)
     assert not OUTSIDE.search("docs/http-api.md and work/ in the tree")
 

@@ -11,12 +11,12 @@ refusal). A malformed line is reported with its number and the rest are evaluate
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kbqa.errors import UsageError
+from kbqa.jsonlines import BadLine, json_objects, read_lines
 from kbqa.prompting import History, check_history
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -39,47 +39,23 @@ class EvalCase:
         return self.id or f"line {self.line}"
 
 
-@dataclass(frozen=True)
-class BadLine:
-    line: int
-    error: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"line": self.line, "error": self.error}
-
-
 def read_cases(path: Path) -> tuple[list[EvalCase], list[BadLine]]:
     """The cases of the file at `path`; UsageError when it cannot be read or holds none."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise UsageError(f"evaluation file {path} is larger than {MAX_FILE_BYTES >> 20} MB")
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as e:
-        raise UsageError(f"cannot read evaluation file {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"evaluation file {path} is not UTF-8 text") from None
-    return parse_cases(text.splitlines(), where=str(path))
+    return parse_cases(read_lines(path, "evaluation file", MAX_FILE_BYTES), where=str(path))
 
 
 def parse_cases(
     lines: list[str], where: str = "the evaluation file"
 ) -> tuple[list[EvalCase], list[BadLine]]:
     """Cases from JSON lines; blank lines and lines starting with `#` are skipped."""
+    objects, bad = json_objects(lines)
     cases: list[EvalCase] = []
-    bad: list[BadLine] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            bad.append(BadLine(number, f"not valid JSON: {e.msg} (column {e.colno})"))
-            continue
+    for number, item in objects:
         try:
             cases.append(case_from_json(item, number))
         except UsageError as e:
             bad.append(BadLine(number, str(e)))
+    bad.sort(key=lambda b: b.line)
     if not cases:
         detail = ""
         if bad:

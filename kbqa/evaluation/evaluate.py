@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from kbqa.errors import UsageError
 from kbqa.evaluation.calibration import Calibration, calibrate
-from kbqa.evaluation.cases import BadLine, EvalCase
+from kbqa.evaluation.cases import EvalCase
 from kbqa.evaluation.metrics import problems, summarise
 from kbqa.evaluation.runner import EvalRecord, Progress, run_cases
+from kbqa.jsonlines import BadLine
 from kbqa.retrieval import Retriever
 from kbqa.settings import Settings
 

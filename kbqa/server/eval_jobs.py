@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kbqa.chain import QAChain
-from kbqa.evaluation.cases import BadLine, EvalCase
+from kbqa.evaluation.cases import EvalCase
 from kbqa.evaluation.evaluate import evaluate
+from kbqa.jsonlines import BadLine
 from kbqa.retrieval import Retriever
 from kbqa.server.errors import api_error_for
 from kbqa.server.schemas import EvalJobStatus, EvalProgress

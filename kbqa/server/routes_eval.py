@@ -10,7 +10,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 
 from kbqa.errors import UsageError
-from kbqa.evaluation.cases import BadLine, EvalCase, case_from_json
+from kbqa.evaluation.cases import EvalCase, case_from_json
+from kbqa.jsonlines import BadLine
 from kbqa.server.auth import AccessDep, demand, require_api_key
 from kbqa.server.errors import ERROR_RESPONSES, ApiError
 from kbqa.server.eval_jobs import EvalRequestSpec
