@@ -1,76 +1,62 @@
 """`kbqa kb check`: find damage and hand edits in a KB without changing anything.
 
 Each problem is reported as one line. A missing FAISS file is not a problem (it is a cache
-that the next open rebuilds); an unreadable or inconsistent one is.
+that the next open rebuilds); an unreadable or inconsistent one is. The database-specific
+parts (its own integrity check, the keyword index) come from the KB's `Store`.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from storage import db
+from storage.errors import StorageError
 from storage.vector_index import IndexFileError, index_path, read_index
+
+if TYPE_CHECKING:
+    from storage.store import Store
 
 _EXAMPLES = 3
 _BATCH = 10_000
 
 
-def check_kb(conn: sqlite3.Connection, kb_dir: Path) -> list[str]:
+def check_kb(store: Store, kb_dir: Path) -> list[str]:
+    problems = store.integrity_problems()
+    unreadable: tuple[type[Exception], ...] = (StorageError, *store.database_errors)
     try:
-        integrity = [line for (line,) in conn.execute("PRAGMA integrity_check(20)")]
-    except sqlite3.DatabaseError as exc:
-        return [f"the database is unreadable: {exc}"]
-    problems = [] if integrity == ["ok"] else [f"SQLite integrity: {line}" for line in integrity]
-    try:
-        with db.transaction(conn):  # one snapshot for all the comparisons below
-            problems += _check_snapshot(conn, kb_dir)
-    except sqlite3.DatabaseError as exc:
+        with store.snapshot():  # one snapshot for all the comparisons below
+            problems += _check_snapshot(store, kb_dir)
+    except unreadable as exc:
         problems.append(f"the database is unreadable: {exc}")
     return problems
 
 
-def _check_snapshot(conn: sqlite3.Connection, kb_dir: Path) -> list[str]:
-    missing = db.missing_tables(conn)
+def _check_snapshot(store: Store, kb_dir: Path) -> list[str]:
+    missing = store.missing_tables()
     if missing:
         return [f"table {table} is missing" for table in missing]
-    meta = db.read_meta(conn)
+    meta = store.read_meta()
     problems = db.meta_problems(meta)
     if problems:
         return problems
     dim = int(meta["dim"])
-    problems += _check_chunk_rows(conn, dim)
-    orphans = conn.execute(
-        "SELECT count(*) FROM chunks c "
-        "WHERE NOT EXISTS (SELECT 1 FROM documents d WHERE d.doc_id = c.doc_id)"
-    ).fetchone()[0]
+    problems += _check_chunk_rows(store, dim)
+    orphans = store.orphan_chunks()
     if orphans:
         problems.append(f"{orphans} chunks belong to no document")
-    unindexed = conn.execute(
-        "SELECT count(*) FROM chunks WHERE id NOT IN (SELECT rowid FROM chunks_fts)"
-    ).fetchone()[0]
-    stale = conn.execute(
-        "SELECT count(*) FROM chunks_fts WHERE rowid NOT IN (SELECT id FROM chunks)"
-    ).fetchone()[0]
-    if unindexed or stale:
-        problems.append(
-            f"keyword index out of step: {unindexed} chunks missing, {stale} unknown entries"
-        )
-    problems += _check_index_file(conn, kb_dir, int(meta["generation"]), dim)
+    problems += store.keyword_problems()
+    problems += _check_index_file(store, kb_dir, int(meta["generation"]), dim)
     return problems
 
 
-def _check_chunk_rows(conn: sqlite3.Connection, dim: int) -> list[str]:
+def _check_chunk_rows(store: Store, dim: int) -> list[str]:
     edited: list[str] = []
     wrong_size: list[str] = []
-    for row in conn.execute(
-        "SELECT chunk_id, doc_id, position, text, page, heading, embed_text, metadata, vector, "
-        "checksum FROM chunks ORDER BY id"
-    ):
-        *fields, checksum = row
-        if db.chunk_checksum(*fields) != checksum:
+    for row in store.chunk_rows():
+        if db.chunk_checksum(*row[:9]) != row[9]:
             edited.append(str(row[0]))
         if not isinstance(row[8], bytes) or len(row[8]) != 4 * dim:
             wrong_size.append(str(row[0]))
@@ -88,9 +74,7 @@ def _check_chunk_rows(conn: sqlite3.Connection, dim: int) -> list[str]:
     return problems
 
 
-def _check_index_file(
-    conn: sqlite3.Connection, kb_dir: Path, generation: int, dim: int
-) -> list[str]:
+def _check_index_file(store: Store, kb_dir: Path, generation: int, dim: int) -> list[str]:
     path = index_path(kb_dir, generation)
     try:
         index = read_index(path)
@@ -101,7 +85,7 @@ def _check_index_file(
     if index.dim != dim:
         return [f"index file {path.name} has dimension {index.dim}, the KB has {dim}"]
     in_index = index.ids()
-    in_db = np.fromiter((r for (r,) in conn.execute("SELECT id FROM chunks")), dtype=np.int64)
+    in_db = store.rowids()
     problems = []
     missing = np.setdiff1d(in_db, in_index)
     extra = np.setdiff1d(in_index, in_db)
@@ -115,7 +99,7 @@ def _check_index_file(
     differing = 0
     for start in range(0, len(common), _BATCH):
         ids = common[start : start + _BATCH]
-        stored = _stored_vectors(conn, ids, dim)
+        stored = _stored_vectors(store, ids, dim)
         if stored is None:
             break  # wrong-size vectors are already reported
         differing += int((~np.isclose(index.reconstruct(ids), stored, atol=1e-5).all(axis=1)).sum())
@@ -126,14 +110,8 @@ def _check_index_file(
     return problems
 
 
-def _stored_vectors(conn: sqlite3.Connection, ids: np.ndarray, dim: int) -> np.ndarray | None:
-    wanted = "[" + ",".join(str(int(i)) for i in ids) + "]"
-    found = dict(
-        conn.execute(
-            "SELECT id, vector FROM chunks WHERE id IN (SELECT value FROM json_each(?))", (wanted,)
-        )
-    )
-    blobs = [found[int(i)] for i in ids]
+def _stored_vectors(store: Store, ids: np.ndarray, dim: int) -> np.ndarray | None:
+    blobs = store.vectors_by_rowid(ids)
     if any(not isinstance(b, bytes) or len(b) != 4 * dim for b in blobs):
         return None
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)

@@ -1,20 +1,23 @@
 """What a KB needs from its dense-vector backend (FAISS file cache or Milvus collection).
 
-Either backend is derived from the vectors in SQLite: `current` hands out the index that
-matches a generation read inside the caller's transaction, `committed` brings it forward
+Either backend is derived from the vectors in the KB's database (storage.store): `current`
+hands out the index that matches a generation read inside the caller's transaction,
+`committed` brings it forward
 after a commit (the caller holds the KB write lock), `clear` forgets it when the KB closes.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from storage.types import Vectors
+
+if TYPE_CHECKING:
+    from storage.store import Store
 
 Ids = npt.NDArray[np.int64]
 
@@ -42,11 +45,11 @@ class DenseIndex(Protocol):
 class DenseCache(Protocol):
     def clear(self) -> None: ...
 
-    def current(self, conn: sqlite3.Connection, generation: int) -> DenseIndex: ...
+    def current(self, store: Store, generation: int) -> DenseIndex: ...
 
     def committed(
         self,
-        conn: sqlite3.Connection,
+        store: Store,
         base: Any,  # what `current` returned before the commit; each backend knows its type
         generation: int,
         removed: list[int],

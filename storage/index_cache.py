@@ -1,20 +1,21 @@
-"""Keeps a KB's in-memory FAISS index in step with the SQLite generation.
+"""Keeps a KB's in-memory FAISS index in step with the database's generation.
 
 The index for generation g is loaded from `index.<g>.faiss` when that file is sound, else
-rebuilt from the vectors in the SQLite snapshot that read g. Files are only ever written
-while holding the KB's write lock: by the writer right after its commit, or by a reader that
-had to rebuild a missing file and found the lock free.
+rebuilt from the vectors in the database snapshot that read g. Files are only ever written
+while holding `lock`: by the writer right after its commit, or by a reader that had to
+rebuild a missing file and found the lock free. For a SQLite KB that is the KB's write lock;
+for a PostgreSQL KB the files are this host's own cache and `lock` is a host-local flock, so
+a commit made on another host is picked up as a new generation whose file is missing here.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from storage import db, rows
 from storage.errors import KBDamaged
 from storage.lock import WriteLock
 from storage.types import Vectors
@@ -28,6 +29,9 @@ from storage.vector_index import (
     resolve_kind,
     write_index,
 )
+
+if TYPE_CHECKING:
+    from storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +50,11 @@ class IndexCache:
     def clear(self) -> None:
         self._index = None
 
-    def current(self, conn: sqlite3.Connection, generation: int) -> VectorIndex:
+    def current(self, store: Store, generation: int) -> VectorIndex:
         """The index of `generation`; call inside the transaction that read `generation`."""
         if self._index is not None and self._generation == generation:
             return self._index
-        count = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        count = store.chunk_count()
         kind = resolve_kind(self._mode, count, self._threshold)
         path = index_path(self._dir, generation)
         index: VectorIndex | None = None
@@ -64,7 +68,7 @@ class IndexCache:
         if index is not None and (index.dim, index.ntotal, index.kind) != (self._dim, count, kind):
             index = None  # another kind than configured here, or not this generation's content
         if index is None:
-            index = self._build(conn, kind)
+            index = self._build(store, kind)
             if missing and self._lock.try_hold():
                 try:
                     write_index(self._dir, generation, index)
@@ -77,7 +81,7 @@ class IndexCache:
 
     def committed(
         self,
-        conn: sqlite3.Connection,
+        store: Store,
         base: VectorIndex,
         generation: int,
         removed: list[int],
@@ -91,7 +95,7 @@ class IndexCache:
         """
         self._index = None  # if anything below fails, the next use rebuilds from SQLite
         try:
-            index = self._derive(conn, base, removed, added, vectors)
+            index = self._derive(store, base, removed, added, vectors)
         except (RuntimeError, KBDamaged) as exc:
             # The commit stands; only the cache failed. Report it, do not fail the sync.
             log.warning("could not update the index of %s: %s", self._dir.name, exc)
@@ -108,7 +112,7 @@ class IndexCache:
 
     def _derive(
         self,
-        conn: sqlite3.Connection,
+        store: Store,
         base: VectorIndex,
         removed: list[int],
         added: list[int],
@@ -120,9 +124,9 @@ class IndexCache:
             if added:
                 base.add(np.asarray(added, dtype=np.int64), np.concatenate(vectors))
             return base
-        with db.transaction(conn):
-            return self._build(conn, kind)
+        with store.snapshot():
+            return self._build(store, kind)
 
-    def _build(self, conn: sqlite3.Connection, kind: IndexKind) -> VectorIndex:
-        ids, vectors = rows.read_all_vectors(conn, self._dim, self._dir.name)
+    def _build(self, store: Store, kind: IndexKind) -> VectorIndex:
+        ids, vectors = store.read_all_vectors(self._dim, self._dir.name)
         return VectorIndex.build(kind, self._dim, ids, vectors)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import threading
 import time
 import uuid
@@ -40,6 +39,8 @@ from storage.milvus_index import (
 )
 from storage.names import validate_kb_name
 from storage.search import hybrid_search
+from storage.sqlite_store import SqliteStore
+from storage.store import Store
 from storage.types import ChunkRecord, DocumentInfo, DocumentUpsert, KBInfo, SearchHit, Vectors
 from storage.vector_index import VectorIndex, resolve_kind, write_index
 
@@ -54,21 +55,20 @@ class KnowledgeBase:
     def __init__(
         self,
         path: Path,
-        conn: sqlite3.Connection,
+        store: Store,
         meta: dict[str, str],
-        index: str,
-        threshold: int,
-        milvus_uri: str,
+        lock: WriteLock,
+        index: DenseCache,
     ) -> None:
         self.name = path.name
         self.path = path
-        self._conn = conn
+        self._store = store
         self._meta = meta
         self._dim = int(meta["dim"])
-        # One connection and one cached index per object; the mutex lets threads share it.
+        # One store and one cached index per object; the mutex lets threads share them.
         self._mutex = threading.RLock()
-        self._lock = WriteLock(path / LOCK_FILE, f"knowledge base {self.name}")
-        self._index = _dense_cache(path, meta, self._lock, index, threshold, milvus_uri)
+        self._lock = lock
+        self._index = index
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -162,20 +162,13 @@ class KnowledgeBase:
         if not db_path.is_file():
             raise KBDamaged(f"knowledge base {name} is damaged: {db.DB_FILE} is missing")
         conn = db.connect(db_path)
+        store = SqliteStore(conn, name)
         try:
-            with db.transaction(conn):
-                missing = db.missing_tables(conn)
-                meta = {} if missing else db.read_meta(conn)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise KBDamaged(f"knowledge base {name} is damaged: {exc}") from exc
-        problems = [f"table {t} is missing" for t in missing] or db.meta_problems(meta)
-        if problems:
-            conn.close()
-            raise KBDamaged(f"knowledge base {name} is damaged: {'; '.join(problems)}")
-        try:
+            meta = _read_valid_meta(store, name)
+            lock = WriteLock(path / LOCK_FILE, f"knowledge base {name}")
             uri = milvus_uri or default_uri(kbs_dir)
-            return cls(path, conn, meta, index, approximate_threshold, uri)
+            dense = _dense_cache(path, meta, lock, index, approximate_threshold, uri)
+            return cls(path, store, meta, lock, dense)
         except BaseException:
             conn.close()
             raise
@@ -228,7 +221,7 @@ class KnowledgeBase:
             if not self._closed:
                 self._closed = True
                 self._index.clear()
-                self._conn.close()
+                self._store.close()
 
     def __enter__(self) -> KnowledgeBase:
         return self
@@ -245,9 +238,8 @@ class KnowledgeBase:
 
     def info(self) -> KBInfo:
         with self._reading():
-            meta = db.read_meta(self._conn)
-            documents = self._conn.execute("SELECT count(*) FROM documents").fetchone()[0]
-            chunks = self._conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+            meta = self._store.read_meta()
+            documents, chunks = self._store.counts()
         return KBInfo(
             name=self.name,
             backend=meta["backend"],
@@ -265,47 +257,27 @@ class KnowledgeBase:
         Read from the database on every call, so a server sees a calibration made meanwhile by
         another process without reopening the KB."""
         with self._reading():
-            meta = db.read_meta(self._conn)
+            meta = self._store.read_meta()
         return db.parse_min_relevance(meta.get(db.MIN_RELEVANCE_KEY))
 
     def set_min_relevance(self, value: float | None) -> None:
         """Store the KB's own refusal threshold (0..1), or forget it with None."""
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"min_relevance must be within 0..1, got {value}")
-        with self._mutex, self._lock.hold(), _damage_as_kbdamaged(self.name):
+        with self._mutex, self._lock.hold():
             self._ensure_open()
-            with db.transaction(self._conn, "IMMEDIATE"):
-                if value is None:
-                    self._conn.execute("DELETE FROM meta WHERE key = ?", (db.MIN_RELEVANCE_KEY,))
-                else:
-                    self._conn.execute(
-                        "INSERT INTO meta (key, value) VALUES (?, ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        (db.MIN_RELEVANCE_KEY, repr(float(value))),
-                    )
+            with self._store.write():
+                stored = None if value is None else repr(float(value))
+                self._store.set_meta(db.MIN_RELEVANCE_KEY, stored)
 
     def documents(self) -> list[DocumentInfo]:
         with self._reading():
-            found = self._conn.execute(
-                "SELECT d.doc_id, d.path, d.root, d.source, d.content_hash, d.size, d.mtime, "
-                "count(c.id) FROM documents d LEFT JOIN chunks c ON c.doc_id = d.doc_id "
-                "GROUP BY d.doc_id ORDER BY d.source, d.path"
-            ).fetchall()
-        return [DocumentInfo(*row) for row in found]
+            return self._store.documents()
 
     def document(self, doc_id: str) -> tuple[DocumentInfo, list[ChunkRecord]] | None:
         """One document and its chunks in reading order, from one snapshot; None if unknown."""
         with self._reading():
-            info = self._conn.execute(
-                "SELECT doc_id, path, root, source, content_hash, size, mtime FROM documents "
-                "WHERE doc_id = ?",
-                (doc_id,),
-            ).fetchone()
-            found = self._conn.execute(
-                "SELECT chunk_id, position, text, page, heading, embed_text, metadata "
-                "FROM chunks WHERE doc_id = ? ORDER BY position, id",
-                (doc_id,),
-            ).fetchall()
+            info, found = self._store.document(doc_id)
         if info is None:
             return None
         chunks = [
@@ -336,9 +308,9 @@ class KnowledgeBase:
         if dense_weight is None:
             dense_weight = dense_weight_for(query_text, self._meta["embedding"])
         with self._reading():
-            index = self._index.current(self._conn, db.read_generation(self._conn))
+            index = self._index.current(self._store, self._store.generation())
             return hybrid_search(
-                self._conn,
+                self._store,
                 index,
                 query,
                 query_text,
@@ -353,13 +325,13 @@ class KnowledgeBase:
     def get_chunks(self, chunk_ids: list[str]) -> list[SearchHit]:
         """Chunks by id in the order asked, missing ids skipped; score 0."""
         with self._reading():
-            found = rows.load_chunks(self._conn, "chunk_id", chunk_ids, self._dim, self.name)
+            found = self._store.load_chunks("chunk_id", chunk_ids, self._dim, self.name)
         return [found[i].hit for i in dict.fromkeys(chunk_ids) if i in found]
 
     def vectors(self, chunk_ids: list[str]) -> dict[str, Vectors]:
         """Stored unit vectors [dim] by chunk id (missing ids absent), e.g. for MMR."""
         with self._reading():
-            found = rows.load_chunks(self._conn, "chunk_id", chunk_ids, self._dim, self.name)
+            found = self._store.load_chunks("chunk_id", chunk_ids, self._dim, self.name)
         return {str(key): chunk.vector for key, chunk in found.items()}
 
     def iter_documents_with_vectors(self) -> Iterator[DocumentUpsert]:
@@ -369,24 +341,18 @@ class KnowledgeBase:
         order and breaks ties between equal scores the same way.
         """
         with self._reading():
-            order = self._conn.execute(
-                "SELECT doc_id FROM chunks GROUP BY doc_id ORDER BY min(id)"
-            ).fetchall()
+            order = self._store.document_order()
         infos = {info.doc_id: info for info in self.documents()}
-        for info in (infos[doc_id] for (doc_id,) in order if doc_id in infos):
+        for info in (infos[doc_id] for doc_id in order if doc_id in infos):
             with self._reading():
-                found = self._conn.execute(
-                    "SELECT chunk_id, position, text, page, heading, embed_text, metadata, vector "
-                    "FROM chunks WHERE doc_id = ? ORDER BY position, id",
-                    (info.doc_id,),
-                ).fetchall()
+                found = self._store.chunks_with_vectors(info.doc_id)
             if not found:
                 continue  # removed since the listing
             chunks = [
                 ChunkRecord(text, page, heading, position, embed, chunk_id, json.loads(meta))
-                for chunk_id, position, text, page, heading, embed, meta, _ in found
+                for (chunk_id, position, text, page, heading, embed, meta), _ in found
             ]
-            vectors = np.frombuffer(b"".join(r[-1] for r in found), np.float32)
+            vectors = np.frombuffer(b"".join(blob for _, blob in found), np.float32)
             yield DocumentUpsert(
                 path=info.path,
                 root=info.root,
@@ -403,9 +369,9 @@ class KnowledgeBase:
         """[] when healthy, else one line per problem."""
         with self._mutex:
             self._ensure_open()
-            problems = check_kb(self._conn, self.path)
+            problems = check_kb(self._store, self.path)
             if isinstance(self._index, MilvusVectors):
-                problems += self._index.check(self._conn)
+                problems += self._index.check(self._store)
             return problems
 
     # -- writing ---------------------------------------------------------------------------
@@ -437,32 +403,30 @@ class KnowledgeBase:
         doc_selectors: Sequence[str],
         chunk_ids: Sequence[str],
     ) -> tuple[int, int, int]:
-        with self._mutex, self._lock.hold(), _damage_as_kbdamaged(self.name):
+        store = self._store
+        with self._mutex, self._lock.hold():
             self._ensure_open()
-            with db.transaction(self._conn, "IMMEDIATE"):
-                generation = db.read_generation(self._conn)
-                base = self._index.current(self._conn, generation)
-                doomed_docs = rows.find_documents(self._conn, doc_selectors)
-                removed = rows.delete_documents(self._conn, doomed_docs)
-                removed_chunks = rows.delete_chunks(self._conn, chunk_ids)
+            with store.write():
+                generation = store.generation()
+                base = self._index.current(store, generation)
+                doomed_docs = store.find_documents(doc_selectors)
+                removed = store.delete_documents(doomed_docs)
+                removed_chunks = store.delete_chunks(chunk_ids)
                 removed += removed_chunks
                 added: list[int] = []
-                next_rowid = rows.next_rowid(self._conn)
+                next_rowid = store.next_rowid()
                 for doc in prepared:
                     # Replace by path (and by fixed ids): the old chunks and their ids vanish.
                     selectors = [doc.path, doc.doc_id] if doc.fixed_doc_id else [doc.path]
-                    replaced = rows.find_documents(self._conn, selectors)
-                    removed += rows.delete_documents(self._conn, replaced)
-                    removed += rows.delete_chunks(self._conn, doc.fixed_chunk_ids)
-                    added += rows.insert_document(self._conn, doc, next_rowid + len(added))
+                    removed += store.delete_documents(store.find_documents(selectors))
+                    removed += store.delete_chunks(doc.fixed_chunk_ids)
+                    added += store.insert_document(doc, next_rowid + len(added))
                 if not removed and not added:
                     return 0, 0, 0
-                self._conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation + 1),)
-                )
+                store.set_generation(generation + 1)
             # Committed. From here on only the derived FAISS cache is updated.
             vectors = [doc.vectors for doc in prepared]
-            self._index.committed(self._conn, base, generation + 1, removed, added, vectors)
+            self._index.committed(store, base, generation + 1, removed, added, vectors)
             return len(added), len(doomed_docs), len(removed_chunks)
 
     # -- internals -------------------------------------------------------------------------
@@ -470,9 +434,9 @@ class KnowledgeBase:
     @contextmanager
     def _reading(self) -> Iterator[None]:
         """One read transaction (a consistent snapshot), under the object's mutex."""
-        with self._mutex, _damage_as_kbdamaged(self.name):
+        with self._mutex:
             self._ensure_open()
-            with db.transaction(self._conn):
+            with self._store.snapshot():
                 yield
 
     def _ensure_open(self) -> None:
@@ -502,18 +466,18 @@ def _dense_cache(
     return MilvusVectors(path, milvus_uri, meta[META_KEY], dim, index, threshold, lock)
 
 
-@contextmanager
-def _damage_as_kbdamaged(name: str) -> Iterator[None]:
-    """Report SQLite corruption as KBDamaged (one line for the user), other errors as they are."""
+def _read_valid_meta(store: Store, name: str) -> dict[str, str]:
+    """The KB's meta, or KBDamaged naming what is missing or wrong."""
     try:
-        yield
-    except sqlite3.DatabaseError as exc:
-        code = getattr(exc, "sqlite_errorname", "")
-        if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
-            raise KBDamaged(
-                f"knowledge base {name} is damaged: {exc}; run `kbqa kb check`"
-            ) from exc
-        raise
+        with store.snapshot():
+            missing = store.missing_tables()
+            meta = {} if missing else store.read_meta()
+    except store.database_errors as exc:
+        raise KBDamaged(f"knowledge base {name} is damaged: {exc}") from exc
+    problems = [f"table {t} is missing" for t in missing] or db.meta_problems(meta)
+    if problems:
+        raise KBDamaged(f"knowledge base {name} is damaged: {'; '.join(problems)}")
+    return meta
 
 
 def _sweep_leftovers(kbs_dir: Path) -> None:

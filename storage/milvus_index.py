@@ -34,6 +34,8 @@ from storage.errors import StorageError
 from storage.lock import WriteLock
 from storage.milvus_client import acquire, milvus_errors, release
 from storage.milvus_collection import Collection
+from storage.sqlite_store import SqliteStore
+from storage.store import Store
 from storage.types import Vectors
 from storage.vector_index import HNSW_EF_SEARCH, IndexKind, resolve_kind
 
@@ -141,7 +143,7 @@ class MilvusVectors:
         with milvus_errors(self._uri):
             collection.drop()
 
-    def current(self, conn: sqlite3.Connection, generation: int) -> MilvusIndex:
+    def current(self, store: Store, generation: int) -> MilvusIndex:
         """The collection for a reader of `generation`; brought forward first if it is behind.
 
         A collection ahead of `generation` is used as it is (this snapshot is older than
@@ -172,7 +174,7 @@ class MilvusVectors:
 
     def committed(
         self,
-        conn: sqlite3.Connection,
+        store: Store,
         base: MilvusIndex,
         generation: int,
         removed: list[int],
@@ -188,6 +190,7 @@ class MilvusVectors:
         commit, the stamp stays behind and the next user reconciles the collection.
         """
         del vectors
+        conn = _sqlite(store)
         previous, self._index, self._generation = self._generation, None, -1
         collection = self._connect()
         try:
@@ -209,12 +212,13 @@ class MilvusVectors:
             return
         self._index, self._generation = MilvusIndex(collection, self._uri, kind, True), generation
 
-    def check(self, conn: sqlite3.Connection) -> list[str]:
+    def check(self, store: Store) -> list[str]:
         """Problems of a collection stamped with the current generation (read-only).
 
         A missing or stale collection is no problem: it is derived, and reconciled on use.
         """
         name = f"Milvus collection {self._name}"
+        conn = _sqlite(store)
         try:
             collection = self._connect()
             with milvus_errors(self._uri), db.transaction(conn):
@@ -280,6 +284,13 @@ class MilvusVectors:
             self._loaded = True
             log.info("reconciled Milvus collection %s with generation %d", self._name, latest)
             return latest
+
+
+def _sqlite(store: Store) -> sqlite3.Connection:
+    """Milvus KBs keep their rows in SQLite (storage.kb refuses them with a database URL)."""
+    if not isinstance(store, SqliteStore):
+        raise StorageError("a milvus knowledge base keeps its rows in SQLite")
+    return store.conn
 
 
 def create_kb_collection(kb_dir: Path, uri: str, mode: str, threshold: int) -> None:

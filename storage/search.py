@@ -1,5 +1,8 @@
 """Hybrid search over one KB snapshot: dense k-NN + BM25 keyword search, fused.
 
+`keyword_search` is the SQLite (FTS5) half of storage.sqlite_store; `hybrid_search` works on
+any storage.store.Store.
+
 Runs inside the caller's read transaction, with the FAISS index that matches its generation,
 so the ids FAISS returns always resolve to the rows of that same snapshot. A Milvus collection
 may be a little ahead of the snapshot (another process is writing); ids it returns that the
@@ -12,17 +15,19 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from storage.dense import DenseIndex
 from storage.fusion import dense_weight_for, fuse
 from storage.keyword import fts_match_expression
-from storage.rows import IN_JSON, load_chunks
+from storage.rows import IN_JSON
 from storage.types import SearchHit, Vectors
 
+if TYPE_CHECKING:
+    from storage.store import Store
+
 # Chunks of the documents a `sources` list names, by relative source or by absolute path.
-_SOURCE_FILTER = (
+SOURCE_FILTER = (
     "SELECT c.id FROM chunks c JOIN documents d ON d.doc_id = c.doc_id "
     f"WHERE d.source {IN_JSON} OR d.path {IN_JSON}"
 )
@@ -39,14 +44,14 @@ def keyword_search(
     sql = "SELECT rowid, -bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?"
     params: list[object] = [expression]
     if sources is not None:
-        sql += f" AND rowid IN ({_SOURCE_FILTER})"
+        sql += f" AND rowid IN ({SOURCE_FILTER})"
         params += [json.dumps(list(sources))] * 2
     sql += " ORDER BY bm25(chunks_fts) LIMIT ?"
     return [(rowid, float(score)) for rowid, score in conn.execute(sql, [*params, n])]
 
 
 def hybrid_search(
-    conn: sqlite3.Connection,
+    store: Store,
     index: DenseIndex,
     query: Vectors,
     query_text: str,
@@ -64,17 +69,15 @@ def hybrid_search(
     n = max(candidates, k)
     allowed = None
     if sources is not None:
-        wanted = json.dumps(list(sources))
-        rows = conn.execute(_SOURCE_FILTER, (wanted, wanted))
-        allowed = np.fromiter((rowid for (rowid,) in rows), dtype=np.int64)
+        allowed = store.source_rowids(sources)
         if len(allowed) == 0:
             return []
     # Equal scores (duplicate chunks) in rowid order, whichever backend found them.
     dense = sorted(index.search(query, n, allowed, sources), key=lambda hit: (-hit[1], hit[0]))
-    keyword = keyword_search(conn, query_text, n, sources)
+    keyword = store.keyword_search(query_text, n, sources)
     weight = dense_weight_for(query_text) if dense_weight is None else dense_weight
     fused = fuse(dense, keyword, dense_weight=weight, keyword_weight=keyword_weight)[:k]
-    stored = load_chunks(conn, "id", [c.key for c in fused], index.dim, kb_name)
+    stored = store.load_chunks("id", [c.key for c in fused], index.dim, kb_name)
     hits = []
     for candidate in fused:
         chunk = stored.get(candidate.key)

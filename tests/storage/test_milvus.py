@@ -72,7 +72,7 @@ def test_rows_follow_every_commit(
     (chunk,) = mkb.search(unit_vectors(rng, 1)[0], "", 1)
     mkb.remove_chunks([chunk.chunk_id])
     with mkb._reading():
-        rowids = sorted(r for (r,) in mkb._conn.execute("SELECT id FROM chunks"))
+        rowids = sorted(int(r) for r in mkb._store.rowids())
     assert sorted(collection.ids()) == rowids and len(rowids) == 5
     assert collection.stamp() == 3
     assert mkb.check() == []
