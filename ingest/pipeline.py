@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +18,7 @@ from typing import Protocol
 from ingest.loaders import SUPPORTED_EXTENSIONS, load_document
 from ingest.splitter import embed_text, split_sections
 from ingest.types import LoadError, LoadOptions
+from ingest.walk import WalkProblem, classify, walk
 from kbqa.settings import Settings
 from storage.embeddings import DEFAULT_EMBEDDING, Embedder, get_embedder
 from storage.errors import EmbeddingMismatch, KBNotFound
@@ -95,60 +96,53 @@ class _Candidate:
     source: str
 
 
-def collect_files(paths: list[Path]) -> tuple[list[_Candidate], list[Path]]:
-    """Files to ingest under `paths` and the folders whose vanished documents may be removed.
+def collect_files(paths: list[Path]) -> tuple[list[_Candidate], list[Path], list[WalkProblem]]:
+    """Files to ingest under `paths`, the folders whose vanished documents may be removed, and
+    the entries that cannot be read (reported one by one; see ingest/walk.py).
 
-    Raises IngestUsageError for a missing path or a folder without any file.
+    Raises IngestUsageError for a missing path, an unreadable folder argument or a folder
+    without any entry to report.
     """
     candidates: dict[Path, _Candidate] = {}
     folders: list[Path] = []
+    problems: list[WalkProblem] = []
     for given in paths:
         path = Path(os.path.abspath(given.expanduser()))
-        if not path.exists():
+        if not os.path.lexists(path):
             raise IngestUsageError(f"path not found: {given}")
-        if path.is_dir():
+        kind = classify(path)
+        if kind == "folder":
             root = path.resolve()
-            found = list(_walk(root))
-            if not found:
+            try:
+                found = walk(root)
+            except OSError as e:
+                raise IngestUsageError(f"cannot read folder {given}: {e.strerror or e}") from None
+            if not found.files and not found.problems:
                 raise IngestUsageError(f"folder is empty: {given}")
             folders.append(root)
-            for file in found:
+            problems.extend(found.problems)
+            for file in found.files:
                 real = file.resolve()
-                candidates.setdefault(real, _Candidate(real, root, _relative(file, root)))
-        else:
+                # A file reached through a link inside the tree is named by where it really
+                # is, so its `source` does not depend on which path the walk met first.
+                shown = real if _within(str(real), root) else file
+                candidates.setdefault(real, _Candidate(real, root, _relative(shown, root)))
+        elif kind == "file":
             real = path.resolve()
             root = real.parent
             candidates.setdefault(real, _Candidate(real, root, real.name))
-    return sorted(candidates.values(), key=lambda c: str(c.path)), folders
+        else:
+            assert isinstance(kind, WalkProblem)
+            problems.append(kind)
+    return sorted(candidates.values(), key=lambda c: str(c.path)), folders, problems
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Files under root, following symlinked folders once each (a symlink loop ends the descent)."""
-    seen: set[tuple[int, int]] = set()
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            stat = folder.stat()
-        except OSError:
-            continue
-        if (stat.st_dev, stat.st_ino) in seen:
-            continue
-        seen.add((stat.st_dev, stat.st_ino))
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue  # .git, .DS_Store, editor swap files: never documents
-            try:
-                if entry.is_dir():
-                    stack.append(Path(entry.path))
-                else:
-                    yield Path(entry.path)
-            except OSError:
-                yield Path(entry.path)
+def _report_problems(report: IngestReport, problems: list[WalkProblem]) -> None:
+    for problem in problems:
+        if problem.failed:
+            report.failed.append({"path": str(problem.path), "error": problem.message})
+        else:
+            report.skipped.append({"path": str(problem.path), "reason": problem.message})
 
 
 def _relative(file: Path, root: Path) -> str:
@@ -223,8 +217,11 @@ def ingest_paths(
     """Sync `paths` into KB `kb_name` (created on first use) and report what changed."""
     started = time.perf_counter()
     progress = progress or _NoProgress()
-    candidates, folders = collect_files(paths)
+    candidates, folders, problems = collect_files(paths)
     report = IngestReport(kb=kb_name)
+    _report_problems(report, problems)
+    # Documents under a folder that could not be listed may still exist: never removed.
+    kept = [p.path.resolve() for p in problems if p.unreadable_folder]
     with open_or_create_kb(settings, kb_name, embedding=embedding, backend=backend) as kb:
         model = kb.info().embedding
 
@@ -246,7 +243,9 @@ def ingest_paths(
             removals = [
                 path
                 for path in known
-                if path not in seen and any(_within(path, folder) for folder in folders)
+                if path not in seen
+                and any(_within(path, folder) for folder in folders)
+                and not any(_within(path, folder) for folder in kept)
             ]
             report.removed = len(removals)
             report.chunks = kb.sync(upserts, removals)

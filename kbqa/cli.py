@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,8 +28,10 @@ from kbqa.cli_common import (
     settings_for,
     stderr,
     stdout,
+    unexpected_errors,
     user_errors,
 )
+from kbqa.errors import UsageError
 
 app = typer.Typer(
     name="kbqa",
@@ -71,10 +75,10 @@ def ingest(
     from ingest.pipeline import ingest_paths
     from kbqa.cli_progress import IngestProgress
 
-    with user_errors():
+    with unexpected_errors(), user_errors(), _ingest_failure_json(kb, json_out):
         settings = settings_for(home, config)
         if backend is not None and backend not in ("faiss", "milvus"):
-            raise fail(f"unknown backend {backend!r}: use faiss or milvus")
+            raise UsageError(f"unknown backend {backend!r}: use faiss or milvus")
         show_progress = not json_out and sys.stderr.isatty()
         with IngestProgress(stderr, enabled=show_progress) as progress:
             report = ingest_paths(
@@ -89,6 +93,24 @@ def ingest(
 
         raise typer.Exit(follow(settings, kb, paths, json_out=json_out))
     raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
+
+
+@contextmanager
+def _ingest_failure_json(kb: str, json_out: bool) -> Iterator[None]:
+    """With --json, a run that fails as a whole still prints one object: `{"kb", "error"}`.
+
+    The error then goes on to `user_errors` (stderr line, exit status) as for any command.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        if json_out:
+            print_json({"kb": kb, "error": "interrupted"})
+        raise
+    except Exception as e:
+        if json_out:
+            print_json({"kb": kb, "error": str(e) or type(e).__name__})
+        raise
 
 
 def _print_ingest_report(report: dict[str, Any]) -> None:

@@ -102,6 +102,17 @@ def user_errors() -> Iterator[None]:
         raise fail("interrupted", 130) from None
 
 
+@contextmanager
+def unexpected_errors() -> Iterator[None]:
+    """A bug becomes one line, `error: unexpected <Type>: …`, and exit 1 (docs/cli.md)."""
+    try:
+        yield
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        raise fail(f"unexpected {type(e).__name__}: {e}", EXIT_PARTIAL) from None
+
+
 def warn_skipped_lines(file: Path | None, bad: Sequence[BadLine]) -> None:
     """One warning line on stderr for each malformed line of a JSON-lines input file."""
     for line in bad:
