@@ -56,6 +56,34 @@ class IngestSettings(_Section):
     title_enhance: bool = True
     """Prefix each chunk's embedded text with its file name and heading path."""
 
+    max_unpacked_mb: float = Field(default=300.0, gt=0)
+    """A .docx, .xlsx or .pptx whose zip members add up to more (by its central directory,
+    checked before parsing) fails with `too_large`."""
+    max_compression_ratio: float = Field(default=100.0, gt=1)
+    """A .docx, .xlsx or .pptx member over 1 MB compressed more than this many to one fails
+    with `too_large` (a zip bomb; real documents stay well under 100)."""
+    max_image_pixels: int = Field(default=64_000_000, ge=1, le=64_000_000)
+    """Images with more pixels (width × height, read from the header) fail with `too_large`;
+    Pillow's decompression-bomb limit is set to it. OCR reads nothing larger than 64 million."""
+    max_pages: int = Field(default=2000, ge=1)
+    """PDFs with more pages fail with `too_large` before a page is read."""
+    parse_timeout_s: float = Field(default=300.0, gt=0)
+    """A file whose parsing (OCR included) takes longer is stopped and fails with
+    `parse_timeout`; .txt and .md files are parsed in the ingesting process, without it."""
+    parse_memory_mb: int = Field(default=2048, ge=64)
+    """Memory a parse worker may take beyond its start-up size; a file needing more fails with
+    `parse_memory`."""
+    loader_plugins: list[str] = []
+    """Python modules imported before parsing (in the parse workers too); each may replace the
+    loader of a supported extension with `ingest.loaders.register_loader(ext, loader)`.
+    In the environment: a comma-separated list."""
+
+    @field_validator("loader_plugins", mode="before")
+    @classmethod
+    def _plugins_comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
     @model_validator(mode="after")
     def _overlap_below_size(self) -> IngestSettings:
         if self.chunk_overlap >= min(self.chunk_size, self.chunk_size_zh):
@@ -213,6 +241,9 @@ class Settings(_Section):
     retrieval: RetrievalSettings = RetrievalSettings()
     llm: LLMSettings = LLMSettings()
     chain: ChainSettings = ChainSettings()
+    job_timeout_s: float = Field(default=3600.0, gt=0)
+    """An upload job still running this long after it started is stopped and fails with
+    `job_timeout`; nothing of it is stored (an ingest commits whole or not at all)."""
     answer: AnswerSettings = AnswerSettings()
     server: ServerSettings = ServerSettings()
 

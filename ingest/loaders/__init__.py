@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ingest.limits import TOO_LARGE, check_archive
 from ingest.loaders.delimited import load_csv
 from ingest.loaders.encoding import read_text
 from ingest.loaders.excel import load_xlsx
@@ -17,7 +18,14 @@ from ingest.loaders.text import load_markdown, load_txt
 from ingest.loaders.word import load_docx
 from ingest.types import LoadError, LoadOptions, Section, UnsupportedFormat
 
-__all__ = ["IMAGE_EXTENSIONS", "SUPPORTED_EXTENSIONS", "LoadOptions", "load_document", "read_text"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SUPPORTED_EXTENSIONS",
+    "LoadOptions",
+    "load_document",
+    "read_text",
+    "register_loader",
+]
 
 Loader = Callable[[bytes, LoadOptions], list[Section]]
 
@@ -45,6 +53,17 @@ _LOADERS: dict[str, Loader] = {
     ".jsonl": _plain(load_jsonl),
 } | dict.fromkeys(IMAGE_EXTENSIONS, load_image)
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(_LOADERS)
+ZIP_BASED: frozenset[str] = frozenset({".docx", ".xlsx", ".pptx"})
+"""Office Open XML formats: zip archives, checked against the unpacking limits first."""
+
+
+def register_loader(extension: str, loader: Loader) -> None:
+    """Replace the loader of a supported extension (a module named in `ingest.loader_plugins`
+    calls this when imported; the parse workers import those modules too)."""
+    extension = extension.lower()
+    if extension not in SUPPORTED_EXTENSIONS:
+        raise ValueError(f"{extension} is not a supported extension; a plugin can only replace")
+    _LOADERS[extension] = loader
 
 
 def load_document(
@@ -60,15 +79,22 @@ def load_document(
         kind = f"'{path.suffix}'" if path.suffix else "(no extension)"
         raise UnsupportedFormat(f"unsupported file type {kind}")
     data = _read(path, max_bytes)
+    options = options or LoadOptions()
     try:
-        sections = [s for s in loader(data, options or LoadOptions()) if s.text.strip()]
+        if path.suffix.lower() in ZIP_BASED:
+            check_archive(data, options.limits)
+        sections = [s for s in loader(data, options) if s.text.strip()]
     except LoadError as exc:
         message = " ".join(str(exc).split())  # one line, whatever a library put in it
         if message == str(exc):
             raise
-        raise type(exc)(message) from exc
-    except (RecursionError, MemoryError) as exc:
-        raise LoadError(f"document too deeply nested or too large ({type(exc).__name__})") from exc
+        raise type(exc)(message, code=exc.code) from exc
+    except RecursionError as exc:
+        raise LoadError("document too deeply nested (RecursionError)") from exc
+    except MemoryError as exc:
+        raise LoadError(
+            "ran out of memory while parsing (limit: ingest.parse_memory_mb)", code="parse_memory"
+        ) from exc
     except Exception as exc:  # one unforeseen failure must not stop an ingest of many files
         reason = " ".join(str(exc).split())[:200]
         raise LoadError(f"cannot read the file: {type(exc).__name__}: {reason}") from exc
@@ -81,7 +107,7 @@ def _read(path: Path, max_bytes: int) -> bytes:
     try:
         size = path.stat().st_size
         if size > max_bytes:
-            raise LoadError(_too_large(size, max_bytes))
+            raise LoadError(_too_large(size, max_bytes), code=TOO_LARGE)
         with path.open("rb") as file:
             data = file.read(max_bytes + 1)  # the file may have grown since stat
     except PermissionError as exc:
@@ -93,7 +119,7 @@ def _read(path: Path, max_bytes: int) -> bytes:
     except OSError as exc:
         raise LoadError(f"cannot read the file: {exc.strerror or exc}") from exc
     if len(data) > max_bytes:
-        raise LoadError(_too_large(len(data), max_bytes))
+        raise LoadError(_too_large(len(data), max_bytes), code=TOO_LARGE)
     if not data.strip():
         raise LoadError("empty file")
     return data

@@ -7,28 +7,30 @@ import warnings
 
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from ingest.ocr import MAX_PIXELS, recognize
+from ingest.limits import pixels_error
+from ingest.ocr import recognize
 from ingest.types import LoadError, LoadOptions, Section
 
 
 def load_image(data: bytes, options: LoadOptions) -> list[Section]:
     if not options.ocr:
         raise LoadError("images are read by OCR, which is turned off (ocr.enabled = false)")
+    limits = options.limits
+    # Set, not left to Pillow's default (89 M pixels): its check runs on the header, before
+    # any pixel is inflated, so a bomb costs nothing. Per process, and every image sets it.
+    Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
     try:
         with warnings.catch_warnings():
             # Pillow only warns between its own limit and twice it; any bomb is an error here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise LoadError(f"image too large to read (decompression bomb?): {exc}") from exc
+        raise pixels_error(limits) from exc
     except UnidentifiedImageError as exc:
         raise LoadError("not a readable image: corrupt or of an unknown format") from exc
     with image:
-        if image.width * image.height > MAX_PIXELS:
-            raise LoadError(
-                f"image too large to read: {image.width}×{image.height} pixels, "
-                f"over the {MAX_PIXELS // 1_000_000} megapixel limit"
-            )
+        if image.width * image.height > limits.max_image_pixels:
+            raise pixels_error(limits, image.size)
         frames = getattr(image, "n_frames", 1)
         total = min(frames, options.ocr_max_pages)
         sections: list[Section] = []

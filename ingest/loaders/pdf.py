@@ -14,6 +14,7 @@ import re
 from pypdf import PdfReader
 from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
 
+from ingest.limits import check_pages
 from ingest.loaders.pdf_ocr import ScanReader
 from ingest.loaders.pdf_tables import TableFinder
 from ingest.types import LoadError, LoadOptions, Section
@@ -31,6 +32,7 @@ def load_pdf(data: bytes, options: LoadOptions) -> list[Section]:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not _opens_without_password(reader):
             raise LoadError("encrypted PDF: needs a password")
+        check_pages(len(reader.pages), options.limits)  # before a page is read
         pages = list(reader.pages)
     except LoadError:
         raise

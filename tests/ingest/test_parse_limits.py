@@ -1,0 +1,129 @@
+"""Bounded work per file: hostile files fail alone, with an error code and the setting named,
+and the rest of the run is ingested (ingest.limits, ingest.isolation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hostile_files import CRASH_JSON, STUCK_JSON, blank_pdf, docx_bomb, png_bomb
+from typer.testing import CliRunner
+
+from ingest.isolation import FileParser, ParseStopped, Stop, WorkerPool
+from ingest.loaders import load_document
+from ingest.pipeline import ingest_paths
+from ingest.types import LoadError, LoadOptions, ParseLimits
+from kbqa.cli import app
+from kbqa.settings import load_settings
+
+PLUGIN = {"loader_plugins": ["stuck_loader"]}
+
+
+def test_hostile_files_fail_alone_and_the_rest_is_ingested(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "bomb.docx").write_bytes(docx_bomb(100))
+    (docs / "bomb.png").write_bytes(png_bomb())
+    (docs / "pages.pdf").write_bytes(blank_pdf(10_000))
+    (docs / "stuck.json").write_bytes(STUCK_JSON)
+    (docs / "crash.json").write_bytes(CRASH_JSON)
+    (docs / "fine.json").write_text('{"colour": "The widget is teal."}', encoding="utf-8")
+    (docs / "notes.md").write_text("# Notes\n\nThe bakery opens at six.\n", encoding="utf-8")
+    assert (docs / "bomb.docx").stat().st_size < 1_000_000
+
+    settings = load_settings(
+        tmp_path / "home", overrides={"ingest": PLUGIN | {"parse_timeout_s": 3}}
+    )
+    report = ingest_paths(settings, "hostile", [docs])
+
+    failed = {Path(f["path"]).name: f for f in report.failed}
+    assert {name: f["error_code"] for name, f in failed.items()} == {
+        "bomb.docx": "too_large",
+        "bomb.png": "too_large",
+        "pages.pdf": "too_large",
+        "stuck.json": "parse_timeout",
+        "crash.json": "parse_crashed",
+    }
+    assert "(ingest.max_compression_ratio)" in failed["bomb.docx"]["error"]
+    assert "(ingest.max_image_pixels)" in failed["bomb.png"]["error"]
+    assert failed["pages.pdf"]["error"] == (
+        "has 10000 pages, over the 2000 page limit (ingest.max_pages)"
+    )
+    assert failed["stuck.json"]["error"] == (
+        "parsing took longer than 3 s (ingest.parse_timeout_s); stopped"
+    )
+    assert "signal SIGSEGV" in failed["crash.json"]["error"]
+    assert all("\n" not in f["error"] for f in report.failed)
+    assert report.added == 2 and report.chunks >= 2
+
+
+def test_a_parse_over_the_memory_cap_fails_with_parse_memory(tmp_path: Path) -> None:
+    # Within the zip limits (raised here), but python-docx's tree of 40 MB of XML needs far
+    # more than 256 MB: the worker's address-space cap stops it, not the machine's memory.
+    path = tmp_path / "big.docx"
+    path.write_bytes(docx_bomb(40))
+    limits = ParseLimits(max_unpacked_mb=1000, max_compression_ratio=1000)
+    with WorkerPool(memory_mb=256) as pool, pytest.raises(LoadError) as caught:
+        pool.parse(path, max_bytes=2**30, options=LoadOptions(limits=limits), timeout_s=300)
+    assert caught.value.code == "parse_memory"
+    assert str(caught.value) == (
+        "parsing needed more than 256 MB of memory (ingest.parse_memory_mb); stopped"
+    )
+
+
+def test_unpacked_size_is_judged_from_the_central_directory(tmp_path: Path) -> None:
+    path = tmp_path / "large.docx"
+    path.write_bytes(docx_bomb(3))
+    options = LoadOptions(limits=ParseLimits(max_unpacked_mb=2, max_compression_ratio=1000))
+    with pytest.raises(LoadError) as caught:
+        load_document(path, max_bytes=2**30, options=options)
+    assert caught.value.code == "too_large"
+    assert str(caught.value).endswith("over the 2 MB limit (ingest.max_unpacked_mb)")
+
+
+def test_a_stop_ends_a_parse_in_progress_and_refuses_the_next(tmp_path: Path) -> None:
+    stuck = tmp_path / "stuck.json"
+    stuck.write_bytes(STUCK_JSON)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("plain text", encoding="utf-8")
+    settings = load_settings(tmp_path / "home", overrides={"ingest": PLUGIN})
+    stop = Stop(timeout_s=2)  # an upload job's deadline; the parse's own is 300 s
+    with FileParser.for_run(settings, stop=stop) as parser:
+        with pytest.raises(ParseStopped) as caught:
+            parser.load(stuck, max_bytes=2**20, options=LoadOptions())
+        assert caught.value.reason == "deadline"
+        with pytest.raises(ParseStopped):
+            parser.load(notes, max_bytes=2**20, options=LoadOptions())
+
+
+def test_cli_ingest_reports_a_bomb_in_failed_and_exits_1(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "bomb.docx").write_bytes(docx_bomb(100))
+    (docs / "notes.md").write_text("# Notes\n\nThe bakery opens at six.\n", encoding="utf-8")
+    result = CliRunner().invoke(
+        app, ["--home", str(tmp_path / "home"), "ingest", str(docs), "--json"]
+    )
+    assert result.exit_code == 1
+    output = json.loads(result.stdout)
+    assert output["added"] == 1
+    assert [(Path(f["path"]).name, f["error_code"]) for f in output["failed"]] == [
+        ("bomb.docx", "too_large")
+    ]
+
+
+def test_a_missing_loader_plugin_is_one_clear_settings_error(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.md").write_text("text", encoding="utf-8")
+    home = tmp_path / "home"
+    result = CliRunner().invoke(
+        app,
+        ["--home", str(home), "ingest", str(docs)],
+        env={"KBQA_INGEST__LOADER_PLUGINS": "no_such_plugin_module"},
+    )
+    assert result.exit_code == 2
+    assert "cannot import loader plugin no_such_plugin_module (ingest.loader_plugins)" in (
+        result.stderr
+    )
