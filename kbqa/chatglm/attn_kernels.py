@@ -1,11 +1,11 @@
-"""Triton attention kernels for ChatGLM2 on CUDA: rotary + KV-cache write, split-K decode
-attention (one row for the fast path, many for the batched decode), and causal prefill
-attention over the cache (for chunked prefill).
+"""Triton attention kernels for ChatGLM2: rotary + KV-cache write, split-K decode attention
+(one query token per row, each row over its own cache row), and causal prefill attention over
+one cache row (for chunked prefill).
 
-Imported only through kernels.py and batched_kernels.py (see there). A cache is one batch row,
-[G, slots, D], or for attn_decode_rows all rows, [R, G, slots, D]; the P-tuning prefix (if
-any) is in slots 0..prefix-1 and position p in slot prefix + p. Query head h reads key/value
-group h // (N / G), straight from the cache: no repeated copies.
+Imported only through kernels.py (see there). A cache is all rows, [R, G, slots, D], or for
+attn_prefill one row, [G, slots, D]; the P-tuning prefix (if any) is in slots 0..prefix-1
+and position p in slot prefix + p. Query head h reads key/value group h // (N / G), straight
+from the cache: no repeated copies.
 """
 # Annotations: see kernels.py (`tl.tensor` for runtime arguments, never `int`).
 
@@ -27,7 +27,8 @@ def _dot(a: tl.tensor, b: tl.tensor, IEEE: tl.constexpr) -> tl.tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Rotary + KV-cache write: one program per (token, head of q | k | v).
+# Rotary + KV-cache write: one program per (token, head of q | k | v). Token t rotates its q in
+# place and writes k, v into cache row rows[t] at slot prefix + pos[t].
 
 
 @triton.jit
@@ -35,67 +36,65 @@ def _rope_cache_kernel(
     qkv_ptr: tl.tensor,
     rope_ptr: tl.tensor,
     pos_ptr: tl.tensor,
+    rows_ptr: tl.tensor,
     k_ptr: tl.tensor,
     v_ptr: tl.tensor,
     prefix: tl.tensor,
-    stride_tok: tl.tensor,
-    stride_g: tl.tensor,
-    stride_t: tl.tensor,
-    NH: tl.constexpr,
+    slots: tl.tensor,
+    N: tl.constexpr,
     G: tl.constexpr,
     D: tl.constexpr,
 ) -> None:
-    token = tl.program_id(0)
-    head = tl.program_id(1)
-    pos = tl.load(pos_ptr + token)
-    slot = pos + prefix
-    src = qkv_ptr + token * stride_tok + head * D
-    PAIRS: tl.constexpr = D // 4
-    HALF: tl.constexpr = D // 2
-    i = tl.arange(0, PAIRS)
-    if head < NH + G:
-        # Rotate pairs (x[2i], x[2i+1]) of the first half in fp32; rope [T, D/4, 2] = cos, sin.
+    t = tl.program_id(0)
+    head = tl.program_id(1)  # 0..N-1: query heads, N..N+G-1: key groups, then value groups
+    width: tl.constexpr = (N + 2 * G) * D
+    src = qkv_ptr + t * width + head * D
+    pos = tl.load(pos_ptr + t)
+    cache_row = tl.load(rows_ptr + t)
+    if head < N + G:
+        # Pairs (2i, 2i+1) of the first half rotate by angle i of this position (fp32).
+        i = tl.arange(0, D // 4)
         even = tl.load(src + 2 * i).to(tl.float32)
         odd = tl.load(src + 2 * i + 1).to(tl.float32)
-        cos = tl.load(rope_ptr + pos * HALF + 2 * i)
-        sin = tl.load(rope_ptr + pos * HALF + 2 * i + 1)
-        new_even = even * cos - odd * sin
-        new_odd = odd * cos + even * sin
-        if head < NH:  # query: in place
-            tl.store(src + 2 * i, new_even.to(qkv_ptr.dtype.element_ty))
-            tl.store(src + 2 * i + 1, new_odd.to(qkv_ptr.dtype.element_ty))
-        else:  # key: into the cache, with the unrotated half
-            dst = k_ptr + (head - NH) * stride_g + slot * stride_t
-            tl.store(dst + 2 * i, new_even.to(k_ptr.dtype.element_ty))
-            tl.store(dst + 2 * i + 1, new_odd.to(k_ptr.dtype.element_ty))
-            j = tl.arange(0, HALF)
-            tl.store(dst + HALF + j, tl.load(src + HALF + j))
+        cos = tl.load(rope_ptr + pos * (D // 2) + 2 * i)
+        sin = tl.load(rope_ptr + pos * (D // 2) + 2 * i + 1)
+        new_even = (even * cos - odd * sin).to(qkv_ptr.dtype.element_ty)
+        new_odd = (odd * cos + even * sin).to(qkv_ptr.dtype.element_ty)
+        if head < N:
+            tl.store(src + 2 * i, new_even)
+            tl.store(src + 2 * i + 1, new_odd)
+        else:
+            g = head - N
+            dst = k_ptr + ((cache_row * G + g) * slots + prefix + pos) * D
+            tl.store(dst + 2 * i, new_even)
+            tl.store(dst + 2 * i + 1, new_odd)
+            rest = tl.arange(0, D // 2)
+            tl.store(dst + D // 2 + rest, tl.load(src + D // 2 + rest))
     else:
-        d = tl.arange(0, D)
-        dst = v_ptr + (head - NH - G) * stride_g + slot * stride_t
-        tl.store(dst + d, tl.load(src + d))
+        g = head - N - G
+        dst = v_ptr + ((cache_row * G + g) * slots + prefix + pos) * D
+        cols = tl.arange(0, D)
+        tl.store(dst + cols, tl.load(src + cols))
 
 
 def rope_cache(
-    qkv: Tensor, rope: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, prefix: int
-) -> None:
-    """qkv [S, (N + 2G) * D] (rows may be strided), rope [T, D/4, 2] fp32, pos [S] int64;
-    k_cache, v_cache [G, slots, D] (one batch row)."""
-    groups, _, head_dim = k_cache.shape
-    heads = qkv.shape[1] // head_dim - 2 * groups
-    grid = (qkv.shape[0], heads + 2 * groups)
-    _rope_cache_kernel[grid](
-        qkv, rope, pos, k_cache, v_cache, prefix, qkv.stride(0), k_cache.stride(0),
-        k_cache.stride(1), NH=heads, G=groups, D=head_dim, num_warps=1,
-    )  # fmt: skip
+    qkv: Tensor, rope: Tensor, pos: Tensor, rows: Tensor, k_cache: Tensor, v_cache: Tensor,
+    prefix: int, heads: int,
+) -> None:  # fmt: skip
+    """qkv [T, (N + 2G) * D] contiguous: rotate its q in place; write rotated k and v into
+    k_cache, v_cache [R, G, slots, D] at row rows[t], slot prefix + pos[t]. rope [T, D/4, 2]
+    fp32."""
+    _, groups, slots, d = k_cache.shape
+    _rope_cache_kernel[(qkv.shape[0], heads + 2 * groups)](
+        qkv, rope, pos, rows, k_cache, v_cache, prefix, slots, heads, groups, d, num_warps=1
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Decode attention, one query token per batch row: row b's N heads over slots 0..prefix+pos[b]
 # of cache row b. Split-K: one program per (row, KV group, piece of the keys) with online
 # softmax over BT-key blocks, then one per (row, head) combines the pieces. Reads the cache in
-# place (no mask, no repeated key heads) and skips the pieces past each row's end. The fast
-# path runs them for one row (attn_decode), the batched decode for many (attn_decode_rows).
+# place (no mask, no repeated key heads) and skips the pieces past each row's end.
 
 
 @triton.jit
@@ -185,36 +184,6 @@ def _attn_rows_combine_kernel(
     o = tl.load(o_ptr + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
     y = tl.sum(weight[:, None] * o, axis=0) / tl.sum(weight * l, axis=0)  # [D]
     tl.store(out_ptr + (b * G * HPG + head) * D + d, y.to(out_ptr.dtype.element_ty))
-
-
-def attn_decode(
-    q: Tensor,
-    k_cache: Tensor,
-    v_cache: Tensor,
-    pos: Tensor,
-    prefix: int,
-    out: Tensor,
-    partial: Tensor,
-    ml: Tensor,
-    split: int,
-) -> None:
-    """q [N * D] (rotated), caches [G, slots, D], pos [1]; out [N * D]. partial
-    [G, NSPLIT, QB, D] fp32 and ml [G, NSPLIT, QB, 2] fp32 are scratch. The batch kernels
-    above, for one row."""
-    groups, _, head_dim = k_cache.shape
-    heads = q.numel() // head_dim
-    hpg = heads // groups
-    nsplit, qb = partial.shape[1], partial.shape[2]
-    block = min(64, split)
-    _attn_rows_partial_kernel[(1, groups, nsplit)](
-        q, k_cache, v_cache, pos, partial, ml, prefix, 0, 0, k_cache.stride(0),
-        head_dim**-0.5, HPG=hpg, QB=qb, D=head_dim, BT=block, SPLIT=split, NSPLIT=nsplit,
-        IEEE=q.dtype == torch.float32, num_warps=4,
-    )  # fmt: skip
-    _attn_rows_combine_kernel[(1, heads)](
-        partial, ml, pos, out, prefix, G=groups, HPG=hpg, QB=qb, D=head_dim, SPLIT=split,
-        NSPLIT=nsplit, NS2=triton.next_power_of_2(nsplit), num_warps=4,
-    )  # fmt: skip
 
 
 def attn_decode_rows(

@@ -7,7 +7,7 @@ and a loop, on a background thread, that repeats one step:
    their prefill;
 2. the requests in prefill run up to `prefill_chunk` of their prompt tokens while others are
    decoding, so that those streams keep flowing (up to `max_prefill_tokens` when none is),
-   oldest first and all in one forward pass (batched_prefill.py); on CUDA a whole prompt of
+   oldest first and all in one pass of the fast forward (forward.py); on CUDA a whole prompt of
    up to 2,048 tokens is instead one CUDA graph replay (prefill_graphs.py), never cut, so
    running streams pause once for its GPU time (~30 ms at 1.6k tokens on an H100) rather
    than for several launch-bound chunks; a request whose last piece ran samples its first
@@ -39,8 +39,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from kbqa.chatglm.batched import DecodeStep, SlotCache, batch_bucket, key_bucket
-from kbqa.chatglm.batched_prefill import Prefiller, Segment
+from kbqa.chatglm.batched import DecodeStep
+from kbqa.chatglm.forward import Forward, Segment, SlotCache
 from kbqa.chatglm.model import ChatGLM2Model
 from kbqa.chatglm.prefill_graphs import MAX_TOKENS as GRAPHED_PROMPT_TOKENS
 from kbqa.chatglm.prefill_graphs import PrefillGraphs
@@ -195,13 +195,13 @@ class BatchEngine:
         self.prefill_chunk = prefill_chunk
         self.max_prefill_tokens = max_prefill_tokens
         self.cache = SlotCache(model, max_batch, max_seq)
-        self.decoder = DecodeStep(model, self.cache, cuda_graphs)
-        self.prefiller = Prefiller(model, self.cache)
+        self.forward = Forward(model, self.cache)
+        self.decoder = DecodeStep(model, self.forward, cuda_graphs)
+        self.prefiller: Callable[[Sequence[Segment]], Tensor | None] = self.forward
         self.prefill_graphs: PrefillGraphs | None = None
         """Whole prompts of up to 2,048 tokens (and max_prefill_tokens) as one CUDA graph
-        replay each, where the decode step runs graphs and the fused prefill runs
-        (prefill_graphs.py)."""
-        if self.decoder.cuda_graphs and self.prefiller.fused:
+        replay each, where the decode step runs graphs (prefill_graphs.py)."""
+        if self.decoder.cuda_graphs:
             limit = min(GRAPHED_PROMPT_TOKENS, max_prefill_tokens)
             self.prefill_graphs = PrefillGraphs(self.prefiller, max_tokens=limit)
         self.warm_up_on_start = warm_up
@@ -310,42 +310,21 @@ class BatchEngine:
         return self._ready.is_set()
 
     def warm_up(self) -> None:
-        """Run, before any request, what serving would otherwise do inside its first requests'
-        latency: the thread's first cuBLAS call, Triton's compiles for the prefill's kinds of
-        pieces (a whole prompt, a later chunk, several prompts in one pass), the skinny
-        matmul's tuning per rows bucket, and the capture of a decode graph for every (batch,
-        key span) bucket. Writes only into cache rows that no request holds yet."""
+        """Run, before any request, what serving would otherwise do inside its first request's
+        latency: the thread's first cuBLAS call, Triton's compiles for a prefill and a decode
+        step, and the capture of the smallest decode graph. Other shapes (batch and key
+        buckets, padded prompt lengths) are captured when first used, so that a server is
+        ready in seconds. Writes only into cache rows that no request holds yet."""
         if self._running or self._prefilling:
             raise RuntimeError("warm up before the engine takes requests")
         vocab = self.model.config.padded_vocab_size
-        device = self.model.device
-
-        def ids(n: int, offset: int = 1) -> Tensor:
-            return (torch.arange(n, device=device) + offset) % vocab
-
         first = min(37, self.max_seq - 1)
-        later = min(64, self.max_seq - 1 - first)
+        ids = (torch.arange(first, device=self.model.device) + 1) % vocab
         with torch.no_grad():
-            self.prefiller([Segment(ids(first), 0, 0, logits=True)])
-            if later > 0:
-                self.prefiller([Segment(ids(later), first, 0, logits=True)])
-            if self.max_batch > 1:
-                sizes = ((0, min(17, first)), (1, min(16, first)))
-                pair = [Segment(ids(n, n), 0, row, logits=True) for row, n in sizes]
-                self.prefiller(pair)
-            buckets = sorted(
-                {batch_bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)}
-            )
-            prefix, slots = self.cache.prefix, self.cache.slots
-            spans = sorted({key_bucket(n, slots) for n in range(prefix + 1, slots + 1)})
-            for bucket in buckets:
-                for span in spans if self.decoder.cuda_graphs else spans[:1]:
-                    position = min(span - prefix - 1, self.max_seq - 1)
-                    self.decoder([1] * bucket, [position] * bucket)
-            if self.prefill_graphs is not None:
-                self.prefill_graphs.capture_all()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+            self.prefiller([Segment(ids, 0, self.max_batch - 1, logits=True)])
+            self.decoder([1], [first])
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
 
     def _loop(self) -> None:
         if self.model.device.type == "cuda":

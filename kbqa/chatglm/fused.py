@@ -1,12 +1,21 @@
-"""Fused ops for the fast path (fast.py): each runs a Triton kernel on CUDA (kernels.py) and
-the plain-torch reference of the same function elsewhere, which is also what tests hold the
-kernels to.
+"""The ops of the fast forward (forward.py): each runs a Triton kernel where the kernels run
+(triton_use.py; kernels.py) and its plain-torch reference elsewhere, which is also what the
+tests hold the kernels to.
 
-Numerics differ from the eager model in one deliberate way: decode keeps more in fp32. The
-GEMVs normalise their input in fp32 without rounding it to fp16, SwiGLU is applied to the fp32
-sums, and the residual stream is fp32 (added to by atomics, so its last bits depend on the
-order in which split-K programs finish).
-"""
+`linear` chooses a weight's kernel by the weight's kind and the number of rows:
+
+| weights | rows | kernel |
+| --- | --- | --- |
+| float, int8, int4 | 1–2 | GEMV (`kernels.gemv`): the RMSNorm before it and the SwiGLU and residual add after it fused in |
+| float | ≤ 16 | skinny Triton matmul (`batched_kernels.skinny_linear`) |
+| int4 | ≤ 64 | tiled int4 matmul on the packed words (`kernels.int4_linear`) |
+| float | more | cuBLAS |
+| int8, int4 | more | the weight dequantized 64 MB at a time (int4 by a kernel), then cuBLAS |
+
+Numerics differ from the eager model in one deliberate way: the residual stream is kept in
+fp32 (float64 for a float64 model) rather than the model dtype, and the GEMV rows normalise
+and apply SwiGLU in fp32 without rounding in between.
+"""  # noqa: E501 (a table)
 
 from __future__ import annotations
 
@@ -22,9 +31,11 @@ from kbqa.chatglm.model import RMSNorm, apply_rotary
 from kbqa.chatglm.quantize import QuantizedLinear, dequantize_weight
 from kbqa.chatglm.triton_use import kernels_run_on
 
-# Prefill matmuls on quantized weights dequantize this many weights at a time (64 MB in fp16),
-# so the temporary stays small next to the 4 GB of int4 weights.
+# Matmuls on quantized weights over many rows dequantize this many weights at a time (64 MB in
+# fp16), so the temporary stays small next to the 4 GB of int4 weights (the 8k prefill's
+# memory goal).
 DEQUANT_BLOCK = 32 * 1024 * 1024
+GEMV_MAX_ROWS = 2  # rows that go through the GEMV with its fusions (it reads W once per row)
 
 
 def triton_for(t: Tensor) -> ModuleType | None:
@@ -38,8 +49,9 @@ def triton_for(t: Tensor) -> ModuleType | None:
 
 @dataclass
 class LinearWeights:
-    """What a GEMV needs from nn.Linear or QuantizedLinear. weight: float [N, K], int8 [N, K]
-    (8 bits) or int32 words [N, K/8] (4 bits: the checkpoint's bytes, reinterpreted)."""
+    """What the kernels need from nn.Linear or QuantizedLinear. weight: float [N, K], int8
+    [N, K] (8 bits) or int32 words [N, K/8] (4 bits: the checkpoint's bytes, reinterpreted);
+    dtype: the model dtype that products are rounded to."""
 
     weight: Tensor
     scale: Tensor | None
@@ -47,24 +59,28 @@ class LinearWeights:
     bits: int
     in_features: int
     out_features: int
+    dtype: torch.dtype
 
     @classmethod
-    def of(cls, module: nn.Module) -> LinearWeights:
+    def of(cls, module: nn.Module, dtype: torch.dtype) -> LinearWeights:
         if isinstance(module, QuantizedLinear):
+            bias = module.bias.detach() if module.bias is not None else None
             weight = module.weight
             if module.bits == 4 and module.in_features % 8 == 0:
                 weight = weight.view(torch.int32)  # [N, K/2] bytes → [N, K/8] words
-            bias = module.bias.detach() if module.bias is not None else None
             return cls(
                 weight, module.weight_scale, bias, module.bits, module.in_features,
-                module.out_features,
+                module.out_features, dtype,
             )  # fmt: skip
         assert isinstance(module, nn.Linear)
         bias = module.bias.detach() if module.bias is not None else None
-        return cls(module.weight.detach(), None, bias, 16, module.in_features, module.out_features)
+        weight = module.weight.detach()
+        return cls(weight, None, bias, 16, module.in_features, module.out_features, dtype)
 
-    def tensors(self) -> list[Tensor]:
-        return [t for t in (self.weight, self.scale, self.bias) if t is not None]
+    @property
+    def packed(self) -> bool:
+        """int4 weights as whole int32 words (what the int4 kernels read)."""
+        return self.bits == 4 and self.weight.dtype == torch.int32
 
     def dequantized(self, rows: slice, dtype: torch.dtype) -> Tensor:
         """Rows of the weight as floats [rows, K]."""
@@ -73,9 +89,9 @@ class LinearWeights:
             return w.to(dtype)
         assert self.scale is not None
         scale = self.scale[rows]
-        if self.bits == 4:
+        if self.packed:
             kernels = triton_for(w)
-            if kernels is not None and w.dtype == torch.int32:
+            if kernels is not None:
                 out = torch.empty(w.shape[0], self.in_features, dtype=dtype, device=w.device)
                 kernels.dequant_int4(w, scale, out)
                 return out
@@ -95,147 +111,75 @@ class Norm:
         return None  # nn.Identity (post_layer_norm False)
 
 
-def linear_vec(
+def linear(
     lw: LinearWeights,
     x: Tensor,
     *,
     norm: Norm | None = None,
     glu: bool = False,
-    accumulate: Tensor | None = None,
+    add_to: Tensor | None = None,
     out_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """One token: y = W · x' (+ bias), x' = RMSNorm(x) * norm or x; with glu the rows
-    [gate; up] become silu(gate) * up ([N/2]). x [K] → y [N] ([N/2]) of out_dtype; or, with
-    accumulate (fp32 [N], the residual stream), accumulate += y in place and returned."""
+    """y = W · x' + bias for x [M, K], x' = RMSNorm(x) * norm or x; with glu the rows
+    [gate; up] of y become silu(gate) * up. Returns y [M, N] ([M, N/2]) in out_dtype (default
+    the model dtype); with add_to (the residual stream [M, N]) adds y into it in place and
+    returns it."""
     kernels = triton_for(x)
-    rows = lw.out_features // 2 if glu else lw.out_features
-    if kernels is not None and (lw.bits != 4 or lw.weight.dtype == torch.int32):
-        if accumulate is not None:
-            out = accumulate
+    rows = x.shape[0]
+    fused_add = add_to is None or add_to.dtype == torch.float32  # atomics add into fp32
+    if kernels is not None and rows <= GEMV_MAX_ROWS and fused_add and (lw.bits != 4 or lw.packed):
+        if add_to is None:
+            width = lw.out_features // 2 if glu else lw.out_features
+            add_to_or_out = torch.empty(rows, width, dtype=out_dtype or lw.dtype, device=x.device)
         else:
-            assert out_dtype is not None
-            out = torch.empty(rows, dtype=out_dtype, device=x.device)
+            add_to_or_out = add_to
         kernels.gemv(
-            lw.weight, lw.scale, lw.bias, x, norm.weight if norm else None,
-            norm.eps if norm else 0.0, glu, out, accumulate is not None, lw.bits,
+            lw.weight, lw.scale, lw.bias, x.contiguous(), norm.weight if norm else None,
+            norm.eps if norm else 0.0, glu, add_to_or_out, add_to is not None, lw.bits,
             lw.in_features,
         )  # fmt: skip
-        return out
-    xf = x.float()
-    if norm is not None:
-        xf = xf * torch.rsqrt(xf.pow(2).mean() + norm.eps) * norm.weight.float()
-    y = lw.dequantized(slice(None), torch.float32) @ xf  # [N]
-    if lw.bias is not None:
-        y = y + lw.bias.float()
+        return add_to_or_out
+    h = rmsnorm(x, norm, lw.dtype) if norm is not None else x.to(lw.dtype)
+    y = _matmul(lw, h, kernels)
     if glu:
-        gate, up = y.chunk(2)  # [N/2] each
-        y = F.silu(gate) * up
-    if accumulate is not None:
-        return accumulate.add_(y)
-    assert out_dtype is not None
-    return y.to(out_dtype)
+        y = swiglu(y)
+    if add_to is not None:
+        return add_to.add_(y)
+    return y if out_dtype is None else y.to(out_dtype)
 
 
-def linear_rows(lw: LinearWeights, h: Tensor) -> Tensor:
-    """Prefill: h [S, K] → [S, N] through cuBLAS; quantized weights are dequantized a block
-    of rows at a time."""
+def _matmul(lw: LinearWeights, h: Tensor, kernels: ModuleType | None) -> Tensor:
+    rows = h.shape[0]
     if lw.bits == 16:
+        if kernels is not None:
+            from kbqa.chatglm import batched_kernels  # imported where the kernels run
+
+            if rows <= batched_kernels.SKINNY_MAX_ROWS:
+                return batched_kernels.skinny_linear(h, lw.weight, lw.bias)
         return F.linear(h, lw.weight, lw.bias)
-    out = torch.empty(h.shape[0], lw.out_features, dtype=h.dtype, device=h.device)
+    if kernels is not None and lw.packed and rows <= kernels.INT4_MATMUL_MAX_ROWS:
+        assert lw.scale is not None
+        return kernels.int4_linear(h, lw.weight, lw.scale, lw.bias)
+    out = torch.empty(rows, lw.out_features, dtype=h.dtype, device=h.device)
     step = max(1, DEQUANT_BLOCK // lw.in_features)
     for r0 in range(0, lw.out_features, step):
-        rows = slice(r0, min(r0 + step, lw.out_features))
-        out[:, rows] = h @ lw.dequantized(rows, h.dtype).t()  # [S, rows]
+        block = slice(r0, min(r0 + step, lw.out_features))
+        out[:, block] = h @ lw.dequantized(block, h.dtype).t()  # [M, block]
     if lw.bias is not None:
         out += lw.bias.to(h.dtype)
     return out
 
 
-def rope_cache(
-    qkv: Tensor,
-    rope: Tensor,
-    pos: Tensor,
-    k_cache: Tensor,
-    v_cache: Tensor,
-    heads: int,
-    prefix: int,
-) -> None:
-    """Rotate q (in place in qkv) and k, and write k, v into the cache at slots prefix + pos.
-
-    qkv [S, (N + 2G) * D] with unit column stride; rope [T, D/4, 2]; pos [S];
-    k_cache, v_cache [G, slots, D].
-    """
-    kernels = triton_for(qkv)
-    if kernels is not None:
-        kernels.rope_cache(qkv, rope, pos, k_cache, v_cache, prefix)
-        return
-    seq = qkv.shape[0]
-    groups, _, d = k_cache.shape
-    rows = rope[pos]  # [S, D/4, 2]
-    q = qkv[:, : heads * d].view(1, seq, heads, d)
-    k = qkv[:, heads * d : (heads + groups) * d].view(1, seq, groups, d)
-    v = qkv[:, (heads + groups) * d :].view(seq, groups, d)
-    q.copy_(apply_rotary(q, rows))
-    slots = pos + prefix
-    k_cache[:, slots] = apply_rotary(k, rows)[0].transpose(0, 1)  # [G, S, D]
-    v_cache[:, slots] = v.transpose(0, 1)
-
-
-@dataclass
-class AttnScratch:
-    """Partial results of split-K decode attention: [G, pieces, QB, D] and [G, pieces, QB, 2]."""
-
-    partial: Tensor
-    ml: Tensor
-    split: int
-
-    @classmethod
-    def for_cache(cls, k_cache: Tensor, heads: int) -> AttnScratch:
-        groups, slots, d = k_cache.shape
-        # Up to 64 pieces per group of a multiple of 64 keys: enough programs to spread one
-        # token's attention over the SMs, few enough for the combine to read in one tile.
-        split = 64 * -(-slots // (64 * 64))
-        pieces = -(-slots // split)
-        qb = max(16, 1 << (heads // groups - 1).bit_length())
-        partial = torch.empty(groups, pieces, qb, d, dtype=torch.float32, device=k_cache.device)
-        ml = torch.empty(groups, pieces, qb, 2, dtype=torch.float32, device=k_cache.device)
-        return cls(partial, ml, split)
-
-
-def attn_decode(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, prefix: int, scratch: AttnScratch
-) -> Tensor:
-    """One query token: q [N * D] (rotated) over cache slots 0..prefix + pos → [N * D]."""
-    kernels = triton_for(q)
-    if kernels is not None:
-        out = torch.empty_like(q)
-        kernels.attn_decode(
-            q, k_cache, v_cache, pos, prefix, out, scratch.partial, scratch.ml, scratch.split
-        )
-        return out
-    groups, slots, d = k_cache.shape
-    qf = q.float().view(groups, -1, d)  # [G, N/G, D]: head h reads group h // (N / G)
-    scores = torch.einsum("ghd,gtd->ght", qf, k_cache.float()) * d**-0.5  # [G, N/G, slots]
-    visible = torch.arange(slots, device=q.device) <= pos + prefix  # [slots]
-    probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
-    return torch.einsum("ght,gtd->ghd", probs, v_cache.float()).reshape(-1).to(q.dtype)
-
-
-def rmsnorm(x: Tensor, residual: Tensor | None, norm: Norm) -> tuple[Tensor, Tensor]:
-    """x, residual [S, H] → (x + residual, RMSNorm(x + residual)), both in x's dtype."""
-    x_out = torch.empty_like(x) if residual is not None else x
-    h = torch.empty_like(x)
+def rmsnorm(x: Tensor, norm: Norm, dtype: torch.dtype) -> Tensor:
+    """x [S, H] → RMSNorm(x) * weight [S, H] in dtype, normalised in fp32 as the model does."""
+    h = torch.empty(x.shape, dtype=dtype, device=x.device)
     kernels = triton_for(x)
     if kernels is not None:
-        kernels.rmsnorm(x, residual, norm.weight, norm.eps, x_out, h)
-        return x_out, h
-    if residual is not None:
-        x_out = x + residual
-    xf = x_out.float()
-    h = (norm.weight.float() * xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps)).to(
-        x.dtype
-    )
-    return x_out, h
+        kernels.rmsnorm(x, norm.weight, norm.eps, h)
+        return h
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps)
+    return (norm.weight.float() * xf).to(dtype)
 
 
 def swiglu(gu: Tensor) -> Tensor:
@@ -249,14 +193,73 @@ def swiglu(gu: Tensor) -> Tensor:
     return F.silu(gate) * up
 
 
+def rope_cache(
+    qkv: Tensor,
+    rope: Tensor,
+    pos: Tensor,
+    rows: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    prefix: int,
+    heads: int,
+) -> None:
+    """Rotate q (in place in qkv) and k of token t by its position pos[t], and write k, v into
+    cache row rows[t] at slot prefix + pos[t].
+
+    qkv [T, (N + 2G) * D] contiguous; rope [seq_length, D/4, 2]; pos, rows [T];
+    k_cache, v_cache [R, G, slots, D].
+    """
+    kernels = triton_for(qkv)
+    if kernels is not None:
+        kernels.rope_cache(qkv, rope, pos, rows, k_cache, v_cache, prefix, heads)
+        return
+    seq = qkv.shape[0]
+    _, groups, _, d = k_cache.shape
+    angles = rope[pos]  # [T, D/4, 2]
+    q = qkv[:, : heads * d].view(1, seq, heads, d)
+    k = qkv[:, heads * d : (heads + groups) * d].view(1, seq, groups, d)
+    v = qkv[:, (heads + groups) * d :].view(seq, groups, d)
+    q.copy_(apply_rotary(q, angles))
+    slots = pos + prefix
+    k_cache[rows, :, slots] = apply_rotary(k, angles)[0]  # [T, G, D]
+    v_cache[rows, :, slots] = v
+
+
+def attention_decode(
+    qkv: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    pos: Tensor,
+    prefix: int,
+    heads: int,
+    n_keys: int,
+) -> Tensor:
+    """One query token per row: row b of qkv [B, (N + 2G) * D] (q rotated) over slots
+    0..prefix + pos[b] of cache row b (all < n_keys) of k_cache, v_cache [R >= B, G, slots, D]
+    → [B, N * D]."""
+    kernels = triton_for(qkv)
+    if kernels is not None:
+        out: Tensor = kernels.attn_decode_rows(qkv, k_cache, v_cache, pos, prefix, heads, n_keys)
+        return out
+    batch = qkv.shape[0]
+    _, groups, _, d = k_cache.shape
+    # The N/G query heads of a group share its keys: as [B, G, N/G, D] they attend as N/G
+    # query rows of one head, so each key is read once (no repeat_interleave copy).
+    q = qkv[:, : heads * d].reshape(batch, groups, heads // groups, d)
+    keys, values = k_cache[:batch, :, :n_keys], v_cache[:batch, :, :n_keys]  # [B, G, T, D]
+    visible = torch.arange(n_keys, device=qkv.device) <= (pos + prefix).unsqueeze(1)  # [B, T]
+    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None, :])
+    return y.reshape(batch, heads * d)
+
+
 def attention_prefill(
     qkv: Tensor, k_cache: Tensor, v_cache: Tensor, heads: int, first: int
 ) -> Tensor:
     """Causal attention of S queries at cache slots first..first+S-1 over slots 0..first+S-1.
 
-    qkv [S, (N + 2G) * D] (q rotated, k, v already in the cache); caches [G, slots, D].
-    Returns [S, N * D]. A whole prompt (first 0) goes to flash attention through SDPA; a
-    chunk after others (or after a P-tuning prefix) to our kernel, which reads the cache in
+    qkv [S, (N + 2G) * D] (q rotated, k, v already in the cache); caches [G, slots, D] (one
+    row). Returns [S, N * D]. A whole prompt (first 0) goes to flash attention through SDPA;
+    a chunk after others (or after a P-tuning prefix) to our kernel, which reads the cache in
     place (SDPA's lower-right causal mask with GQA falls back to materialised scores here:
     268 MB for a 512-token chunk at 8k).
     """

@@ -1,62 +1,131 @@
-"""Token generation over the KV cache: one prefill, then one-token decode steps.
+"""Token generation for one sequence: one prefill, then one-token decode steps.
 
 `generate` yields new token ids as Python ints. It stops at an eos id (not yielded), after
 max_new_tokens, when `stop(generated_ids)` returns True (the last token is yielded first), or
 when `cancel` is set. Stop strings belong to the text layer, which passes them as `stop`.
+
+Which steps run (`steps_for`): on CUDA with the kernels (and chatglm2's layout), the batching
+engine's parts with one row (`EngineSteps`: the fast forward, its decode step as CUDA graphs,
+whole prompts as prefill graphs); elsewhere the eager model (`EagerSteps`).
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from kbqa.chatglm.fast import decode_steps
+from kbqa.chatglm.batched import DecodeStep
+from kbqa.chatglm.forward import Forward, Segment, SlotCache
+from kbqa.chatglm.fused import triton_for
 from kbqa.chatglm.model import ChatGLM2Model
+from kbqa.chatglm.prefill_graphs import MAX_TOKENS as GRAPHED_PROMPT_TOKENS
+from kbqa.chatglm.prefill_graphs import PrefillGraphs
+from kbqa.chatglm.sampling import SamplingParams, sample_rows
 
 CACHE_ROUNDING = 256  # cache lengths are rounded up so that nearby requests reuse one cache
+# Prompts longer than the prefill graphs take go in chunks of this many tokens with the MLP in
+# blocks of MLP_ROWS rows, so that activations stay ~35 MB and 8k tokens of fp16 fit in
+# 12.8 GB with the weights (12.49 GB) and the cache (0.23 GB): measured on an H100
+# (bench/RESULTS.md), 512/256 peaked at 12.806 GB, 256/128 at 12.789 GB. Quantized weights
+# are dequantized once per chunk, so they take longer chunks (their memory has room).
+PREFILL_CHUNK = 256
+QUANTIZED_PREFILL_CHUNK = 1024
+MLP_ROWS = 128
 
 
-def sample_next(
-    logits: Tensor,
-    seen: Tensor,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    repetition_penalty: float,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """Pick the next token from logits [V] (0-dim long tensor). seen [V] bool marks the ids of
-    the prompt and the output so far, for the repetition penalty.
+class Steps(Protocol):
+    """One sequence over a KV cache; both return fp32 logits [V] of the last token."""
 
-    Order as in transformers: repetition penalty, temperature, top-k, top-p. Branches depend on
-    the settings only, never on data.
-    """
-    logits = logits.float()
-    if repetition_penalty != 1.0:
-        penalised = torch.where(
-            logits > 0, logits / repetition_penalty, logits * repetition_penalty
-        )
-        logits = torch.where(seen, penalised, logits)
-    if temperature == 0:
-        return logits.argmax()
-    logits = logits / temperature
-    if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        ordered, order = logits.sort(descending=True)  # [V] each
-        probs = ordered.softmax(-1)
-        # Drop a token when the ones before it already reach top_p (the first always stays).
-        drop = probs.cumsum(-1) - probs >= top_p
-        ordered = ordered.masked_fill(drop, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(0, order, ordered)
-    probs = logits.softmax(-1)
-    # argmax(p / E) with E ~ Exp(1) draws from p (fixed shapes, no host sync, unlike multinomial).
-    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / noise).argmax()
+    def prefill(self, ids: Tensor) -> Tensor: ...
+
+    def decode(self, token: Tensor, pos: int) -> Tensor: ...
+
+
+class EagerSteps:
+    """The model's own forward over its own cache (the reference, and the path off CUDA)."""
+
+    def __init__(self, model: ChatGLM2Model) -> None:
+        self.model = model
+
+    def prefill(self, ids: Tensor) -> Tensor:
+        positions = torch.arange(ids.numel(), device=ids.device)  # [S]
+        return self.model(ids.view(1, -1), positions, last_logits_only=True)[0, -1].float()
+
+    def decode(self, token: Tensor, pos: int) -> Tensor:
+        position = torch.tensor([pos], device=token.device)  # [1]
+        return self.model(token.view(1, 1), position)[0, -1].float()
+
+
+class EngineSteps:
+    """The batching engine's parts with one cache row: the fast forward (forward.py), its
+    decode step (a CUDA graph per key bucket on CUDA) and, on CUDA, whole prompts of up to
+    2,048 tokens as one prefill graph replay; longer prompts in chunks."""
+
+    def __init__(self, model: ChatGLM2Model, max_seq: int) -> None:
+        self.cache = SlotCache(model, 1, max_seq)
+        self.forward = Forward(model, self.cache)
+        self.decoder = DecodeStep(model, self.forward)
+        self.graphs: PrefillGraphs | None = None
+        if self.decoder.cuda_graphs:
+            self.graphs = PrefillGraphs(self.forward, max_tokens=GRAPHED_PROMPT_TOKENS)
+        quantized = self.forward.layers[0].qkv.bits != 16
+        self.chunk = QUANTIZED_PREFILL_CHUNK if quantized else PREFILL_CHUNK
+
+    def prefill(self, ids: Tensor) -> Tensor:
+        seq = ids.numel()
+        if self.graphs is not None and self.graphs.fits(seq):
+            logits = self.graphs(ids, 0)
+            if logits is not None:
+                return logits
+        chunk = seq if seq <= GRAPHED_PROMPT_TOKENS else self.chunk
+        found = None
+        for c0 in range(0, seq, chunk):
+            piece = Segment(ids[c0 : c0 + chunk], c0, 0, logits=c0 + chunk >= seq)
+            found = self.forward.prefill([piece], mlp_rows=chunk if chunk == seq else MLP_ROWS)
+        assert found is not None
+        return found[0]
+
+    def decode(self, token: Tensor, pos: int) -> Tensor:
+        return self.decoder(token.view(1), [pos])[0]
+
+
+_ENGINES: weakref.WeakKeyDictionary[ChatGLM2Model, tuple[tuple[int, ...], EngineSteps]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def engine_supported(model: ChatGLM2Model) -> bool:
+    """Whether `fast=None` picks the engine: the kernels run on the model's device (CUDA; see
+    triton_use.py), and the model has chatglm2's layout."""
+    return (
+        model.device.type == "cuda"
+        and triton_for(model.transformer.rope) is not None
+        and not model.config.apply_residual_connection_post_layernorm
+    )
+
+
+def steps_for(model: ChatGLM2Model, needed: int, fast: bool | None = None) -> Steps:
+    """Steps for a sequence of up to `needed` positions: EngineSteps when fast is True (or
+    None and engine_supported), else the eager model. EngineSteps (with its graphs) is reused
+    while the model's weights stay the same tensors and its cache is long enough."""
+    rounded = min(-(-needed // CACHE_ROUNDING) * CACHE_ROUNDING, model.config.seq_length)
+    if fast is False or (fast is None and not engine_supported(model)):
+        if model.max_batch_size < 1 or model.max_seq_length < needed:
+            model.setup_caches(1, rounded)
+        return EagerSteps(model)
+    key = tuple(t.data_ptr() for t in model.state_dict(keep_vars=True).values())
+    cached = _ENGINES.get(model)
+    if cached is not None and cached[0] == key and cached[1].cache.max_seq >= needed:
+        return cached[1]
+    _ENGINES.pop(model, None)  # its cache and graphs go before the new ones are allocated
+    steps = EngineSteps(model, rounded)
+    _ENGINES[model] = (key, steps)
+    return steps
 
 
 def _cancelled(cancel: threading.Event | Callable[[], bool] | None) -> bool:
@@ -87,7 +156,7 @@ def generate(
     temperature 0 is greedy; top_k 0 and top_p 1 disable those filters; seed makes sampling
     reproducible; eos_token_ids defaults to the config's eos (2). Generation is capped at the
     model's seq_length. One generation at a time per model: starting another ends this one.
-    fast: the fused, CUDA-graph steps of fast.py (None: on CUDA when Triton is there).
+    fast: the engine's fast forward with one row (None: on CUDA when the kernels run).
     """
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or repetition_penalty <= 0:
         raise ValueError(
@@ -131,23 +200,21 @@ def _generate(
         return
     device = model.device
     prompt_len = ids.numel()
-    needed = prompt_len + max_new_tokens
-    if model.max_batch_size < 1 or model.max_seq_length < needed:
-        rounded = -(-needed // CACHE_ROUNDING) * CACHE_ROUNDING
-        model.setup_caches(1, min(rounded, model.config.seq_length))
     owner = object()
     model.cache_owner = owner
-    steps = decode_steps(model, fast)
+    steps = steps_for(model, prompt_len + max_new_tokens, fast)
 
+    params = SamplingParams(temperature, top_p, top_k, repetition_penalty, seed)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
-    seen = torch.zeros(model.config.padded_vocab_size, dtype=torch.bool, device=device)
-    seen[ids] = True
+    seen = torch.zeros(1, model.config.padded_vocab_size, dtype=torch.bool, device=device)
+    seen[0, ids] = True
 
     def pick(logits: Tensor) -> Tensor:
-        return sample_next(logits, seen, temperature, top_p, top_k, repetition_penalty, generator)
+        """logits [V] → the next token, a 0-dim tensor on the device."""
+        return sample_rows(logits.view(1, -1), [params], seen, [generator])[0]
 
     # On CUDA the next step is queued before this token is read back, so the device runs
     # while the host waits, yields and checks (if generation stops, one step was for nothing).
@@ -180,7 +247,7 @@ def _generate(
             return
         if model.cache_owner is not owner:
             raise RuntimeError("another generation started on this model; this one was ended")
-        seen.index_fill_(0, token.view(1), True)  # from the device token: no host copy
+        seen[0].index_fill_(0, token.view(1), True)  # from the device token: no host copy
         with torch.no_grad():
             if ahead is None:
                 ahead = steps.decode(token, prompt_len + step)

@@ -1,13 +1,13 @@
-"""Triton kernels for ChatGLM2 on CUDA: weight-only GEMV (fp16/bf16, int8, int4) with the
-RMSNorm before it and the bias / SwiGLU / residual add after it fused in, RMSNorm and SwiGLU for
-prefill, int4 dequantization for prefill matmuls, and the batched engine's int4 matmul
-(int4_linear: this GEMV for one or two rows, a tiled kernel for more); attention kernels live
-in attn_kernels.py and are re-exported here.
+"""Triton kernels for ChatGLM2 on CUDA: weight-only GEMV (fp16/bf16, int8, int4) over one or
+two rows with the RMSNorm before it and the bias / SwiGLU / residual add after it fused in,
+RMSNorm and SwiGLU over many rows, int4 dequantization for prefill matmuls, and the int4
+matmul for a few rows (int4_linear: a tiled kernel on the packed words); attention kernels
+live in attn_kernels.py (re-exported here), the skinny float matmul in batched_kernels.py.
 
-Imported by fused.py and batched_kernels.py, only where the kernels run (triton_use.py: CUDA,
+Imported by fused.py and batched_kernels.py only, where the kernels run (triton_use.py: CUDA,
 or TRITON_INTERPRET=1 in tests): triton is not a dependency of kbqa.chatglm. The launchers
-here take contiguous tensors and check nothing; their callers own shapes and the torch
-reference of every op.
+here take contiguous tensors and check nothing; fused.py owns shapes and the torch reference
+of every op.
 
 int4 weights are read in the checkpoint layout (quantize.py): int8 bytes [N, K/2], even
 column in the high nibble, viewed as int32 words [N, K/8]. Little-endian, so byte b of a word
@@ -31,11 +31,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kbqa.chatglm.attn_kernels import attn_decode, attn_prefill, rope_cache
+from kbqa.chatglm.attn_kernels import attn_decode_rows, attn_prefill, rope_cache
 from kbqa.chatglm.triton_use import interpreted
 
 __all__ = [
-    "attn_decode",
+    "attn_decode_rows",
     "attn_prefill",
     "dequant_int4",
     "gemv",
@@ -201,8 +201,8 @@ TUNED: dict[tuple[int, int, int], tuple[int, int, int, int]] = {
     (4, 4096, 13696): (64, 256, 4, 8),
 }
 
-# The batched engine's int4 GEMV at 1–2 rows stores its result (the fast path's dense and
-# 4h→h add into the residual, with K split): tuned the same way, for those launches.
+# The int4 GEMV where it stores its result rather than adding it into the residual stream
+# (int4_linear's rows, a GEMV without its fusions): tuned the same way, for those launches.
 TUNED_STORE: dict[tuple[int, int, int], tuple[int, int, int, int]] = {
     (4, 4096, 4096): (4, 1024, 4, 1),
     (4, 27392, 4096): (16, 1024, 4, 1),
@@ -252,7 +252,7 @@ def gemv(
     flags |= {"HAS_BIAS": bias is not None, "ACCUM": accumulate}
     tuned = (None if accumulate else TUNED_STORE.get((bits, n, k))) or TUNED.get((bits, n, k))
     if tuned is not None and tuned[3] > 1 and not accumulate:
-        tuned = None  # tuned for the fast path's accumulating launch; split K needs that
+        tuned = None  # tuned for the accumulating launch; split K needs that
     if INTERPRET or (tuned is not None and not AUTOTUNE):
         bn, bk, warps, split = tuned or (16, 64, 4, 2 if accumulate else 1)
         grid = (m, triton.cdiv(n, bn), split)
@@ -269,45 +269,33 @@ def gemv_best_configs() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Prefill helpers: row-wise RMSNorm (optionally after a residual add), SwiGLU, int4 dequant.
+# Row-wise RMSNorm and SwiGLU (for more rows than the GEMV takes), int4 dequant for prefill.
 
 
 @triton.jit
 def _rmsnorm_kernel(
     x_ptr: tl.tensor,
-    res_ptr: tl.tensor,
     w_ptr: tl.tensor,
-    x_out_ptr: tl.tensor,
     h_ptr: tl.tensor,
     eps: tl.tensor,
     H: tl.constexpr,
     BLOCK: tl.constexpr,
-    HAS_RES: tl.constexpr,
 ) -> None:
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     ok = cols < H
     x = tl.load(x_ptr + row * H + cols, mask=ok, other=0.0).to(tl.float32)
-    if HAS_RES:
-        # The residual stream stays in the model dtype, as in the eager model.
-        x += tl.load(res_ptr + row * H + cols, mask=ok, other=0.0).to(tl.float32)
-        x = x.to(x_out_ptr.dtype.element_ty)
-        tl.store(x_out_ptr + row * H + cols, x, mask=ok)
-        x = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x * x, axis=0) / H + eps)
     w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     tl.store(h_ptr + row * H + cols, (x * rstd * w).to(h_ptr.dtype.element_ty), mask=ok)
 
 
-def rmsnorm(
-    x: Tensor, residual: Tensor | None, weight: Tensor, eps: float, x_out: Tensor, h: Tensor
-) -> None:
-    """x, residual, x_out, h [S, H] contiguous: x_out = x + residual; h = RMSNorm(x_out)."""
+def rmsnorm(x: Tensor, weight: Tensor, eps: float, h: Tensor) -> None:
+    """x, h [S, H] contiguous (any float dtypes): h = RMSNorm(x) * weight, computed in fp32."""
     rows, hidden = x.shape
     _rmsnorm_kernel[(rows,)](
-        x, residual if residual is not None else x, weight, x_out, h, eps, H=hidden,
-        BLOCK=triton.next_power_of_2(hidden), HAS_RES=residual is not None, num_warps=8,
-    )  # fmt: skip
+        x, weight, h, eps, H=hidden, BLOCK=triton.next_power_of_2(hidden), num_warps=8
+    )
 
 
 @triton.jit
@@ -373,8 +361,8 @@ def dequant_int4(words: Tensor, scale: Tensor, out: Tensor) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# int4 matmul: y [M, N] = x [M, K] · W[N, K]ᵀ (+ bias) read from the packed words, for the
-# batched decode step. Up to INT4_GEMV_MAX_ROWS rows go to the GEMV above; more to a tiled
+# int4 matmul: y [M, N] = x [M, K] · W[N, K]ᵀ (+ bias) read from the packed words, for a
+# decode step's few rows. Up to INT4_GEMV_MAX_ROWS rows go to the GEMV above; more to a tiled
 # kernel that turns each tile of words into floats in registers and multiplies on the tensor
 # cores, so the weights are read once for all M rows and never written out as floats.
 
@@ -463,6 +451,9 @@ _int4_matmul_tuned = triton.autotune(configs=_INT4_CONFIGS, key=["M_PAD", "N", "
     _int4_matmul_kernel
 )
 INT4_GEMV_MAX_ROWS = 2  # rows that take the GEMV; more take the tiled kernel
+# Rows that int4_linear takes at all: measured on an H100, faster than dequantizing the weight
+# and cuBLAS at every decode bucket up to 64 rows; a prefill's many rows still do that.
+INT4_MATMUL_MAX_ROWS = 64
 # Winners of the autotuner on an H100 (2026-12-07) for chatglm2-6b's decode, by (M_PAD, N, K):
 # (BM, BN, BW, warps, stages); other shapes are tuned on first use (KBQA_GEMV_AUTOTUNE=1: all).
 INT4_TUNED: dict[tuple[int, int, int], tuple[int, int, int, int, int]] = {

@@ -6,11 +6,13 @@ GPU's own 30 ms for 1.6k tokens, and each Triton launch lets other Python thread
 beside one spinning thread a prefill took seconds (bench/prefill_launch_gpu.py, RESULTS.md).
 
 A whole prompt of up to `max_tokens` tokens instead goes, padded at its end to a multiple of
-`BUCKET` tokens, through the fused prefill captured as a graph per padded length: into the
-cache's scratch row from position 0, then copied to its own row. Attention is causal, so the
+`BUCKET` tokens, through the fast forward's prefill captured as a graph per padded length:
+into the cache's scratch row from position 0, then copied to its own row (a one-row cache's
+scratch row is its row). Attention is causal, so the
 padding after the prompt changes nothing at or before its last position, whose logits are
 picked by an index read from device memory. Graphs share one memory pool (they never run at
-once) and are captured on first use or by `capture_all()` (the engine's warm-up).
+once) and are captured on first use, so that a server starts without capturing shapes it
+may never see.
 
 With `capture=False` the same padded pass runs eagerly (the CPU tests' way to hold it to the
 unpadded prefill).
@@ -19,13 +21,13 @@ unpadded prefill).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from kbqa.chatglm.batched_prefill import Prefiller
+from kbqa.chatglm.batched import Graph, capture
+from kbqa.chatglm.forward import Forward, Segment
 
 log = logging.getLogger("kbqa.chatglm")
 
@@ -35,31 +37,23 @@ MAX_TOKENS = 2048
 """Longer prompts are GPU-bound anyway and keep the eager (chunked) prefill."""
 
 
-@dataclass
-class _Graph:
-    graph: Any  # torch.cuda.CUDAGraph
-    logits: Tensor  # [1, V] fp32, rewritten by every replay
-
-
 class PrefillGraphs:
     """Whole-prompt prefills of up to `max_tokens` tokens (and the cache's max_seq) through
-    the fused `prefiller`, captured as CUDA graphs unless `capture` is False."""
+    `forward`, captured as CUDA graphs unless `capture` is False."""
 
     def __init__(
         self,
-        prefiller: Prefiller,
+        forward: Forward,
         *,
         max_tokens: int = MAX_TOKENS,
         bucket: int = BUCKET,
         capture: bool = True,
     ) -> None:
-        if not prefiller.fused:
-            raise ValueError("graphed prefill needs the fused prefill")
         if bucket < 1:
             raise ValueError(f"bucket must be positive, got {bucket}")
         self.bucket = bucket
-        self.prefiller = prefiller
-        self.cache = prefiller.cache
+        self.forward = forward
+        self.cache = forward.cache
         self.max_tokens = min(max_tokens, self.cache.max_seq)
         self.capture = capture
         self.enabled = True
@@ -67,7 +61,7 @@ class PrefillGraphs:
         device = self.cache.k.device
         self._ids = torch.zeros(self.max_tokens, dtype=torch.long, device=device)
         self._last = torch.zeros(1, dtype=torch.long, device=device)
-        self._graphs: dict[int, _Graph] = {}
+        self._graphs: dict[int, Graph] = {}
         self._pool: Any = None
 
     @property
@@ -75,7 +69,7 @@ class PrefillGraphs:
         return len(self._graphs)
 
     def fits(self, tokens: int) -> bool:
-        return self.enabled and self.prefiller.fused and 0 < tokens <= self.max_tokens
+        return self.enabled and 0 < tokens <= self.max_tokens
 
     def padded(self, tokens: int) -> int:
         return min(-(-tokens // self.bucket) * self.bucket, self.max_tokens)
@@ -104,35 +98,22 @@ class PrefillGraphs:
         self.cache.move(self.cache.scratch, row, tokens)
         return logits[0].clone()
 
-    def capture_all(self) -> None:
-        """Capture a graph for every padded length now (writes only the scratch row)."""
-        if not self.enabled or not self.prefiller.fused:
-            return
-        for size in self.sizes():
-            if self.capture and size not in self._graphs:
-                self._capture(size)
-
     def _run(self, size: int) -> Tensor:
         if not self.capture:
-            return self.prefiller.whole_padded(self._ids[:size], self._last)
-        entry = self._graphs.get(size) or self._capture(size)
+            return self._padded(size)
+        entry = self._graphs.get(size)
+        if entry is None:
+            entry = capture(lambda: self._padded(size), self._pool)
+            if self._pool is None:
+                self._pool = entry.graph.pool()
+            self._graphs[size] = entry
         entry.graph.replay()
-        return entry.logits
+        return entry.out
 
-    def _capture(self, size: int) -> _Graph:
-        ids = self._ids[:size]
-        # Once outside the graph first: Triton compiles, autotuning and cuBLAS set-up must not
-        # be captured. It writes what the replay will, into the scratch row.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self.prefiller.whole_padded(ids, self._last)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            logits = self.prefiller.whole_padded(ids, self._last)
-        if self._pool is None:
-            self._pool = graph.pool()
-        entry = _Graph(graph, logits)
-        self._graphs[size] = entry
-        return entry
+    def _padded(self, size: int) -> Tensor:
+        """The padded prompt in the static buffer from position 0 into the scratch row: fp32
+        logits [1, V] of position `_last` (read on the device: no host synchronisation)."""
+        segment = Segment(self._ids[:size], 0, self.cache.scratch, logits=True)
+        logits = self.forward.prefill([segment], picked=self._last)
+        assert logits is not None
+        return logits

@@ -1,9 +1,11 @@
 """Next-token choice for a batch of sequences, each with its own sampling settings.
 
-Row by row this computes what generate.sample_next computes for one sequence, in the same
-order (repetition penalty, temperature, top-k, top-p, then argmax(p / E) with E ~ Exp(1)), with
-the same arithmetic, so a request gives the same tokens alone or in a batch. A seeded request
-draws its noise from its own generator, one [V] row per token as sample_next does.
+The one sampler: the batching engine samples its rows with it, single-stream `generate` its
+one row. Order as in transformers: repetition penalty, temperature, top-k, top-p, then
+argmax(p / E) with E ~ Exp(1), which draws from p with fixed shapes and no host
+synchronisation (unlike multinomial), so that generate can queue the next step before it
+reads a token back. A seeded request draws its noise from its own generator, one [V] row per
+token, so a request gives the same tokens alone or in a batch.
 """
 
 from __future__ import annotations
@@ -56,11 +58,17 @@ def sample_rows(
     generator for seeded sampling, or None for the global one."""
     logits = logits.float()
     device = logits.device
+
+    def column(values: list[float]) -> Tensor:
+        # Staged from pageable memory at once: the copy does not wait for queued work.
+        host = torch.tensor(values, dtype=torch.float32).unsqueeze(1)  # [B, 1]
+        return host.to(device, non_blocking=True)
+
     vocab = logits.shape[1]
     penalties = [p.repetition_penalty for p in params]
     if any(r != 1.0 for r in penalties):
         assert seen is not None, "a repetition penalty needs the ids each row has seen"
-        rp = torch.tensor(penalties, dtype=torch.float32, device=device).unsqueeze(1)  # [B, 1]
+        rp = column(penalties)  # [B, 1]
         penalised = torch.where(logits > 0, logits / rp, logits * rp)
         logits = torch.where(seen & (rp != 1.0), penalised, logits)
     greedy = logits.argmax(-1)  # [B]
@@ -68,14 +76,11 @@ def sample_rows(
     if not any(sampling):
         return greedy
 
-    def column(values: list[float]) -> Tensor:
-        return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)  # [B, 1]
-
     scaled = logits / column([p.temperature if not p.greedy else 1.0 for p in params])
     if any(p.top_k > 0 for p in params):
         # The k-th largest value per row (k = V where top-k is off: nothing is below it).
-        k = torch.tensor([min(p.top_k, vocab) or vocab for p in params], device=device)
-        kth = scaled.sort(dim=-1, descending=True).values.gather(1, (k - 1).unsqueeze(1))
+        k = column([float(min(p.top_k, vocab) or vocab) for p in params]).long()  # [B, 1]
+        kth = scaled.sort(dim=-1, descending=True).values.gather(1, k - 1)
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
     if any(p.top_p < 1.0 for p in params):
         top_p = column([p.top_p for p in params])
@@ -95,5 +100,5 @@ def sample_rows(
             if sampling[i]:
                 noise[i].exponential_(1.0, generator=generator)
     sampled = (probs / noise).argmax(-1)  # [B]
-    is_greedy = torch.tensor([not s for s in sampling], device=device)
+    is_greedy = column([float(not s) for s in sampling])[:, 0] > 0  # [B]
     return torch.where(is_greedy, greedy, sampled)

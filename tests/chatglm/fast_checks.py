@@ -1,4 +1,4 @@
-"""Checks of the fast path (kbqa/chatglm/fast.py) against the eager model, shared by
+"""Checks of the fast forward (kbqa/chatglm/forward.py) against the eager model, shared by
 test_fast.py (torch reference ops) and test_kernels.py (the Triton kernels themselves, on the
 CPU under TRITON_INTERPRET=1).
 """
@@ -8,9 +8,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kbqa.chatglm import ChatGLM2, fast, fused
+from kbqa.chatglm import ChatGLM2, fused
 from kbqa.chatglm.config import PRESETS
+from kbqa.chatglm.forward import Segment
 from kbqa.chatglm.fused import LinearWeights, Norm
+from kbqa.chatglm.generate import EagerSteps, EngineSteps
 
 # Small enough for the Triton interpreter; ffn 96 and vocab 300 leave partial GEMV blocks,
 # and 80 prompt tokens over a 256-slot cache give two attention pieces of 64 keys, the second
@@ -24,8 +26,9 @@ def rel(a: Tensor, b: Tensor) -> float:
 
 
 def steps_error(quantize: str | None, pre_seq_len: int | None = None, chunk: int = 64) -> float:
-    """Largest relative logits error of FastSteps against the eager model over a chunked
-    prefill and STEPS decode steps (float32, tiny config)."""
+    """Largest relative logits error of the engine with one row (generate's EngineSteps)
+    against the eager model over a prefill in chunks of `chunk` (the MLP in blocks of half
+    that) and STEPS decode steps (float32, tiny config)."""
     torch.manual_seed(0)
     config = {**CONFIG, "pre_seq_len": pre_seq_len}
     model = ChatGLM2.from_config(config, quantize=quantize)
@@ -34,26 +37,24 @@ def steps_error(quantize: str | None, pre_seq_len: int | None = None, chunk: int
     ids = torch.randint(0, CONFIG["padded_vocab_size"], (PROMPT + STEPS,))
 
     model.setup_caches(1, SLOTS)
-    eager = fast.EagerSteps(model)
+    eager = EagerSteps(model)
     expected = [eager.prefill(ids[:PROMPT])]
     expected += [eager.decode(ids[p], p) for p in range(PROMPT, PROMPT + STEPS)]
 
-    model.setup_caches(1, SLOTS)
-    steps = fast.FastSteps(model, graph=False)
-    steps.prefill_chunk = chunk
-    single, fast.SINGLE_PREFILL = fast.SINGLE_PREFILL, chunk  # force chunks of `chunk`
-    try:
-        got = [steps.prefill(ids[:PROMPT])]
-    finally:
-        fast.SINGLE_PREFILL = single
-    got += [steps.decode(ids[p], p).clone() for p in range(PROMPT, PROMPT + STEPS)]
-    return max(rel(g, e) for g, e in zip(got, expected, strict=True))
+    steps = EngineSteps(model, SLOTS)
+    got = None
+    for c0 in range(0, PROMPT, chunk):
+        piece = Segment(ids[c0 : min(c0 + chunk, PROMPT)], c0, 0, logits=True)
+        got = steps.forward.prefill([piece], mlp_rows=chunk // 2)
+    assert got is not None
+    found = [got[0]] + [steps.decode(ids[p], p).clone() for p in range(PROMPT, PROMPT + STEPS)]
+    return max(rel(g, e) for g, e in zip(found, expected, strict=True))
 
 
 def gemv_error(bits: int, variant: str, n: int = 37, k: int = 200) -> float:
-    """linear_vec with random weights and inputs against a float64 computation. variant:
-    "none" (added into a residual), "norm" (RMSNorm before) or "glu" (RMSNorm before, SwiGLU
-    of the row halves after)."""
+    """fused.linear at one row (the GEMV where the kernels run) with random weights and inputs
+    against a float64 computation. variant: "none" (added into a residual), "norm" (RMSNorm
+    before) or "glu" (RMSNorm before, SwiGLU of the row halves after)."""
     torch.manual_seed(bits + len(variant))
     rows = 2 * n if variant == "glu" else n
     x = torch.randn(k)
@@ -64,20 +65,21 @@ def gemv_error(bits: int, variant: str, n: int = 37, k: int = 200) -> float:
     if norm is not None:
         xd = xd * torch.rsqrt(xd.pow(2).mean() + norm.eps) * norm.weight.double()
     if bits == 16:
-        lw = LinearWeights(w, None, bias, 16, k, rows)
+        lw = LinearWeights(w, None, bias, 16, k, rows, torch.float32)
         wd = w.double()
     else:
         from kbqa.chatglm.quantize import quantize_weight
 
         q, scale = quantize_weight(w, bits)
-        lw = LinearWeights(q.view(torch.int32) if bits == 4 else q, scale, bias, bits, k, rows)
+        words = q.view(torch.int32) if bits == 4 else q
+        lw = LinearWeights(words, scale, bias, bits, k, rows, torch.float32)
         wd = lw.dequantized(slice(None), torch.float64)
     expected = wd @ xd + bias.double()
     if variant == "glu":
         expected = torch.nn.functional.silu(expected[:n]) * expected[n:]
     if variant == "none":  # accumulate into the residual, as decode does
         expected += res.double()
-        got = fused.linear_vec(lw, x, accumulate=res.clone())
+        got = fused.linear(lw, x.view(1, -1), add_to=res.clone().view(1, -1))
     else:
-        got = fused.linear_vec(lw, x, norm=norm, glu=variant == "glu", out_dtype=torch.float32)
+        got = fused.linear(lw, x.view(1, -1), norm=norm, glu=variant == "glu")
     return rel(got, expected)

@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 import torch
 from naive_chatglm import randomize
 
-from kbqa.chatglm import ChatGLM2
-from kbqa.chatglm.batched import (
-    DecodeStep,
-    SlotCache,
-    batch_bucket,
-    key_bucket,
-    prefill,
-)
-from kbqa.chatglm.batched_prefill import Prefiller, Segment
+from kbqa.chatglm import ChatGLM2, triton_use
+from kbqa.chatglm.batched import DecodeStep, batch_bucket, key_bucket
 from kbqa.chatglm.batching import BatchEngine, Request
+from kbqa.chatglm.forward import Forward, Segment, SlotCache
 from kbqa.chatglm.prefill_graphs import PrefillGraphs
 from kbqa.chatglm.sampling import SamplingParams
 
@@ -135,23 +128,17 @@ def test_prompts_prefill_together_and_rows_are_reused_in_any_order(model: ChatGL
 
 
 @pytest.mark.parametrize("quantize", [None, "int4"])
-def test_fused_prefill_of_several_segments_matches_the_modules(quantize: str | None) -> None:
-    """The fused prefill (here its ops' torch references) of three sequences in one pass, one
-    of them a later piece of its prompt, writes the caches and logits that the model's own
-    modules do one sequence at a time."""
+def test_a_prefill_of_several_segments_matches_the_eager_model(quantize: str | None) -> None:
+    """The fast forward (here its torch ops) prefills three sequences in one pass, one of them
+    a later piece of its prompt: the caches and logits are the eager model's, one at a time."""
     torch.manual_seed(0)
     tiny = ChatGLM2.from_config("tiny", dtype=torch.float32, quantize=quantize)
     prompts = _prompts([7, 12, 5], seed=4)
-    reference = SlotCache(tiny, max_batch=3, max_seq=32)
-    expected = [
-        prefill(tiny, reference, torch.tensor(p), 0, row, logits=True)
-        for row, p in enumerate(prompts)
-    ]
     cache = SlotCache(tiny, max_batch=3, max_seq=32)
-    fused = Prefiller(tiny, cache, fused_ops=True)
+    forward = Forward(tiny, cache)
     # Row 1's prompt in two pieces: the first alone, the rest together with the others.
-    assert fused([Segment(torch.tensor(prompts[1][:4]), 0, 1, logits=False)]) is None
-    got = fused(
+    assert forward([Segment(torch.tensor(prompts[1][:4]), 0, 1, logits=False)]) is None
+    got = forward(
         [
             Segment(torch.tensor(prompts[0]), 0, 0, logits=True),
             Segment(torch.tensor(prompts[1][4:]), 4, 1, logits=True),
@@ -159,30 +146,57 @@ def test_fused_prefill_of_several_segments_matches_the_modules(quantize: str | N
         ]
     )
     assert got is not None and got.shape == (3, tiny.config.padded_vocab_size)
-    for row, want in enumerate(expected):
-        assert want is not None
-        torch.testing.assert_close(got[row], want.float(), atol=2e-4, rtol=2e-4)
-    torch.testing.assert_close(cache.k, reference.k, atol=2e-5, rtol=2e-5)
-    torch.testing.assert_close(cache.v, reference.v, atol=2e-5, rtol=2e-5)
+    for row, prompt in enumerate(prompts):
+        tiny.setup_caches(1, 32)
+        positions = torch.arange(len(prompt))
+        want = tiny(torch.tensor([prompt]), positions, last_logits_only=True)[0, -1]
+        torch.testing.assert_close(got[row], want, atol=2e-4, rtol=2e-4)
+        for i, block in enumerate(tiny.transformer.encoder.blocks()):
+            kv = block.self_attention.kv_cache
+            assert kv is not None
+            n = len(prompt)
+            torch.testing.assert_close(
+                cache.k[i, row, :, :n], kv.k_cache[0, :, :n], atol=2e-5, rtol=2e-5
+            )
+            torch.testing.assert_close(
+                cache.v[i, row, :, :n], kv.v_cache[0, :, :n], atol=2e-5, rtol=2e-5
+            )
 
 
-def test_a_failing_fused_prefill_falls_back_to_the_modules(
-    model: ChatGLM2, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def kernels_that_fail(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The Triton kernels taken to run on the CPU without Triton's interpreter: every launch
+    fails there (no GPU driver), as a kernel built for another Triton would on a GPU."""
+    if triton_use.interpreted() or not triton_use.triton_installed():
+        pytest.skip("needs triton, outside its interpreter")
+    monkeypatch.setattr(triton_use, "interpreted", lambda: True)
+    monkeypatch.setattr(triton_use, "_turned_off", [])
+    yield
+    assert triton_use._turned_off  # the failure turned the kernels off
+
+
+def test_a_failing_kernel_turns_the_kernels_off_and_the_prefill_answers(
+    model: ChatGLM2, kernels_that_fail: None
 ) -> None:
-    prompt = _prompts([11], seed=10)[0]
+    prompt = torch.tensor(_prompts([11], seed=10)[0])
     reference = SlotCache(model, max_batch=1, max_seq=32)
-    expected = prefill(model, reference, torch.tensor(prompt), 0, 0, logits=True)
+    triton_use._turned_off.append("for the reference")
+    expected = Forward(model, reference)([Segment(prompt, 0, 0, logits=True)])
+    triton_use._turned_off.clear()
     cache = SlotCache(model, max_batch=1, max_seq=32)
-    prefiller = Prefiller(model, cache, fused_ops=True)
-
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("no kernel image for this device")
-
-    monkeypatch.setattr("kbqa.chatglm.fused.rmsnorm", broken)
-    got = prefiller([Segment(torch.tensor(prompt), 0, 0, logits=True)])
-    assert not prefiller.fused and got is not None and expected is not None
-    torch.testing.assert_close(got[0], expected.float())
+    got = Forward(model, cache)([Segment(prompt, 0, 0, logits=True)])
+    assert got is not None and expected is not None
+    assert torch.equal(got, expected)
     assert torch.equal(cache.k, reference.k) and torch.equal(cache.v, reference.v)
+
+
+def test_a_failing_kernel_turns_the_kernels_off_and_the_decode_answers(
+    model: ChatGLM2, kernels_that_fail: None
+) -> None:
+    cache = SlotCache(model, max_batch=2, max_seq=32)
+    step = DecodeStep(model, Forward(model, cache), cuda_graphs=False)
+    got = step([7, 8], [0, 0]).clone()
+    assert torch.equal(got, step([7, 8], [0, 0]))
 
 
 def test_a_failing_prefill_pass_fails_only_the_request_that_fails_alone(
@@ -357,7 +371,7 @@ def test_engine_errors_reach_the_stream(model: ChatGLM2, monkeypatch: pytest.Mon
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr("kbqa.chatglm.batched_prefill.prefill", broken)
+    monkeypatch.setattr(engine.forward, "prefill", broken)
     engine.step()
     assert request.finish_reason == "error"
     with pytest.raises(RuntimeError, match="out of memory"):
@@ -400,19 +414,6 @@ def test_request_iteration_reports_what_the_engine_did() -> None:
     assert len(request.token_times) == 2
 
 
-def test_a_failing_fused_kernel_falls_back_to_the_modules(model: ChatGLM2) -> None:
-    cache = SlotCache(model, max_batch=2, max_seq=32)
-    step = DecodeStep(model, cache, cuda_graphs=False)
-
-    def broken(*args: object) -> None:
-        raise RuntimeError("compilation failed")
-
-    step.kernels = SimpleNamespace(add_rmsnorm=broken)  # type: ignore[assignment]
-    got = step([7, 8], [0, 0]).clone()
-    assert step.kernels is None
-    assert torch.equal(got, step([7, 8], [0, 0]))
-
-
 class _FussyGraphs(PrefillGraphs):
     """Fails the prompts holding id 2, as an error escaping the graphed prefill would."""
 
@@ -431,7 +432,7 @@ def test_randomized_schedule_gives_every_request_its_one_at_a_time_tokens(
     prompts whose prefill fails alone (forcing the one-by-one fallback, swaps included): each
     request gets exactly its one-at-a-time tokens (a prefix of them when cancelled). `graphed`:
     whole prompts of up to 16 tokens go through the padded pass that CUDA graphs replay (run
-    eagerly here), the longer ones through the fused prefill in chunks."""
+    eagerly here), the longer ones through the prefill in chunks."""
     rng = torch.Generator().manual_seed(12)
 
     def rand(n: int) -> int:
@@ -439,11 +440,8 @@ def test_randomized_schedule_gives_every_request_its_one_at_a_time_tokens(
 
     engine = BatchEngine(model, max_batch=3, max_seq=48, prefill_chunk=5, max_prefill_tokens=11)
     if graphed:
-        engine.prefiller = Prefiller(model, engine.cache, fused_ops=True)
-        engine.prefill_graphs = _FussyGraphs(
-            engine.prefiller, max_tokens=16, bucket=8, capture=False
-        )
-    real = engine.prefiller.__call__
+        engine.prefill_graphs = _FussyGraphs(engine.forward, max_tokens=16, bucket=8, capture=False)
+    real = engine.prefiller
 
     def fussy(segments: list[Segment]) -> torch.Tensor | None:
         if any(bool((s.ids == 2).any()) for s in segments):  # id 2 marks a failing prompt

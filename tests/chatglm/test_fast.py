@@ -1,8 +1,9 @@
-"""The fast generation path (fast.py, fused.py, kernels.py) against the eager model.
+"""Single-stream generation through the fast forward (forward.py, fused.py) with one row
+against the eager model.
 
 On the CPU the fused ops run their torch references; test_kernels.py runs the same checks
 (fast_checks.py) through the Triton kernels under Triton's interpreter. On CUDA,
-bench/chatglm_gpu.py checks the compiled kernels and the CUDA graph.
+bench/chatglm_gpu.py checks the compiled kernels and the CUDA graphs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import torch
 from fast_checks import CONFIG, gemv_error, steps_error
 
 from kbqa.chatglm import ChatGLM2
-from kbqa.chatglm.fast import EagerSteps, FastSteps, decode_steps
+from kbqa.chatglm.forward import Forward, SlotCache
+from kbqa.chatglm.generate import EagerSteps, EngineSteps, steps_for
 
 
 @pytest.mark.parametrize("quantize", [None, "int4", "int8"])
@@ -44,16 +46,13 @@ def test_generate_fast_gives_the_eager_tokens(quantize: str | None) -> None:
     )
 
 
-def test_decode_steps_choice_and_reuse() -> None:
+def test_steps_choice_and_reuse() -> None:
     model = ChatGLM2.from_config(CONFIG)
-    model.setup_caches(1, 64)
-    assert isinstance(decode_steps(model), EagerSteps)  # CPU: eager unless asked
-    first = decode_steps(model, fast=True)
-    assert isinstance(first, FastSteps)
-    assert decode_steps(model, fast=True) is first  # same weights and cache
-    model.setup_caches(1, 128)
-    assert decode_steps(model, fast=True) is not first  # a new cache: new steps (and graph)
+    assert isinstance(steps_for(model, 64), EagerSteps)  # CPU: eager unless asked
+    first = steps_for(model, 64, fast=True)
+    assert isinstance(first, EngineSteps) and first.cache.max_seq == 256  # rounded up
+    assert steps_for(model, 200, fast=True) is first  # same weights, the cache is long enough
+    assert steps_for(model, 300, fast=True) is not first  # a longer cache: new steps (graphs)
     with pytest.raises(ValueError, match="residual"):
         other = ChatGLM2.from_config({**CONFIG, "apply_residual_connection_post_layernorm": True})
-        other.setup_caches(1, 16)
-        FastSteps(other)
+        Forward(other, SlotCache(other, 1, 16))

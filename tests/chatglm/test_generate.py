@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kbqa.chatglm import ChatGLM2
-from kbqa.chatglm.generate import sample_next
+from kbqa.chatglm.sampling import SamplingParams, sample_rows
 
 # The tiny preset's shape with a small vocabulary, for speed.
 SMALL = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "kv_channels": 16,
@@ -127,11 +127,8 @@ def test_a_second_generation_ends_the_first(model: ChatGLM2) -> None:
 def _draws(logits: torch.Tensor, **options: float) -> set[int]:
     seen = torch.zeros(logits.numel(), dtype=torch.bool)
     gen = torch.Generator().manual_seed(0)
-    settings = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0, **options}
-    return {
-        int(sample_next(logits, seen, generator=gen, **settings))  # type: ignore[arg-type]
-        for _ in range(400)
-    }
+    params = SamplingParams(**{"temperature": 1.0, **options})  # type: ignore[arg-type]
+    return {int(sample_rows(logits[None], [params], seen[None], [gen])[0]) for _ in range(400)}
 
 
 def test_top_k_and_top_p_limit_the_candidates() -> None:
@@ -150,9 +147,8 @@ def test_top_k_and_top_p_limit_the_candidates() -> None:
 def test_repetition_penalty_pushes_seen_tokens_down() -> None:
     logits = torch.tensor([2.0, 1.5, -1.0, -1.2])
     seen = torch.tensor([True, False, True, False])
-    pick = sample_next(logits, seen, 0.0, 1.0, 0, 1.5, None)
-    assert int(pick) == 1  # 2.0 / 1.5 < 1.5
-    pick = sample_next(
-        torch.tensor([-1.0, -1.2]), torch.tensor([True, False]), 0.0, 1.0, 0, 1.5, None
-    )
-    assert int(pick) == 1  # -1.0 * 1.5 < -1.2
+    params = [SamplingParams(repetition_penalty=1.5)]
+    pick = sample_rows(logits[None], params, seen[None], [None])
+    assert int(pick[0]) == 1  # 2.0 / 1.5 < 1.5
+    pick = sample_rows(torch.tensor([[-1.0, -1.2]]), params, torch.tensor([[True, False]]), [None])
+    assert int(pick[0]) == 1  # -1.0 * 1.5 < -1.2

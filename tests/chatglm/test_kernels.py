@@ -1,5 +1,5 @@
-"""The Triton kernels (kernels.py, attn_kernels.py, batched_kernels.py) against the eager
-reference, run on the CPU by Triton's interpreter with tiny shapes.
+"""The Triton kernels (kernels.py, attn_kernels.py, batched_kernels.py) against the eager model
+and the torch ops of the fast forward, run on the CPU by Triton's interpreter with tiny shapes.
 
 The interpreter must be on before Triton compiles anything, so the tests below run only with
 TRITON_INTERPRET=1 set; `test_kernels_under_the_interpreter` runs this file again in such a
@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from fast_checks import gemv_error, steps_error
 from naive_chatglm import randomize
 
-from kbqa.chatglm import ChatGLM2
-from kbqa.chatglm.batched import SlotCache, decode, fused_kernels, key_bucket, prefill
+from kbqa.chatglm import ChatGLM2, triton_use
+from kbqa.chatglm.batched import key_bucket
+from kbqa.chatglm.forward import Forward, Segment, SlotCache
 from kbqa.chatglm.quantize import dequantize_weight, quantize_weight
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
@@ -59,8 +60,9 @@ def test_fast_path_gemv(bits: int) -> None:
 @interpreted
 @pytest.mark.parametrize(("quantize", "pre_seq_len"), [(None, None), ("int4", None), (None, 3)])
 def test_fast_path_steps(quantize: str | None, pre_seq_len: int | None) -> None:
-    """Chunked prefill (chunks of 32) and decode of FastSteps: GEMVs, norms, rotary and cache
-    writes, both attention kernels (behind a P-tuning prefix too), int4 dequantization."""
+    """Chunked prefill (chunks of 32, the MLP over 16 rows) and decode of one row: GEMVs,
+    norms, rotary and cache writes, both attention kernels (behind a P-tuning prefix too),
+    int4 dequantization and the tiled int4 matmul."""
     assert steps_error(quantize, pre_seq_len, chunk=32) < 1e-5
 
 
@@ -85,58 +87,54 @@ def test_int4_matmul_matches_the_dequantized_weights(dtype: torch.dtype) -> None
         torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
 
 
-@interpreted
-@pytest.mark.parametrize("quantize", [None, "int4"])
-def test_fused_decode_matches_the_modules(quantize: str | None) -> None:
-    """The batched decode step through the kernels (int4: the tiled int4 matmul at 4 rows)
-    against the model's modules."""
-    torch.manual_seed(0)
-    tiny = ChatGLM2.from_config(SMALL, dtype=torch.float32, quantize=quantize)
-    kernels = fused_kernels(tiny)
-    assert kernels is not None
-    cache = SlotCache(tiny, max_batch=4, max_seq=64)
-    lengths = [5, 9, 3]
-    g = torch.Generator().manual_seed(1)
+def _decode_both_ways(
+    model: ChatGLM2, lengths: list[int], max_seq: int, tokens: list[int], rows: list[int]
+) -> None:
+    """Prefill rows of the given lengths, then decode one token per batch row with the kernels
+    and with the torch ops (the kernels turned off) from the same cache: same logits and
+    cache writes. `rows`: the cache row each batch row writes into (the scratch row for
+    padding)."""
+    cache = SlotCache(model, max_batch=len(tokens), max_seq=max_seq)
+    forward = Forward(model, cache)
+    g = torch.Generator().manual_seed(6)
     for row, n in enumerate(lengths):
-        prefill(tiny, cache, torch.randint(3, 96, (n,), generator=g), 0, row, logits=False)
+        forward.prefill([Segment(torch.randint(3, 96, (n,), generator=g), 0, row, logits=False)])
     before = cache.k.clone(), cache.v.clone()
-    # Three sequences padded to four rows: the fourth writes into the scratch row (4).
-    args = torch.tensor([11, 22, 33, 0]), torch.tensor([*lengths, 0]), torch.tensor([0, 1, 2, 4])
-    expected = decode(tiny, cache, *args, n_keys=16)
+    pos = torch.tensor(lengths + [0] * (len(tokens) - len(lengths)))
+    args = torch.tensor(tokens), pos, torch.tensor(rows)
+    n_keys = key_bucket(cache.prefix + max(lengths) + 1, cache.slots)
+    triton_use._turned_off.append("the reference")
+    try:
+        expected = forward.decode(*args, n_keys=n_keys)
+    finally:
+        triton_use._turned_off.clear()
     expected_cache = cache.k.clone(), cache.v.clone()
     cache.k.copy_(before[0])
     cache.v.copy_(before[1])
-    got = decode(tiny, cache, *args, n_keys=16, kernels=kernels)
+    got = forward.decode(*args, n_keys=n_keys)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cache.k, expected_cache[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cache.v, expected_cache[1], atol=1e-5, rtol=1e-5)
 
 
 @interpreted
-def test_fused_decode_over_long_rows_and_a_prefix_matches_the_modules() -> None:
+@pytest.mark.parametrize("quantize", [None, "int4"])
+def test_decode_of_several_rows_matches_the_torch_ops(quantize: str | None) -> None:
+    """Three sequences padded to four rows, the fourth writing into the scratch row (4): the
+    skinny matmul, or the tiled int4 matmul, between norms, rotary, cache writes, attention."""
+    torch.manual_seed(0)
+    tiny = ChatGLM2.from_config(SMALL, dtype=torch.float32, quantize=quantize)
+    _decode_both_ways(tiny, [5, 9, 3], 64, [11, 22, 33, 0], [0, 1, 2, 4])
+
+
+@interpreted
+def test_decode_over_long_rows_and_a_prefix_matches_the_torch_ops() -> None:
     """Rows of very different lengths (attention split into pieces that short rows skip),
     behind a P-tuning prefix, at a batch that is not a power of two."""
     torch.manual_seed(0)
     tiny = ChatGLM2.from_config({**SMALL, "pre_seq_len": 3}, dtype=torch.float32)
     randomize(tiny, 7)
-    kernels = fused_kernels(tiny)
-    assert kernels is not None
-    cache = SlotCache(tiny, max_batch=5, max_seq=300)
-    lengths = [150, 4, 70, 201, 1]
-    g = torch.Generator().manual_seed(6)
-    for row, n in enumerate(lengths):
-        prefill(tiny, cache, torch.randint(3, 96, (n,), generator=g), 0, row, logits=False)
-    before = cache.k.clone(), cache.v.clone()
-    args = torch.tensor([5, 6, 7, 8, 9]), torch.tensor(lengths), torch.arange(5)
-    n_keys = key_bucket(cache.prefix + max(lengths) + 1, cache.slots)
-    expected = decode(tiny, cache, *args, n_keys=n_keys)
-    expected_cache = cache.k.clone(), cache.v.clone()
-    cache.k.copy_(before[0])
-    cache.v.copy_(before[1])
-    got = decode(tiny, cache, *args, n_keys=n_keys, kernels=kernels)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache.k, expected_cache[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache.v, expected_cache[1], atol=1e-5, rtol=1e-5)
+    _decode_both_ways(tiny, [150, 4, 70, 201, 1], 300, [5, 6, 7, 8, 9], [0, 1, 2, 3, 4])
 
 
 @interpreted

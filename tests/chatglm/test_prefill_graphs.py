@@ -1,7 +1,7 @@
 """Whole prompts prefilled padded into the scratch row (what the CUDA graphs replay) give what
 the unpadded prefill gives, and an engine that uses them still gives every request exactly its
-one-at-a-time tokens. Here the padded pass runs eagerly (capture=False) through the fused
-ops' torch references; on CUDA the same pass is what gets captured."""
+one-at-a-time tokens. Here the padded pass runs eagerly (capture=False) through the fast
+forward's torch ops; on CUDA the same pass is what gets captured."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import torch
 from naive_chatglm import randomize
 
 from kbqa.chatglm import ChatGLM2
-from kbqa.chatglm.batched import SlotCache
-from kbqa.chatglm.batched_prefill import Prefiller, Segment
 from kbqa.chatglm.batching import BatchEngine
+from kbqa.chatglm.forward import Forward, Segment, SlotCache
 from kbqa.chatglm.prefill_graphs import PrefillGraphs
 
 VOCAB = 65024  # the tiny preset's
@@ -45,12 +44,11 @@ def _alone(model: ChatGLM2, prompt: list[int], max_new: int) -> list[int]:
 
 
 def _graphed_engine(model: ChatGLM2, **options: int) -> BatchEngine:
-    """An engine whose prefill is the fused one, with whole prompts padded (uncaptured)."""
+    """An engine with whole prompts padded (uncaptured), as its CUDA graphs run them."""
     max_tokens = options.pop("max_tokens", 2048)
     engine = BatchEngine(model, **options)
-    engine.prefiller = Prefiller(model, engine.cache, fused_ops=True)
     engine.prefill_graphs = PrefillGraphs(
-        engine.prefiller, max_tokens=max_tokens, bucket=8, capture=False
+        engine.forward, max_tokens=max_tokens, bucket=8, capture=False
     )
     return engine
 
@@ -68,10 +66,9 @@ def test_a_padded_whole_prompt_writes_what_the_unpadded_prefill_does(
 ) -> None:
     prompt = torch.tensor(_prompts([length], seed=length)[0])
     reference = SlotCache(model, max_batch=2, max_seq=32)
-    unpadded = Prefiller(model, reference, fused_ops=True)
-    want = unpadded([Segment(prompt, 0, 1, logits=True)])
+    want = Forward(model, reference)([Segment(prompt, 0, 1, logits=True)])
     cache = SlotCache(model, max_batch=2, max_seq=32)
-    graphs = PrefillGraphs(Prefiller(model, cache, fused_ops=True), bucket=8, capture=False)
+    graphs = PrefillGraphs(Forward(model, cache), bucket=8, capture=False)
     got = graphs(prompt, row=1)
     assert want is not None and got is not None and got.shape == want[0].shape
     torch.testing.assert_close(got, want[0], atol=1e-10, rtol=1e-10)
@@ -82,15 +79,13 @@ def test_a_padded_whole_prompt_writes_what_the_unpadded_prefill_does(
 
 def test_padded_lengths_stop_at_max_tokens_and_max_seq(model: ChatGLM2) -> None:
     cache = SlotCache(model, max_batch=1, max_seq=30)
-    graphs = PrefillGraphs(Prefiller(model, cache, fused_ops=True), bucket=8, capture=False)
+    graphs = PrefillGraphs(Forward(model, cache), bucket=8, capture=False)
     assert graphs.max_tokens == 30  # the cache's max_seq caps the default 2,048
     assert [graphs.padded(n) for n in (1, 8, 9, 24, 25, 30)] == [8, 8, 16, 24, 30, 30]
     assert graphs.sizes() == [8, 16, 24, 30]
     assert graphs.fits(30) and not graphs.fits(31) and not graphs.fits(0)
     with pytest.raises(ValueError, match="does not fit"):
         graphs(torch.arange(31), row=0)
-    with pytest.raises(ValueError, match="fused"):
-        PrefillGraphs(Prefiller(model, cache, fused_ops=False))
 
 
 def test_an_engine_with_graphed_prompts_gives_one_at_a_time_tokens(model: ChatGLM2) -> None:
@@ -141,7 +136,7 @@ def test_a_failing_graph_turns_graphs_off_and_the_eager_prefill_answers(
     def broken(*args: object) -> None:
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(engine.prefiller, "whole_padded", broken)
+    monkeypatch.setattr(engine.prefill_graphs, "_padded", broken)
     requests = [engine.submit(p, max_new_tokens=6, stop_ids=[]) for p in prompts]
     _drain(engine)
     assert not engine.prefill_graphs.enabled and engine.stats.graph_prefills == 0
@@ -213,14 +208,11 @@ def test_a_failing_first_sample_fails_only_its_request(
 
 def test_prompts_longer_than_the_graphs_prefill_in_eager_chunks(model: ChatGLM2) -> None:
     engine = BatchEngine(model, max_batch=1, max_seq=64, prefill_chunk=8, max_prefill_tokens=16)
-    engine.prefiller = Prefiller(model, engine.cache, fused_ops=True)
-    graphs = PrefillGraphs(engine.prefiller, max_tokens=16, bucket=8, capture=False)
+    graphs = PrefillGraphs(engine.forward, max_tokens=16, bucket=8, capture=False)
     engine.prefill_graphs = graphs
     prompt = _prompts([30], seed=10)[0]  # longer than a pass may run: eager chunks
     request = engine.submit(prompt, max_new_tokens=3, stop_ids=[])
     _drain(engine)
     assert engine.stats.graph_prefills == 0
     assert request.tokens == _alone(model, prompt, 3)
-    graphs.enabled = False
-    graphs.capture_all()  # nothing to capture once graphs are off; no error either
     assert graphs.graphs == 0
