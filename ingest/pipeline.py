@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ingest.isolation import FileParser, parse_limits
-from ingest.loaders import SUPPORTED_EXTENSIONS
+from ingest.first_ingest import discard_if_left_empty
+from ingest.loaders import SUPPORTED_EXTENSIONS, load_document
 from ingest.splitter import embed_text, split_sections
 from ingest.types import LoadError, LoadOptions
 from ingest.walk import WalkProblem, classify, walk
@@ -85,7 +85,6 @@ def _load_options(settings: Settings, progress: Progress, source: str) -> LoadOp
         ocr=settings.ocr.enabled,
         ocr_max_pages=settings.ocr.max_pages,
         ocr_dpi=settings.ocr.dpi,
-        limits=parse_limits(settings),
         on_page=(lambda done, total: page_done(source, done, total)) if page_done else None,
     )
 
@@ -215,24 +214,8 @@ def ingest_paths(
     embedding: str | None = None,
     backend: str | None = None,
     progress: Progress | None = None,
-    parser: FileParser | None = None,
 ) -> IngestReport:
-    """Sync `paths` into KB `kb_name` (created on first use) and report what changed.
-
-    `parser` loads the files (the server's shares its warm workers and carries a job's Stop);
-    by default the run has one of its own (see ingest.isolation).
-    """
-    if parser is None:
-        with FileParser.for_run(settings) as own:
-            return ingest_paths(
-                settings,
-                kb_name,
-                paths,
-                embedding=embedding,
-                backend=backend,
-                progress=progress,
-                parser=own,
-            )
+    """Sync `paths` into KB `kb_name` (created on first use) and report what changed."""
     started = time.perf_counter()
     progress = progress or _NoProgress()
     candidates, folders, problems = collect_files(paths)
@@ -240,7 +223,10 @@ def ingest_paths(
     _report_problems(report, problems)
     # Documents under a folder that could not be listed may still exist: never removed.
     kept = [p.path.resolve() for p in problems if p.unreadable_folder]
-    with open_or_create_kb(settings, kb_name, embedding=embedding, backend=backend) as kb:
+    with (
+        discard_if_left_empty(settings, kb_name),
+        open_or_create_kb(settings, kb_name, embedding=embedding, backend=backend) as kb,
+    ):
         model = kb.info().embedding
 
         def embedder() -> Embedder:
@@ -253,9 +239,7 @@ def ingest_paths(
             upserts = []
             for candidate in candidates:
                 options = _load_options(settings, progress, candidate.source)
-                upsert, status = _prepare(
-                    settings, embedder, candidate, known, report, options, parser
-                )
+                upsert, status = _prepare(settings, embedder, candidate, known, report, options)
                 if upsert is not None:
                     upserts.append(upsert)
                 progress.file_done(candidate.source, status, len(upsert.chunks) if upsert else 0)
@@ -280,7 +264,6 @@ def _prepare(
     known: dict[str, DocumentInfo],
     report: IngestReport,
     options: LoadOptions,
-    parser: FileParser,
 ) -> tuple[DocumentUpsert | None, str]:
     """The upsert for one file (None when unchanged, skipped or failed) and its status word."""
     shown = str(candidate.path)
@@ -289,9 +272,9 @@ def _prepare(
         report.skipped.append({"path": shown, "reason": reason})
         return None, "skipped"
     try:
-        upsert = _read_and_embed(settings, embedder, candidate, known, options, parser)
+        upsert = _read_and_embed(settings, embedder, candidate, known, options)
     except LoadError as e:
-        report.failed.append({"path": shown, "error": str(e), "error_code": e.code})
+        report.failed.append({"path": shown, "error": str(e)})
         return None, "failed"
     except OSError as e:
         report.failed.append({"path": shown, "error": f"cannot read file: {e.strerror or e}"})
@@ -312,7 +295,6 @@ def _read_and_embed(
     candidate: _Candidate,
     known: dict[str, DocumentInfo],
     options: LoadOptions,
-    parser: FileParser,
 ) -> DocumentUpsert | None:
     stat = candidate.path.stat()
     max_bytes = int(settings.ingest.max_file_mb * 1024 * 1024)
@@ -320,7 +302,7 @@ def _read_and_embed(
     previous = known.get(str(candidate.path))
     if previous is not None and previous.content_hash == content_hash:
         return None
-    sections = parser.load(candidate.path, max_bytes=max_bytes, options=options)
+    sections = load_document(candidate.path, max_bytes=max_bytes, options=options)
     chunks = split_sections(
         sections,
         chunk_size=settings.ingest.chunk_size,
@@ -359,8 +341,6 @@ def _hash_file(path: Path, max_bytes: int) -> str:
     if size > max_bytes:
         raise LoadError(
             f"file is {size / 1024 / 1024:.1f} MB, over the {max_bytes / 1024 / 1024:g} MB limit"
-            " (ingest.max_file_mb)",
-            code="too_large",
         )
     digest = hashlib.sha256()
     with path.open("rb") as f:

@@ -1,0 +1,90 @@
+"""A first ingest that stores nothing (interrupted, or every file failed) leaves no KB behind;
+a KB that existed before keeps its contents."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ingest.pipeline import ingest_paths
+from kbqa.kb_admin import list_documents
+from kbqa.settings import Settings, load_settings
+from storage.kb import KnowledgeBase
+
+REPO = Path(__file__).resolve().parents[2]
+HANG_GUARD_S = 600  # only ends a run that hangs; a passing one waits a few seconds
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(tmp_path / "home")
+
+
+@pytest.fixture
+def broken(tmp_path: Path) -> Path:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "scan.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
+    (folder / "blob.txt").write_bytes(b"\x00\x01\x02binary" * 50)
+    return folder
+
+
+def test_first_ingest_where_every_file_fails_leaves_no_kb(settings: Settings, broken: Path) -> None:
+    report = ingest_paths(settings, "fresh", [broken])
+    assert len(report.failed) == 2
+    assert KnowledgeBase.list_names(settings.kbs_dir) == []
+
+
+def test_a_kb_that_existed_keeps_its_contents_when_a_later_ingest_fails(
+    settings: Settings, broken: Path, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.txt"
+    good.write_text("The release is called Borealis.\n")
+    ingest_paths(settings, "kept", [good])
+    report = ingest_paths(settings, "kept", [broken])
+    assert len(report.failed) == 2
+    assert [d["source"] for d in list_documents(settings, "kept")] == ["good.txt"]
+
+
+def test_first_ingest_interrupted_by_sigint_leaves_no_kb(tmp_path: Path) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    paragraph = "Aurora stores each knowledge base in its own folder. " * 30
+    for i in range(200):
+        (folder / f"note{i:03}.txt").write_text(f"Note {i}. {paragraph}\n")
+    home = tmp_path / "home"
+    kb_dir = load_settings(home).kbs_dir / "default"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, "-c", "from kbqa.cli import run; run()"]
+    process = subprocess.Popen(
+        [*command, "--home", str(home), "ingest", str(folder), "--json"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # The KB is created before the first file is read: once it is there, the run is
+        # between creating it and committing anything.
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not kb_dir.exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=HANG_GUARD_S)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert json.loads(out) == {"kb": "default", "error": "interrupted"}
+    assert err == "error: interrupted\n"
+    assert not kb_dir.exists()
+    assert KnowledgeBase.list_names(load_settings(home).kbs_dir) == []
