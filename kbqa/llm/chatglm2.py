@@ -87,6 +87,15 @@ def check_checkpoint(
     return folder
 
 
+def served_name(folder: Path, ptuning_checkpoint: Path | None) -> str:
+    """The model's name in GET /v1/models and requests: the checkpoint folder's name, and
+    for a P-tuned model `<base>-pt-<P-tuning folder>` (chatglm2-6b-pt-adgen), so that a
+    client can tell the tuned model from its base."""
+    if ptuning_checkpoint is None:
+        return folder.name
+    return f"{folder.resolve().name}-pt-{ptuning_checkpoint.resolve().name}"
+
+
 # -- the chat model ------------------------------------------------------------------------
 
 
@@ -152,7 +161,7 @@ class ChatGLM2Chat(BaseChatModel):
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise LLMUnavailable(f"cannot load ChatGLM2 from {folder}: {first_line}") from exc
         model.eval()
-        kwargs.setdefault("model_name", folder.name)
+        kwargs.setdefault("model_name", served_name(folder, ptuning))
         return cls(chatglm=model, tokenizer=tokenizer, **kwargs)
 
     @classmethod

@@ -90,6 +90,7 @@ const enc = encodeURIComponent;
 
 export const api = {
   listKbs: () => json("GET", "/v1/kbs"),
+  listModels: () => json("GET", "/v1/models"),
   createKb: (name) => json("POST", "/v1/kbs", { name }),
   deleteKb: (kb) => json("DELETE", `/v1/kbs/${enc(kb)}`),
   listDocuments: (kb) => json("GET", `/v1/kbs/${enc(kb)}/documents`),

@@ -1,6 +1,6 @@
 // Entry point: language, tabs, the API key prompt, then the two views.
 
-import { setKeyPrompt } from "./api.js";
+import { api, setKeyPrompt } from "./api.js";
 import { ChatView } from "./chat.js";
 import { promptApiKey } from "./dialogs.js";
 import { byId } from "./dom.js";
@@ -55,6 +55,15 @@ function bindLanguage() {
   label();
 }
 
+/** The models that answer here: GET /v1/models without the KB names (`kbqa`, `kbqa/<kb>`),
+ * that is the backend's own model, e.g. a P-tuned `chatglm2-6b-pt-<checkpoint>`. */
+async function showModels() {
+  const { data } = await api.listModels();
+  const names = data.map((model) => model.id);
+  const own = names.filter((name) => name !== "kbqa" && !name.startsWith("kbqa/"));
+  byId("model-list").textContent = own.join(", ");
+}
+
 async function start() {
   bindLanguage();
   bindTabs();
@@ -66,6 +75,7 @@ async function start() {
   });
   try {
     await reloadKbs();
+    await showModels();
   } catch (error) {
     byId("app-error").textContent = error.message;
   }
