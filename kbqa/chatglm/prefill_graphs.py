@@ -3,7 +3,7 @@
 The eager fused prefill launches ~15 kernels per layer from Python, ~420 for chatglm2-6b. On
 an H100 behind a slow host CPU that took ~45 ms whatever the prompt's length, more than the
 GPU's own 30 ms for 1.6k tokens, and each Triton launch lets other Python threads take the GIL:
-beside one spinning thread a prefill took seconds (bench/prefill_launch_gpu.py, RESULTS.md).
+beside one spinning thread a prefill took seconds (bench/RESULTS.md).
 
 A whole prompt of up to `max_tokens` tokens instead goes, padded at its end to a multiple of
 `BUCKET` tokens, through the fast forward's prefill captured as a graph per padded length:

@@ -3,7 +3,7 @@ against the eager model.
 
 On the CPU the fused ops run their torch references; test_kernels.py runs the same checks
 (fast_checks.py) through the Triton kernels under Triton's interpreter. On CUDA,
-bench/chatglm_gpu.py checks the compiled kernels and the CUDA graphs.
+bench/chatglm_engine_gpu.py checks the compiled kernels and the CUDA graphs.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ and the torch ops of the fast forward, run on the CPU by Triton's interpreter wi
 The interpreter must be on before Triton compiles anything, so the tests below run only with
 TRITON_INTERPRET=1 set; `test_kernels_under_the_interpreter` runs this file again in such a
 process (what CI does, where triton is installed with the dev extra). On CUDA the compiled
-kernels are checked by bench/chatglm_gpu.py and bench/chatglm_batching_gpu.py.
+kernels are checked by bench/chatglm_engine_gpu.py and bench/int4_kernel_check_gpu.py.
 """
 
 from __future__ import annotations
