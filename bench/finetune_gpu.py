@@ -5,9 +5,12 @@ Every run: batch 16 × 256 tokens (a 128-token prompt, a 128-token response with
 pre_seq_len 128, AdamW, fp16 autocast with loss scaling. The plain loop is what one writes
 first: the whole model's logits, cross-entropy with ignored prompt positions, autograd
 through the modules as they are (for INT4 it keeps every dequantized weight for backward).
-The Trainer runs with the variants listed in TRAINER_RUNS (micro-batches, recomputation).
+The Trainer runs with the variants listed in TRAINER_RUNS (micro-batches, recomputation,
+torch.compile of the float block's elementwise work); `--profile` adds a torch.profiler
+table of two steps of the named Trainer run (kernels by GPU time).
 
     PYTHONPATH=. python3 bench/finetune_gpu.py --out $OUT/finetune_gpu.json
+    PYTHONPATH=. python3 bench/finetune_gpu.py --bases fp16 --profile "micro 16 compiled"
     PYTHONPATH=. python3 bench/finetune_gpu.py --config tiny --device cpu --steps 2  # smoke
 """
 
@@ -34,14 +37,19 @@ from kbqa.chatglm.train import Encoded, StepReport, TrainConfig, Trainer
 
 BATCH, PROMPT, RESPONSE, PRE_SEQ_LEN = 16, 128, 128, 128
 WARMUP = 2
-# (label, micro-batch, recompute) for the Trainer on each base.
+# (label, micro-batch, recompute, compile) for the Trainer on each base; compile only
+# changes float bases (a quantized base runs its modules).
 TRAINER_RUNS = {
-    "fp16": [("micro 16", 16, False), ("micro 16 + recompute", 16, True)],
+    "fp16": [
+        ("micro 16 eager", 16, False, False),
+        ("micro 16 compiled", 16, False, True),
+        ("micro 16 + recompute compiled", 16, True, True),
+    ],
     "int4": [
-        ("micro 16", 16, False),
-        ("micro 16 + recompute", 16, True),
-        ("micro 4 + recompute", 4, True),
-        ("micro 2 + recompute", 2, True),
+        ("micro 16", 16, False, False),
+        ("micro 16 + recompute", 16, True, False),
+        ("micro 4 + recompute", 4, True, False),
+        ("micro 2 + recompute", 2, True, False),
     ],
 }
 
@@ -107,16 +115,32 @@ def plain_loop(model: ChatGLM2, samples: list[Encoded], steps: int) -> dict[str,
 
 
 def trainer_loop(
-    model: ChatGLM2, samples: list[Encoded], steps: int, micro: int, recompute: bool
+    model: ChatGLM2,
+    samples: list[Encoded],
+    steps: int,
+    micro: int,
+    recompute: bool,
+    compile: bool,
+    profile_to: Path | None = None,
 ) -> dict[str, Any]:
+    """Time the Trainer's steps after WARMUP; profile_to: also write a profiler table of
+    the two steps after the warm-up there (those steps then run slower)."""
     device = model.device
     stamps: list[float] = []
     losses: list[float] = []
+    profiler = None
+    if profile_to is not None:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        schedule = torch.profiler.schedule(wait=WARMUP, warmup=0, active=2, repeat=1)
+        profiler = torch.profiler.profile(activities=activities, schedule=schedule)
+        profiler.start()
 
     def on_step(report: StepReport) -> None:
         _sync(device)
         stamps.append(time.perf_counter())
         losses.append(report.loss)
+        if profiler is not None:
+            profiler.step()
 
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
@@ -126,14 +150,22 @@ def trainer_loop(
             micro_batch=micro,
             pre_seq_len=PRE_SEQ_LEN,
             recompute=recompute,
+            compile=compile,
         )
         trainer = Trainer(model, samples, config, pad_id=0, on_step=on_step)
         _reset_peak(device)
+        started = time.perf_counter()
         trainer.run()
+    if profiler is not None and profile_to is not None:
+        profiler.stop()
+        table = profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=45)
+        profile_to.write_text(table)
+        print(table, flush=True)
     timed = stamps[WARMUP - 1 :]  # from the end of the last warm-up step
     return {
         "samples_per_s": round(BATCH * (len(timed) - 1) / (timed[-1] - timed[0]), 2),
         "peak_gb": _peak_gb(device),
+        "first_step_s": round(stamps[0] - started, 2),  # compilation included
         "losses": [round(x, 4) for x in losses],
     }
 
@@ -144,6 +176,8 @@ def main() -> None:
     parser.add_argument("--config", default="chatglm2-6b")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--bases", default="fp16,int4", help="comma-separated: fp16, int4")
+    parser.add_argument("--profile", default="", help="a TRAINER_RUNS label to profile (fp16)")
     args = parser.parse_args()
     device = torch.device(args.device)
     results: dict[str, Any] = {
@@ -172,17 +206,28 @@ def main() -> None:
     torch.manual_seed(0)
     model = ChatGLM2.from_config(args.config, device=device, dtype=dtype)
     samples = _samples(model.config.padded_vocab_size, 64)
-    for base in ("fp16", "int4"):
+    profile_table = Path(args.out).with_suffix(".profile.txt")
+    for base in args.bases.split(","):
         if base == "int4":
             model.transformer.prefix_encoder = None
             quantize_model(model, 4)
             model.config.quantization_bit = 4
         record(f"{base} plain eager", lambda: plain_loop(model, samples, args.steps))
-        for label, micro, recompute in TRAINER_RUNS[base]:
+        for label, micro, recompute, compile in TRAINER_RUNS[base]:
             record(
                 f"{base} trainer {label}",
-                lambda m=micro, r=recompute: trainer_loop(model, samples, args.steps, m, r),
+                lambda m=micro, r=recompute, c=compile: trainer_loop(
+                    model, samples, args.steps, m, r, c
+                ),
             )
+        for label, micro, recompute, compile in TRAINER_RUNS[base]:
+            if label == args.profile and base == "fp16":
+                record(
+                    f"{base} profiled {label}",
+                    lambda m=micro, r=recompute, c=compile: trainer_loop(
+                        model, samples, 2, m, r, c, profile_to=profile_table
+                    ),
+                )
 
     print(f"\n{results['card']}  torch {results['torch']}  {results['date']}")
     print(f"{'run':40s} {'samples/s':>10s} {'peak GB':>8s}")

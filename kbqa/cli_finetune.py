@@ -96,6 +96,13 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[
             bool, typer.Option("--resume", help="Go on from OUT's newest checkpoint-N, if any.")
         ] = False,
+        compile_block: Annotated[
+            bool,
+            typer.Option(
+                "--compile/--no-compile",
+                help="On CUDA, fuse the float base's per-layer work with torch.compile.",
+            ),
+        ] = True,
         held_out: Annotated[
             float,
             typer.Option("--held-out", min=0.0, max=0.9, help="Share of pairs kept to evaluate."),
@@ -143,6 +150,7 @@ def register(app: typer.Typer) -> None:
                     "save_every": save_every,
                     "seed": seed,
                     "recompute": recompute,
+                    "compile": compile_block,
                     "resume": resume,
                 },
             )

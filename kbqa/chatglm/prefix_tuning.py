@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from kbqa.chatglm.model import ChatGLM2Model, PrefixEncoder
 from kbqa.chatglm.quantize import QuantizedLinear, dequantize_weight
+from kbqa.chatglm.train_block import block_forward, is_float_block
 from kbqa.chatglm.triton_use import kernels_run_on
 
 IGNORE = -100  # label of a position that carries no loss (prompt, padding)
@@ -101,37 +102,56 @@ def _swap_quantized(model: nn.Module) -> None:
                 setattr(module, name, swapped)
 
 
-def hidden_states(model: ChatGLM2Model, input_ids: Tensor, recompute: bool) -> Tensor:
+def hidden_states(
+    model: ChatGLM2Model, input_ids: Tensor, recompute: bool, compiled: bool = False
+) -> Tensor:
     """input_ids [B, S] → final hidden states [B, S, hidden], uncached.
 
+    A floating-point base runs train_block's forward (flash attention over the grouped keys;
+    compiled: its elementwise work fused by torch.compile); a quantized one its modules.
     recompute: keep only each layer's input for backward and run the layer again there
     (activation checkpointing), trading about one more forward for most activation memory.
     """
     transformer = model.transformer
-    if not recompute:
+    blocks = transformer.encoder.blocks()
+    fast = all(is_float_block(layer) for layer in blocks)
+    if not recompute and not fast:
         return transformer(input_ids)
-    # The uncached forward of ChatGLMTransformer, with each layer under checkpoint().
+    # The uncached forward of ChatGLMTransformer, layer by layer.
     seq, p, device = input_ids.shape[1], transformer.prefix_len, input_ids.device
     positions = torch.arange(seq, device=device)  # [S]
     key_positions = torch.arange(-p, seq, device=device)  # [P + S]; the prefix is always visible
-    mask = key_positions.unsqueeze(0) <= positions.unsqueeze(1)  # [S, P + S]
+    mask = key_positions.unsqueeze(0) <= positions.unsqueeze(1)  # [S, P + S] (modules only)
     rope = transformer.rope[positions]  # [S, D/4, 2]
     prefix = transformer.prefix_encoder() if transformer.prefix_encoder is not None else None
     x = transformer.embedding(input_ids)  # [B, S, hidden]
-    for i, layer in enumerate(transformer.encoder.blocks()):
+    for i, layer in enumerate(blocks):
         layer_prefix = prefix[i] if prefix is not None else None  # [2, G, P, D]
-        x = checkpoint(layer, x, rope, mask, None, layer_prefix, use_reentrant=False)
+        if fast and recompute:
+            x = checkpoint(
+                block_forward, layer, x, rope, layer_prefix, compiled, use_reentrant=False
+            )
+        elif fast:
+            x = block_forward(layer, x, rope, layer_prefix, compiled)
+        else:
+            x = checkpoint(layer, x, rope, mask, None, layer_prefix, use_reentrant=False)
     return transformer.encoder.final_layernorm(x)
 
 
-def loss_sum(model: ChatGLM2Model, input_ids: Tensor, labels: Tensor, recompute: bool) -> Tensor:
+def loss_sum(
+    model: ChatGLM2Model,
+    input_ids: Tensor,
+    labels: Tensor,
+    recompute: bool,
+    compiled: bool = False,
+) -> Tensor:
     """Summed next-token cross-entropy over the labelled positions (fp32 scalar).
 
     input_ids, labels: [B, S]; labels[b, t] is the token expected at t (IGNORE where none).
     Logits are computed only where a label exists: the vocabulary projection of every
     position would be the largest activation of the step.
     """
-    hidden = hidden_states(model, input_ids, recompute)[:, :-1]  # [B, S-1, hidden]
+    hidden = hidden_states(model, input_ids, recompute, compiled)[:, :-1]  # [B, S-1, hidden]
     targets = labels[:, 1:]  # [B, S-1]: position t predicts token t + 1
     keep = targets != IGNORE
     logits = model.transformer.output_layer(hidden[keep])  # [T, vocab]

@@ -113,6 +113,7 @@ class TrainConfig:
     save_every: int = 0  # also keep OUT/checkpoint-N every N steps; 0: only the last
     seed: int = 0
     recompute: bool = False  # activation checkpointing, layer by layer
+    compile: bool = True  # fuse a float base's elementwise work with torch.compile (CUDA only)
     resume: bool = False  # go on from the newest OUT/checkpoint-N
 
     def __post_init__(self) -> None:
@@ -211,6 +212,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=model.device.type == "cuda" and model.dtype == torch.float16
         )
+        self.compiled = config.compile and model.device.type == "cuda"
         self.step = 0
         self.losses: list[float] = []
 
@@ -271,7 +273,8 @@ class Trainer:
         for ids, labels in micro:
             try:
                 with _autocast(self.model):
-                    loss = loss_sum(self.model, ids, labels, self.config.recompute) / n_tokens
+                    loss = loss_sum(self.model, ids, labels, self.config.recompute, self.compiled)
+                    loss = loss / n_tokens
                 self.scaler.scale(loss).backward()
             except torch.OutOfMemoryError as exc:
                 raise TrainingError(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kbqa.chatglm import ChatGLM2, ChatGLM2Tokenizer, train
+from kbqa.chatglm import ChatGLM2, ChatGLM2Tokenizer, prefix_tuning, train
 from kbqa.chatglm.load import save_pretrained
 from kbqa.chatglm.prefix_tuning import IGNORE, attach_prefix, loss_sum
 from kbqa.chatglm.quantize import QuantizedLinear
@@ -194,3 +194,29 @@ def test_out_of_memory_names_what_to_lower(
     monkeypatch.setattr(train, "loss_sum", exhausted)
     with pytest.raises(TrainingError, match=r"micro-batch of 2 samples × \d+ tokens; lower the"):
         _train(tmp_path, samples, batch_size=4, micro_batch=2)
+
+
+def test_the_training_forward_is_the_modules_forward(samples: list[Encoded]) -> None:
+    """train_block's forward (grouped flash-style attention, fused-ready functions) gives the
+    modules' hidden states and the same prefix gradient, with and without recomputation."""
+    ids, _ = collate(samples, pad_id=0)
+    model = _base()
+    encoder = attach_prefix(model, 4, projection=True, seed=0)
+    with torch.no_grad():
+        encoder.embedding.weight.normal_()  # a prefix that matters to every layer
+    grads = []
+    for run in ("modules", "fast", "fast recompute"):
+        encoder.zero_grad(set_to_none=True)
+        if run == "modules":
+            hidden = model.transformer(ids)
+        else:
+            hidden = prefix_tuning.hidden_states(model, ids, recompute=run.endswith("recompute"))
+        if run == "modules":
+            reference = hidden.detach()
+        else:
+            torch.testing.assert_close(hidden, reference, rtol=1e-5, atol=1e-5)
+        hidden.square().mean().backward()
+        grads.append(encoder.embedding.weight.grad)
+    assert grads[0] is not None and grads[0].abs().sum() > 0
+    for grad in grads[1:]:
+        torch.testing.assert_close(grad, grads[0], rtol=1e-4, atol=1e-6)
