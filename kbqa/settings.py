@@ -215,6 +215,9 @@ class ServerSettings(_Section):
     """Finished upload jobs (and uploads no document uses) are forgotten after this many days…"""
     job_history_max: int = Field(default=1000, ge=1, le=1_000_000)
     """…or sooner, beyond this many finished jobs (newest kept)."""
+    job_timeout_s: float = Field(default=3600.0, gt=0)
+    """An upload job still running this long after it started is stopped and fails with
+    `job_timeout`; nothing of it is stored (an ingest commits whole or not at all)."""
     auth_failures_per_minute: int = Field(default=20, ge=1, le=1_000_000)
     """Wrong API keys one client address may send within a minute before it gets 429."""
     cors_origins: list[str] = []
@@ -241,9 +244,6 @@ class Settings(_Section):
     retrieval: RetrievalSettings = RetrievalSettings()
     llm: LLMSettings = LLMSettings()
     chain: ChainSettings = ChainSettings()
-    job_timeout_s: float = Field(default=3600.0, gt=0)
-    """An upload job still running this long after it started is stopped and fails with
-    `job_timeout`; nothing of it is stored (an ingest commits whole or not at all)."""
     answer: AnswerSettings = AnswerSettings()
     server: ServerSettings = ServerSettings()
 

@@ -318,6 +318,10 @@ class JobCreated(BaseModel):
 class FileFailure(BaseModel):
     path: str
     error: str
+    error_code: str | None = None
+    """Why the file failed: `too_large` (over a size, unpacked-size, compression-ratio, pixel
+    or page limit), `parse_timeout`, `parse_memory`, `parse_crashed`, `load_failed` (empty,
+    binary, corrupt, encrypted or textless)."""
 
 
 class FileSkipped(BaseModel):

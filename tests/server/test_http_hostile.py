@@ -1,0 +1,236 @@
+"""Hostile uploads against the real server: a zip bomb, a decompression-bomb image, a
+10,000-page PDF and a parser stuck forever each fail alone, the server's memory stays put,
+other KBs' uploads never wait behind them, a job past its deadline fails `job_timeout`, and
+SIGTERM stops a stuck parse and exits within the grace period.
+
+The stuck parser is tests/stuck_loader.py, loaded as a user's loader plugin is (the parse
+workers import it too). Deadlines are short here (3 s a parse, 10 s a job) to keep the tests
+fast; every wait is on a job's state or a process's exit, never a measured time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hostile_files import STUCK_JSON, blank_pdf, docx_bomb, png_bomb
+from server_helpers import (
+    QUICK_LLM,
+    REPO,
+    EchoChat,
+    LiveServer,
+    free_port,
+    kbqa,
+    make_home,
+    start_server,
+    wait_for_job,
+    wait_until_serving,
+)
+
+from kbqa.server.app import create_app
+from kbqa.server.job_store import Job, JobStore
+from kbqa.server.runner import GRACEFUL_SHUTDOWN_S
+from kbqa.settings import load_settings
+
+PARSE_TIMEOUT_S = 3
+JOB_TIMEOUT_S = 10
+RSS_ALLOWANCE_KB = 500 * 1024
+SMALL = ("small.md", b"# Small\n\nThe lighthouse keeper feeds two cats.\n")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    home = make_home(tmp_path_factory, "hostile-home")
+    overrides: dict[str, Any] = {
+        "llm": QUICK_LLM,
+        "server": {"api_key": "", "job_timeout_s": JOB_TIMEOUT_S},
+        "ingest": {"parse_timeout_s": PARSE_TIMEOUT_S, "loader_plugins": ["stuck_loader"]},
+    }
+    settings = load_settings(home, overrides=overrides)
+    server = start_server(create_app(settings, chat_model=EchoChat()), settings)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(live: LiveServer) -> Iterator[httpx.Client]:
+    with live.client() as client:
+        yield client
+
+
+def upload(client: httpx.Client, kb: str, *files: tuple[str, bytes]) -> str:
+    """Upload into `kb` (created if new); the job's id."""
+    created = client.post("/v1/kbs", json={"name": kb})
+    assert created.status_code in (201, 409), created.text
+    parts = [("files", (name, data, "application/octet-stream")) for name, data in files]
+    response = client.post(f"/v1/kbs/{kb}/documents", files=parts)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["job_id"]
+    return job_id
+
+
+def recorded(live: LiveServer, job_id: str) -> Job:
+    """The job with its start and end times (the HTTP status leaves them out)."""
+    job = live.app.state.kbqa.jobs.get(job_id)
+    assert job is not None and job.started is not None and job.finished is not None
+    return job
+
+
+def memory_kb(field: str, pid: int | str = "self") -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
+    assert found is not None
+    return int(found.group(1))
+
+
+def test_hostile_uploads_fail_alone_and_other_kbs_do_not_wait(
+    live: LiveServer, client: httpx.Client
+) -> None:
+    warm = wait_for_job(client, upload(client, "warm", SMALL), timeout=300)  # loads the model
+    assert warm["state"] == "done", warm
+    # The server runs in this process (uvicorn in a thread): its memory is ours. Reset the
+    # peak so that it measures from here ("5": clear the high-water mark, Linux ≥ 4.0).
+    baseline = memory_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+
+    hostile = {
+        "bomb.docx": (docx_bomb(100), "too_large"),  # 100 MB of XML, ~300 KB on disk
+        "bomb.png": (png_bomb(), "too_large"),  # 1.6 G pixels
+        "pages.pdf": (blank_pdf(10_000), "too_large"),
+        "stuck.json": (STUCK_JSON, "parse_timeout"),
+    }
+    jobs = {name: upload(client, "hostile", (name, data)) for name, (data, _) in hostile.items()}
+    small = upload(client, "other", SMALL)  # another KB: must not wait behind them
+
+    for name, (_, code) in hostile.items():
+        job = wait_for_job(client, jobs[name], timeout=120)
+        assert job["state"] == "done", job
+        result = job["result"]
+        assert result["added"] == 0 and len(result["failed"]) == 1, result
+        assert result["failed"][0]["error_code"] == code, result
+        assert "(ingest." in result["failed"][0]["error"]  # names the setting
+    done = wait_for_job(client, small, timeout=120)
+    assert done["state"] == "done" and done["result"]["added"] == 1, done
+
+    # The small upload started before the stuck parse was given up (different KB lanes)…
+    assert recorded(live, small).started < recorded(live, jobs["stuck.json"]).finished
+    # …while one KB's jobs ran one after another.
+    order = [recorded(live, jobs[name]) for name in hostile]
+    assert all(later.started >= earlier.finished for earlier, later in itertools.pairwise(order))
+
+    peak = memory_kb("VmHWM")
+    assert peak - baseline < RSS_ALLOWANCE_KB, (baseline, peak)
+
+
+def test_a_job_past_its_deadline_fails_and_the_next_upload_to_its_kb_runs(
+    live: LiveServer, client: httpx.Client
+) -> None:
+    # Four stuck files take 4 × PARSE_TIMEOUT_S, past the job's deadline.
+    stuck = [(f"stuck{i}.json", STUCK_JSON) for i in range(4)]
+    assert len(stuck) * PARSE_TIMEOUT_S > JOB_TIMEOUT_S
+    slow = upload(client, "slow", *stuck)
+    after = upload(client, "slow", SMALL)
+
+    job = wait_for_job(client, slow, timeout=120)
+    assert job["state"] == "failed" and job["error_code"] == "job_timeout", job
+    assert job["error"] == (
+        f"the job ran longer than {JOB_TIMEOUT_S} s (server.job_timeout_s) and was stopped; "
+        "nothing of it was stored"
+    )
+    done = wait_for_job(client, after, timeout=120)
+    assert done["state"] == "done" and done["result"]["added"] == 1, done
+    assert recorded(live, after).started >= recorded(live, slow).finished
+    listed = client.get("/v1/kbs/slow/documents").json()["documents"]
+    assert [d["source"] for d in listed] == ["small.md"]
+
+
+def descendants(pid: int) -> set[int]:
+    """Processes under `pid` (the fork server and the parse workers), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_sigterm_stops_a_stuck_parse_and_exits_within_the_grace_period(
+    live: LiveServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    home = tmp_path / "home"
+    log = (tmp_path / "serve.log").open("w")
+    process = kbqa(
+        "serve",
+        "--home",
+        str(home),
+        "--port",
+        str(port),
+        output=log,
+        PYTHONPATH=str(REPO / "tests"),  # where the stuck_loader plugin lives
+        KBQA_INGEST__LOADER_PLUGINS="stuck_loader",
+        KBQA_INGEST__PARSE_TIMEOUT_S="600",  # only SIGTERM can end the parse
+        KBQA_LLM__BACKEND="openai",
+        KBQA_LLM__OPENAI__BASE_URL=f"{live.url}/v1",
+        KBQA_LLM__OPENAI__MODEL="echo-test",
+        KBQA_LLM__OPENAI__MAX_RETRIES="0",
+    )
+    try:
+        wait_until_serving(process, url)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            job_id = upload(client, "a", ("stuck.json", STUCK_JSON))
+            wait_for(
+                lambda: client.get(f"/v1/jobs/{job_id}").json()["state"] == "running",
+                120,
+                "the job to run",
+            )
+        # The fork server and a worker parsing the stuck file.
+        wait_for(lambda: len(descendants(process.pid)) >= 2, 120, "a parse worker")
+        workers = descendants(process.pid)
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=GRACEFUL_SHUTDOWN_S) == 0
+        wait_for(lambda: all(gone(pid) for pid in workers), 30, "the workers to exit")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+    store = JobStore(home / "jobs.db")
+    try:
+        job = store.get(job_id)
+    finally:
+        store.close()
+    assert job is not None and job.state == "failed" and job.error_code == "interrupted", job
