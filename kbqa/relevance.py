@@ -32,6 +32,14 @@ chunk that lacks it rarely answers (it is how "ChatGLM2-6B 在 RTX 4090 上每�
 "jieba 的 F1 值" pass on chunks about the same model and tool). Each one missing keeps 0.8 of
 the relevance (MISSING_NUMBER_FACTOR); for a follow-up, only the new question's numbers count.
 
+Kinds of value: a question that asks for a duration, a price, a rate, an amount of memory, a
+percentage, a ratio, a date, a version or a GPU model (kbqa.value_kinds) is answered only by a
+chunk holding a value of that kind; each kind the chunk lacks keeps MISSING_KIND_FACTOR (0.4)
+of the relevance, below `min_relevance` on its own. "训练 ChatGLM-6B 一共花了多少 GPU 小时" shares
+every content word with a chunk of ChatGLM-6B's README that gives no hours: the lexical share
+and the English-only embedding say "same topic"; the missing kind of value says "no answer"
+(bench/RESULTS.md, "Refusal by the kind of value asked").
+
 A follow-up searched as "earlier questions + new question" (see kbqa.prompting) scores the
 lexical share only for chunks holding at least one term of the new question itself (see
 `lexical_score`), so changing the subject is not answered from the previous topic's chunks.
@@ -51,6 +59,7 @@ import unicodedata
 from dataclasses import replace
 from functools import lru_cache
 
+from kbqa.value_kinds import missing_kinds
 from storage.fusion import reads_chinese
 from storage.keyword import STOPWORDS, has_cjk
 from storage.types import SearchHit
@@ -60,7 +69,8 @@ CROSS_LANGUAGE_SHARE = 0.5
 """Most a Chinese question's lexical share can reach on a chunk without Chinese text."""
 MISSING_NUMBER_FACTOR = 0.8
 """Relevance kept for each number, version or sized name of the question the chunk lacks."""
-"""Most a Chinese question's lexical share can reach on a chunk without Chinese text."""
+MISSING_KIND_FACTOR = 0.4
+"""Relevance kept for each kind of value the question asks for that the chunk holds none of."""
 
 RELEVANCE = "relevance"
 """Key of the relevance in SearchHit.extra once `with_relevance` has scored a hit."""
@@ -236,7 +246,12 @@ def relevance(
     dense = min(max(hit.score, 0.0), 1.0) * weight
     score = max(dense, lexical_score(question, hit, focus))
     haystack = _haystack(hit.source, hit.heading or "", hit.text)
-    return score * MISSING_NUMBER_FACTOR ** missing_numbers(focus or question, haystack)
+    asked = focus or question
+    return (
+        score
+        * MISSING_NUMBER_FACTOR ** missing_numbers(asked, haystack)
+        * MISSING_KIND_FACTOR ** missing_kinds(asked, haystack.text)
+    )
 
 
 def missing_numbers(question: str, haystack: _Haystack) -> int:
