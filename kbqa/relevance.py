@@ -40,6 +40,11 @@ every content word with a chunk of ChatGLM-6B's README that gives no hours: the 
 and the English-only embedding say "same topic"; the missing kind of value says "no answer"
 (bench/RESULTS.md, "Refusal by the kind of value asked").
 
+Named documents: a Latin term of the question that names one of the candidate documents by
+its path (jieba for jieba/README.md, faiss for faiss-cpu.md) must occur in a chunk, or it keeps
+MISSING_NUMBER_FACTOR, as a missing number does (`named_documents`): "Which GPU was used to
+benchmark jieba's segmentation speed?" is not answered from Qwen's benchmark table.
+
 A follow-up searched as "earlier questions + new question" (see kbqa.prompting) scores the
 lexical share only for chunks holding at least one term of the new question itself (see
 `lexical_score`), so changing the subject is not answered from the previous topic's chunks.
@@ -56,8 +61,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import replace
 from functools import lru_cache
+from pathlib import PurePosixPath
 
 from kbqa.value_kinds import missing_kinds
 from storage.fusion import reads_chinese
@@ -240,17 +247,56 @@ def dense_weight(question: str, embedding: str) -> float:
 
 
 def relevance(
-    question: str, hit: SearchHit, *, weight: float = 1.0, focus: str | None = None
+    question: str,
+    hit: SearchHit,
+    *,
+    weight: float = 1.0,
+    focus: str | None = None,
+    names: frozenset[str] = frozenset(),
 ) -> float:
-    """max(weight * dense, lexical); `weight` from `dense_weight`, 1 for a reranker's score."""
+    """max(weight * dense, lexical); `weight` from `dense_weight`, 1 for a reranker's score;
+    `names`: the documents the question names (`named_documents`)."""
     dense = min(max(hit.score, 0.0), 1.0) * weight
     score = max(dense, lexical_score(question, hit, focus))
     haystack = _haystack(hit.source, hit.heading or "", hit.text)
     asked = focus or question
+    missing_names = sum(1 for name in names if not _occurs(name, haystack))
     return (
         score
-        * MISSING_NUMBER_FACTOR ** missing_numbers(asked, haystack)
+        * MISSING_NUMBER_FACTOR ** (missing_numbers(asked, haystack) + missing_names)
         * MISSING_KIND_FACTOR ** missing_kinds(asked, haystack.text)
+    )
+
+
+_GENERIC_PATH_PARTS = frozenset(
+    {"readme", "docs", "doc", "data", "faq", "man", "en", "zh", "cn", "packages", "package"}
+    | {"pdf", "src", "index", "guide", "manual", "examples", "example", "notes"}
+)
+
+
+def named_documents(question: str, sources: Iterable[str]) -> frozenset[str]:
+    """The question's Latin terms that name one of `sources` by a part of its path.
+
+    "Which GPU was used to benchmark jieba's segmentation speed?" names jieba/README.md; a chunk
+    of Qwen's README that never says "jieba" scores on its topic (GPUs, benchmarks) alone. Like
+    a missing number, each named document's name a chunk lacks (in its text, heading or path)
+    keeps MISSING_NUMBER_FACTOR of the relevance. A path part is a folder or the file's stem,
+    and also their first word (faiss of faiss-cpu); generic parts (readme, docs, zh) name
+    nothing, and terms with a digit are already required as numbers.
+    """
+    parts: set[str] = set()
+    for source in sources:
+        for part in PurePosixPath(unicodedata.normalize("NFKC", source).lower()).parts:
+            stem = part.split(".", 1)[0]
+            parts |= {stem, re.split(r"[-_]", stem, maxsplit=1)[0]}
+    return frozenset(
+        term
+        for term in query_terms(question)
+        if term in parts
+        and term not in _GENERIC_PATH_PARTS
+        and len(term) > 2
+        and not _DIGIT.search(term)
+        and not has_cjk(term)
     )
 
 
@@ -262,10 +308,15 @@ def missing_numbers(question: str, haystack: _Haystack) -> int:
 
 
 def with_relevance(
-    question: str, hit: SearchHit, *, weight: float = 1.0, focus: str | None = None
+    question: str,
+    hit: SearchHit,
+    *,
+    weight: float = 1.0,
+    focus: str | None = None,
+    names: frozenset[str] = frozenset(),
 ) -> SearchHit:
     """`hit` with its relevance to `question` stored in extra["relevance"]."""
-    score = relevance(question, hit, weight=weight, focus=focus)
+    score = relevance(question, hit, weight=weight, focus=focus, names=names)
     return replace(hit, extra={**hit.extra, RELEVANCE: score})
 
 

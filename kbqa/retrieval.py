@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from kbqa.errors import ConfigError, NotFound, UsageError
-from kbqa.relevance import dense_weight, query_terms, relevance_of, with_relevance
+from kbqa.relevance import (
+    dense_weight,
+    named_documents,
+    query_terms,
+    relevance_of,
+    with_relevance,
+)
 from kbqa.rerank import rerank_hits
 from kbqa.settings import Settings
 from storage.embeddings import Embedder, EmbeddingUnavailable, get_embedder
@@ -134,7 +140,7 @@ class Retriever:
         opened = [(name, self._open(name)) for name in names]
         vectors: dict[str, Vectors] = {}
         per_kb = min(max(3 * k, _MIN_PER_KB), max(self.settings.retrieval.candidates, k))
-        merged: list[SearchHit] = []
+        found: list[tuple[SearchHit, float]] = []
         for name, kb in opened:
             model = kb.info().embedding
             if model not in vectors:
@@ -149,7 +155,12 @@ class Retriever:
             except StorageError as e:
                 raise ConfigError(str(e)) from None
             weight = dense_weight(query, model)
-            merged += [with_relevance(query, h, weight=weight, focus=focus) for h in hits]
+            found += [(hit, weight) for hit in hits]
+        named = named_documents(focus or query, {hit.source for hit, _ in found})
+        merged = [
+            with_relevance(query, hit, weight=weight, focus=focus, names=named)
+            for hit, weight in found
+        ]
         merged.sort(key=lambda h: (relevance_of(h), h.extra.get("fused", 0.0)), reverse=True)
         if self.settings.retrieval.reranker:  # a cross-encoder reorders all the candidates
             merged = rerank_hits(self.settings, query, merged)

@@ -12,6 +12,7 @@ from kbqa.relevance import (
     MISSING_NUMBER_FACTOR,
     dense_weight,
     lexical_score,
+    named_documents,
     query_terms,
     relevance,
     relevance_of,
@@ -156,3 +157,20 @@ def test_each_missing_number_costs_a_share_of_the_relevance() -> None:
     )
     int4 = hit("INT4 量化需要 6 GB 显存。", heading="ChatGLM2-6B")
     assert relevance(joined, int4, focus="那 INT8 呢？") == 0.0  # no term of the new question
+
+
+def test_a_question_naming_a_document_by_its_path_needs_that_name_in_the_chunk() -> None:
+    sources = ["zh/jieba/README.md", "en/qwen/README.md", "en/packages/faiss-cpu.md"]
+    question = "Which GPU was used to benchmark jieba's segmentation speed?"
+    assert named_documents(question, sources) == {"jieba"}
+    assert named_documents("How fast is Faiss on a GPU?", sources) == {"faiss"}
+    # Generic path parts and terms with a digit (required as numbers already) name nothing.
+    assert named_documents("Where is the README of the docs?", ["docs/README.md"]) == set()
+    assert named_documents("What is Qwen-7B?", ["qwen-7b/README.md"]) == set()
+    other = hit("Benchmarks of segmentation speed on an A100 GPU.", score=0.6, source=sources[1])
+    own = hit("Segmentation speed was benchmarked on a GPU.", score=0.6, source=sources[0])
+    names = named_documents(question, sources)
+    assert relevance(question, other, names=names) == pytest.approx(
+        relevance(question, other) * MISSING_NUMBER_FACTOR
+    )
+    assert relevance(question, own, names=names) == relevance(question, own)
