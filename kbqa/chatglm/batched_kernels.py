@@ -46,6 +46,7 @@ def _skinny_kernel(
     K: tl.constexpr,
     M_PAD: tl.constexpr,  # M rounded up to a power of two >= 16 (tl.dot's minimum)
     HAS_BIAS: tl.constexpr,
+    ACCUM: tl.constexpr,  # y (fp32, the residual stream) += the product, else y = it
     IEEE: tl.constexpr,  # fp32 weights: full-precision products, not TF32
     BN: tl.constexpr,
     BK: tl.constexpr,
@@ -71,6 +72,8 @@ def _skinny_kernel(
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out = y_ptr + rows[:, None] * N + cols[None, :]
+    if ACCUM:  # each output is this program's alone: a plain read-modify-write
+        acc += tl.load(out, mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
     tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -84,22 +87,30 @@ _SKINNY_CONFIGS = [
     triton.Config({"BN": 64, "BK": 128}, num_warps=4, num_stages=3),
     triton.Config({"BN": 64, "BK": 256}, num_warps=8, num_stages=3),
 ]
-_skinny_tuned = triton.autotune(configs=_SKINNY_CONFIGS, key=["M_PAD", "N", "K"])(_skinny_kernel)
+_KEY = ["M_PAD", "N", "K", "ACCUM"]
+_skinny_tuned = triton.autotune(configs=_SKINNY_CONFIGS, key=_KEY)(_skinny_kernel)
+# Accumulating launches add into y: the tuner puts y back after each trial.
+_skinny_accum_tuned = triton.autotune(configs=_SKINNY_CONFIGS, key=_KEY, restore_value=["y_ptr"])(
+    _skinny_kernel
+)
 INTERPRET = interpreted()
 
 SKINNY_MAX_ROWS = 16  # measured on an H100: faster than cuBLAS at 1 and 16 rows, a tie at 64
 
 
-def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def skinny_linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None, add_to: Tensor | None = None
+) -> Tensor:
     """x [M, K] (M <= SKINNY_MAX_ROWS), weight [N, K], bias [N] or None, one float dtype →
-    x · weightᵀ + bias [M, N], accumulated in fp32 and rounded once, as F.linear does."""
+    x · weightᵀ + bias [M, N], accumulated in fp32 and rounded once, as F.linear does; or
+    added into add_to (fp32 [M, N]), which is returned."""
     rows, k = x.shape
     n = weight.shape[0]
-    y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    y = add_to if add_to is not None else torch.empty(rows, n, dtype=x.dtype, device=x.device)
     m_pad = max(16, triton.next_power_of_2(rows))
 
     args = (x, weight, bias if bias is not None else weight, y, rows, n)
-    flags = {"K": k, "M_PAD": m_pad, "HAS_BIAS": bias is not None}
+    flags = {"K": k, "M_PAD": m_pad, "HAS_BIAS": bias is not None, "ACCUM": add_to is not None}
     flags["IEEE"] = x.dtype == torch.float32
     if INTERPRET:
         _skinny_kernel[(triton.cdiv(n, 16),)](*args, **flags, BN=16, BK=32)
@@ -108,5 +119,5 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     def grid(meta: dict[str, int]) -> tuple[int]:
         return (triton.cdiv(n, meta["BN"]),)
 
-    _skinny_tuned[grid](*args, **flags)
+    (_skinny_accum_tuned if add_to is not None else _skinny_tuned)[grid](*args, **flags)
     return y

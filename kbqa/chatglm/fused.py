@@ -140,7 +140,10 @@ def linear(
         )  # fmt: skip
         return add_to_or_out
     h = rmsnorm(x, norm, lw.dtype) if norm is not None else x.to(lw.dtype)
-    y = _matmul(lw, h, kernels)
+    into = add_to if add_to is not None and not glu and fused_add else None
+    y = _matmul(lw, h, kernels, into)
+    if y is into:  # the kernel added it into the residual stream
+        return y
     if glu:
         y = swiglu(y)
     if add_to is not None:
@@ -148,20 +151,26 @@ def linear(
     return y if out_dtype is None else y.to(out_dtype)
 
 
-def _matmul(lw: LinearWeights, h: Tensor, kernels: ModuleType | None) -> Tensor:
+def _matmul(
+    lw: LinearWeights, h: Tensor, kernels: ModuleType | None, add_to: Tensor | None
+) -> Tensor:
+    """h · Wᵀ + bias; the few-row kernels add it into add_to (fp32) when given, returning
+    add_to; the others return the product."""
     rows = h.shape[0]
     if lw.bits == 16:
         if kernels is not None:
             from kbqa.chatglm import batched_kernels  # imported where the kernels run
 
             if rows <= batched_kernels.SKINNY_MAX_ROWS:
-                return batched_kernels.skinny_linear(h, lw.weight, lw.bias)
+                return batched_kernels.skinny_linear(h, lw.weight, lw.bias, add_to)
         return F.linear(h, lw.weight, lw.bias)
     if kernels is not None and lw.packed and rows <= kernels.INT4_MATMUL_MAX_ROWS:
         assert lw.scale is not None
-        return kernels.int4_linear(h, lw.weight, lw.scale, lw.bias)
+        return kernels.int4_linear(h, lw.weight, lw.scale, lw.bias, add_to)
     out = torch.empty(rows, lw.out_features, dtype=h.dtype, device=h.device)
-    step = max(1, DEQUANT_BLOCK // lw.in_features)
+    # Blocks of a multiple of 128 output features: an odd width (2,449 rows of 4h→h) sends
+    # cuBLAS to slow kernels, which made an int4 prefill twice as slow (bench/RESULTS.md).
+    step = max(128, DEQUANT_BLOCK // lw.in_features // 128 * 128)
     for r0 in range(0, lw.out_features, step):
         block = slice(r0, min(r0 + step, lw.out_features))
         out[:, block] = h @ lw.dequantized(block, h.dtype).t()  # [M, block]

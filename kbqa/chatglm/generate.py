@@ -32,10 +32,10 @@ CACHE_ROUNDING = 256  # cache lengths are rounded up so that nearby requests reu
 # blocks of MLP_ROWS rows, so that activations stay ~35 MB and 8k tokens of fp16 fit in
 # 12.8 GB with the weights (12.49 GB) and the cache (0.23 GB): measured on an H100
 # (bench/RESULTS.md), 512/256 peaked at 12.806 GB, 256/128 at 12.789 GB. Quantized weights
-# are dequantized once per chunk, so they take longer chunks (their memory has room).
-PREFILL_CHUNK = 256
+# are dequantized for every matmul, so they take longer chunks and the MLP whole (their
+# memory has room: 4 GB of weights).
+PREFILL_CHUNK, MLP_ROWS = 256, 128
 QUANTIZED_PREFILL_CHUNK = 1024
-MLP_ROWS = 128
 
 
 class Steps(Protocol):
@@ -75,6 +75,7 @@ class EngineSteps:
             self.graphs = PrefillGraphs(self.forward, max_tokens=GRAPHED_PROMPT_TOKENS)
         quantized = self.forward.layers[0].qkv.bits != 16
         self.chunk = QUANTIZED_PREFILL_CHUNK if quantized else PREFILL_CHUNK
+        self.mlp_rows = QUANTIZED_PREFILL_CHUNK if quantized else MLP_ROWS
 
     def prefill(self, ids: Tensor) -> Tensor:
         seq = ids.numel()
@@ -86,7 +87,7 @@ class EngineSteps:
         found = None
         for c0 in range(0, seq, chunk):
             piece = Segment(ids[c0 : c0 + chunk], c0, 0, logits=c0 + chunk >= seq)
-            found = self.forward.prefill([piece], mlp_rows=chunk if chunk == seq else MLP_ROWS)
+            found = self.forward.prefill([piece], mlp_rows=chunk if chunk == seq else self.mlp_rows)
         assert found is not None
         return found[0]
 

@@ -393,6 +393,7 @@ def _int4_matmul_kernel(
     K: tl.constexpr,
     M_PAD: tl.constexpr,  # M rounded up to a power of two >= 16 (the autotuner's key)
     HAS_BIAS: tl.constexpr,
+    ACCUM: tl.constexpr,  # y (fp32, the residual stream) += the product, else y = it
     BM: tl.constexpr,
     BN: tl.constexpr,
     BW: tl.constexpr,  # words per step (BW * 8 columns)
@@ -434,6 +435,8 @@ def _int4_matmul_kernel(
     if HAS_BIAS:
         y += tl.load(bias_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out = y_ptr + rows[:, None] * N + cols[None, :]
+    if ACCUM:  # each output is this program's alone: a plain read-modify-write
+        y += tl.load(out, mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
     tl.store(out, y.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -447,9 +450,11 @@ _INT4_CONFIGS = [
         (16, 64, 32, 4, 3), (32, 32, 32, 4, 4), (32, 64, 32, 4, 3), (64, 64, 32, 4, 3),
     ]
 ]  # fmt: skip
-_int4_matmul_tuned = triton.autotune(configs=_INT4_CONFIGS, key=["M_PAD", "N", "K"])(
-    _int4_matmul_kernel
-)
+_INT4_KEY = ["M_PAD", "N", "K", "ACCUM"]
+_int4_matmul_tuned = triton.autotune(configs=_INT4_CONFIGS, key=_INT4_KEY)(_int4_matmul_kernel)
+_int4_matmul_accum_tuned = triton.autotune(
+    configs=_INT4_CONFIGS, key=_INT4_KEY, restore_value=["y_ptr"]
+)(_int4_matmul_kernel)
 INT4_GEMV_MAX_ROWS = 2  # rows that take the GEMV; more take the tiled kernel
 # Rows that int4_linear takes at all: measured on an H100, faster than dequantizing the weight
 # and cuBLAS at every decode bucket up to 64 rows; a prefill's many rows still do that.
@@ -473,18 +478,21 @@ INT4_TUNED: dict[tuple[int, int, int], tuple[int, int, int, int, int]] = {
 }
 
 
-def int4_linear(x: Tensor, words: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+def int4_linear(
+    x: Tensor, words: Tensor, scale: Tensor, bias: Tensor | None, add_to: Tensor | None = None
+) -> Tensor:
     """x [M, K] · Wᵀ (+ bias) → [M, N] in x's dtype, W the int32 words [N, K/8] of int4
-    weights with scale [N]; accumulated in fp32, the scale applied to the sums."""
+    weights with scale [N]; accumulated in fp32, the scale applied to the sums. With add_to
+    (fp32 [M, N]) the product is added into it, which is returned."""
     rows, k = x.shape
     n = words.shape[0]
-    out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    out = add_to if add_to is not None else torch.empty(rows, n, dtype=x.dtype, device=x.device)
     if rows <= INT4_GEMV_MAX_ROWS:
-        gemv(words, scale, bias, x, None, 0.0, False, out, False, 4, k)
+        gemv(words, scale, bias, x, None, 0.0, False, out, add_to is not None, 4, k)
         return out
     m_pad = max(16, triton.next_power_of_2(rows))
     args = (x, words, scale, bias if bias is not None else scale, out, rows, n)
-    flags = {"K": k, "M_PAD": m_pad, "HAS_BIAS": bias is not None}
+    flags = {"K": k, "M_PAD": m_pad, "HAS_BIAS": bias is not None, "ACCUM": add_to is not None}
     if INTERPRET:
         grid = (triton.cdiv(n, 16), triton.cdiv(rows, 16))
         _int4_matmul_kernel[grid](*args, **flags, BM=16, BN=16, BW=16)
@@ -502,10 +510,13 @@ def int4_linear(x: Tensor, words: Tensor, scale: Tensor, bias: Tensor | None) ->
     def grid_of(meta: dict[str, int]) -> tuple[int, int]:
         return (triton.cdiv(n, meta["BN"]), triton.cdiv(rows, meta["BM"]))
 
-    _int4_matmul_tuned[grid_of](*args, **flags)
+    (_int4_matmul_accum_tuned if add_to is not None else _int4_matmul_tuned)[grid_of](
+        *args, **flags
+    )
     return out
 
 
 def int4_matmul_best_configs() -> dict[str, str]:
     """What the autotuner picked for the tiled int4 matmul, by key (for the benchmark)."""
-    return {str(key): str(config) for key, config in _int4_matmul_tuned.cache.items()}
+    picked = {**_int4_matmul_tuned.cache, **_int4_matmul_accum_tuned.cache}
+    return {str(key): str(config) for key, config in picked.items()}
