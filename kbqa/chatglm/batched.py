@@ -87,12 +87,13 @@ class DecodeStep:
         pad = bucket - n
         rows = list(range(n)) + [cache.scratch] * pad
         # non_blocking from pageable memory: staged at once, without waiting for the stream.
-        host = torch.tensor([positions + [0] * pad, rows])
-        self.inputs[1:, :bucket].copy_(host, non_blocking=True)
-        if isinstance(tokens, Tensor):
+        if isinstance(tokens, Tensor):  # sampled on the device: never read back here
+            host = torch.tensor([positions + [0] * pad, rows])
+            self.inputs[1:, :bucket].copy_(host, non_blocking=True)
             self.inputs[0, :n].copy_(tokens.view(-1))
         else:
-            self.inputs[0, :bucket].copy_(torch.tensor(tokens + [0] * pad), non_blocking=True)
+            host = torch.tensor([tokens + [0] * pad, positions + [0] * pad, rows])
+            self.inputs[:, :bucket].copy_(host, non_blocking=True)
         if not self.cuda_graphs:
             return self._run(bucket, n_keys)[:n]
         entry = self._graphs.get((bucket, n_keys))

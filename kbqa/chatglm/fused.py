@@ -10,7 +10,7 @@ tests hold the kernels to.
 | float | ≤ 16 | skinny Triton matmul (`batched_kernels.skinny_linear`) |
 | int4 | ≤ 64 | tiled int4 matmul on the packed words (`kernels.int4_linear`) |
 | float | more | cuBLAS |
-| int8, int4 | more | the weight dequantized 64 MB at a time (int4 by a kernel), then cuBLAS |
+| int8, int4 | more | the weight dequantized (int4 by a kernel), in 64 MB blocks up to 1,024 rows, then cuBLAS |
 
 Numerics differ from the eager model in one deliberate way: the residual stream is kept in
 fp32 (float64 for a float64 model) rather than the model dtype, and the GEMV rows normalise
@@ -33,8 +33,11 @@ from kbqa.chatglm.triton_use import kernels_run_on
 
 # Matmuls on quantized weights over many rows dequantize this many weights at a time (64 MB in
 # fp16), so the temporary stays small next to the 4 GB of int4 weights (the 8k prefill's
-# memory goal).
+# memory goal: its chunks are 1,024 rows); over more rows (a whole prompt) a weight is
+# dequantized whole, one kernel and one cuBLAS matmul: 2,000 tokens took 55 ms in blocks,
+# 48 whole, on an H100 (bench/RESULTS.md).
 DEQUANT_BLOCK = 32 * 1024 * 1024
+WHOLE_DEQUANT_ROWS = 1024
 GEMV_MAX_ROWS = 2  # rows that go through the GEMV with its fusions (it reads W once per row)
 
 
@@ -167,6 +170,8 @@ def _matmul(
     if kernels is not None and lw.packed and rows <= kernels.INT4_MATMUL_MAX_ROWS:
         assert lw.scale is not None
         return kernels.int4_linear(h, lw.weight, lw.scale, lw.bias, add_to)
+    if rows > WHOLE_DEQUANT_ROWS:
+        return F.linear(h, lw.dequantized(slice(None), h.dtype), lw.bias)
     out = torch.empty(rows, lw.out_features, dtype=h.dtype, device=h.device)
     # Blocks of a multiple of 128 output features: an odd width (2,449 rows of 4h→h) sends
     # cuBLAS to slow kernels, which made an int4 prefill twice as slow (bench/RESULTS.md).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from fast_checks import CONFIG, gemv_error, steps_error
 
 from kbqa.chatglm import ChatGLM2
@@ -56,3 +57,24 @@ def test_steps_choice_and_reuse() -> None:
     with pytest.raises(ValueError, match="residual"):
         other = ChatGLM2.from_config({**CONFIG, "apply_residual_connection_post_layernorm": True})
         Forward(other, SlotCache(other, 1, 16))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_matmuls_in_blocks_and_whole_match_the_dequantized_weight(
+    monkeypatch: pytest.MonkeyPatch, bits: int
+) -> None:
+    """Many rows dequantize the weight in blocks (up to WHOLE_DEQUANT_ROWS rows) or whole."""
+    from kbqa.chatglm import fused
+    from kbqa.chatglm.quantize import quantize_weight
+
+    g = torch.Generator().manual_seed(bits)
+    weight, bias = torch.randn(300, 64, generator=g), torch.randn(300, generator=g)
+    q, scale = quantize_weight(weight, bits)
+    words = q.view(torch.int32) if bits == 4 else q
+    lw = fused.LinearWeights(words, scale, bias, bits, 64, 300, torch.float32)
+    x = torch.randn(40, 64, generator=g)
+    expected = F.linear(x, lw.dequantized(slice(None), x.dtype), bias)
+    monkeypatch.setattr(fused, "DEQUANT_BLOCK", 64 * 130)  # blocks of 128 output features
+    torch.testing.assert_close(fused.linear(lw, x), expected)
+    monkeypatch.setattr(fused, "WHOLE_DEQUANT_ROWS", 39)
+    torch.testing.assert_close(fused.linear(lw, x), expected)
