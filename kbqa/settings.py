@@ -109,6 +109,17 @@ class StorageSettings(_Section):
     """With `index = "auto"`, KBs with at least this many chunks use an HNSW index."""
     milvus_uri: str = ""
     """Milvus URI (`http://host:19530`) or a Milvus Lite file; empty = `$KBQA_HOME/milvus.db`."""
+    database: str = ""
+    """PostgreSQL URL (`postgresql://user:password@host:5432/kbqa`) holding the KBs, shared by
+    every server that names it (needs the `postgres` extra); empty = one SQLite file per KB
+    under `$KBQA_HOME/kbs`. Each server keeps its FAISS indexes as a cache in its own home."""
+
+    @field_validator("database")
+    @classmethod
+    def _postgresql_url(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL, or empty for SQLite files")
+        return value
 
 
 class RetrievalSettings(_Section):
@@ -249,7 +260,11 @@ class Settings(_Section):
 
     @property
     def kbs_dir(self) -> Path:
-        return self.home / "kbs"
+        """The KBs folder, carrying `storage.database` to every KnowledgeBase call."""
+        from storage.places import kbs_dir_with_database
+
+        return kbs_dir_with_database(self.home / "kbs", self.storage.database)
+
 
     @property
     def cache_dir(self) -> Path:

@@ -11,6 +11,14 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
     { apt-get update -q >/dev/null && apt-get install -y -q chromium fonts-wqy-microhei >/dev/null; }) ||
     echo "warning: could not install chromium; browser tests will be skipped" >&2
 fi
+# PostgreSQL's server binaries for the shared-database tests (their fixtures run initdb and
+# pg_ctl in a temporary folder; the tests are skipped, saying why, where these are missing).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$(id -u)" = 0 ] &&
+  command -v apt-get >/dev/null; then
+  (apt-get install -y -q postgresql >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }) ||
+    echo "warning: could not install postgresql; its tests will be skipped" >&2
+fi
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt constraints.txt ]; then
   exit 0
 fi

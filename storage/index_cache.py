@@ -37,9 +37,19 @@ log = logging.getLogger(__name__)
 
 
 class IndexCache:
-    def __init__(self, kb_dir: Path, dim: int, mode: str, threshold: int, lock: WriteLock) -> None:
+    def __init__(
+        self,
+        kb_dir: Path,
+        dim: int,
+        mode: str,
+        threshold: int,
+        lock: WriteLock,
+        *,
+        kb_name: str | None = None,
+    ) -> None:
         resolve_kind(mode, 0, threshold)  # reject an unknown mode up front
         self._dir = kb_dir
+        self._name = kb_name or kb_dir.name
         self._dim = dim
         self._mode = mode
         self._threshold = threshold
@@ -98,13 +108,16 @@ class IndexCache:
             index = self._derive(store, base, removed, added, vectors)
         except (RuntimeError, KBDamaged) as exc:
             # The commit stands; only the cache failed. Report it, do not fail the sync.
-            log.warning("could not update the index of %s: %s", self._dir.name, exc)
+            log.warning("could not update the index of %s: %s", self._name, exc)
             return
         self._index, self._generation = index, generation
         try:
-            write_index(self._dir, generation, index)
-            # Keep the previous generation: a reader may be about to load it.
-            prune_index_files(self._dir, keep_from=generation - 1)
+            # Re-entrant for a SQLite KB (its writer holds this lock already); for PostgreSQL,
+            # the host's cache lock keeps `prune` from a temp file another process is writing.
+            with self._lock.hold():
+                write_index(self._dir, generation, index)
+                # Keep the previous generation: a reader may be about to load it.
+                prune_index_files(self._dir, keep_from=generation - 1)
         except OSError as exc:
             log.warning(
                 "could not write the index in %s (%s); it is rebuilt on open", self._dir, exc
@@ -128,5 +141,5 @@ class IndexCache:
             return self._build(store, kind)
 
     def _build(self, store: Store, kind: IndexKind) -> VectorIndex:
-        ids, vectors = store.read_all_vectors(self._dim, self._dir.name)
+        ids, vectors = store.read_all_vectors(self._dim, self._name)
         return VectorIndex.build(kind, self._dim, ids, vectors)

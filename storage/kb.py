@@ -23,7 +23,7 @@ from types import TracebackType
 
 import numpy as np
 
-from storage import db, rows
+from storage import db, pg_kb, pg_schema, rows
 from storage.check import check_kb
 from storage.dense import DenseCache
 from storage.errors import EmbeddingMismatch, KBDamaged, KBExists, KBNotFound, StorageError
@@ -38,9 +38,10 @@ from storage.milvus_index import (
     drop_kb_collection,
 )
 from storage.names import validate_kb_name
+from storage.places import database_of
 from storage.search import hybrid_search
 from storage.sqlite_store import SqliteStore
-from storage.store import Store
+from storage.store import Store, read_valid_meta
 from storage.types import ChunkRecord, DocumentInfo, DocumentUpsert, KBInfo, SearchHit, Vectors
 from storage.vector_index import VectorIndex, resolve_kind, write_index
 
@@ -54,13 +55,15 @@ BACKENDS = ("faiss", "milvus")
 class KnowledgeBase:
     def __init__(
         self,
+        name: str,
         path: Path,
         store: Store,
         meta: dict[str, str],
         lock: WriteLock,
         index: DenseCache,
     ) -> None:
-        self.name = path.name
+        """Use `create` or `open`. `path`: the KB's folder (PostgreSQL: this host's cache)."""
+        self.name = name
         self.path = path
         self._store = store
         self._meta = meta
@@ -95,6 +98,10 @@ class KnowledgeBase:
         if dim <= 0:
             raise StorageError(f"embedding dimension must be positive, got {dim}")
         resolve_kind(index, 0, approximate_threshold)
+        database = database_of(kbs_dir)
+        if database is not None:
+            pg_kb.create(database, name, _new_meta(name, backend, embedding, dim))
+            return cls.open(kbs_dir, name, index=index, approximate_threshold=approximate_threshold)
         kbs_dir.mkdir(parents=True, exist_ok=True)
         target = kbs_dir / name
         if target.exists():
@@ -105,15 +112,7 @@ class KnowledgeBase:
         staging = kbs_dir / f".creating-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            meta = {
-                "schema_version": str(db.SCHEMA_VERSION),
-                "name": name,
-                "backend": backend,
-                "embedding": embedding,
-                "dim": str(dim),
-                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "generation": "0",
-            }
+            meta = _new_meta(name, backend, embedding, dim)
             if backend == "milvus":
                 meta[META_KEY] = new_collection_name(name)
             conn = db.connect(staging / db.DB_FILE, create=True)
@@ -155,6 +154,10 @@ class KnowledgeBase:
         milvus_uri: str | None = None,
     ) -> KnowledgeBase:
         name = validate_kb_name(name)
+        database = database_of(kbs_dir)
+        if database is not None:
+            opened = pg_kb.open_kb(kbs_dir, database, name, index, approximate_threshold)
+            return cls(name, opened.path, opened.store, opened.meta, opened.lock, opened.dense)
         path = kbs_dir / name
         if not path.is_dir():
             raise KBNotFound(f"knowledge base {name} does not exist")
@@ -164,17 +167,20 @@ class KnowledgeBase:
         conn = db.connect(db_path)
         store = SqliteStore(conn, name)
         try:
-            meta = _read_valid_meta(store, name)
+            meta = read_valid_meta(store, name)
             lock = WriteLock(path / LOCK_FILE, f"knowledge base {name}")
             uri = milvus_uri or default_uri(kbs_dir)
             dense = _dense_cache(path, meta, lock, index, approximate_threshold, uri)
-            return cls(path, store, meta, lock, dense)
+            return cls(path.name, path, store, meta, lock, dense)
         except BaseException:
             conn.close()
             raise
 
     @staticmethod
     def list_names(kbs_dir: Path) -> list[str]:
+        database = database_of(kbs_dir)
+        if database is not None:
+            return pg_schema.list_names(database)
         if not kbs_dir.is_dir():
             return []
         names = []
@@ -192,6 +198,10 @@ class KnowledgeBase:
         A milvus KB's collection is dropped first: if Milvus cannot be reached, the KB stays.
         """
         name = validate_kb_name(name)
+        database = database_of(kbs_dir)
+        if database is not None:
+            pg_kb.delete(kbs_dir, database, name)
+            return
         path = kbs_dir / name
         if not path.is_dir():
             raise KBNotFound(f"knowledge base {name} does not exist")
@@ -466,18 +476,16 @@ def _dense_cache(
     return MilvusVectors(path, milvus_uri, meta[META_KEY], dim, index, threshold, lock)
 
 
-def _read_valid_meta(store: Store, name: str) -> dict[str, str]:
-    """The KB's meta, or KBDamaged naming what is missing or wrong."""
-    try:
-        with store.snapshot():
-            missing = store.missing_tables()
-            meta = {} if missing else store.read_meta()
-    except store.database_errors as exc:
-        raise KBDamaged(f"knowledge base {name} is damaged: {exc}") from exc
-    problems = [f"table {t} is missing" for t in missing] or db.meta_problems(meta)
-    if problems:
-        raise KBDamaged(f"knowledge base {name} is damaged: {'; '.join(problems)}")
-    return meta
+def _new_meta(name: str, backend: str, embedding: str, dim: int) -> dict[str, str]:
+    return {
+        "schema_version": str(db.SCHEMA_VERSION),
+        "name": name,
+        "backend": backend,
+        "embedding": embedding,
+        "dim": str(dim),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "generation": "0",
+    }
 
 
 def _sweep_leftovers(kbs_dir: Path) -> None:

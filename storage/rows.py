@@ -189,27 +189,35 @@ def load_chunks(
     wanted = json.dumps(list(keys))
     found: dict[int | str, StoredChunk] = {}
     for row in conn.execute(f"{_HIT_SELECT} WHERE c.{column} {IN_JSON}", (wanted,)):
-        rowid, chunk_id, doc_id, text, source, page, heading, metadata, blob = row
-        if len(blob) != 4 * dim:
-            raise KBDamaged(
-                f"knowledge base {kb_name}: chunk {chunk_id} has a vector of the wrong size; "
-                "run `kbqa kb check`"
-            )
-        hit = SearchHit(
-            chunk_id=chunk_id,
-            doc_id=doc_id,
-            text=text,
-            source=source,
-            page=page,
-            heading=heading,
-            score=0.0,
-            kb=kb_name,
-            metadata=json.loads(metadata),
-        )
-        found[rowid if column == "id" else chunk_id] = StoredChunk(
-            rowid, hit, np.frombuffer(blob, dtype=np.float32)
-        )
+        chunk = stored_chunk(row[:-1], row[-1], dim, kb_name)
+        found[chunk.rowid if column == "id" else chunk.hit.chunk_id] = chunk
     return found
+
+
+HitFields = tuple[int, str, str, str, str, int | None, str | None, str]
+"""(rowid, chunk_id, doc_id, text, source, page, heading, metadata JSON)"""
+
+
+def stored_chunk(fields: HitFields, blob: bytes, dim: int, kb_name: str) -> StoredChunk:
+    """A chunk as search returns it, from its row (whichever database it came from)."""
+    rowid, chunk_id, doc_id, text, source, page, heading, metadata = fields
+    if len(blob) != 4 * dim:
+        raise KBDamaged(
+            f"knowledge base {kb_name}: chunk {chunk_id} has a vector of the wrong size; "
+            "run `kbqa kb check`"
+        )
+    hit = SearchHit(
+        chunk_id=chunk_id,
+        doc_id=doc_id,
+        text=text,
+        source=source,
+        page=page,
+        heading=heading,
+        score=0.0,
+        kb=kb_name,
+        metadata=json.loads(metadata),
+    )
+    return StoredChunk(rowid, hit, np.frombuffer(blob, dtype=np.float32))
 
 
 def read_all_vectors(

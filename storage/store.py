@@ -19,6 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
+from storage import db
+from storage.errors import KBDamaged
 from storage.rows import ChunkRow, PreparedDocument, StoredChunk
 from storage.types import DocumentInfo, Vectors
 
@@ -127,3 +129,17 @@ class Store(Protocol):
     def rowids(self) -> np.ndarray: ...
 
     def vectors_by_rowid(self, ids: np.ndarray) -> list[bytes]: ...
+
+
+def read_valid_meta(store: Store, name: str) -> dict[str, str]:
+    """The KB's meta, or KBDamaged naming what is missing or wrong."""
+    try:
+        with store.snapshot():
+            missing = store.missing_tables()
+            meta = {} if missing else store.read_meta()
+    except store.database_errors as exc:
+        raise KBDamaged(f"knowledge base {name} is damaged: {exc}") from exc
+    problems = [f"table {t} is missing" for t in missing] or db.meta_problems(meta)
+    if problems:
+        raise KBDamaged(f"knowledge base {name} is damaged: {'; '.join(problems)}")
+    return meta

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres_server import PostgresServer, find_binaries
 
 # Bilingual lines written for these tests. No emoji and few rare characters on purpose: those
 # must go through SentencePiece's byte fallback, which the streaming tests exercise. One line
@@ -53,3 +55,29 @@ def train_sentencepiece(path: Path, vocab_size: int = 500) -> Path:
 @pytest.fixture(scope="session")
 def sp_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_sentencepiece(tmp_path_factory.mktemp("spm") / "tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the whole session, stopped at its end; skipped (with the
+    reason) where the binaries or the psycopg driver are missing."""
+    bindir, why_not = find_binaries()
+    if bindir is None:
+        pytest.skip(why_not)
+    pytest.importorskip("psycopg", reason="the `postgres` extra (psycopg) is not installed")
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty database of the session's cluster (one per test)."""
+    from storage import pg_pool
+
+    url = postgres_server.create_database()
+    yield url
+    pg_pool.close(url)  # this process's connections to it; the cluster keeps the database

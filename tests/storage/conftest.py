@@ -9,20 +9,39 @@ import pytest
 from storage_helpers import DIM
 
 from storage.kb import KnowledgeBase
+from storage.places import kbs_dir_with_database
 
 # Every test that uses the `kb` fixture (or asks for `backend`) runs on each backend, so the
 # two cannot drift apart. `@pytest.mark.backends("faiss")` narrows a test to the ones named.
 BACKENDS = ("faiss", "milvus")
+# Likewise every test that uses `kbs_dir` (or `kb`) runs on each database that holds KBs;
+# `@pytest.mark.databases("sqlite")` narrows one that reaches into the SQLite file itself.
+# Milvus KBs keep their rows in SQLite only.
+DATABASES = ("sqlite", "postgresql")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "backends(*names): run only on these storage backends")
+    config.addinivalue_line("markers", "databases(*names): run only on these KB databases")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "backend" in metafunc.fixturenames:
-        marker = metafunc.definition.get_closest_marker("backends")
-        metafunc.parametrize("backend", marker.args if marker else BACKENDS)
+    backends = metafunc.definition.get_closest_marker("backends")
+    databases = metafunc.definition.get_closest_marker("databases")
+    backend_names = backends.args if backends else BACKENDS
+    database_names = databases.args if databases else DATABASES
+    if "backend" in metafunc.fixturenames and "database" in metafunc.fixturenames:
+        pairs = [
+            (b, d)
+            for b in backend_names
+            for d in database_names
+            if not (b == "milvus" and d == "postgresql")
+        ]
+        metafunc.parametrize("backend,database", pairs)
+    elif "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", backend_names)
+    elif "database" in metafunc.fixturenames:
+        metafunc.parametrize("database", database_names)
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +65,11 @@ def rng() -> np.random.Generator:
 
 
 @pytest.fixture
-def kbs_dir(tmp_path: Path) -> Path:
-    return tmp_path / "kbs"
+def kbs_dir(tmp_path: Path, database: str, request: pytest.FixtureRequest) -> Path:
+    """The KBs folder; with `postgresql`, carrying a new database of the session's server."""
+    if database == "sqlite":
+        return tmp_path / "kbs"
+    return kbs_dir_with_database(tmp_path / "kbs", request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture

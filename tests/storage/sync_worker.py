@@ -4,6 +4,8 @@ sync_worker.py KBS_DIR NAME big [--die-after-commit | --die-mid-transaction]
     one large deterministic sync; prints "start" just before it, "done" after
 sync_worker.py KBS_DIR NAME generations N
     N consecutive syncs, each replacing every document with chunks tagged "gen<i>"
+
+With KBQA_TEST_DATABASE set to a PostgreSQL URL, the KB is the one in that database.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from storage_helpers import make_doc, unit_vectors
 from storage import index_cache, rows
 from storage.kb import KnowledgeBase
 from storage.keyword import tokenize
+from storage.pg_store import PostgresStore
+from storage.places import kbs_dir_with_database
 from storage.types import DocumentUpsert
 
 BIG_DIM = 32
@@ -54,14 +58,17 @@ def _die(*_: object, **__: object) -> None:
 
 
 def main() -> None:
-    kbs_dir, name, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    database = os.environ.get("KBQA_TEST_DATABASE")
+    kbs_dir = kbs_dir_with_database(Path(sys.argv[1]), database)
+    name, mode = sys.argv[2], sys.argv[3]
     kb = KnowledgeBase.open(kbs_dir, name)
     if mode == "big":
         upserts, removals = big_sync_arguments()
         if "--die-after-commit" in sys.argv:
             index_cache.write_index = _die  # type: ignore[assignment]
         if "--die-mid-transaction" in sys.argv:
-            real_insert = rows.insert_document
+            owner: object = PostgresStore if database else rows
+            real_insert = owner.insert_document  # type: ignore[attr-defined]
             inserted = []
 
             def insert_then_die(*args: object) -> list[int]:
@@ -70,7 +77,7 @@ def main() -> None:
                     os._exit(9)
                 return real_insert(*args)  # type: ignore[arg-type]
 
-            rows.insert_document = insert_then_die  # type: ignore[assignment]
+            owner.insert_document = insert_then_die  # type: ignore[attr-defined]
         tokenize("预热")  # jieba's one-off start-up is not what the kills should land in
         print("start", flush=True)
         kb.sync(upserts, removals)

@@ -14,6 +14,9 @@ from storage_helpers import DIM, random_doc, unit_vectors
 from storage.errors import KBDamaged
 from storage.kb import KnowledgeBase
 
+# Edits the SQLite file by hand; test_check_postgres.py edits the PostgreSQL rows.
+pytestmark = pytest.mark.databases("sqlite")
+
 
 @pytest.fixture
 def built(kbs_dir: Path, rng: np.random.Generator) -> Iterator[Path]:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +18,25 @@ from storage_helpers import unit_vectors
 from sync_worker import BIG_DIM, big_sync_arguments, initial_documents
 
 from storage.kb import KnowledgeBase
+from storage.places import database_of, kbs_dir_with_database
 
 WORKER = Path(__file__).with_name("sync_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 
 State = frozenset[tuple[str, str, int]]
+Copier = Callable[[Path, Path], Path]
 
 
-def _spawn(*args: str) -> subprocess.Popen[str]:
+def _spawn(kbs_dir: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(WORKER.parent)])}
+    database = database_of(kbs_dir)
+    if database:
+        env["KBQA_TEST_DATABASE"] = database
     return subprocess.Popen(
-        [sys.executable, str(WORKER), *args], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, str(WORKER), str(kbs_dir), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -50,9 +59,22 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return kbs_dir
 
 
-def _fresh_copy(template: Path, dest: Path) -> Path:
-    shutil.copytree(template, dest)
-    return dest
+@pytest.fixture
+def fresh_copy(database: str, request: pytest.FixtureRequest) -> Copier:
+    """Makes a KB `kb` like the template's: a copy of its folder, or (PostgreSQL) the same
+    documents in a new database, which this host reaches through folder `dest`."""
+
+    def copy(template: Path, dest: Path) -> Path:
+        if database == "sqlite":
+            shutil.copytree(template, dest)
+            return dest
+        server = request.getfixturevalue("postgres_server")
+        kbs_dir = kbs_dir_with_database(dest, server.create_database())
+        with KnowledgeBase.create(kbs_dir, "kb", embedding="fake", dim=BIG_DIM) as kb:
+            kb.sync(initial_documents(), [])
+        return kbs_dir
+
+    return copy
 
 
 def _assert_whole(kbs_dir: Path, before: State, after: State) -> State:
@@ -68,14 +90,16 @@ def _assert_whole(kbs_dir: Path, before: State, after: State) -> State:
     return state
 
 
-def test_sigkill_at_random_moments_leaves_before_or_after(template: Path, tmp_path: Path) -> None:
+def test_sigkill_at_random_moments_leaves_before_or_after(
+    template: Path, tmp_path: Path, fresh_copy: Copier
+) -> None:
     with KnowledgeBase.open(template, "kb") as kb:
         before = _state(kb)
     after = _expected_after(before)
 
     # One undisturbed run measures how long the sync takes.
-    full = _fresh_copy(template, tmp_path / "full")
-    worker = _spawn(str(full), "kb", "big")
+    full = fresh_copy(template, tmp_path / "full")
+    worker = _spawn(full, "kb", "big")
     assert worker.stdout is not None and worker.stdout.readline().strip() == "start"
     started = time.monotonic()
     assert worker.stdout.readline().strip() == "done"
@@ -85,8 +109,8 @@ def test_sigkill_at_random_moments_leaves_before_or_after(template: Path, tmp_pa
 
     moments = random.Random(42)
     for attempt in range(6):
-        kbs_dir = _fresh_copy(template, tmp_path / f"kill{attempt}")
-        worker = _spawn(str(kbs_dir), "kb", "big")
+        kbs_dir = fresh_copy(template, tmp_path / f"kill{attempt}")
+        worker = _spawn(kbs_dir, "kb", "big")
         assert worker.stdout is not None and worker.stdout.readline().strip() == "start"
         # Spread the kills over the whole sync, a few just before it would have finished.
         time.sleep(moments.uniform(0.0, 1.2 * duration))
@@ -96,25 +120,30 @@ def test_sigkill_at_random_moments_leaves_before_or_after(template: Path, tmp_pa
 
 
 @pytest.mark.parametrize("where", ["--die-mid-transaction", "--die-after-commit"])
-def test_death_at_the_critical_points(template: Path, tmp_path: Path, where: str) -> None:
+def test_death_at_the_critical_points(
+    template: Path, tmp_path: Path, where: str, fresh_copy: Copier
+) -> None:
     with KnowledgeBase.open(template, "kb") as kb:
         before = _state(kb)
     after = _expected_after(before)
-    kbs_dir = _fresh_copy(template, tmp_path / "kb")
-    worker = _spawn(str(kbs_dir), "kb", "big", where)
+    kbs_dir = fresh_copy(template, tmp_path / "kb")
+    worker = _spawn(kbs_dir, "kb", "big", where)
     assert worker.wait() == 9
     state = _assert_whole(kbs_dir, before, after)
     assert state == (after if where == "--die-after-commit" else before)
     if where == "--die-after-commit":
         # The commit stands though its index file was never written; open rebuilt it.
-        assert (kbs_dir / "kb" / "index.2.faiss").exists()
+        with KnowledgeBase.open(kbs_dir, "kb") as kb:
+            assert (kb.path / "index.2.faiss").exists()
 
 
-def test_search_while_another_process_writes(template: Path, tmp_path: Path) -> None:
-    kbs_dir = _fresh_copy(template, tmp_path / "kb")
+def test_search_while_another_process_writes(
+    template: Path, tmp_path: Path, fresh_copy: Copier
+) -> None:
+    kbs_dir = fresh_copy(template, tmp_path / "kb")
     with KnowledgeBase.open(kbs_dir, "kb") as reader:
         query = unit_vectors(np.random.default_rng(3), 1, BIG_DIM)[0]
-        writer = _spawn(str(kbs_dir), "kb", "generations", "25")
+        writer = _spawn(kbs_dir, "kb", "generations", "25")
         searches = 0
         tags_seen = set()
         while writer.poll() is None or searches == 0:

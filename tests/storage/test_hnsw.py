@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from storage_helpers import make_doc, random_doc, unit_vectors
 
 from storage.kb import KnowledgeBase
@@ -33,6 +34,7 @@ def test_hnsw_recall_against_exact(kbs_dir: Path, rng: np.random.Generator) -> N
         assert found / (10 * len(queries)) >= 0.95
 
 
+@pytest.mark.databases("sqlite")  # the SQLite layout: test_postgres_kb.py
 def test_auto_switches_at_threshold_and_survives_removals(
     kbs_dir: Path, rng: np.random.Generator
 ) -> None:

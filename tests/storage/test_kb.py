@@ -22,6 +22,7 @@ from storage.kb import KnowledgeBase
 from storage.types import ChunkRecord
 
 
+@pytest.mark.databases("sqlite")  # the SQLite layout: test_postgres_kb.py
 def test_create_open_list_delete(kbs_dir: Path) -> None:
     assert KnowledgeBase.list_names(kbs_dir) == []
     KnowledgeBase.create(kbs_dir, "知识库_1", embedding="bge", dim=DIM).close()
@@ -43,6 +44,7 @@ def test_create_open_list_delete(kbs_dir: Path) -> None:
     assert [p.name for p in kbs_dir.iterdir()] == ["alpha"]  # no staging/deleted leftovers
 
 
+@pytest.mark.databases("sqlite")  # the SQLite layout: test_postgres_kb.py
 def test_leftovers_of_killed_create_and_delete_are_swept(kbs_dir: Path) -> None:
     import os
 
@@ -184,6 +186,7 @@ def test_closed_kb_refuses_use(kbs_dir: Path) -> None:
         kb.documents()
 
 
+@pytest.mark.databases("sqlite")  # the SQLite layout: test_postgres_kb.py
 def test_write_lock_is_reentrant_and_serialises_processes(
     kb: KnowledgeBase, rng: np.random.Generator
 ) -> None:
@@ -216,6 +219,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.databases("sqlite")  # the SQLite layout: test_postgres_kb.py
 def test_open_not_a_database(kbs_dir: Path) -> None:
     KnowledgeBase.create(kbs_dir, "a", embedding="m", dim=4).close()
     (kbs_dir / "a" / "kb.sqlite").write_bytes(b"this is not sqlite" * 100)
@@ -224,6 +228,7 @@ def test_open_not_a_database(kbs_dir: Path) -> None:
     assert KnowledgeBase.diagnose(kbs_dir, "a") != []
 
 
+@pytest.mark.databases("sqlite")  # the SQLite layout: test_postgres_kb.py
 def test_open_database_without_schema(kbs_dir: Path) -> None:
     import sqlite3
 
@@ -235,6 +240,7 @@ def test_open_database_without_schema(kbs_dir: Path) -> None:
         KnowledgeBase.open(kbs_dir, "a")
 
 
+@pytest.mark.databases("sqlite")  # the SQLite layout: test_postgres_kb.py
 def test_open_with_meta_missing(kbs_dir: Path) -> None:
     import sqlite3
 
@@ -245,6 +251,7 @@ def test_open_with_meta_missing(kbs_dir: Path) -> None:
         KnowledgeBase.open(kbs_dir, "a")
 
 
+@pytest.mark.databases("sqlite")  # the SQLite layout: test_postgres_kb.py
 def test_directory_without_database(kbs_dir: Path) -> None:
     (kbs_dir / "a").mkdir(parents=True)
     with pytest.raises(KBDamaged):
@@ -252,6 +259,7 @@ def test_directory_without_database(kbs_dir: Path) -> None:
     assert KnowledgeBase.list_names(kbs_dir) == []
 
 
+@pytest.mark.databases("sqlite")  # the SQLite layout: test_postgres_kb.py
 def test_lock_wait_times_out_quickly(kb: KnowledgeBase) -> None:
     start = time.monotonic()
     with kb.write_lock():

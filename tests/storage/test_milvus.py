@@ -28,7 +28,8 @@ from storage.types import SearchHit
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.usefixtures("milvus_lite")
+# Milvus KBs keep their rows in SQLite only.
+pytestmark = [pytest.mark.usefixtures("milvus_lite"), pytest.mark.databases("sqlite")]
 
 
 @pytest.fixture
