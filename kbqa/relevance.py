@@ -66,7 +66,7 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import PurePosixPath
 
-from kbqa.value_kinds import missing_kinds
+from kbqa.value_kinds import held_kinds, missing_kinds
 from storage.fusion import reads_chinese
 from storage.keyword import STOPWORDS, has_cjk
 from storage.types import SearchHit
@@ -253,9 +253,11 @@ def relevance(
     weight: float = 1.0,
     focus: str | None = None,
     names: frozenset[str] = frozenset(),
+    held_nearby: frozenset[str] = frozenset(),
 ) -> float:
     """max(weight * dense, lexical); `weight` from `dense_weight`, 1 for a reranker's score;
-    `names`: the documents the question names (`named_documents`)."""
+    `names`: the documents the question names (`named_documents`); `held_nearby`: the kinds of
+    value other chunks of the hit's document hold (kbqa.value_kinds.missing_kinds)."""
     dense = min(max(hit.score, 0.0), 1.0) * weight
     score = max(dense, lexical_score(question, hit, focus))
     haystack = _haystack(hit.source, hit.heading or "", hit.text)
@@ -264,7 +266,7 @@ def relevance(
     return (
         score
         * MISSING_NUMBER_FACTOR ** (missing_numbers(asked, haystack) + missing_names)
-        * MISSING_KIND_FACTOR ** missing_kinds(asked, haystack.text)
+        * MISSING_KIND_FACTOR ** missing_kinds(asked, haystack.text, held_nearby)
     )
 
 
@@ -300,6 +302,19 @@ def named_documents(question: str, sources: Iterable[str]) -> frozenset[str]:
     )
 
 
+def kinds_by_document(
+    question: str, hits: Iterable[SearchHit]
+) -> dict[tuple[str, str], frozenset[str]]:
+    """For each (kb, doc_id) among `hits`, the kinds of value asked by `question` that one of
+    its chunks holds (the `held_nearby` of `relevance`)."""
+    held: dict[tuple[str, str], frozenset[str]] = {}
+    for hit in hits:
+        key = (hit.kb, hit.doc_id)
+        haystack = _haystack(hit.source, hit.heading or "", hit.text)
+        held[key] = held.get(key, frozenset()) | held_kinds(question, haystack.text)
+    return held
+
+
 def missing_numbers(question: str, haystack: _Haystack) -> int:
     """How many of the question's terms with a digit (4090, int4, qwen-72b, f1) the chunk lacks."""
     return sum(
@@ -314,9 +329,12 @@ def with_relevance(
     weight: float = 1.0,
     focus: str | None = None,
     names: frozenset[str] = frozenset(),
+    held_nearby: frozenset[str] = frozenset(),
 ) -> SearchHit:
     """`hit` with its relevance to `question` stored in extra["relevance"]."""
-    score = relevance(question, hit, weight=weight, focus=focus, names=names)
+    score = relevance(
+        question, hit, weight=weight, focus=focus, names=names, held_nearby=held_nearby
+    )
     return replace(hit, extra={**hit.extra, RELEVANCE: score})
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from kbqa.errors import ConfigError, NotFound, UsageError
 from kbqa.relevance import (
     dense_weight,
+    kinds_by_document,
     named_documents,
     query_terms,
     relevance_of,
@@ -156,9 +157,18 @@ class Retriever:
                 raise ConfigError(str(e)) from None
             weight = dense_weight(query, model)
             found += [(hit, weight) for hit in hits]
-        named = named_documents(focus or query, {hit.source for hit, _ in found})
+        asked = focus or query
+        named = named_documents(asked, {hit.source for hit, _ in found})
+        by_document = kinds_by_document(asked, [hit for hit, _ in found])
         merged = [
-            with_relevance(query, hit, weight=weight, focus=focus, names=named)
+            with_relevance(
+                query,
+                hit,
+                weight=weight,
+                focus=focus,
+                names=named,
+                held_nearby=by_document[(hit.kb, hit.doc_id)],
+            )
             for hit, weight in found
         ]
         merged.sort(key=lambda h: (relevance_of(h), h.extra.get("fused", 0.0)), reverse=True)

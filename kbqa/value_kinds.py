@@ -91,7 +91,8 @@ KINDS: tuple[ValueKind, ...] = (
         "date",
         r"哪天|哪一天|什么时候|何时|哪年|哪一年|什么日期|发布日期"
         r"|\bwhen (?:was|were|did|is|will)\b|\bwhat date\b|\bwhich date\b|\brelease date\b",
-        r"\d{4}\s*[-/.年]\s*\d{1,2}|\d{4}年|\d{1,2}\s+(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov"
+        r"(?<![\d.])\d{4}\s*[-/.年]\s*\d{1,2}(?![\d.])|\d{4}年|(?<![\d/])\d{2}/\d{2}/\d{2}(?![\d/])"
+        r"|\d{1,2}\s+(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov"
         r"|dec)[a-z]*\s+\d{4}|(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\s+\d{1,2},?"
         r"\s+\d{4}",
     ),
@@ -114,8 +115,19 @@ def asked_kinds(question: str) -> tuple[ValueKind, ...]:
     return tuple(kind for kind in KINDS if kind.asked.search(text))
 
 
-def missing_kinds(question: str, passage: str) -> int:
-    """How many of the kinds `question` asks for `passage` holds no value of.
+def held_kinds(question: str, passage: str) -> frozenset[str]:
+    """The names of the kinds `question` asks for that `passage` holds a value of.
 
     `passage` is taken as it is given: kbqa.relevance passes its folded haystack."""
-    return sum(1 for kind in asked_kinds(question) if not kind.held.search(passage))
+    return frozenset(kind.name for kind in asked_kinds(question) if kind.held.search(passage))
+
+
+def missing_kinds(question: str, passage: str, held_nearby: frozenset[str] = frozenset()) -> int:
+    """How many of the kinds `question` asks for neither `passage` nor `held_nearby` holds.
+
+    `held_nearby`: the kinds other chunks of the passage's document hold. A document often
+    splits an answer over two chunks — "生成 2000 个字符的平均速度对比如下" in one, the table of
+    字符/秒 in the next — and the chunk that matches the question's words is then the one without
+    the value; it is not the document that lacks it."""
+    held = held_kinds(question, passage) | held_nearby
+    return sum(1 for kind in asked_kinds(question) if kind.name not in held)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from kbqa.relevance import MISSING_KIND_FACTOR, lexical_score, relevance
+from ingest.pipeline import ingest_paths
+from kbqa.relevance import MISSING_KIND_FACTOR, lexical_score, relevance, relevance_of
+from kbqa.retrieval import Retriever
+from kbqa.settings import load_settings
 from kbqa.value_kinds import asked_kinds, missing_kinds
 from storage.types import SearchHit
 
@@ -92,3 +97,31 @@ def test_only_the_new_question_of_a_follow_up_asks() -> None:
     chunk = hit("ChatGLM-6B 支持中文和英文两种语言。")
     focus = "那它支持哪些语言？"
     assert relevance(joined, chunk, focus=focus) == lexical_score(joined, chunk, focus)
+
+
+def test_a_value_in_another_chunk_of_the_same_document_counts() -> None:
+    # The matching words in one chunk, the table with the value in the next one.
+    question = "ChatGLM2-6B 平均每秒能输出多少个字符？"
+    intro = hit("ChatGLM2-6B 提高了生成速度，生成 2000 个字符的平均速度对比如下：")
+    assert relevance(question, intro) == pytest.approx(
+        lexical_score(question, intro) * MISSING_KIND_FACTOR
+    )
+    nearby = frozenset({"rate"})
+    assert relevance(question, intro, held_nearby=nearby) == lexical_score(question, intro)
+
+
+def test_retrieval_finds_the_kind_in_a_neighbouring_chunk(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    table = "\n".join(f"| 模型-{i} | {30 + i}.5 |" for i in range(40))
+    (docs / "speed.md").write_text(
+        "# 速度\n\nChatGLM2-6B 提高了生成速度，生成 2000 个字符的平均速度对比如下：\n\n"
+        f"| 模型 | 推理速度 (字符/秒) |\n|---|---|\n{table}\n",
+        encoding="utf-8",
+    )
+    settings = load_settings(home=home)
+    assert not ingest_paths(settings, "speed", [docs]).failed
+    hits = Retriever(settings).search("ChatGLM2-6B 平均每秒能输出多少个字符？", ["speed"], 5)
+    assert len({hit.chunk_id for hit in hits}) > 1  # the text and the table are two chunks
+    assert relevance_of(hits[0]) >= 0.45
