@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
@@ -124,11 +125,13 @@ class EmbeddingCache:
         original = Embedder.embed
         cache = self
 
-        def embed(embedder: Embedder, texts: list[str]) -> np.ndarray:
-            keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+        def embed(embedder: Embedder, texts: list[str], **options: Any) -> np.ndarray:
+            # PyTorch's vectors keep the keys of caches written before there were backends.
+            tag = "" if getattr(embedder, "backend", "torch") == "torch" else embedder.backend
+            keys = [hashlib.sha1((tag + t).encode()).hexdigest() for t in texts]
             missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in cache.vectors}
             if missing:
-                fresh = original(embedder, list(missing.values()))
+                fresh = original(embedder, list(missing.values()), **options)
                 cache.vectors.update(zip(missing, fresh, strict=True))
             cache.embedded += len(missing)
             cache.reused += len(texts) - len(missing)

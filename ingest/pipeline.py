@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from ingest.batching import NO_VECTORS, EmbedQueue
 from ingest.first_ingest import discard_if_left_empty
 from ingest.loaders import SUPPORTED_EXTENSIONS, load_document
 from ingest.splitter import embed_text, split_sections
@@ -203,7 +203,10 @@ def _same_model(name: str) -> str:
 
 
 def _embedder(settings: Settings, model: str) -> Embedder:
-    return get_embedder(model, settings.embedding.device, settings.embedding.batch_size)
+    embedding = settings.embedding
+    return get_embedder(
+        model, embedding.device, embedding.batch_size, embedding.backend, settings.cache_dir
+    )
 
 
 def ingest_paths(
@@ -236,13 +239,22 @@ def ingest_paths(
         with kb.write_lock():
             known = {doc.path: doc for doc in kb.documents()}
             progress.start(len(candidates))
-            upserts = []
+            upserts: list[DocumentUpsert] = []
+
+            def embedded(upsert: DocumentUpsert, status: str) -> None:
+                upserts.append(upsert)
+                progress.file_done(upsert.source, status, len(upsert.chunks))
+
+            # Files' chunks are embedded together (ingest.batching): small files fill batches.
+            queue = EmbedQueue(embedder, embedded, getattr(progress, "chunks_embedded", None))
             for candidate in candidates:
                 options = _load_options(settings, progress, candidate.source)
-                upsert, status = _prepare(settings, embedder, candidate, known, report, options)
+                upsert, status = _prepare(settings, candidate, known, report, options)
                 if upsert is not None:
-                    upserts.append(upsert)
-                progress.file_done(candidate.source, status, len(upsert.chunks) if upsert else 0)
+                    queue.add(upsert, status)
+                else:
+                    progress.file_done(candidate.source, status, 0)
+            queue.flush()
             seen = {str(c.path) for c in candidates}
             removals = [
                 path
@@ -259,20 +271,20 @@ def ingest_paths(
 
 def _prepare(
     settings: Settings,
-    embedder: Callable[[], Embedder],
     candidate: _Candidate,
     known: dict[str, DocumentInfo],
     report: IngestReport,
     options: LoadOptions,
 ) -> tuple[DocumentUpsert | None, str]:
-    """The upsert for one file (None when unchanged, skipped or failed) and its status word."""
+    """The upsert for one file, its vectors still to compute (None when unchanged, skipped or
+    failed), and its status word."""
     shown = str(candidate.path)
     if candidate.path.suffix.lower() not in SUPPORTED_EXTENSIONS:
         reason = f"unsupported extension {candidate.path.suffix or '(none)'}"
         report.skipped.append({"path": shown, "reason": reason})
         return None, "skipped"
     try:
-        upsert = _read_and_embed(settings, embedder, candidate, known, options)
+        upsert = _read(settings, candidate, known, options)
     except LoadError as e:
         report.failed.append({"path": shown, "error": str(e)})
         return None, "failed"
@@ -289,17 +301,18 @@ def _prepare(
     return upsert, "added"
 
 
-def _read_and_embed(
+def _read(
     settings: Settings,
-    embedder: Callable[[], Embedder],
     candidate: _Candidate,
     known: dict[str, DocumentInfo],
     options: LoadOptions,
 ) -> DocumentUpsert | None:
     stat = candidate.path.stat()
+    previous = known.get(str(candidate.path))
+    if settings.ingest.quick_check and _same_stat(previous, stat):
+        return None  # not even read: a re-ingest of an unchanged folder costs a stat a file
     max_bytes = int(settings.ingest.max_file_mb * 1024 * 1024)
     content_hash = _hash_file(candidate.path, max_bytes)
-    previous = known.get(str(candidate.path))
     if previous is not None and previous.content_hash == content_hash:
         return None
     sections = load_document(candidate.path, max_bytes=max_bytes, options=options)
@@ -331,7 +344,15 @@ def _read_and_embed(
         size=stat.st_size,
         mtime=stat.st_mtime,
         chunks=records,
-        vectors=embedder().embed([r.embed_text for r in records]),
+        vectors=NO_VECTORS,  # the EmbedQueue fills them in
+    )
+
+
+def _same_stat(previous: DocumentInfo | None, stat: os.stat_result) -> bool:
+    """Size and mtime as recorded when the document was last stored (ingest.quick_check)."""
+    return previous is not None and (previous.size, previous.mtime) == (
+        stat.st_size,
+        stat.st_mtime,
     )
 
 
