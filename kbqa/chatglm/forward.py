@@ -25,8 +25,11 @@ from kbqa.chatglm.model import ChatGLM2Model
 from kbqa.chatglm.triton_use import with_fallback
 
 # The MLP runs over this many rows at a time: its [rows, 2F] activation is the largest
-# temporary of a prefill (1,024 rows × 27,392 × 2 × 2 bytes = 112 MB for chatglm2-6b).
-MLP_ROWS = 1024
+# temporary of a prefill (2,048 rows × 27,392 × 2 bytes = 112 MB for chatglm2-6b). A whole
+# prompt of up to 2,048 tokens is one block, so that int4 weights are dequantized once per
+# prefill, not once per block (1,024-row blocks: 2,000 tokens in 53–56 ms against 48 ms
+# before, bench/RESULTS.md).
+MLP_ROWS = 2048
 
 
 class SlotCache:
