@@ -352,7 +352,7 @@ def _serve(conn: Connection, path: list[str], plugins: tuple[str, ...], memory_m
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: ours decides
     sys.path.extend(entry for entry in path if entry not in sys.path)  # plugins from tests, …
     load_plugins(plugins)
-    _cap_memory(memory_mb)
+    near_cap = _cap_memory(memory_mb)
     conn.send(("ready",))
     while True:
         try:
@@ -370,6 +370,10 @@ def _serve(conn: Connection, path: list[str], plugins: tuple[str, ...], memory_m
         except LoadError as e:
             reply = ("error", e.code, str(e))
         except MemoryError:
+            reply = ("error", PARSE_MEMORY, "")
+        if reply[0] == "error" and near_cap is not None and (_vm_kb("VmPeak") or 0) >= near_cap:
+            # A library that reports a failed allocation as its own error (lxml: "Memory
+            # allocation failed", wrapped as a corrupt file) still ran into the cap.
             reply = ("error", PARSE_MEMORY, "")
         if reply[0] == "error" and reply[1] == PARSE_MEMORY:
             reply = ("error", PARSE_MEMORY, _memory_message(memory_mb))
@@ -392,16 +396,29 @@ def _die_with_parent() -> None:
         pass
 
 
-def _cap_memory(memory_mb: int) -> None:
-    """Cap the address space at today's size plus `memory_mb` (imports already mapped)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            line = next(li for li in status if li.startswith("VmSize:"))
-        size = int(line.split()[1]) * 1024
-    except (OSError, StopIteration, ValueError):
-        return
+def _cap_memory(memory_mb: int) -> int | None:
+    """Cap the address space at today's size plus `memory_mb` (imports already mapped).
+
+    Returns the peak size, in KB, past which a failed parse counts as having hit the cap
+    (three quarters of the way: a parser's last, failed request may have been large), or
+    None where the size cannot be read (then nothing is capped).
+    """
+    size = _vm_kb("VmSize")
+    if size is None:
+        return None
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = size + memory_mb * 2**20
+    limit = size * 1024 + memory_mb * 2**20
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    return size + memory_mb * 1024 * 3 // 4
+
+
+def _vm_kb(field: str) -> int | None:
+    """A size from /proc/self/status (VmSize, VmPeak), in KB; None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            line = next(li for li in status if li.startswith(f"{field}:"))
+        return int(line.split()[1])
+    except (OSError, StopIteration, ValueError):
+        return None

@@ -16,7 +16,8 @@ from typing import Protocol
 
 from ingest.batching import NO_VECTORS, EmbedQueue
 from ingest.first_ingest import discard_if_left_empty
-from ingest.loaders import SUPPORTED_EXTENSIONS, load_document
+from ingest.isolation import FileParser, parse_limits
+from ingest.loaders import SUPPORTED_EXTENSIONS
 from ingest.splitter import embed_text, split_sections
 from ingest.types import LoadError, LoadOptions
 from ingest.walk import WalkProblem, classify, walk
@@ -85,6 +86,7 @@ def _load_options(settings: Settings, progress: Progress, source: str) -> LoadOp
         ocr=settings.ocr.enabled,
         ocr_max_pages=settings.ocr.max_pages,
         ocr_dpi=settings.ocr.dpi,
+        limits=parse_limits(settings),
         on_page=(lambda done, total: page_done(source, done, total)) if page_done else None,
     )
 
@@ -217,8 +219,24 @@ def ingest_paths(
     embedding: str | None = None,
     backend: str | None = None,
     progress: Progress | None = None,
+    parser: FileParser | None = None,
 ) -> IngestReport:
-    """Sync `paths` into KB `kb_name` (created on first use) and report what changed."""
+    """Sync `paths` into KB `kb_name` (created on first use) and report what changed.
+
+    `parser` loads the files (the server's shares its warm workers and carries a job's Stop);
+    by default the run has one of its own (see ingest.isolation).
+    """
+    if parser is None:
+        with FileParser.for_run(settings) as own:
+            return ingest_paths(
+                settings,
+                kb_name,
+                paths,
+                embedding=embedding,
+                backend=backend,
+                progress=progress,
+                parser=own,
+            )
     started = time.perf_counter()
     progress = progress or _NoProgress()
     candidates, folders, problems = collect_files(paths)
@@ -249,7 +267,7 @@ def ingest_paths(
             queue = EmbedQueue(embedder, embedded, getattr(progress, "chunks_embedded", None))
             for candidate in candidates:
                 options = _load_options(settings, progress, candidate.source)
-                upsert, status = _prepare(settings, candidate, known, report, options)
+                upsert, status = _prepare(settings, candidate, known, report, options, parser)
                 if upsert is not None:
                     queue.add(upsert, status)
                 else:
@@ -275,6 +293,7 @@ def _prepare(
     known: dict[str, DocumentInfo],
     report: IngestReport,
     options: LoadOptions,
+    parser: FileParser,
 ) -> tuple[DocumentUpsert | None, str]:
     """The upsert for one file, its vectors still to compute (None when unchanged, skipped or
     failed), and its status word."""
@@ -284,9 +303,9 @@ def _prepare(
         report.skipped.append({"path": shown, "reason": reason})
         return None, "skipped"
     try:
-        upsert = _read(settings, candidate, known, options)
+        upsert = _read(settings, candidate, known, options, parser)
     except LoadError as e:
-        report.failed.append({"path": shown, "error": str(e)})
+        report.failed.append({"path": shown, "error": str(e), "error_code": e.code})
         return None, "failed"
     except OSError as e:
         report.failed.append({"path": shown, "error": f"cannot read file: {e.strerror or e}"})
@@ -306,6 +325,7 @@ def _read(
     candidate: _Candidate,
     known: dict[str, DocumentInfo],
     options: LoadOptions,
+    parser: FileParser,
 ) -> DocumentUpsert | None:
     stat = candidate.path.stat()
     previous = known.get(str(candidate.path))
@@ -315,7 +335,7 @@ def _read(
     content_hash = _hash_file(candidate.path, max_bytes)
     if previous is not None and previous.content_hash == content_hash:
         return None
-    sections = load_document(candidate.path, max_bytes=max_bytes, options=options)
+    sections = parser.load(candidate.path, max_bytes=max_bytes, options=options)
     chunks = split_sections(
         sections,
         chunk_size=settings.ingest.chunk_size,
@@ -362,6 +382,8 @@ def _hash_file(path: Path, max_bytes: int) -> str:
     if size > max_bytes:
         raise LoadError(
             f"file is {size / 1024 / 1024:.1f} MB, over the {max_bytes / 1024 / 1024:g} MB limit"
+            " (ingest.max_file_mb)",
+            code="too_large",
         )
     digest = hashlib.sha256()
     with path.open("rb") as f:

@@ -109,7 +109,11 @@ def _read(path: Path, max_bytes: int) -> bytes:
         if size > max_bytes:
             raise LoadError(_too_large(size, max_bytes), code=TOO_LARGE)
         with path.open("rb") as file:
-            data = file.read(max_bytes + 1)  # the file may have grown since stat
+            # Sized by the file, not the limit: read(n) allocates n bytes before reading, and
+            # a parse worker's memory is capped (ingest.parse_memory_mb).
+            data = file.read(size + 1)
+            if len(data) > size:  # it grew since stat
+                data += file.read(max_bytes + 1 - len(data))
     except PermissionError as exc:
         raise LoadError("permission denied: cannot read the file") from exc
     except IsADirectoryError as exc:

@@ -8,13 +8,16 @@ from ingest.loaders.encoding import decode_text_file
 from ingest.tables import TableSection, format_table
 from ingest.types import Section
 
-_ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+# Every pattern here runs in time linear in its line: Markdown is parsed in the ingesting
+# process (see ingest.isolation), so a hostile line must not cost its length squared. The
+# closing #s of an ATX heading are therefore cut in Python (_atx_title), not by a lazy group.
+_ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*))?$")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _LIST_OR_QUOTE = re.compile(r"^ {0,3}([-*+>]|\d+[.)])(\s|$)")
 _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")
-_INLINE_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_INLINE_LINK = re.compile(r"!?\[([^\][]*)\]\([^()]*\)")
 _EMPHASIS = re.compile(r"(\*\*|__|\*|_|`)(.+?)\1")
 
 
@@ -76,7 +79,7 @@ def parse_markdown(text: str) -> list[Section]:
             continue
         atx = _ATX.match(line)
         if atx:
-            title = _plain(atx.group(2) or "")
+            title = _plain(_atx_title(atx.group(2) or ""))
             if title:
                 open_heading(len(atx.group(1)), title)
             continue
@@ -131,6 +134,15 @@ def _without_front_matter(lines: list[str]) -> list[str]:
             if lines[i].strip() in ("---", "..."):
                 return [*lines[1:i], "", *lines[i + 1 :]]
     return lines
+
+
+def _atx_title(text: str) -> str:
+    """An ATX heading's text without its optional closing sequence (`## Title ##`)."""
+    text = text.rstrip(" \t")
+    bare = text.rstrip("#")
+    if bare != text and bare[-1:] in (" ", "\t"):
+        return bare.rstrip(" \t")
+    return text
 
 
 def _plain(title: str) -> str:

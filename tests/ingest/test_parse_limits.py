@@ -127,3 +127,20 @@ def test_a_missing_loader_plugin_is_one_clear_settings_error(tmp_path: Path) -> 
     assert "cannot import loader plugin no_such_plugin_module (ingest.loader_plugins)" in (
         result.stderr
     )
+
+
+def test_markdown_lines_cost_their_length_not_its_square(tmp_path: Path) -> None:
+    # Markdown is parsed in the ingesting process, without a deadline: each of these lines
+    # took minutes to hours (their length squared) before the heading patterns were made
+    # linear. Parsed here in a worker with a generous deadline, so a regression fails.
+    lines = [
+        b"# a" + b" " * 1_000_000 + b"b",  # spaces inside an ATX heading
+        b"# " + b"[" * 1_000_000,  # link openers in a heading
+        b"## " + b"[a](" * 250_000,  # link targets never closed
+        b"| " + b"[" * 1_000_000 + b" | b |\n|---|---|",  # a table cell
+    ]
+    path = tmp_path / "hostile.md"
+    path.write_bytes(b"\n\n".join(lines) + b"\n\nThe end.\n")
+    with WorkerPool(memory_mb=1024) as pool:
+        sections = pool.parse(path, max_bytes=2**30, options=LoadOptions(), timeout_s=120)
+    assert sections[-1].text.endswith("The end.")
