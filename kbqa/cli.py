@@ -262,19 +262,31 @@ def kb_migrate(
     kb: KbOption = "default",
     to: Annotated[str, typer.Option("--to", help="Name of the new knowledge base.")] = "",
     backend: Annotated[str, typer.Option(help="Backend of the new KB: faiss or milvus.")] = "faiss",
+    to_database: Annotated[
+        str,
+        typer.Option(
+            "--to-database",
+            help="Copy into this PostgreSQL database (postgresql://…), or back into the SQLite "
+            "files of the home with `sqlite`; --to defaults to the KB's own name.",
+        ),
+    ] = "",
     json_out: JsonOption = False,
     home: HomeOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Copy a knowledge base into a new one (another backend) without re-embedding."""
+    """Copy a knowledge base into a new one (another backend or database) without re-embedding."""
     from kbqa.kb_admin import migrate_kb
 
+    to = to or (kb if to_database else "")
     if not to:
         raise fail("--to NAME is required")
     if backend not in ("faiss", "milvus"):
         raise fail(f"unknown backend {backend!r}: use faiss or milvus")
+    if to_database and to_database != "sqlite" and not to_database.startswith("postgres"):
+        raise fail(f"--to-database must be a postgresql:// URL or sqlite, got {to_database!r}")
     with user_errors():
-        result = migrate_kb(settings_for(home, config), kb, to, backend)
+        settings = settings_for(home, config)
+        result = migrate_kb(settings, kb, to, backend, to_database or None)
     if json_out:
         print_json(result)
     else:

@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from kbqa.settings import Settings
-from storage.errors import KBDamaged
+from storage.errors import KBDamaged, StorageError
 from storage.kb import KnowledgeBase
 from storage.names import validate_kb_name
+from storage.pg_pool import is_database_url, redact
+from storage.places import kbs_dir_with_database
 from storage.types import ChunkRecord, DocumentInfo
 
 
@@ -100,14 +102,32 @@ def remove_document(settings: Settings, name: str, document: str) -> int:
         return removed
 
 
-def migrate_kb(settings: Settings, source: str, target: str, backend: str) -> dict[str, Any]:
-    """Copy KB `source` into a new KB `target` on `backend`, reusing the stored vectors."""
+SQLITE = "sqlite"
+"""`kb migrate --to-database sqlite`: the SQLite files under `$KBQA_HOME/kbs`."""
+
+
+def migrate_kb(
+    settings: Settings, source: str, target: str, backend: str, to_database: str | None = None
+) -> dict[str, Any]:
+    """Copy KB `source` into a new KB `target` on `backend`, reusing the stored vectors.
+
+    `to_database`: a PostgreSQL URL or "sqlite" puts the copy there (ids, texts, vectors and
+    checksums as stored); None keeps it where `source` is (`storage.database`).
+    """
     validate_kb_name(target)
+    kbs_dir = settings.kbs_dir
+    if to_database is not None:
+        if to_database != SQLITE and not is_database_url(to_database):
+            raise StorageError(
+                f"--to-database must be a postgresql:// URL or {SQLITE!r}, got {to_database!r}"
+            )
+        database = None if to_database == SQLITE else to_database
+        kbs_dir = kbs_dir_with_database(settings.home / "kbs", database)
     with open_kb(settings, source) as src:
         info = src.info()
         with (
             KnowledgeBase.create(
-                settings.kbs_dir,
+                kbs_dir,
                 target,
                 embedding=info.embedding,
                 dim=info.dim,
@@ -120,10 +140,13 @@ def migrate_kb(settings: Settings, source: str, target: str, backend: str) -> di
         ):
             documents = list(src.iter_documents_with_vectors())
             chunks = dst.sync(documents, [])
-    return {
+    result: dict[str, Any] = {
         "from": source,
         "to": target,
         "backend": backend,
         "documents": len(documents),
         "chunks": chunks,
     }
+    if to_database is not None:
+        result["database"] = to_database if to_database == SQLITE else redact(to_database)
+    return result

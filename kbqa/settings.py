@@ -275,7 +275,6 @@ class Settings(_Section):
 
         return kbs_dir_with_database(self.home / "kbs", self.storage.database)
 
-
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"

@@ -23,6 +23,10 @@ class KBDamaged(StorageError):
     """The KB's files are not a readable knowledge base (not SQLite, schema or meta missing)."""
 
 
+class DatabaseUnavailable(StorageError):
+    """The database holding the KBs (storage.database) cannot be reached or failed mid-way."""
+
+
 class KBBusy(StorageError):
     """Another process holds the KB's write lock and the caller chose not to wait."""
 

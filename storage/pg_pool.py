@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from storage.errors import StorageError
+from storage.errors import DatabaseUnavailable, StorageError
 
 if TYPE_CHECKING:
     import psycopg
@@ -94,13 +94,13 @@ def errors(url: str) -> Iterator[None]:
     try:
         yield
     except PoolTimeout as exc:
-        raise StorageError(
+        raise DatabaseUnavailable(
             f"PostgreSQL at {redact(url)} cannot be reached (no connection within "
             f"{WAIT_TIMEOUT_S:.0f} s); is the server running?"
         ) from exc
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StorageError(f"PostgreSQL at {redact(url)} failed: {first}") from exc
+        raise DatabaseUnavailable(f"PostgreSQL at {redact(url)} failed: {first}") from exc
 
 
 def close(url: str) -> None:

@@ -158,3 +158,47 @@ def test_cli_migrate(settings: Settings, source: KnowledgeBase) -> None:
     deleted = runner.invoke(app, [*home, "kb", "delete", "dst", "--yes"])
     assert deleted.exit_code == 0, deleted.stderr
     assert KnowledgeBase.list_names(settings.kbs_dir) == ["src"]
+
+
+def _stored_rows(kb: KnowledgeBase) -> list[tuple[object, ...]]:
+    """Every chunk row as stored (ids, texts, metadata, vector bytes, checksum), by rowid."""
+    with kb._reading():
+        return list(kb._store.chunk_rows())
+
+
+def test_to_postgresql_and_back_bit_for_bit(
+    settings: Settings, source: KnowledgeBase, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    home = ["--home", str(settings.home)]
+    to_pg = runner.invoke(
+        app, [*home, "kb", "migrate", "--kb", "src", "--to-database", postgres_url, "--json"]
+    )
+    assert to_pg.exit_code == 0, to_pg.stderr
+    copied = json.loads(to_pg.stdout)
+    assert (copied["to"], copied["database"]) == ("src", postgres_url)
+    assert copied["chunks"] == source.info().chunks
+
+    # The same home configured for the database: `src` is now the PostgreSQL copy.
+    monkeypatch.setenv("KBQA_STORAGE__DATABASE", postgres_url)
+    shared = load_settings(home=settings.home)
+    with KnowledgeBase.open(shared.kbs_dir, "src") as on_pg:
+        assert on_pg._store.kind == "postgresql"
+        assert _stored_rows(on_pg) == _stored_rows(source)
+        _assert_same_content(source, on_pg)
+        _assert_same_answers(source, on_pg)
+        assert on_pg.check() == []
+    back = runner.invoke(
+        app, [*home, "kb", "migrate", "--kb", "src", "--to", "back", "--to-database", "sqlite"]
+    )
+    assert back.exit_code == 0, back.stderr
+    with KnowledgeBase.open(settings.kbs_dir, "back") as returned:
+        assert returned._store.kind == "sqlite"
+        assert _stored_rows(returned) == _stored_rows(source)
+        _assert_same_answers(source, returned)
+        assert returned.check() == []
+
+    wrong = runner.invoke(
+        app, [*home, "kb", "migrate", "--kb", "src", "--to-database", "mysql://x"]
+    )
+    assert wrong.exit_code == 2 and "postgresql://" in wrong.stderr

@@ -22,6 +22,7 @@ from kbqa.errors import KBQAError, NotFound
 from kbqa.llm.errors import LLMUnavailable
 from storage.embeddings import EmbeddingUnavailable
 from storage.errors import (
+    DatabaseUnavailable,
     EmbeddingMismatch,
     InvalidKBName,
     KBBusy,
@@ -104,6 +105,7 @@ _DOMAIN_ERRORS: Sequence[tuple[type[Exception], int, str]] = (
     (EmbeddingUnavailable, 422, "embedding_unavailable"),
     (IngestUsageError, 422, "invalid_request"),
     (KBBusy, 503, "kb_busy"),
+    (DatabaseUnavailable, 503, "database_unavailable"),
     (KBDamaged, 500, "kb_damaged"),
     (StorageError, 422, "storage_error"),
     (LLMUnavailable, 503, "llm_unavailable"),
