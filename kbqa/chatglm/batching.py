@@ -13,7 +13,9 @@ and a loop, on a background thread, that repeats one step:
    than for several launch-bound chunks; a request whose last piece ran samples its first
    token and joins the decoding rows;
 3. all decoding rows run one token together (`DecodeStep`: a CUDA graph on CUDA), each samples
-   with its own settings, and those that finish (a stop id, max_new_tokens, cancel) leave.
+   with its own settings, and those that finish (a stop id, max_new_tokens, cancel) leave. On
+   CUDA the next step is queued on the sampled tokens before they are read back, and used if
+   the same rows decode next (`look_ahead`), so the device does not wait for this thread.
 
 Decoding sequences always occupy cache rows 0..n-1 (row i is batch element i): one that
 leaves is replaced by the last, whose cache row is copied over (tens of µs on a GPU), so a
@@ -167,6 +169,7 @@ class EngineStats:
     max_running: int = 0
     row_swaps: int = 0  # a finished prompt took its row from a younger one still prefilling
     graph_prefills: int = 0  # whole prompts prefilled by a graph replay
+    steps_ahead: int = 0  # decode steps queued before the last one's tokens were read, and used
 
 
 class BatchEngine:
@@ -183,6 +186,7 @@ class BatchEngine:
         max_prefill_tokens: int = 4096,
         cuda_graphs: bool | None = None,
         warm_up: bool = False,
+        look_ahead: bool | None = None,
     ) -> None:
         if prefill_chunk < 1 or max_prefill_tokens < prefill_chunk:
             raise ValueError(
@@ -205,6 +209,11 @@ class BatchEngine:
             limit = min(GRAPHED_PROMPT_TOKENS, max_prefill_tokens)
             self.prefill_graphs = PrefillGraphs(self.prefiller, max_tokens=limit)
         self.warm_up_on_start = warm_up
+        self.look_ahead = self.decoder.cuda_graphs if look_ahead is None else look_ahead
+        """Queue each decode step before the last one's tokens are read back (see _decode)."""
+        self._ahead: tuple[list[_Seq], Tensor] | None = None  # (rows' sequences, their logits)
+        on_cuda = model.device.type == "cuda"
+        self._host_tokens = torch.empty(max_batch, dtype=torch.long, pin_memory=on_cuda)
         self._ready = threading.Event()
         if not warm_up:
             self._ready.set()
@@ -373,7 +382,7 @@ class BatchEngine:
                     log.exception("decode step failed")
                     for seq in self._running:
                         seq.request._finish("error", e)
-                    self._running = []
+                    self._running, self._ahead = [], None
         return True
 
     def _drop_cancelled(self) -> None:
@@ -549,13 +558,37 @@ class BatchEngine:
 
     def _decode(self) -> None:
         seqs = self._running
-        logits = self.decoder([s.next_token for s in seqs], [s.length for s in seqs])  # [n, V]
+        ahead, self._ahead = self._ahead, None
+        same = ahead is not None and len(ahead[0]) == len(seqs)
+        if ahead is not None and same and all(a is b for a, b in zip(ahead[0], seqs, strict=True)):
+            logits = ahead[1]  # queued by the last step for these very rows
+            self.stats.steps_ahead += 1
+        else:
+            logits = self.decoder([s.next_token for s in seqs], [s.length for s in seqs])
         params = [s.request.params for s in seqs]
         seen = self._seen[: len(seqs)] if self._seen is not None else None
         tokens = sample_rows(logits, params, seen, [s.generator for s in seqs])  # [n]
         self.stats.decode_steps += 1
         self.stats.decode_tokens += len(seqs)
-        finished = [s for s, t in zip(seqs, tokens.tolist(), strict=True) if not self._fed(s, t)]
+        n = len(seqs)
+        last = any(len(s.request.tokens) + 1 >= s.request.max_new_tokens for s in seqs)
+        if self.look_ahead and not last:
+            # The next step is queued on the sampled tokens, still on the device, before they
+            # are read back (as generate.py does), so the device runs while this thread hands
+            # tokens out. It counts only if the same rows decode next; if any leaves or joins,
+            # it is dropped, having written only what a step of the remaining rows writes
+            # again (their next keys) or what nobody reads (a leaving row's).
+            self._host_tokens[:n].copy_(tokens, non_blocking=True)
+            copied = torch.cuda.Event() if tokens.is_cuda else None
+            if copied is not None:
+                copied.record()
+            self._ahead = (list(seqs), self.decoder(tokens, [s.length + 1 for s in seqs]))
+            if copied is not None:
+                copied.synchronize()
+            values = self._host_tokens[:n].tolist()
+        else:
+            values = tokens.tolist()
+        finished = [s for s, t in zip(seqs, values, strict=True) if not self._fed(s, t)]
         if finished:
             self._retire(finished)
 

@@ -77,9 +77,10 @@ def test_greedy_batch_equals_one_at_a_time_with_queueing(model: ChatGLM2) -> Non
     assert engine.stats.prefill_tokens == sum(len(p) for p in prompts)
 
 
-def test_requests_joining_mid_batch(model: ChatGLM2) -> None:
+@pytest.mark.parametrize("look_ahead", [False, True])
+def test_requests_joining_mid_batch(model: ChatGLM2, look_ahead: bool) -> None:
     first, late = _prompts([20, 8]), _prompts([45, 3, 12], seed=2)
-    engine = BatchEngine(model, max_batch=4, max_seq=96, prefill_chunk=10)
+    engine = BatchEngine(model, max_batch=4, max_seq=96, prefill_chunk=10, look_ahead=look_ahead)
     early = [engine.submit(p, max_new_tokens=30, stop_ids=[]) for p in first]
     for _ in range(8):
         engine.step()
@@ -93,6 +94,7 @@ def test_requests_joining_mid_batch(model: ChatGLM2) -> None:
     _drain(engine)
     assert all(r.tokens for r in joined)
     assert joined[0].token_times[0] < early[0].token_times[-1]  # it really joined mid-stream
+    assert (engine.stats.steps_ahead > 0) == look_ahead
     for request, prompt in zip(early, first, strict=True):
         assert request.tokens == _alone(model, prompt, 30)
     for request, prompt in zip(joined, late, strict=True):
@@ -289,7 +291,8 @@ def test_length_limit_and_stop_ids(model: ChatGLM2) -> None:
     assert stopped.tokens == _alone(model, prompts[0], 20, eos_token_ids=[stop, 1])
 
 
-def test_seeded_sampling_and_penalties_match_generate(model: ChatGLM2) -> None:
+@pytest.mark.parametrize("look_ahead", [False, True])
+def test_seeded_sampling_and_penalties_match_generate(model: ChatGLM2, look_ahead: bool) -> None:
     prompts = _prompts([9, 26, 3, 14])
     settings = [
         {"temperature": 0.9, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.3, "seed": 5},
@@ -297,7 +300,7 @@ def test_seeded_sampling_and_penalties_match_generate(model: ChatGLM2) -> None:
         {"temperature": 1.2, "top_p": 1.0, "seed": 7},
         {"temperature": 0.7, "top_k": 3, "seed": 11},
     ]
-    engine = BatchEngine(model, max_batch=4, max_seq=64, prefill_chunk=8)
+    engine = BatchEngine(model, max_batch=4, max_seq=64, prefill_chunk=8, look_ahead=look_ahead)
     requests = [
         engine.submit(p, max_new_tokens=NEW, stop_ids=[], params=SamplingParams(**s))  # type: ignore[arg-type]
         for p, s in zip(prompts, settings, strict=True)
@@ -423,22 +426,27 @@ class _FussyGraphs(PrefillGraphs):
         return super().__call__(prompt, row)
 
 
-@pytest.mark.parametrize("graphed", [False, True])
+@pytest.mark.parametrize(("graphed", "look_ahead"), [(False, False), (True, True)])
 def test_randomized_schedule_gives_every_request_its_one_at_a_time_tokens(
-    model: ChatGLM2, monkeypatch: pytest.MonkeyPatch, graphed: bool
+    model: ChatGLM2, monkeypatch: pytest.MonkeyPatch, graphed: bool, look_ahead: bool
 ) -> None:
     """Many requests on few rows, submitted and cancelled at random steps, with random prompt
     lengths, budgets, sampling settings, stop ids that can end a request at its first token, and
     prompts whose prefill fails alone (forcing the one-by-one fallback, swaps included): each
     request gets exactly its one-at-a-time tokens (a prefix of them when cancelled). `graphed`:
     whole prompts of up to 16 tokens go through the padded pass that CUDA graphs replay (run
-    eagerly here), the longer ones through the prefill in chunks."""
+    eagerly here), the longer ones through the prefill in chunks. `look_ahead`: each decode
+    step is queued before the last one's tokens are read back, and dropped when rows change
+    (on CUDA the default)."""
     rng = torch.Generator().manual_seed(12)
 
     def rand(n: int) -> int:
         return int(torch.randint(n, (1,), generator=rng))
 
-    engine = BatchEngine(model, max_batch=3, max_seq=48, prefill_chunk=5, max_prefill_tokens=11)
+    engine = BatchEngine(
+        model, max_batch=3, max_seq=48, prefill_chunk=5, max_prefill_tokens=11,
+        look_ahead=look_ahead,
+    )  # fmt: skip
     if graphed:
         engine.prefill_graphs = _FussyGraphs(engine.forward, max_tokens=16, bucket=8, capture=False)
     real = engine.prefiller
