@@ -40,7 +40,8 @@ class BatchedChatGLM2Chat(ChatGLM2Chat):
         if self.engine is None:
             positions = self.max_seq or self.context_tokens + self.max_new_tokens
             positions = min(positions, self.chatglm.config.seq_length)
-            # On a GPU the engine compiles, tunes and captures its graphs before it serves.
+            # On a GPU the engine compiles its kernels and captures its smallest decode graph
+            # before it serves (seconds); other shapes are captured when first used.
             engine = BatchEngine(
                 self.chatglm,
                 max_batch=self.max_batch,
@@ -63,7 +64,7 @@ class BatchedChatGLM2Chat(ChatGLM2Chat):
 
     @property
     def ready(self) -> bool:
-        """False while the engine compiles its kernels and captures its CUDA graphs."""
+        """False while the engine compiles its kernels (its warm-up, on a GPU)."""
         return self.engine is not None and self.engine.ready
 
     @property
