@@ -7,9 +7,9 @@ PyTorch's (cosine 0.987–1.0, mean 0.992 on real English and Chinese chunks), s
 either backend go into the same index: bench/RESULTS.md records hit@5 with every mix of the two.
 
 The model is exported from the weights already loaded (nothing is downloaded), once per model,
-and cached under `<cache>/embeddings/` by a checksum of those weights and of the export recipe;
-a cached file is checked against its own checksum before use. Every session is checked against
-PyTorch on probe texts before it is used, so a bad export is never silently in charge.
+and cached under `<cache>/models/embeddings/` by a checksum of those weights and of the export
+recipe; a cached file is checked against its own checksum before use. Every session is checked
+against PyTorch on probe texts before it is used, so a bad export is never silently in charge.
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ def onnx_forward(
 
 
 def cached_model(model: SentenceTransformer, source: str, cache_dir: Path) -> Path:
-    """The int8 ONNX file for `model`, exported into `cache_dir/embeddings/` if not there."""
-    folder = cache_dir / "embeddings"
+    """The int8 ONNX file for `model`, exported into `cache_dir/models/embeddings/` (beside the
+    bundled LLM's converted copy) if not there."""
+    folder = cache_dir / "models" / "embeddings"
     key = weights_checksum(model)
     path = folder / f"{key}.onnx"
     stamp = folder / f"{key}.json"

@@ -66,7 +66,7 @@ def test_the_export_is_reused_and_a_damaged_one_is_not(
     monkeypatch.setattr(onnx_embedding, "export", lambda source, work: exported.append(source))
     path = onnx_embedding.cached_model(onnx_embedder._model, resolve_model("default"), cache)
     assert exported == [], "the fixture's export is found again"
-    assert path.parent == cache / "embeddings" and path.suffix == ".onnx"
+    assert path.parent == cache / "models" / "embeddings" and path.suffix == ".onnx"
     copy, stamp = tmp_path / path.name, tmp_path / path.with_suffix(".json").name
     copy.write_bytes(path.read_bytes())
     stamp.write_bytes(path.with_suffix(".json").read_bytes())
