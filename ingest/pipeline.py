@@ -143,7 +143,8 @@ def collect_files(paths: list[Path]) -> tuple[list[_Candidate], list[Path], list
 def _report_problems(report: IngestReport, problems: list[WalkProblem]) -> None:
     for problem in problems:
         if problem.failed:
-            report.failed.append({"path": str(problem.path), "error": problem.message})
+            failure = {"path": str(problem.path), "error": problem.message}
+            report.failed.append(failure | {"error_code": problem.code})
         else:
             report.skipped.append({"path": str(problem.path), "reason": problem.message})
 

@@ -27,6 +27,8 @@ class WalkProblem:
     message: str
     failed: bool
     """True: reported in `failed` (an error); False: in `skipped` (a reason)."""
+    code: str = ""
+    """The failed entry's `error_code`: symlink_loop, broken_link or unreadable."""
     unreadable_folder: bool = False
     """A folder whose content is unknown: documents ingested from it before are kept."""
 
@@ -54,7 +56,13 @@ def walk(root: Path) -> WalkResult:
             if folder == root:
                 raise
             result.problems.append(
-                WalkProblem(folder, f"cannot read folder: {_reason(e)}", True, True)
+                WalkProblem(
+                    folder,
+                    f"cannot read folder: {_reason(e)}",
+                    failed=True,
+                    code="unreadable",
+                    unreadable_folder=True,
+                )
             )
             continue
         if (info.st_dev, info.st_ino) in seen:
@@ -79,7 +87,8 @@ def classify(path: Path) -> str | WalkProblem:
     try:
         mode = os.stat(path).st_mode  # follows links
     except OSError as e:
-        return WalkProblem(path, _link_problem(path, e), failed=True)
+        code, message = _link_problem(path, e)
+        return WalkProblem(path, message, failed=True, code=code)
     if stat.S_ISDIR(mode):
         return "folder"
     if stat.S_ISREG(mode):
@@ -87,13 +96,14 @@ def classify(path: Path) -> str | WalkProblem:
     return WalkProblem(path, f"not a regular file ({_special_kind(mode)})", failed=False)
 
 
-def _link_problem(path: Path, error: OSError) -> str:
+def _link_problem(path: Path, error: OSError) -> tuple[str, str]:
+    """(error_code, message) for an entry that cannot even be looked at."""
     if path.is_symlink():
         if error.errno == errno.ELOOP:
-            return "symbolic link loop"
+            return "symlink_loop", "symbolic link loop"
         if error.errno == errno.ENOENT:
-            return f"broken symbolic link: {os.readlink(path)} does not exist"
-    return f"cannot read: {_reason(error)}"
+            return "broken_link", f"broken symbolic link: {os.readlink(path)} does not exist"
+    return "unreadable", f"cannot read: {_reason(error)}"
 
 
 def _special_kind(mode: int) -> str:

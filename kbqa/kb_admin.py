@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ingest.first_ingest import sweep_abandoned
 from kbqa.settings import Settings
 from storage.errors import KBDamaged, StorageError
 from storage.kb import KnowledgeBase
@@ -27,6 +28,7 @@ def open_kb(settings: Settings, name: str) -> KnowledgeBase:
 
 def list_kbs(settings: Settings) -> list[dict[str, Any]]:
     """Every KB with its backend, embedding and sizes; a damaged KB is listed as such."""
+    sweep_abandoned(settings)  # the empty KB of a first ingest that was killed is not a KB
     kbs: list[dict[str, Any]] = []
     for name in KnowledgeBase.list_names(settings.kbs_dir):
         try:

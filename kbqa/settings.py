@@ -94,6 +94,7 @@ class IngestSettings(_Section):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
     @model_validator(mode="after")
     def _overlap_below_size(self) -> IngestSettings:
         if self.chunk_overlap >= min(self.chunk_size, self.chunk_size_zh):
@@ -244,8 +245,12 @@ class ServerSettings(_Section):
     cors_origins: list[str] = []
     """Origins (`https://app.example.com`) whose pages may call the API; empty = none (CORS off).
     In the environment: a comma-separated list."""
+    allowed_hosts: list[str] = []
+    """Host names, besides 127.0.0.1, localhost and [::1], that requests reaching an open server
+    (no API key) on a loopback address may name; others get 400 `host_not_allowed` (a guard
+    against DNS rebinding). `*` turns the check off. In the environment: a comma-separated list."""
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -37,7 +37,12 @@ from storage.milvus_index import (
     create_kb_collection,
     drop_kb_collection,
 )
-from storage.names import validate_kb_name
+from storage.names import (
+    kb_directory,
+    refuse_lookalike,
+    validate_kb_name,
+    validate_new_kb_name,
+)
 from storage.places import database_of
 from storage.search import hybrid_search
 from storage.sqlite_store import SqliteStore
@@ -90,7 +95,7 @@ class KnowledgeBase:
         milvus_uri: str | None = None,
     ) -> KnowledgeBase:
         """`milvus_uri`: Milvus server or Milvus Lite file; None = `<kbs_dir>/../milvus.db`."""
-        name = validate_kb_name(name)
+        name = validate_new_kb_name(name)
         if backend not in BACKENDS:
             raise StorageError(
                 f"unsupported storage backend {backend!r} (available: {', '.join(BACKENDS)})"
@@ -103,6 +108,7 @@ class KnowledgeBase:
             pg_kb.create(database, name, _new_meta(name, backend, embedding, dim))
             return cls.open(kbs_dir, name, index=index, approximate_threshold=approximate_threshold)
         kbs_dir.mkdir(parents=True, exist_ok=True)
+        refuse_lookalike(kbs_dir, name)
         target = kbs_dir / name
         if target.exists():
             raise KBExists(f"knowledge base {name} already exists")
@@ -158,7 +164,7 @@ class KnowledgeBase:
         if database is not None:
             opened = pg_kb.open_kb(kbs_dir, database, name, index, approximate_threshold)
             return cls(name, opened.path, opened.store, opened.meta, opened.lock, opened.dense)
-        path = kbs_dir / name
+        path = kb_directory(kbs_dir, name)
         if not path.is_dir():
             raise KBNotFound(f"knowledge base {name} does not exist")
         db_path = path / db.DB_FILE
@@ -202,7 +208,7 @@ class KnowledgeBase:
         if database is not None:
             pg_kb.delete(kbs_dir, database, name)
             return
-        path = kbs_dir / name
+        path = kb_directory(kbs_dir, name)
         if not path.is_dir():
             raise KBNotFound(f"knowledge base {name} does not exist")
         doomed = kbs_dir / f".deleting-{uuid.uuid4().hex}"

@@ -104,10 +104,13 @@ class Authenticator:
         self.keys = KeyStore(settings.home)
         self.limiter = FailureLimiter(settings.server.auth_failures_per_minute)
 
+    def is_open(self) -> bool:
+        """No key configured, none ever created: open. Revoking the last key does not
+        reopen a server (delete keys.json for that)."""
+        return not self.api_key and not self.keys.path.exists()
+
     def access(self, authorization: str | None, client: str) -> Access:
-        if not self.api_key and not self.keys.path.exists():
-            # No key configured, none ever created: open. Revoking the last key does not
-            # reopen a server (delete keys.json for that).
+        if self.is_open():
             return FULL_ACCESS
         retry_after = self.limiter.retry_after(client)
         if retry_after is not None:

@@ -175,11 +175,32 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(
             400, "malformed_json", "the request body must be JSON (Content-Type: application/json)"
         )
+    if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return error_response(
+            422, "invalid_request", "body: Field required (the request body is empty)"
+        )
     return error_response(422, "invalid_request", describe_validation_error(errors))
+
+
+def _unreadable_json(exc: BaseException | None) -> str | None:
+    """Why FastAPI could not parse a JSON body (it reports every such cause as one 400
+    "There was an error parsing the body", with the cause chained), or None."""
+    if isinstance(exc, UnicodeDecodeError):
+        return (
+            f"the request body is not valid JSON: not UTF-8 "
+            f"(byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        )
+    if isinstance(exc, RecursionError):
+        return "the request body is not valid JSON: nested too deeply"
+    if isinstance(exc, ValueError):
+        return f"the request body is not valid JSON: {exc}"
+    return None
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and (reason := _unreadable_json(exc.__cause__)) is not None:
+        return error_response(400, "malformed_json", reason)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     return error_response(exc.status_code, code, message, exc.headers)

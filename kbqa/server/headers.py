@@ -4,8 +4,9 @@ The web page is built to run under a strict Content-Security-Policy: scripts and
 only from `/static` (no inline script, style attribute or `eval`), requests go only to this
 origin, and the page may not be framed. The source viewer shows originals from `blob:` URLs
 (images, PDFs in a new tab, which inherits this policy), hence `blob:` for images, media and
-frames. FastAPI's `/docs` and `/redoc` load their script from a CDN and start it inline: only
-they get a relaxed policy.
+frames. The API's `/docs` and `/redoc` (kbqa.server.api_docs) load their assets from this
+server but start them with an inline script: only they get a relaxed policy, which still
+allows nothing from elsewhere.
 
 A response that sets its own policy keeps it (the viewer's route sandboxes active content).
 """
@@ -32,15 +33,14 @@ PAGE_POLICY = "; ".join(
         "frame-ancestors 'none'",
     )
 )
-_CDN = "https://cdn.jsdelivr.net"
 DOCS_POLICY = "; ".join(
     (
         "default-src 'self'",
-        f"script-src 'self' 'unsafe-inline' {_CDN}",
-        f"style-src 'self' 'unsafe-inline' {_CDN} https://fonts.googleapis.com",
-        "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly",
-        "font-src 'self' https://fonts.gstatic.com",
-        "worker-src 'self' blob:",
+        "script-src 'self' 'unsafe-inline'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "font-src 'self'",
+        "worker-src 'self' blob:",  # ReDoc's search runs in a worker made from a blob
         "connect-src 'self'",
         "frame-ancestors 'none'",
     )

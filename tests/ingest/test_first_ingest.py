@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ingest.pipeline import ingest_paths
-from kbqa.kb_admin import list_documents
+from kbqa.kb_admin import list_documents, list_kbs
 from kbqa.settings import Settings, load_settings
 from storage.kb import KnowledgeBase
 
@@ -53,7 +53,9 @@ def test_a_kb_that_existed_keeps_its_contents_when_a_later_ingest_fails(
     assert [d["source"] for d in list_documents(settings, "kept")] == ["good.txt"]
 
 
-def test_first_ingest_interrupted_by_sigint_leaves_no_kb(tmp_path: Path) -> None:
+def _first_ingest_caught_midway(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A `kbqa ingest --json` of 200 files into a new home, once it has created its KB (before
+    the first file is read): the run is then between creating the KB and committing."""
     folder = tmp_path / "many"
     folder.mkdir()
     paragraph = "Aurora stores each knowledge base in its own folder. " * 30
@@ -71,14 +73,18 @@ def test_first_ingest_interrupted_by_sigint_leaves_no_kb(tmp_path: Path) -> None
         stderr=subprocess.PIPE,
         text=True,
     )
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not kb_dir.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(process.communicate())
+        time.sleep(0.05)
+    return process, home
+
+
+def test_first_ingest_interrupted_by_sigint_leaves_no_kb(tmp_path: Path) -> None:
+    process, home = _first_ingest_caught_midway(tmp_path)
     try:
-        # The KB is created before the first file is read: once it is there, the run is
-        # between creating it and committing anything.
-        deadline = time.monotonic() + HANG_GUARD_S
-        while not kb_dir.exists():
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=HANG_GUARD_S)
     finally:
@@ -86,5 +92,17 @@ def test_first_ingest_interrupted_by_sigint_leaves_no_kb(tmp_path: Path) -> None
     assert process.returncode == 130, err
     assert json.loads(out) == {"kb": "default", "error": "interrupted"}
     assert err == "error: interrupted\n"
-    assert not kb_dir.exists()
-    assert KnowledgeBase.list_names(load_settings(home).kbs_dir) == []
+    settings = load_settings(home)
+    assert KnowledgeBase.list_names(settings.kbs_dir) == []
+    assert list(settings.kbs_dir.iterdir()) == []  # no marker left either
+
+
+def test_first_ingest_killed_leaves_no_kb_once_anything_lists_kbs(tmp_path: Path) -> None:
+    process, home = _first_ingest_caught_midway(tmp_path)
+    process.kill()
+    process.communicate(timeout=HANG_GUARD_S)
+    settings = load_settings(home)
+    assert KnowledgeBase.list_names(settings.kbs_dir) == ["default"]  # what SIGKILL leaves
+    assert list_kbs(settings) == []
+    assert KnowledgeBase.list_names(settings.kbs_dir) == []
+    assert list(settings.kbs_dir.iterdir()) == []

@@ -23,6 +23,7 @@ from kbqa.kb_admin import list_documents
 from kbqa.settings import Settings, load_settings
 
 NOBODY = 65534
+LOOP = "symlink_loop"
 
 runner = CliRunner()
 
@@ -60,9 +61,10 @@ def test_loops_broken_links_and_special_files_are_reported_and_the_rest_ingested
         {
             "path": str(tree / "dangling.txt"),
             "error": "broken symbolic link: gone.txt does not exist",
+            "error_code": "broken_link",
         },
-        {"path": str(tree / "loop" / "a"), "error": "symbolic link loop"},
-        {"path": str(tree / "loop" / "b"), "error": "symbolic link loop"},
+        {"path": str(tree / "loop" / "a"), "error": "symbolic link loop", "error_code": LOOP},
+        {"path": str(tree / "loop" / "b"), "error": "symbolic link loop", "error_code": LOOP},
     ]
     assert report.skipped == [
         {"path": str(tree / "pipe.txt"), "reason": "not a regular file (named pipe)"},
@@ -146,7 +148,11 @@ def test_unreadable_folder_is_reported_and_its_documents_are_kept(open_dir: Path
     finally:
         (docs / "locked").chmod(0o755)
     assert report.failed == [
-        {"path": str(docs / "locked"), "error": "cannot read folder: Permission denied"}
+        {
+            "path": str(docs / "locked"),
+            "error": "cannot read folder: Permission denied",
+            "error_code": "unreadable",
+        }
     ]
     # What the locked folder holds is unknown, not gone: nothing of it is removed.
     assert (report.unchanged, report.removed) == (1, 0)
