@@ -17,10 +17,12 @@ import argparse
 import datetime
 import gc
 import json
+import os
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -202,7 +204,8 @@ def main() -> None:
     parser.add_argument("--skip-warm-up", action="store_true")
     args = parser.parse_args()
     R["label"] = args.label
-    R["package"] = sys.modules["kbqa.chatglm"].__file__  # which tree was timed
+    package = Path(sys.modules["kbqa.chatglm"].__file__ or "")
+    R["package"] = os.path.relpath(package, Path.cwd())  # which tree was timed
     R["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     if args.device == "cuda":
         R["card"] = torch.cuda.get_device_name()
