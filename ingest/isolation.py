@@ -62,6 +62,9 @@ POLL_S = 0.1
 """How often a caller waiting on a worker looks at its Stop."""
 KEEP_IDLE = 2
 """Idle workers kept warm; more are started while more callers parse at once."""
+RECYCLE_RSS_KB = 512 * 1024
+"""A worker left holding more memory than this by a large file is not kept warm: Python
+seldom hands a grown heap back, and an idle server should not sit on it."""
 _PR_SET_PDEATHSIG = 1
 
 _CONTEXT = multiprocessing.get_context("forkserver")
@@ -200,9 +203,10 @@ class WorkerPool:
         return worker
 
     def _release(self, worker: _Worker) -> None:
+        keep = worker.rss_kb() <= RECYCLE_RSS_KB
         with self._lock:
             self._busy.discard(worker)
-            if not self._closed and len(self._idle) < KEEP_IDLE:
+            if keep and not self._closed and len(self._idle) < KEEP_IDLE:
                 self._idle.append(worker)
                 return
         worker.kill()
@@ -288,6 +292,14 @@ class _Worker:
 
     def alive(self) -> bool:
         return self.process.is_alive()
+
+    def rss_kb(self) -> int:
+        """The worker's resident memory in KB (0 where /proc cannot say)."""
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text(encoding="ascii")
+            return int(status.split("VmRSS:", 1)[1].split()[0])
+        except (OSError, IndexError, ValueError):
+            return 0
 
     def run(
         self,

@@ -13,13 +13,20 @@ Jobs are recorded in `$KBQA_HOME/jobs.db` (see job_store) at every state change,
 progress at most once a second, so `GET /v1/jobs/{id}` answers after a restart too, from any
 server sharing the home.
 
-A restart never re-runs a job. When the server stops cleanly, the running ingest finishes and
-the queued jobs fail; when it dies, its jobs stay queued or running in the database until the
-next server on this home starts (or is asked about one of them), finds the dead server's owner
-lock free, and marks them failed. Either way the error code is `interrupted` and the message
-says to upload the files again. Re-running queued jobs automatically was rejected: their files
-may have been replaced by a later upload of the same name, and a job that killed the server
-would kill it again. The KB itself is never at risk: an ingest commits whole or not at all.
+Jobs for one KB run one after another; jobs for different KBs run side by side, so a stuck or
+slow job never delays another KB's upload. Files are parsed by the server's warm worker
+processes (ingest.isolation): a parse past `ingest.parse_timeout_s` or `ingest.parse_memory_mb`
+is killed and its file fails alone; an upload job still running `server.job_timeout_s` after
+it started is stopped and fails with `job_timeout`, storing nothing.
+
+A restart never re-runs a job. When the server stops cleanly, the running ingests are stopped
+(a parse in progress is killed) and they and the queued jobs fail; when it dies, its jobs stay
+queued or running in the database until the next server on this home starts (or is asked about
+one of them), finds the dead server's owner lock free, and marks them failed. Either way the
+error code is `interrupted` and the message says to upload the files again. Re-running queued
+jobs automatically was rejected: their files may have been replaced by a later upload of the
+same name, and a job that killed the server would kill it again. The KB itself is never at
+risk: an ingest commits whole or not at all.
 
 Finished jobs are kept for `server.job_history_days` and at most `server.job_history_max` of
 them; older ones are deleted after each job and at start-up, with the uploaded files that only
@@ -41,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol
 
+from ingest.isolation import DEADLINE, FileParser, ParseStopped, Stop, WorkerPool
 from ingest.loaders import SUPPORTED_EXTENSIONS
 from ingest.pipeline import IngestReport, ingest_paths
 from kbqa.kb_admin import list_documents
@@ -62,6 +70,7 @@ MTIME_SLACK_S = 1.0
 """File systems with coarse timestamps may date a file saved just before its job a bit later."""
 
 INTERRUPTED = "interrupted"
+JOB_TIMEOUT = "job_timeout"
 INTERRUPTED_MESSAGES = {
     "queued": "the server stopped before this job ran; nothing was ingested, "
     "upload the files again",
@@ -206,7 +215,7 @@ Ingest = Callable[..., IngestReport]
 
 
 class JobManager:
-    """Runs upload ingests one at a time in a background thread and records them in jobs.db.
+    """Runs upload ingests in background threads, one lane per KB, and records them in jobs.db.
 
     This process's queued and running jobs are also kept in memory, where their progress is
     current; everything else is read from the database. Call `start` before use.
@@ -220,8 +229,13 @@ class JobManager:
         self._active: dict[str, Job] = {}
         self._store: JobStore | None = None
         self._owner = OwnerLock(settings.home / "jobs.owners")
-        # One worker: ingests are CPU-bound and serialised per KB by the storage lock anyway.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbqa-ingest")
+        # One thread per KB: a KB's ingests are serialised by its storage lock anyway, and a
+        # job queued behind another KB's long one must not wait for it.
+        self._lanes: dict[str, ThreadPoolExecutor] = {}
+        self._stops: dict[str, Stop] = {}
+        """The running jobs' Stops, by job id: set at shutdown."""
+        self._pool: WorkerPool | None = None
+        self._closing = False
 
     @property
     def owner(self) -> str:
@@ -234,6 +248,8 @@ class JobManager:
         except OSError as e:  # the home is not writable: uploads will fail with it
             log.error("kbqa: cannot create the job owner lock in %s: %s", self._owner.folder, e)
         self._store = JobStore(self.settings.home / JOBS_DB)
+        ingest = self.settings.ingest
+        self._pool = WorkerPool(ingest.parse_memory_mb, ingest.loader_plugins)
         self.recover()
         self.prune()
 
@@ -245,10 +261,18 @@ class JobManager:
             paths=[str(p) for p in paths],
             owner=self.owner,
         )
-        self._db.save(job)
         with self.lock:
+            if self._closing:
+                raise ApiError(
+                    503, "stopping", "the server is stopping", headers={"Retry-After": "5"}
+                )
+            self._db.save(job)
             self._active[job.id] = job
-        self._executor.submit(self._run, job, paths)
+            lane = self._lanes.get(kb)
+            if lane is None:
+                lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbqa-ingest")
+                self._lanes[kb] = lane
+            lane.submit(self._run, job, paths)
         return dataclasses.replace(job)
 
     def get(self, job_id: str) -> Job | None:
@@ -285,14 +309,27 @@ class JobManager:
         self._db.save(snapshot)
 
     def shutdown(self) -> None:
-        """Finish the running ingest (it commits whole or not at all); fail the queued ones."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the running ingests (nothing of them is stored); fail them and the queued ones.
+
+        A parse in progress is killed at once; an ingest busy embedding stops before its next
+        file."""
+        with self.lock:
+            self._closing = True
+            for stop in self._stops.values():
+                stop.set(INTERRUPTED)
+            lanes = list(self._lanes.values())
+        if self._pool is not None:
+            self._pool.close()
+        for lane in lanes:
+            lane.shutdown(wait=False, cancel_futures=True)
+        for lane in lanes:
+            lane.shutdown(wait=True)
         with self.lock:
             dropped = list(self._active.values())
             self._active.clear()
         if self._store is None:
             return
-        for job in dropped:  # all queued: the executor has waited for the running one
+        for job in dropped:  # all queued: the lanes have waited for the running ones
             job.state, job.error_code, job.finished = "failed", INTERRUPTED, time.time()
             job.error = INTERRUPTED_MESSAGES["queued"]
             self._db.save(job)
@@ -306,11 +343,23 @@ class JobManager:
         return self._store
 
     def _run(self, job: Job, paths: list[Path]) -> None:
+        stop = Stop(self.settings.server.job_timeout_s)
         with self.lock:
             job.state, job.started = "running", time.time()
+            self._stops[job.id] = stop
+            if self._closing:
+                stop.set(INTERRUPTED)
         self.persist(job)
         try:
-            report = self._ingest(self.settings, job.kb, paths, progress=_JobProgress(self, job))
+            if self._pool is None:
+                raise RuntimeError("JobManager.start() was not called")
+            parser = FileParser(self._pool, self.settings.ingest.parse_timeout_s, stop=stop)
+            progress = _JobProgress(self, job)
+            report = self._ingest(self.settings, job.kb, paths, progress=progress, parser=parser)
+        except ParseStopped as e:
+            with self.lock:
+                job.state, job.finished = "failed", time.time()
+                job.error_code, job.error = self._stopped(e.reason)
         except Exception as e:
             known = api_error_for(e)
             if known is None:
@@ -326,7 +375,18 @@ class JobManager:
         self.persist(job)
         with self.lock:
             del self._active[job.id]
+            del self._stops[job.id]
         self.prune()
+
+    def _stopped(self, reason: str) -> tuple[str, str]:
+        """The error code and message of a job whose ingest was stopped for `reason`."""
+        if reason == DEADLINE:
+            timeout = self.settings.server.job_timeout_s
+            return JOB_TIMEOUT, (
+                f"the job ran longer than {timeout:g} s (server.job_timeout_s) and was stopped; "
+                "nothing of it was stored"
+            )
+        return INTERRUPTED, INTERRUPTED_MESSAGES["running"]
 
     def _recover_candidates(self) -> set[str]:
         return (self._db.active_owners() | self._owner.others()) - {self.owner}

@@ -362,7 +362,8 @@ class JobStatus(BaseModel):
     result: IngestResult | None
     error: str | None
     error_code: str | None
-    """Why it failed: `interrupted` (the server stopped; upload again), `ingest_failed`, or
+    """Why it failed: `interrupted` (the server stopped; upload again), `job_timeout` (still
+    running `server.job_timeout_s` after it started; nothing stored), `ingest_failed`, or
     the code an HTTP error of the same cause would carry (`kb_not_found`, …)."""
 
 
