@@ -28,10 +28,13 @@ from kbqa.server import (
     routes_kbs,
     routes_openai,
 )
+from kbqa.server.api_docs import install_docs
 from kbqa.server.auth import AccessGuard, Authenticator
 from kbqa.server.errors import install_error_handlers
 from kbqa.server.generation import GenerationGate
+from kbqa.server.head import HeadAsGet
 from kbqa.server.headers import SecurityHeaders, install_cors
+from kbqa.server.hosts import LoopbackHostGuard
 from kbqa.server.jobs import JobManager
 from kbqa.server.limits import BodyLimit, upload_aware_limit
 from kbqa.server.mcp_http import mcp_app
@@ -63,14 +66,24 @@ def create_app(settings: Settings, *, chat_model: BaseChatModel | None = None) -
         lifespan=_lifespan,
         # A JSON body without a Content-Type is read as JSON (ChatGLM2's api.py did the same).
         strict_content_type=False,
+        # Served by kbqa.server.api_docs from installed assets, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.kbqa = state
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit_for=upload_aware_limit(settings.server.max_upload_mb))
     # Added after the body limit, so it runs before it: a request without the key, or without
     # the scope its route needs, is refused before its body is read.
-    app.add_middleware(AccessGuard, authenticator=Authenticator(settings), router=app.router)
+    authenticator = Authenticator(settings)
+    app.add_middleware(AccessGuard, authenticator=authenticator, router=app.router)
     install_cors(app, settings.server.cors_origins)  # outside the guard: preflights carry no key
+    app.add_middleware(HeadAsGet)  # outside the guard, which looks up the GET route
+    app.add_middleware(
+        LoopbackHostGuard,
+        allowed_hosts=settings.server.allowed_hosts,
+        is_open=authenticator.is_open,
+    )
     app.add_middleware(SecurityHeaders)  # outermost: refusals get the headers too
     for module in (
         routes_health,
@@ -85,6 +98,7 @@ def create_app(settings: Settings, *, chat_model: BaseChatModel | None = None) -
     mcp, mcp_routes = mcp_app(state)
     app.state.mcp = mcp
     app.router.routes.extend(mcp_routes.routes)  # `/mcp`, behind the same AccessGuard
+    install_docs(app)  # before /static, which would shadow /static/api-docs
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app
 
