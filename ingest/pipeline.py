@@ -25,7 +25,7 @@ from kbqa.settings import Settings
 from storage.embeddings import DEFAULT_EMBEDDING, Embedder, get_embedder
 from storage.errors import EmbeddingMismatch, KBNotFound
 from storage.kb import KnowledgeBase
-from storage.names import validate_kb_name
+from storage.names import validate_kb_name, validate_new_kb_name
 from storage.types import ChunkRecord, DocumentInfo, DocumentUpsert
 
 
@@ -175,6 +175,7 @@ def open_or_create_kb(
             milvus_uri=settings.storage.milvus_uri or None,
         )
     except KBNotFound:
+        validate_new_kb_name(name)  # before loading the model: a refused name fails at once
         model = embedding or settings.embedding.model
         embedder = _embedder(settings, model)
         return KnowledgeBase.create(
