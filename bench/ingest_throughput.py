@@ -3,20 +3,22 @@ time from real text (Debian's manual pages, read from /usr/share/man; never comm
 
 (a) small text files: each one manual page's first ~1,200 characters as a .txt (2–3 chunks);
 (b) one CSV of many rows: `id,page,section,summary` per row, the summary a page's NAME line;
-(c) PDFs and DOCX of 10 pages (half each): a page holds ~1,800 characters of manual text.
+(c) PDFs and DOCX of 10 pages (half each): a page holds ~1,800 characters of manual text;
+(r) one-line files (a page's first line), ingested, then ingested again with nothing changed.
 
-    .venv/bin/python bench/ingest_throughput.py [--workloads a,b,c] [--files 2000]
-        [--rows 200000] [--docs 300] [--backend auto|torch|onnx] [--reingest]
+    .venv/bin/python bench/ingest_throughput.py [--workloads a,b,c,r] [--files 2000]
+        [--rows 200000] [--docs 300] [--reingest-files 2000] [--backend auto|torch|onnx]
+        [--reingest]
 
 Each workload is ingested through `ingest_paths` into a fresh home with the bundled embedding
 (loaded, and exported to ONNX where the backend asks for it, before the clock starts: load time
 is not throughput). Stages are timed by wrapping the functions that do them: walk
 (collect_files), hash, parse (the loader, in its worker where there is one), split, embed
 (Embedder.embed), store (KnowledgeBase.sync: SQLite, FAISS, keyword index, commit); `other`
-is the rest. `--reingest` runs (a) a second time with nothing changed. The load average is
-printed before and after each run, and the CPU seconds the run used: the machine is shared,
-and on a loaded machine chunks per CPU-second are the steadier measure (an idle 2-core machine
-gives up to twice that in chunks/s, both cores embedding).
+is the rest. `--reingest` runs (a) and (r) a second time with nothing changed. The load
+average is printed before and after each run, and the CPU seconds the run used: the machine is
+shared, and on a loaded machine chunks per CPU-second are the steadier measure (an idle 2-core
+machine gives up to twice that in chunks/s, both cores embedding).
 """
 
 from __future__ import annotations
@@ -76,6 +78,15 @@ def write_small_files(folder: Path, count: int) -> None:
         cut = text[:1200]
         cut = cut[: cut.rfind("\n")] if "\n" in cut[600:] else cut
         (folder / f"{i:05d}-{name}.{section}.txt").write_text(cut)
+
+
+def write_one_liners(folder: Path, count: int) -> None:
+    """`count` files of one line each (a page's first line of text): what a re-ingest of a
+    large folder costs does not depend on the files' sizes once nothing is read."""
+    folder.mkdir(parents=True)
+    for i, (name, section, text) in enumerate(man_texts(count)):
+        line = next(ln for ln in text.splitlines() if ln.strip())
+        (folder / f"{i:05d}-{name}.{section}.txt").write_text(f"{name}({section}): {line}\n")
 
 
 def write_csv(folder: Path, rows: int) -> None:
@@ -235,6 +246,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=300)
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
     parser.add_argument("--reingest", action="store_true", help="(a) again, nothing changed")
+    parser.add_argument(
+        "--reingest-files", type=int, default=2000, help="one-line files of workload (r)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -263,14 +277,19 @@ def main() -> None:
             "a": (lambda f: write_small_files(f, args.files), f"{args.files} small text files"),
             "b": (lambda f: write_csv(f, args.rows), f"CSV of {args.rows} rows"),
             "c": (lambda f: write_documents(f, args.docs), f"{args.docs} PDF/DOCX of 10 pages"),
+            "r": (
+                lambda f: write_one_liners(f, args.reingest_files),
+                f"{args.reingest_files} one-line files",
+            ),
         }
         for key in args.workloads.split(","):
             make, name = makers[key]
             folder = work / f"data-{key}"
             make(folder)
             run(f"({key}) {name}", folder, work / f"home-{key}", args.backend)
-            if key == "a" and args.reingest:
-                run(f"({key}) re-ingest, nothing changed", folder, work / "home-a", args.backend)
+            if key in ("a", "r") and args.reingest:
+                home = work / f"home-{key}"
+                run(f"({key}) re-ingest, nothing changed", folder, home, args.backend)
 
 
 if __name__ == "__main__":
