@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from watchfiles import Change, DefaultFilter, watch
 
-from ingest.pipeline import IngestReport, IngestUsageError, ingest_paths
+from ingest.pipeline import IngestReport, IngestUsageError, Progress, ingest_paths
 from kbqa.settings import Settings
 from storage.errors import StorageError
 
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 DEBOUNCE_MS = 300
 """Quiet time that ends a burst of changes: an editor's save or a copied folder is one sync."""
+IDLE_WAKE_MS = 1000
+"""While nothing changes, the watcher wakes this often (to check its folders still exist)."""
 
 
 class WatchedFolderGone(Exception):
@@ -71,8 +73,31 @@ def watch_paths(
     The caller has already synced once. Raises WatchedFolderGone when a watched folder
     disappears; nothing is removed from the KB then.
     """
+    for changes in change_bursts(paths, stop=stop, debounce_ms=debounce_ms):
+        on_sync(sync_once(settings, kb_name, paths, changes))
+
+
+def change_bursts(
+    paths: list[Path],
+    *,
+    stop: threading.Event | None = None,
+    debounce_ms: int = DEBOUNCE_MS,
+    first_sync: bool = False,
+) -> Iterator[int]:
+    """After each burst of changes that concern `paths`, yield how many there were.
+
+    The one watch loop of kbqa: `kbqa ingest --watch` (watch_paths) and the server's watched
+    folders (kbqa.server.watchers) both sync after each value. Changes made while the caller
+    syncs are kept by the watcher and make the next burst. With `first_sync`, 0 is yielded
+    first, as soon as the watcher is live, so that a first sync there misses no change made
+    during it. Ends when `stop` is set; raises WatchedFolderGone when a watched folder
+    disappears.
+    """
     folders = [Path(os.path.abspath(p.expanduser())) for p in paths]
-    files = {f for f in folders if not f.is_dir()}
+    # A folder deleted before this point is neither a folder nor a file: watching its parent
+    # for it would wait forever.
+    _check_roots([f for f in folders if not f.is_file()])
+    files = {f for f in folders if f.is_file()}
     roots = sorted({f.parent if f in files else f for f in folders})
     changes = watch(
         *roots,
@@ -80,6 +105,8 @@ def watch_paths(
         debounce=max(debounce_ms * 10, 1600),
         step=debounce_ms,
         stop_event=stop,
+        rust_timeout=IDLE_WAKE_MS,
+        yield_on_timeout=True,  # an empty batch: the watcher is live and nothing changed
         raise_interrupt=True,
     )
     while True:
@@ -91,9 +118,13 @@ def watch_paths(
             _check_roots(roots)
             raise WatchedFolderGone(f"stopped watching: {exc}") from exc
         _check_roots(roots)
+        if first_sync:
+            first_sync = False
+            yield 0
+            continue
         relevant = [path for _, path in batch if _concerns(Path(path), folders, files)]
         if relevant:
-            on_sync(_sync(settings, kb_name, paths, len(relevant)))
+            yield len(relevant)
 
 
 def _concerns(path: Path, folders: list[Path], files: set[Path]) -> bool:
@@ -111,9 +142,16 @@ def _check_roots(roots: list[Path]) -> None:
             )
 
 
-def _sync(settings: Settings, kb_name: str, paths: list[Path], changes: int) -> Sync:
+def sync_once(
+    settings: Settings,
+    kb_name: str,
+    paths: list[Path],
+    changes: int,
+    progress: Progress | None = None,
+) -> Sync:
+    """One sync of `paths`, as `kbqa ingest` does it; a refused one is reported, not raised."""
     try:
-        return Sync(changes, report=ingest_paths(settings, kb_name, paths))
+        return Sync(changes, report=ingest_paths(settings, kb_name, paths, progress=progress))
     except (IngestUsageError, StorageError, OSError) as exc:
         # A folder emptied or a file argument deleted: `kbqa ingest` refuses and removes
         # nothing; watching goes on, and the next change may make the sync possible again.

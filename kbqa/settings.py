@@ -6,6 +6,7 @@ Precedence, highest first: explicit arguments, environment, the TOML file, the d
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -65,7 +66,6 @@ class IngestSettings(_Section):
     """A file whose size and modification time are those recorded at its last ingest counts
     as unchanged without being read, as rsync and make decide; `false` reads and hashes every
     file (for a tool that rewrites files keeping size and mtime)."""
-
     max_unpacked_mb: float = Field(default=300.0, gt=0)
     """A .docx, .xlsx or .pptx whose zip members add up to more (by its central directory,
     checked before parsing) fails with `too_large`."""
@@ -220,6 +220,31 @@ class AnswerSettings(_Section):
     """Evidence score (kbqa.evidence) a sentence needs to count as supporting the answer."""
 
 
+class WatchFolder(_Section):
+    """One folder `kbqa serve` keeps in sync with a KB (`[[server.watch]]` in config.toml)."""
+
+    path: Path
+    """The folder; `~` is expanded, a relative path is taken from the server's working folder."""
+    kb: str = "default"
+    """The knowledge base it syncs into (created by the first sync if missing)."""
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return Path(os.path.abspath(value.expanduser()))
+
+    @field_validator("kb")
+    @classmethod
+    def _kb_name(cls, value: str) -> str:
+        from storage.errors import InvalidKBName
+        from storage.names import validate_kb_name
+
+        try:
+            return validate_kb_name(value)
+        except InvalidKBName as e:
+            raise ValueError(str(e)) from e
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     """Address `kbqa serve` listens on (loopback only by default)."""
@@ -255,6 +280,22 @@ class ServerSettings(_Section):
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    watch: list[WatchFolder] = []
+    """Folders kept in sync while the server runs, each `{path, kb}` (`[[server.watch]]` tables
+    in config.toml; in the environment a JSON list); every sync is a job of kind `watch`."""
+
+    @field_validator("watch", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    'expected a JSON list such as [{"path": "/srv/docs", "kb": "ops"}]'
+                ) from e
         return value
 
 

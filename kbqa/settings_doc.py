@@ -93,6 +93,9 @@ def _allowed(info: FieldInfo) -> str:
     """The type and any bounds, as a reader needs them to write a valid value."""
     annotation = info.annotation
     args = getattr(annotation, "__args__", ())
+    table = _table_list(info)
+    if table is not None:
+        return f"list of tables ({', '.join(f'`{name}`' for name in table.model_fields)})"
     if getattr(annotation, "__origin__", None) is not None and all(
         isinstance(a, str) for a in args
     ):
@@ -120,18 +123,32 @@ def _env_name(path: list[str]) -> str:
     return "`KBQA_" + "__".join(p.upper() for p in path) + "`"
 
 
+def _table_list(info: FieldInfo) -> type[BaseModel] | None:
+    """The model of a `list[Model]` setting (an array of tables in TOML), else None."""
+    args: tuple[Any, ...] = getattr(info.annotation, "__args__", ())
+    if getattr(info.annotation, "__origin__", None) is list and len(args) == 1:
+        (item,) = args
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item
+    return None
+
+
 def _sections(
     model: type[BaseModel], path: list[str], docs: dict[str, dict[str, str]]
 ) -> list[tuple[list[str], type[BaseModel], list[str]]]:
-    """(section path, model, its scalar field names) for `model` and each nested section."""
+    """(section path, model, its scalar field names) for `model` and each nested section; an
+    array of tables (`list[Model]`) is a row of its section and a section of its own."""
     scalars: list[str] = []
     nested: list[tuple[list[str], type[BaseModel], list[str]]] = []
     for name, info in model.model_fields.items():
         annotation = info.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             nested.extend(_sections(annotation, [*path, name], docs))
-        else:
-            scalars.append(name)
+            continue
+        scalars.append(name)
+        table = _table_list(info)
+        if table is not None:
+            nested.append(([*path, f"{name}[]"], table, list(table.model_fields)))
     return [(path, model, scalars), *nested]
 
 
@@ -142,7 +159,11 @@ def render() -> str:
     for path, model, names in _sections(settings.Settings, [], docs):
         if not names:
             continue
-        lines.append(f"## `[{'.'.join(path)}]`" if path else "## Top level")
+        dotted = ".".join(path)
+        if dotted.endswith("[]"):  # an array of tables: one [[…]] table per item
+            lines.append(f"## `[[{dotted[:-2]}]]`")
+        else:
+            lines.append(f"## `[{dotted}]`" if path else "## Top level")
         lines.append("")
         lines.append("| Setting | Default | Environment | Type | Description |")
         lines.append("|---|---|---|---|---|")
@@ -151,9 +172,10 @@ def render() -> str:
             info = model.model_fields[name]
             key = ".".join([*path, name])
             description = class_docs.get(name, "").replace("|", "\\|")
+            default = "required" if info.is_required() else _default(info.default)
+            environment = "—" if path and path[-1].endswith("[]") else _env_name([*path, name])
             lines.append(
-                f"| `{key}` | {_default(info.default)} | {_env_name([*path, name])} "
-                f"| {_allowed(info)} | {description} |"
+                f"| `{key}` | {default} | {environment} | {_allowed(info)} | {description} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -40,6 +40,7 @@ from kbqa.server.limits import BodyLimit, upload_aware_limit
 from kbqa.server.mcp_http import mcp_app
 from kbqa.server.routes_health import STATIC_DIR
 from kbqa.server.state import ServerState
+from kbqa.server.watchers import FolderWatchers
 from kbqa.settings import Settings
 
 log = logging.getLogger("kbqa.server")
@@ -110,10 +111,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if state.chain is None:
         await anyio.to_thread.run_sync(load_components, state)
     log.info("kbqa: model %s ready", state.model_name)
+    watchers = FolderWatchers(state.settings, state.jobs)  # server.watch
+    watchers.start()
     try:
         async with app.state.mcp.session_manager.run():
             yield
     finally:
+        watchers.stop()  # no new syncs; a running one finishes with the jobs below
         # Generations still running stop at their next token, and their threads are waited
         # for (a thread inside torch at interpreter exit aborts the process). Running ingests
         # are stopped, a parse in progress killed (nothing of them is stored); queued ones fail.
@@ -121,6 +125,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not await state.gate.wait_idle(WORKER_STOP_S):
             log.error("kbqa: a generation did not stop within %s s", WORKER_STOP_S)
         await anyio.to_thread.run_sync(state.jobs.shutdown)
+        await anyio.to_thread.run_sync(watchers.join, WORKER_STOP_S)
         await anyio.to_thread.run_sync(state.evals.shutdown)
         if state.retriever is not None:
             state.retriever.close()

@@ -33,12 +33,14 @@ from typing import Any, Literal
 log = logging.getLogger("kbqa.server")
 
 JobState = Literal["queued", "running", "done", "failed"]
+JobKind = Literal["upload", "watch"]
 ACTIVE_STATES = ("queued", "running")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added `kind`; a version-1 database gains the column (its rows are uploads)."""
 _COLUMNS = (
     "id, kb, owner, state, files, paths, progress, result, error, error_code, "
-    "created, started, finished"
+    "created, started, finished, kind"
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -54,7 +56,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_code TEXT,
     created    REAL NOT NULL,  -- Unix time
     started    REAL,
-    finished   REAL
+    finished   REAL,
+    kind       TEXT NOT NULL DEFAULT 'upload'  -- 'upload', or 'watch': a watched folder's sync
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, finished);
 """
@@ -80,6 +83,7 @@ class Job:
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
+    kind: JobKind = "upload"
 
     def progress(self) -> dict[str, int]:
         return {
@@ -122,6 +126,7 @@ class JobStore:
             job.created,
             job.started,
             job.finished,
+            job.kind,
         )
         with self._guard("save job"):
             self._conn.execute(
@@ -146,18 +151,37 @@ class JobStore:
             return {owner for (owner,) in rows}
         return set()
 
-    def fail_active(self, owner: str, code: str, messages: dict[str, str]) -> int:
-        """Mark `owner`'s queued and running jobs failed, with messages[state]; how many."""
+    def fail_active(self, owner: str, code: str, messages: dict[tuple[str, str], str]) -> int:
+        """Mark `owner`'s queued and running jobs failed, with messages[(kind, state)]; how
+        many."""
         changed = 0
         with self._guard("fail abandoned jobs"):
-            for state in ACTIVE_STATES:
+            for (kind, state), message in messages.items():
                 cursor = self._conn.execute(
                     "UPDATE jobs SET state = 'failed', error = ?, error_code = ?, finished = ? "
-                    "WHERE owner = ? AND state = ?",
-                    (messages[state], code, time.time(), owner, state),
+                    "WHERE owner = ? AND state = ? AND kind = ?",
+                    (message, code, time.time(), owner, state, kind),
                 )
                 changed += cursor.rowcount
         return changed
+
+    def newest(self, *, kind: str | None, kbs: list[str] | None, limit: int) -> list[Job]:
+        """The `limit` most recently created jobs, of `kind` and of the KBs `kbs` (None: any)."""
+        where, args = [], []
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+        if kbs is not None:
+            where.append(f"kb IN ({', '.join('?' * len(kbs))})" if kbs else "0")
+            args.extend(kbs)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        with self._guard("list jobs"):
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs {clause}ORDER BY created DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            return [_job(row) for row in rows]
+        return []
 
     def prune(self, older_than: float, keep: int) -> list[Job]:
         """Delete finished jobs that finished before `older_than` or beyond the newest `keep`
@@ -198,7 +222,7 @@ class JobStore:
 
 def _job(row: tuple[Any, ...]) -> Job:
     (id_, kb, owner, state, files, paths, progress, result, error, code, created, started, end) = (
-        row
+        row[:13]
     )
     counts = json.loads(progress)
     return Job(
@@ -218,6 +242,7 @@ def _job(row: tuple[Any, ...]) -> Job:
         created=created,
         started=started,
         finished=end,
+        kind=row[13],
     )
 
 
@@ -261,8 +286,10 @@ def _open(path: Path) -> sqlite3.Connection:
         if check != "ok":
             raise sqlite3.DatabaseError(f"quick_check: {check}")
         (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, 1, SCHEMA_VERSION):
             raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
+        if version == 1:
+            conn.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'upload'")
         conn.executescript(_SCHEMA)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]

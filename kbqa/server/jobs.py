@@ -44,7 +44,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol
 
@@ -53,7 +53,7 @@ from ingest.loaders import SUPPORTED_EXTENSIONS
 from ingest.pipeline import IngestReport, ingest_paths
 from kbqa.kb_admin import list_documents
 from kbqa.server.errors import ApiError, api_error_for
-from kbqa.server.job_store import ACTIVE_STATES, Job, JobStore, OwnerLock
+from kbqa.server.job_store import ACTIVE_STATES, Job, JobKind, JobStore, OwnerLock
 from kbqa.settings import Settings
 from storage.errors import InvalidKBName, KBNotFound
 from storage.names import validate_kb_name
@@ -77,6 +77,16 @@ INTERRUPTED_MESSAGES = {
     "running": "the server stopped before this ingest finished; the knowledge base is intact "
     "(an ingest commits whole or not at all), upload the files again",
 }
+WATCH_INTERRUPTED_MESSAGES = {
+    "queued": "the server stopped before this sync ran; the folder is synced again when the "
+    "server starts",
+    "running": "the server stopped before this sync finished; the knowledge base is intact "
+    "(a sync commits whole or not at all), and the folder is synced again when the server "
+    "starts",
+}
+_INTERRUPTED_BY_KIND = {
+    ("upload", state): message for state, message in INTERRUPTED_MESSAGES.items()
+} | {("watch", state): message for state, message in WATCH_INTERRUPTED_MESSAGES.items()}
 
 _COPY_BLOCK = 1 << 20
 
@@ -261,19 +271,41 @@ class JobManager:
             paths=[str(p) for p in paths],
             owner=self.owner,
         )
+        if self._enqueue(job, paths) is None:
+            raise ApiError(503, "stopping", "the server is stopping", headers={"Retry-After": "5"})
+        return dataclasses.replace(job)
+
+    def submit_watch(self, kb: str, folder: Path) -> tuple[Job, Future[None]] | None:
+        """A sync of a watched folder, as a job of kind "watch" queued with its KB's uploads (one
+        ingest at a time); its future ends with the job. None once the server is stopping."""
+        job = Job(
+            id=f"watch-{uuid.uuid4().hex}",
+            kb=kb,
+            files=[str(folder)],
+            owner=self.owner,
+            kind="watch",
+        )
+        future = self._enqueue(job, [folder])
+        return None if future is None else (dataclasses.replace(job), future)
+
+    def recent(self, *, kind: JobKind | None, kbs: list[str] | None, limit: int) -> list[Job]:
+        """The newest jobs first (this process's active ones with their current progress)."""
+        found = self._db.newest(kind=kind, kbs=kbs, limit=limit)
+        with self.lock:
+            return [dataclasses.replace(self._active.get(job.id, job)) for job in found]
+
+    def _enqueue(self, job: Job, paths: list[Path]) -> Future[None] | None:
+        # Under the lock, so that shutdown() never misses a job submitted as it starts.
         with self.lock:
             if self._closing:
-                raise ApiError(
-                    503, "stopping", "the server is stopping", headers={"Retry-After": "5"}
-                )
+                return None
             self._db.save(job)
             self._active[job.id] = job
-            lane = self._lanes.get(kb)
+            lane = self._lanes.get(job.kb)
             if lane is None:
                 lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbqa-ingest")
-                self._lanes[kb] = lane
-            lane.submit(self._run, job, paths)
-        return dataclasses.replace(job)
+                self._lanes[job.kb] = lane
+            return lane.submit(self._run, job, paths)
 
     def get(self, job_id: str) -> Job | None:
         """A snapshot of the job, or None if unknown (or pruned from the history)."""
@@ -331,7 +363,7 @@ class JobManager:
             return
         for job in dropped:  # all queued: the lanes have waited for the running ones
             job.state, job.error_code, job.finished = "failed", INTERRUPTED, time.time()
-            job.error = INTERRUPTED_MESSAGES["queued"]
+            job.error = _INTERRUPTED_BY_KIND[(job.kind, "queued")]
             self._db.save(job)
         self._store.close()
         self._owner.release()
@@ -343,7 +375,8 @@ class JobManager:
         return self._store
 
     def _run(self, job: Job, paths: list[Path]) -> None:
-        stop = Stop(self.settings.server.job_timeout_s)
+        # A watched folder's first sync may rightly take hours: only uploads have a deadline.
+        stop = Stop(self.settings.server.job_timeout_s if job.kind == "upload" else None)
         with self.lock:
             job.state, job.started = "running", time.time()
             self._stops[job.id] = stop
@@ -359,11 +392,11 @@ class JobManager:
         except ParseStopped as e:
             with self.lock:
                 job.state, job.finished = "failed", time.time()
-                job.error_code, job.error = self._stopped(e.reason)
+                job.error_code, job.error = self._stopped(job, e.reason)
         except Exception as e:
             known = api_error_for(e)
             if known is None:
-                log.error("upload job %s failed", job.id, exc_info=e)
+                log.error("%s job %s failed", job.kind, job.id, exc_info=e)
             with self.lock:
                 job.state, job.finished = "failed", time.time()
                 job.error = known.message if known else f"ingest failed: {type(e).__name__}: {e}"
@@ -378,7 +411,7 @@ class JobManager:
             del self._stops[job.id]
         self.prune()
 
-    def _stopped(self, reason: str) -> tuple[str, str]:
+    def _stopped(self, job: Job, reason: str) -> tuple[str, str]:
         """The error code and message of a job whose ingest was stopped for `reason`."""
         if reason == DEADLINE:
             timeout = self.settings.server.job_timeout_s
@@ -386,7 +419,7 @@ class JobManager:
                 f"the job ran longer than {timeout:g} s (server.job_timeout_s) and was stopped; "
                 "nothing of it was stored"
             )
-        return INTERRUPTED, INTERRUPTED_MESSAGES["running"]
+        return INTERRUPTED, _INTERRUPTED_BY_KIND[(job.kind, "running")]
 
     def _recover_candidates(self) -> set[str]:
         return (self._db.active_owners() | self._owner.others()) - {self.owner}
@@ -395,7 +428,7 @@ class JobManager:
         with self._owner.if_dead(owner) as dead:
             if not dead:
                 return 0
-            failed = self._db.fail_active(owner, INTERRUPTED, INTERRUPTED_MESSAGES)
+            failed = self._db.fail_active(owner, INTERRUPTED, _INTERRUPTED_BY_KIND)
         if failed:
             log.warning("kbqa: %d upload job(s) of a stopped server marked %s", failed, INTERRUPTED)
         return failed

@@ -1,4 +1,4 @@
-"""Knowledge-base management: list, create, delete, search; documents and upload jobs.
+"""Knowledge-base management: list, create, delete, search; documents; upload and watch jobs.
 
 Handlers are sync `def`s: they do blocking storage work, and FastAPI runs them in its thread
 pool, so searches and listings keep being served while an upload is ingested.
@@ -7,9 +7,9 @@ pool, so searches and listings keep being served while an upload is ingested.
 from __future__ import annotations
 
 import shutil
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Path, UploadFile
+from fastapi import APIRouter, Depends, File, Path, Query, UploadFile
 
 from ingest.pipeline import open_or_create_kb
 from kbqa.kb_admin import list_documents, list_kbs, remove_document
@@ -31,6 +31,7 @@ from kbqa.server.schemas import (
     EvalJobStatus,
     IngestResult,
     JobCreated,
+    JobList,
     JobProgress,
     JobStatus,
     KbCreate,
@@ -112,6 +113,23 @@ def upload_documents(
     return JobCreated(job_id=state.jobs.submit(kb, paths).id)
 
 
+@router.get("/v1/jobs")
+def list_jobs(
+    state: StateDep,
+    access: AccessDep,
+    kind: Annotated[Literal["upload", "watch"] | None, Query(description="Only this kind")] = None,
+    kb: Annotated[str | None, Query(max_length=64, description="Only this KB's jobs")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> JobList:
+    """Upload and watched-folder jobs, newest first, of the KBs the key sees (evaluation jobs
+    live in memory and are not listed)."""
+    kbs = None if access.kbs is None else sorted(access.kbs)
+    if kb is not None:
+        kbs = [kb] if access.sees(kb) else []
+    jobs = state.jobs.recent(kind=kind, kbs=kbs, limit=limit)
+    return JobList(jobs=[job_status(job) for job in jobs])
+
+
 @router.get("/v1/jobs/{job_id}")
 def get_job(
     job_id: Annotated[str, Path(max_length=64)], state: StateDep, access: AccessDep
@@ -166,6 +184,7 @@ def job_status(job: Job) -> JobStatus:
     return JobStatus(
         job_id=job.id,
         kb=job.kb,
+        kind=job.kind,
         state=job.state,
         files=job.files,
         progress=JobProgress(

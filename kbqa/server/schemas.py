@@ -356,6 +356,8 @@ class JobProgress(BaseModel):
 class JobStatus(BaseModel):
     job_id: str
     kb: str
+    kind: Literal["upload", "watch"] = "upload"
+    """`upload`, or `watch`: a sync of a watched folder (`server.watch`; `files` holds it)."""
     state: Literal["queued", "running", "done", "failed"]
     files: list[str]
     progress: JobProgress
@@ -365,6 +367,11 @@ class JobStatus(BaseModel):
     """Why it failed: `interrupted` (the server stopped; upload again), `job_timeout` (still
     running `server.job_timeout_s` after it started; nothing stored), `ingest_failed`, or
     the code an HTTP error of the same cause would carry (`kb_not_found`, …)."""
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus]
+    """Newest first."""
 
 
 # -- evaluation jobs ---------------------------------------------------------------------------

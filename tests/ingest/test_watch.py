@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ingest.pipeline import ingest_paths
-from ingest.watch import Sync, WatchedFolderGone, watch_paths
+from ingest.watch import Sync, WatchedFolderGone, change_bursts, watch_paths
 from kbqa.cli import app
 from kbqa.kb_admin import list_documents
 from kbqa.settings import Settings, load_settings
@@ -155,3 +155,10 @@ def test_cli_watch_exits_with_one_line_when_the_folder_goes(tmp_path: Path) -> N
         == f"error: watched folder {folder} is gone; stopped watching, nothing was removed"
     )
     assert [d["source"] for d in list_documents(settings, "default")] == ["a.txt"]
+
+
+def test_a_folder_gone_before_watching_starts_is_reported_at_once(tmp_path: Path) -> None:
+    """Deleted between the first sync and the watch: not mistaken for a file whose parent
+    folder would then be watched for ever."""
+    with pytest.raises(WatchedFolderGone, match="is gone"):
+        next(change_bursts([tmp_path / "deleted"]))
