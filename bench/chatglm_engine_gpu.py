@@ -149,6 +149,7 @@ def measure(label: str, quantize: str | None, args: argparse.Namespace, out: str
                 new = args.new if n == 1 else args.new * 3  # long enough for all 16 to overlap
                 run_engine(eng, prompts, new)  # captures the graphs these shapes need
                 found[f"{n}_streams"] = engine_rate(run_engine(eng, prompts, new))
+            found["stats"] = dict(vars(getattr(eng, "stats", object())))  # steps_ahead etc.
         finally:
             eng.close()
         return found
@@ -174,7 +175,8 @@ def measure(label: str, quantize: str | None, args: argparse.Namespace, out: str
         return {"prefill_2048_ms": short, f"prefill_{args.long}_ms": long,
                 "per_token_ratio": round(ratio, 3), "peak_gb": round(peak, 3)}  # fmt: skip
 
-    section(f"{name}.long_prompt", long_prompt, out)
+    if not args.skip_long:
+        section(f"{name}.long_prompt", long_prompt, out)
 
     def warm_up() -> dict[str, float]:
         t0 = time.perf_counter()
@@ -202,6 +204,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["fp16", "int4"])
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--skip-warm-up", action="store_true")
+    parser.add_argument("--skip-long", action="store_true", help="no 8k-token prompt")
     args = parser.parse_args()
     R["label"] = args.label
     package = Path(sys.modules["kbqa.chatglm"].__file__ or "")
@@ -215,6 +218,14 @@ def main() -> None:
             gc.collect()  # the model goes with measure()'s frame
             if args.device == "cuda":
                 torch.cuda.empty_cache()
+    try:  # a kernel that failed turned the kernels off: the numbers are the torch ops'
+        from kbqa.chatglm import triton_use
+
+        R["kernels_turned_off"] = list(getattr(triton_use, "_turned_off", []))
+    except ImportError:  # a tree before triton_use.py
+        pass
+    with open(args.out, "w") as f:
+        json.dump(R, f, indent=1, default=str)
     print(json.dumps(R, indent=1, default=str))
 
 
