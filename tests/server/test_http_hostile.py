@@ -76,11 +76,11 @@ def upload(client: httpx.Client, kb: str, *files: tuple[str, bytes]) -> str:
     return job_id
 
 
-def recorded(live: LiveServer, job_id: str) -> Job:
-    """The job with its start and end times (the HTTP status leaves them out)."""
-    job = live.app.state.kbqa.jobs.get(job_id)
+def span(live: LiveServer, job_id: str) -> tuple[float, float]:
+    """When the job started and finished (the HTTP status leaves them out)."""
+    job: Job | None = live.app.state.kbqa.jobs.get(job_id)
     assert job is not None and job.started is not None and job.finished is not None
-    return job
+    return job.started, job.finished
 
 
 def memory_kb(field: str, pid: int | str = "self") -> int:
@@ -120,10 +120,10 @@ def test_hostile_uploads_fail_alone_and_other_kbs_do_not_wait(
     assert done["state"] == "done" and done["result"]["added"] == 1, done
 
     # The small upload started before the stuck parse was given up (different KB lanes)…
-    assert recorded(live, small).started < recorded(live, jobs["stuck.json"]).finished
+    assert span(live, small)[0] < span(live, jobs["stuck.json"])[1]
     # …while one KB's jobs ran one after another.
-    order = [recorded(live, jobs[name]) for name in hostile]
-    assert all(later.started >= earlier.finished for earlier, later in itertools.pairwise(order))
+    order = [span(live, jobs[name]) for name in hostile]
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(order))
 
     peak = memory_kb("VmHWM")
     assert peak - baseline < RSS_ALLOWANCE_KB, (baseline, peak)
@@ -146,13 +146,14 @@ def test_a_job_past_its_deadline_fails_and_the_next_upload_to_its_kb_runs(
     )
     done = wait_for_job(client, after, timeout=120)
     assert done["state"] == "done" and done["result"]["added"] == 1, done
-    assert recorded(live, after).started >= recorded(live, slow).finished
+    assert span(live, after)[0] >= span(live, slow)[1]
     listed = client.get("/v1/kbs/slow/documents").json()["documents"]
     assert [d["source"] for d in listed] == ["small.md"]
 
 
-def descendants(pid: int) -> set[int]:
-    """Processes under `pid` (the fork server and the parse workers), from /proc."""
+def descendants(pid: int) -> dict[int, int]:
+    """Processes under `pid` and their parents' ids, from /proc: the fork server and the
+    resource tracker are its children, the parse workers the fork server's."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -161,12 +162,16 @@ def descendants(pid: int) -> set[int]:
             except OSError:
                 continue
             parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: set[int] = set()
+    found: dict[int, int] = {}
     frontier = {pid}
     while frontier:
         frontier = {child for child, parent in parents.items() if parent in frontier}
-        found |= frontier
+        found |= {child: parents[child] for child in frontier}
     return found
+
+
+def parse_workers(pid: int) -> set[int]:
+    return {child for child, parent in descendants(pid).items() if parent != pid}
 
 
 def gone(pid: int) -> bool:
@@ -216,9 +221,8 @@ def test_sigterm_stops_a_stuck_parse_and_exits_within_the_grace_period(
                 120,
                 "the job to run",
             )
-        # The fork server and a worker parsing the stuck file.
-        wait_for(lambda: len(descendants(process.pid)) >= 2, 120, "a parse worker")
-        workers = descendants(process.pid)
+        wait_for(lambda: parse_workers(process.pid), 120, "a worker parsing the stuck file")
+        workers = set(descendants(process.pid))
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=GRACEFUL_SHUTDOWN_S) == 0
