@@ -4,12 +4,14 @@ and the rest of the run is ingested (ingest.limits, ingest.isolation)."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
 from hostile_files import CRASH_JSON, STUCK_JSON, blank_pdf, docx_bomb, png_bomb
 from typer.testing import CliRunner
 
+from ingest import isolation
 from ingest.isolation import FileParser, ParseStopped, Stop, WorkerPool
 from ingest.loaders import load_document
 from ingest.pipeline import ingest_paths
@@ -144,3 +146,34 @@ def test_markdown_lines_cost_their_length_not_its_square(tmp_path: Path) -> None
     with WorkerPool(memory_mb=1024) as pool:
         sections = pool.parse(path, max_bytes=2**30, options=LoadOptions(), timeout_s=120)
     assert sections[-1].text.endswith("The end.")
+
+
+@pytest.mark.parametrize("name", ["bomb.xlsx", "bomb.pptx"])
+def test_every_zip_based_format_is_checked_before_its_parser(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(docx_bomb(20))  # the same archive: the check reads only its directory
+    with pytest.raises(LoadError) as caught:
+        load_document(path, max_bytes=2**30)
+    assert caught.value.code == "too_large"
+    assert "(ingest.max_compression_ratio)" in str(caught.value)
+
+
+def test_a_worker_left_large_is_not_kept_warm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "fine.json"
+    path.write_text('{"colour": "teal"}', encoding="utf-8")
+
+    def workers() -> set[int | None]:
+        return {p.pid for p in multiprocessing.active_children() if p.name == "kbqa-parse"}
+
+    with WorkerPool(memory_mb=512) as pool:
+        before = workers()
+        pool.parse(path, max_bytes=2**20, options=LoadOptions(), timeout_s=60)
+        warm = workers() - before
+        assert len(warm) == 1  # kept for the next file
+        monkeypatch.setattr(isolation, "RECYCLE_RSS_KB", 0)  # every worker now counts as large
+        pool.parse(path, max_bytes=2**20, options=LoadOptions(), timeout_s=60)
+        assert not workers() & warm
+        pool.parse(path, max_bytes=2**20, options=LoadOptions(), timeout_s=60)
+        assert workers() - before == set()
