@@ -11,7 +11,8 @@ embedded by each backend: four combinations per corpus.
   zh_heldout.jsonl, scored as bench/eval_zh.py does (source hit@5, fact hit@5, MRR@5).
 - Mixed: bench/eval_retrieval.py's corpus (package READMEs, Chinese man pages) and its
   answerable questions, scored by its rule (the right file and the passage in the chunk).
-The ingest of each corpus is timed too (chunks/s on real documents, no vector cache).
+The ingest of each corpus is timed too (chunks/s on real documents), unless `--reuse` gives
+the PyTorch vectors of earlier eval runs (bench only: they are not computed again).
 """
 
 from __future__ import annotations
@@ -92,16 +93,31 @@ def mixed_scores(settings: Any) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, help="keep corpora and KBs here (reused)")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        help="vector caches of eval_zh.py / eval_retrieval.py --work runs (PyTorch vectors)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import eval_corpus_zh
     import retrieval_corpus
+    from eval_retrieval import EmbeddingCache
 
     import kbqa.retrieval
 
     with tempfile.TemporaryDirectory(prefix="kbqa-backends-") as tmp:
         work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        # Bench-only: PyTorch vectors of texts embedded by earlier runs are not computed again
+        # (ONNX vectors are cached under keys of their own). No ingest time is printed then.
+        cache = EmbeddingCache(work / "embeddings.npz")
+        for path in args.reuse:
+            cache.vectors.update(EmbeddingCache(path).vectors)
+        cache.install()
         zh_docs, mixed_docs = work / "zh-docs", work / "mixed-docs"
         if not zh_docs.exists():
             eval_corpus_zh.write_corpus(zh_docs)
@@ -120,8 +136,9 @@ def main() -> None:
                     mixed_scores,
                 ),
             }
+            cache.save()
             for corpus, (_, chunks, seconds, _) in built.items():
-                if chunks:
+                if chunks and not args.reuse:
                     rate = chunks / seconds
                     print(f"<!-- {corpus}: {kb_backend} ingest {chunks} chunks {rate:.1f}/s -->")
             for query_backend in BACKENDS:
