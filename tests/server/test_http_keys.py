@@ -120,6 +120,12 @@ CASES = [
     Case("GET", "/healthz", None, lambda c, s, t: c.get("/healthz")),
     Case("GET", "/", None, lambda c, s, t: c.get("/")),
     Case("GET", "/static", None, lambda c, s, t: c.get("/static/app.js")),
+    Case(
+        "GET",
+        "/static/api-docs",
+        None,
+        lambda c, s, t: c.get("/static/api-docs/swagger-ui-bundle.js"),
+    ),
     Case("GET", "/openapi.json", None, lambda c, s, t: c.get("/openapi.json")),
     Case("GET", "/docs", None, lambda c, s, t: c.get("/docs")),
     Case("GET", "/docs/oauth2-redirect", None, lambda c, s, t: c.get("/docs/oauth2-redirect")),
