@@ -345,12 +345,23 @@ def config_show(
     data = settings.model_dump(mode="json")
     if data["server"]["api_key"]:
         data["server"]["api_key"] = "***"
+    from ingest.loaders import LONG_TAIL_EXTENSIONS, SUPPORTED_EXTENSIONS
+
+    formats = sorted(SUPPORTED_EXTENSIONS)
+    long_tail = sorted(LONG_TAIL_EXTENSIONS)
     if json_out:
-        print_json(data)
+        print_json(data | {"formats": {"supported": formats, "unstructured": long_tail}})
     else:
         import tomli_w
 
-        stdout.print(tomli_w.dumps(data), markup=False, highlight=False)
+        # Comments, so that the output stays a valid config.toml.
+        through = " ".join(long_tail) or "none (install the `unstructured` extra for more)"
+        stdout.print(
+            f"{tomli_w.dumps(data)}\n# file types read: {' '.join(formats)}\n"
+            f"# of them through unstructured: {through}",
+            markup=False,
+            highlight=False,
+        )
 
 
 cli_answer.register(app, lambda: settings_for(None, None))

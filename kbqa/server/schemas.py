@@ -424,6 +424,8 @@ class Health(BaseModel):
     """False while the model warms up (on a GPU: compiling kernels, capturing CUDA graphs;
     seconds at start-up). Questions asked meanwhile are accepted and wait for it."""
     queue: QueueStatus
+    formats: list[str] = []
+    """The file extensions uploads and ingests read here (the `unstructured` extra adds some)."""
 
 
 # -- source viewer ----------------------------------------------------------------------------

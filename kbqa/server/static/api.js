@@ -89,6 +89,7 @@ async function json(method, path, body) {
 const enc = encodeURIComponent;
 
 export const api = {
+  health: () => json("GET", "/healthz"),
   listKbs: () => json("GET", "/v1/kbs"),
   listModels: () => json("GET", "/v1/models"),
   createKb: (name) => json("POST", "/v1/kbs", { name }),

@@ -6,7 +6,7 @@ import { confirmDialog } from "./dialogs.js";
 import { byId, h } from "./dom.js";
 import { setAttr, setText, t } from "./i18n.js";
 import { onKbs, reloadKbs } from "./store.js";
-import { SUPPORTED_EXTENSIONS, UploadCard } from "./upload.js";
+import { setSupported, supportedExtensions, UploadCard } from "./upload.js";
 import { openViewer } from "./viewer.js";
 
 const PICKED_STORAGE = "kbqa.manageKb";
@@ -46,10 +46,24 @@ export class ManageView {
       this.upload([...this.fileInput.files]);
       this.fileInput.value = "";
     });
-    this.fileInput.accept = SUPPORTED_EXTENSIONS.join(",");
-    setText(byId("formats"), "manage.formats", { formats: SUPPORTED_EXTENSIONS.join(" ") });
+    this.showFormats();
+    api.health().then(
+      (health) => {
+        if (health.formats?.length) {
+          setSupported(health.formats);
+          this.showFormats();
+        }
+      },
+      () => {}, // the core list stays
+    );
     this.bindDrop();
     onKbs((kbs) => this.showKbs(kbs));
+  }
+
+  showFormats() {
+    const formats = supportedExtensions();
+    this.fileInput.accept = formats.join(",");
+    setText(byId("formats"), "manage.formats", { formats: formats.join(" ") });
   }
 
   bindDrop() {

@@ -6,7 +6,9 @@ import { h } from "./dom.js";
 import { setAttr, setText } from "./i18n.js";
 
 // The server's loaders (ingest/loaders): other files are refused before anything is sent.
-// tests/web/test_upload_types.py keeps this list equal to ingest.loaders.SUPPORTED_EXTENSIONS.
+// The server lists what it reads in GET /healthz (`formats`: the `unstructured` extra adds
+// some); until it has answered, the core loaders', which tests/web/test_upload_types.py keeps
+// equal to ingest.loaders.SUPPORTED_EXTENSIONS without the long tail.
 export const SUPPORTED_EXTENSIONS = [
   ".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".pptx", ".csv", ".xlsx", ".json",
   ".jsonl", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp",
@@ -14,9 +16,20 @@ export const SUPPORTED_EXTENSIONS = [
 
 const POLL_MS = 400;
 
+let supported = [...SUPPORTED_EXTENSIONS];
+
+/** The extensions the server reads, as GET /healthz listed them. */
+export function setSupported(formats) {
+  supported = [...formats];
+}
+
+export function supportedExtensions() {
+  return supported;
+}
+
 export function isSupported(file) {
   const dot = file.name.lastIndexOf(".");
-  return dot > 0 && SUPPORTED_EXTENSIONS.includes(file.name.slice(dot).toLowerCase());
+  return dot > 0 && supported.includes(file.name.slice(dot).toLowerCase());
 }
 
 export class UploadCard {
