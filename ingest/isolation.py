@@ -28,9 +28,12 @@ parse for one job never holds another's.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import multiprocessing
+import multiprocessing.forkserver
+import os
 import resource
 import signal
 import sys
@@ -361,6 +364,7 @@ class _Worker:
 def _serve(conn: Connection, path: list[str], plugins: tuple[str, ...], memory_mb: int) -> None:
     """A worker's life: parse each (path, max_bytes, options) it is sent, reply, repeat."""
     _die_with_parent()
+    _let_fork_server_go()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: ours decides
     sys.path.extend(entry for entry in path if entry not in sys.path)  # plugins from tests, …
     load_plugins(plugins)
@@ -406,6 +410,21 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the pipe's end-of-file still ends an idle one
         pass
+
+
+def _let_fork_server_go() -> None:
+    """Close this worker's copy of the fork server's "alive" pipe.
+
+    multiprocessing hands every forked child the write end of the pipe on whose end-of-file
+    the fork server exits, so a worker stuck in a parse would keep the fork server, and with
+    it itself (PR_SET_PDEATHSIG), alive after the ingesting process was killed. Without the
+    copy, the fork server exits with that process and the kernel kills the worker."""
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
 
 
 def _cap_memory(memory_mb: int) -> int | None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +181,67 @@ def test_a_worker_left_large_is_not_kept_warm(
         assert not workers() & warm
         pool.parse(path, max_bytes=2**20, options=LoadOptions(), timeout_s=60)
         assert workers() - before == set()
+
+
+def test_a_killed_ingest_leaves_no_parse_worker_behind(tmp_path: Path) -> None:
+    # kill -9 of a process ingesting while its worker is stuck: the fork server exits with it
+    # and the kernel kills the worker (nothing may keep parsing, or hold memory, for nobody).
+    stuck = tmp_path / "stuck.json"
+    stuck.write_bytes(STUCK_JSON)
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from ingest.isolation import WorkerPool\n"
+        "from ingest.types import LoadOptions\n"
+        "if __name__ == '__main__':\n"
+        "    pool = WorkerPool(memory_mb=512, plugins=['stuck_loader'])\n"
+        "    pool.parse(Path(sys.argv[1]), max_bytes=2**20, options=LoadOptions(), timeout_s=600)\n"
+    )
+    environment = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}  # stuck_loader
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(stuck)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        family = wait_for_worker(process.pid)
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 60
+    while not all(gone(pid) for pid in family):
+        assert time.monotonic() < deadline, "a parse worker outlived the killed process"
+        time.sleep(0.1)
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """Each process's parent and state, from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        found[int(entry.name)] = (int(fields[1]), fields[0])
+    return found
+
+
+def wait_for_worker(pid: int) -> set[int]:
+    """The processes under `pid` once one of them (a parse worker) is a grandchild."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        table = processes()
+        children = {p for p, (parent, _) in table.items() if parent == pid}
+        workers = {p for p, (parent, _) in table.items() if parent in children}
+        if workers:
+            return children | workers
+        time.sleep(0.2)
+    raise AssertionError("no parse worker started")
+
+
+def gone(pid: int) -> bool:
+    state = processes().get(pid)
+    return state is None or state[1] == "Z"
