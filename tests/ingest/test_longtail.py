@@ -215,3 +215,32 @@ def test_config_show_names_the_formats(tmp_path: Path) -> None:
     }
     text = CliRunner().invoke(app, ["config", "show", "--home", str(tmp_path)]).stdout
     assert "# of them through unstructured: " + " ".join(sorted(LONG_TAIL_EXTENSIONS)) in text
+
+
+@pytest.mark.skipif(shutil.which("soffice") is None, reason="LibreOffice (soffice) is absent")
+def test_legacy_word_and_powerpoint_through_libreoffice(tmp_path: Path) -> None:
+    import docx
+    from pptx import Presentation
+
+    document = docx.Document()
+    document.add_heading("Pump maintenance", level=1)
+    document.add_paragraph("The coolant pump must be inspected every 400 hours.")
+    document.save(str(tmp_path / "manual.docx"))
+    deck = Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[1])
+    slide.shapes.title.text = "Seal schedule"
+    slide.placeholders[1].text = "冷却泵的密封圈每年更换一次。"
+    deck.save(str(tmp_path / "deck.pptx"))
+    for source, target in (("manual.docx", "doc"), ("deck.pptx", "ppt")):
+        subprocess.run(
+            ["soffice", "--headless", "--convert-to", target, source, "--outdir", str(tmp_path)],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    doc = load_document(tmp_path / "manual.doc", max_bytes=2**24)
+    assert any("inspected every 400 hours" in s.text for s in doc)
+    assert {s.heading for s in doc} == {"Pump maintenance"}
+    ppt = load_document(tmp_path / "deck.ppt", max_bytes=2**24)
+    assert any("密封圈每年更换一次" in s.text and s.page == 1 for s in ppt)
