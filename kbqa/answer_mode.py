@@ -132,6 +132,7 @@ def invented_references(text: str, sources: Sequence[Source]) -> list[str]:
 
 
 def _quotes(ranked: Ranked) -> list[Sentence]:
+    ranked = [(sentence, score) for sentence, score in ranked if not _markup(sentence.folded)]
     if not ranked or ranked[0][1] <= 0:
         return []
     floor = QUOTE_SHARE * ranked[0][1]
@@ -139,22 +140,43 @@ def _quotes(ranked: Ranked) -> list[Sentence]:
     for sentence, score in ranked:
         if len(chosen) == MAX_QUOTES or score < floor:
             break
-        if not any(_overlap(sentence, other) for other in chosen):
+        if not any(_overlap(sentence, other) or _same(sentence, other) for other in chosen):
             chosen.append(sentence)
     return chosen
 
 
 def _first_sentence(sources: Sequence[Source]) -> list[Sentence]:
-    """Nothing matched the question by its words: the start of the most relevant source."""
+    """Nothing matched the question by its words: the start of the most relevant source (its
+    first sentence that is not markup)."""
     for position, source in enumerate(sources):
-        spans = split_sentences(source.text)
-        if spans:
-            return [Sentence.of(position, source.text, *spans[0])]
+        for start, end in split_sentences(source.text):
+            sentence = Sentence.of(position, source.text, start, end)
+            if not _markup(sentence.folded):
+                return [sentence]
     return []
 
 
 def _overlap(a: Sentence, b: Sentence) -> bool:
     return a.position == b.position and a.start < b.end and b.start < a.end
+
+
+_TAG = re.compile(r"<[^<>]*>")
+_LINK_TARGET = re.compile(r"\]\([^()\s]*\)|(?:https?://|www\.)\S+")
+_WORDS = re.compile(r"[^\W_]")
+
+
+def _markup(text: str) -> bool:
+    """Mostly HTML tags and link targets (a README's banner of sponsor logos, a table written
+    in HTML): less than a third of it is words once those are taken out. Quoted, it reads as
+    noise, and its words are attribute values, not statements."""
+    words = len(_WORDS.findall(_LINK_TARGET.sub("", _TAG.sub("", text))))
+    return words < len(_WORDS.findall(text)) / 3
+
+
+def _same(a: Sentence, b: Sentence) -> bool:
+    """The same words in two places (a README's sentence repeated in three chunks, a twin
+    file): quoted once, so that the other quotes can say something else."""
+    return " ".join(a.folded.split()) == " ".join(b.folded.split())
 
 
 def _quote(text: str) -> str:

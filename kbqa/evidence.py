@@ -42,6 +42,7 @@ import numpy as np
 from kbqa.answer import Basis, Evidence, Source
 from kbqa.relevance import query_terms
 from kbqa.sentences import split_sentences
+from kbqa.value_kinds import missing_kinds
 from storage.keyword import has_cjk
 from storage.types import Vectors
 
@@ -395,6 +396,10 @@ _DEFINITION = re.compile(
 _DEFINES = re.compile(r"\s*(?:is|are|是|：|:)")
 DEFINITION_BONUS = 0.3
 """Added to a sentence that starts "X is" for the question "what is X" / "X 是什么"."""
+MISSING_KIND_SHARE = 0.4
+"""Score kept by a sentence for each kind of value the question asks for (kbqa.value_kinds:
+hours, a price, memory, a version…) that it holds none of: "显存要占多少" is answered by the
+sentence with the GB figure, not by the one that introduces the table."""
 
 
 def _ranking(
@@ -406,17 +411,21 @@ def _ranking(
 ) -> Ranked:
     """Sentences by their question scores, a sentence ending in a colon joined with the (up to
     two) sentences it introduces; the sources' own relevance breaks near ties (0.1 of it).
-    For "what is X", sentences that say what X is come first."""
+    For "what is X", sentences that say what X is come first; a sentence without the kind of
+    value asked for keeps MISSING_KIND_SHARE of its score."""
     match = _DEFINITION.match(fold(question))
     subject = (match.group("en") or match.group("zh")).strip() if match else ""
     ranked = []
     for j, sentence in enumerate(sentences):
-        prior = 0.9 + 0.1 * sources[sentence.position].score
-        score = float(row[j]) * prior
+        source = sources[sentence.position]
+        prior = 0.9 + 0.1 * source.score
+        quoted = _with_list(sentences, j, texts)
         folded = sentence.folded
+        held = folded if quoted is sentence else fold(source.text[quoted.start : quoted.end])
+        score = float(row[j]) * prior * MISSING_KIND_SHARE ** missing_kinds(question, held)
         if subject and folded.startswith(subject) and _DEFINES.match(folded, len(subject)):
             score += DEFINITION_BONUS
-        ranked.append((_with_list(sentences, j, texts), score))
+        ranked.append((quoted, score))
     ranked.sort(key=lambda item: item[1], reverse=True)
     return ranked
 

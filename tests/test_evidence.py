@@ -312,3 +312,42 @@ def test_answer_mode_is_validated_and_read_from_the_environment(
     monkeypatch.setenv("KBQA_ANSWER__MODE", "guess")
     with pytest.raises(SettingsError, match=r"answer\.mode"):
         load_settings(home=tmp_path)
+
+
+def test_the_quote_holds_the_kind_of_value_asked_for() -> None:
+    from kbqa.answer_mode import extract
+    from kbqa.evidence import rank_for_question
+
+    # The first sentence has every word of the question and no figure.
+    text = "INT4 量化后的显存占用情况见下表。INT4 量化时显存需要 5.5 GB。"
+    sources = [Source(1, "c", "d", "memory.md", None, None, text, 0.6, KB)]
+    question = "INT4 量化后显存占用是多少？"
+    best, _ = rank_for_question(question, sources, lambda kb: None)[0]
+    assert text[best.start : best.end] == "INT4 量化时显存需要 5.5 GB。"
+    assert "5.5 GB" in extract(question, "zh", sources, lambda kb: None).answer
+
+
+def test_a_sentence_repeated_in_several_sources_is_quoted_once() -> None:
+    from kbqa.answer_mode import extract
+
+    repeated = "INT8 量化的模型将 int4 改为 int8。"
+    sources = [
+        Source(i, f"c{i}", f"d{i}", f"readme{i}.md", None, None, text, 0.6, KB)
+        for i, text in enumerate([repeated, repeated, f"{repeated}INT8 版本于 2023/04/16 发布。"])
+    ]
+    answer = extract("INT8 量化版本是哪天发布的？", "zh", sources, lambda kb: None).answer
+    assert answer.count("INT8 量化的模型将") <= 1
+    assert "2023/04/16" in answer
+
+
+def test_html_and_link_markup_is_not_quoted() -> None:
+    from kbqa.answer_mode import extract
+
+    banner = (
+        '<div align="center"><a href="https://sponsor.example/llama-factory">'
+        '<img alt="LLaMA-Factory 网页界面" width="400" src="assets/webui.jpg"></a></div>'
+    )  # the question's words, as attribute values
+    text = f"{banner}\n\n运行 `llamafactory-cli webui` 即可在浏览器里完成微调。"
+    sources = [Source(1, "c", "d", "README.md", None, None, text, 0.6, KB)]
+    answer = extract("LLaMA-Factory 的网页界面怎么打开？", "zh", sources, lambda kb: None).answer
+    assert "llamafactory-cli webui" in answer and "<" not in answer
