@@ -23,6 +23,7 @@ from storage.vector_index import (
     IndexFileError,
     IndexKind,
     VectorIndex,
+    index_generations,
     index_path,
     prune_index_files,
     read_index,
@@ -46,8 +47,14 @@ class IndexCache:
         lock: WriteLock,
         *,
         kb_name: str | None = None,
+        catch_up: bool = False,
     ) -> None:
+        """`catch_up`: bring an older index (in memory, or this folder's newest file) forward
+        by the chunk ids added and removed since, rather than rebuild it from every vector.
+        For a cache that other hosts' commits make stale (PostgreSQL KBs): chunk ids are never
+        reused and a chunk's row never changes, so the difference of the id sets is exact."""
         resolve_kind(mode, 0, threshold)  # reject an unknown mode up front
+        self._catch_up = catch_up
         self._dir = kb_dir
         self._name = kb_name or kb_dir.name
         self._dim = dim
@@ -77,6 +84,10 @@ class IndexCache:
             log.warning("%s is unreadable (%s); rebuilding it from the database", path, exc)
         if index is not None and (index.dim, index.ntotal, index.kind) != (self._dim, count, kind):
             index = None  # another kind than configured here, or not this generation's content
+        if index is None and self._catch_up:
+            index = self._caught_up(store, kind, count, generation)
+            # Files per generation are the writer's job; a host that follows writes none.
+            missing = missing and index is None
         if index is None:
             index = self._build(store, kind)
             if missing and self._lock.try_hold():
@@ -88,6 +99,34 @@ class IndexCache:
                     self._lock.release()
         self._index, self._generation = index, generation
         return index
+
+    def _caught_up(
+        self, store: Store, kind: IndexKind, count: int, generation: int
+    ) -> VectorIndex | None:
+        """An older index brought to `generation` by id differences; None where it cannot be."""
+        base = self._index
+        if base is None:
+            older = [g for g in index_generations(self._dir) if g < generation]
+            try:
+                base = read_index(index_path(self._dir, older[-1])) if older else None
+            except (FileNotFoundError, IndexFileError):
+                base = None
+        if base is None or (base.dim, base.kind) != (self._dim, kind):
+            return None
+        in_db = store.rowids()
+        in_index = base.ids()
+        removed = np.setdiff1d(in_index, in_db)
+        added = np.setdiff1d(in_db, in_index)
+        if len(removed) and not base.can_remove:
+            return None
+        base.remove(removed)
+        if len(added):
+            blobs = store.vectors_by_rowid(added)
+            if any(len(blob) != 4 * self._dim for blob in blobs):
+                return None  # damaged rows: the full build reports them
+            vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(-1, self._dim)
+            base.add(added, vectors)
+        return base if base.ntotal == count else None
 
     def committed(
         self,

@@ -64,7 +64,9 @@ def open_kb(
     what = f"knowledge base {name}"
     lock = WriteLock(AdvisoryLock(database, kb_id), what)
     files_lock = WriteLock(cache / _LOCK_FILE, f"the index cache of {what}")
-    dense = IndexCache(cache, int(meta["dim"]), index, threshold, files_lock, kb_name=name)
+    dense = IndexCache(
+        cache, int(meta["dim"]), index, threshold, files_lock, kb_name=name, catch_up=True
+    )
     return OpenedKB(cache, store, meta, lock, dense)
 
 

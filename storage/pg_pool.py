@@ -69,7 +69,12 @@ def _open_pool(url: str) -> ConnectionPool[Any]:
         url,
         min_size=1,
         max_size=POOL_SIZE,
-        kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "kbqa"},
+        kwargs={
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "application_name": "kbqa",
+            # Short queries: JIT compiling one (~100+ ms) costs more than it could save.
+            "options": "-c jit=off",
+        },
         configure=configure,
         check=ConnectionPool.check_connection,
         timeout=WAIT_TIMEOUT_S,

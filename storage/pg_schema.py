@@ -65,7 +65,6 @@ CREATE TABLE postings (
     dl integer NOT NULL,
     PRIMARY KEY (term, id) INCLUDE (tf, dl)
 );
-CREATE INDEX postings_by_id ON postings(id);
 CREATE TABLE terms (term text PRIMARY KEY, df integer NOT NULL);
 CREATE TABLE totals (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),

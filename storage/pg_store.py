@@ -35,11 +35,14 @@ _SOURCE_FILTER = (
 # FTS5's bm25(): sum over the query's terms of idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl
 # / avgdl)), idf = ln((N - df + 0.5) / (df + 0.5)) floored at 1e-6.
 _BM25 = """
-WITH q AS (
-    SELECT t.term, greatest(ln((s.chunks - t.df + 0.5) / (t.df + 0.5)), 1e-6) AS idf
-    FROM terms t, totals s WHERE t.term = ANY(%(terms)s) AND t.df > 0
-), s AS (SELECT tokens::float8 / greatest(chunks, 1) AS avgdl FROM totals)
-SELECT p.id, sum(q.idf * p.tf * 2.2 / (p.tf + 1.2 * (0.25 + 0.75 * p.dl / s.avgdl))) AS score
+WITH s AS MATERIALIZED (
+    SELECT chunks::float8 AS n, tokens::float8 / greatest(chunks, 1) AS avgdl FROM totals LIMIT 1
+), q AS MATERIALIZED (
+    SELECT t.term, greatest(ln((s.n - t.df + 0.5) / (t.df + 0.5)), 1e-6) AS idf
+    FROM terms t CROSS JOIN s WHERE t.term = ANY(%(terms)s) AND t.df > 0
+)
+SELECT p.id,
+    sum(q.idf * p.tf * 2.2 / (p.tf + 1.2 * (0.25 + 0.75 * p.dl::float8 / s.avgdl))) AS score
 FROM q JOIN postings p ON p.term = q.term CROSS JOIN s
 {where}
 GROUP BY p.id ORDER BY score DESC, p.id LIMIT %(n)s
@@ -82,9 +85,9 @@ class PostgresStore:
         import psycopg
 
         with pg_pool.connection(self._url) as conn, _missing_as_damage(self._name):
-            conn.execute(begin)
-            # LOCAL: ends with the transaction, so the pooled connection goes back clean.
-            conn.execute(f"SET LOCAL search_path TO {self._schema}")
+            # One round trip. LOCAL: the setting ends with the transaction, so the pooled
+            # connection goes back clean.
+            conn.execute(f"{begin}; SET LOCAL search_path TO {self._schema}")
             self._conn = conn
             try:
                 yield
@@ -209,16 +212,22 @@ class PostgresStore:
     def _delete_rowids(self, rowids: list[int]) -> None:
         if not rowids:
             return
+        # Postings go first, found by (term, id) from each chunk's tokens: the primary key
+        # serves the delete, so postings need no second index (which would slow every insert).
+        self._c.execute(
+            "WITH doomed AS (SELECT DISTINCT c.id, t.term FROM chunks c "
+            "CROSS JOIN LATERAL unnest(string_to_array(c.tokens, ' ')) AS t(term) "
+            "WHERE c.id = ANY(%(ids)s) AND t.term <> ''), "
+            "gone AS (DELETE FROM postings p USING doomed d "
+            "WHERE p.term = d.term AND p.id = d.id RETURNING p.term), "
+            "counted AS (SELECT term, count(*) AS n FROM gone GROUP BY term) "
+            "UPDATE terms t SET df = t.df - c.n FROM counted c WHERE t.term = c.term",
+            {"ids": rowids},
+        )
         self._c.execute(
             "WITH gone AS (DELETE FROM chunks WHERE id = ANY(%(ids)s) RETURNING token_count) "
             "UPDATE totals SET chunks = chunks - (SELECT count(*) FROM gone), "
             "tokens = tokens - (SELECT coalesce(sum(token_count), 0) FROM gone)",
-            {"ids": rowids},
-        )
-        self._c.execute(
-            "WITH gone AS (DELETE FROM postings WHERE id = ANY(%(ids)s) RETURNING term), "
-            "counted AS (SELECT term, count(*) AS n FROM gone GROUP BY term) "
-            "UPDATE terms t SET df = t.df - c.n FROM counted c WHERE t.term = c.term",
             {"ids": rowids},
         )
 

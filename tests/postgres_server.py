@@ -46,8 +46,10 @@ def _free_port() -> int:
 class PostgresServer:
     """One throw-away cluster; `url(db)` names a database on it, `stop`/`start` cycle it."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, fsync: bool = False) -> None:
+        """`fsync`: as a production server (benchmarks); tests need not survive power loss."""
         self._bindir = bindir
+        self._fsync = fsync
         self.dir = Path(tempfile.mkdtemp(prefix="kbqa-pg-"))
         self.data = self.dir / "data"
         self.port = _free_port()
@@ -61,8 +63,9 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        # fsync off: a test cluster need not survive power loss, and it spares the shared disk.
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        if not self._fsync:  # spares the shared disk
+            options += " -c fsync=off"
         options += " -c max_connections=300"
         log = str(self.dir / "server.log")
         self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "start")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,6 +92,14 @@ def test_another_host_sees_each_commit(
         b.sync([random_doc(rng, "/docs/b.txt", 2)], [])
         assert {d.source for d in a.documents()} == {"0.txt", "b.txt"}
         assert a.check() == [] and b.check() == []
+        # A third host, opened now, starts from this folder's newest index file (B's) and
+        # catches up with A's later commits by chunk ids; every host ranks alike.
+        a.sync([random_doc(rng, f"/docs/late{i}.txt", 2) for i in range(3)], ["/docs/0.txt"])
+        with KnowledgeBase.open(other_home, "kb") as c:
+            for query in unit_vectors(rng, 5):
+                expected = [(h.chunk_id, h.score) for h in a.search(query, "", 6)]
+                assert [(h.chunk_id, h.score) for h in b.search(query, "", 6)] == expected
+                assert [(h.chunk_id, h.score) for h in c.search(query, "", 6)] == expected
 
 
 _HOLD_LOCK = """
@@ -235,5 +245,51 @@ def test_server_down_is_a_clear_error_and_work_resumes_after(
             assert [d.source for d in kb.documents()] == ["0.txt"]  # nothing half-written
             assert kb.sync([random_doc(rng, "/docs/1.txt", 3)], []) == 3
             assert kb.check() == []
+    finally:
+        pg_pool.close(url)
+
+
+def _writing_backends(url: str) -> int:
+    """kbqa's connections inside a transaction that has written something."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kbqa' "
+            "AND backend_xid IS NOT NULL"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def test_server_stopped_mid_commit_leaves_nothing_half_written(
+    own_server: PostgresServer, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    url = own_server.create_database()
+    kbs_dir = kbs_dir_with_database(tmp_path / "kbs", url)
+    big = [random_doc(rng, f"/docs/big{i}.txt", 200) for i in range(40)]
+    outcome: list[BaseException | int] = []
+    try:
+        with KnowledgeBase.create(kbs_dir, "kb", embedding="fake", dim=DIM) as kb:
+            kb.sync([random_doc(rng, "/docs/0.txt", 3)], [])
+
+            def ingest() -> None:
+                try:
+                    outcome.append(kb.sync(big, ["/docs/0.txt"]))
+                except BaseException as exc:  # handed to the test's thread
+                    outcome.append(exc)
+
+            writer = threading.Thread(target=ingest)
+            writer.start()
+            deadline = time.monotonic() + 60
+            while _writing_backends(url) == 0:
+                assert writer.is_alive() and time.monotonic() < deadline
+                time.sleep(0.01)
+            own_server.stop("immediate")
+            writer.join(timeout=60)
+            (failed,) = outcome
+            assert isinstance(failed, StorageError) and "PostgreSQL at" in str(failed)
+            assert "\n" not in str(failed)
+            own_server.start()
+            assert [d.source for d in kb.documents()] == ["0.txt"]  # the old state, whole
+            assert kb.check() == []
+            assert kb.sync(big[:2], []) == 400  # work resumes
     finally:
         pg_pool.close(url)
