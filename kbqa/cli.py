@@ -345,6 +345,10 @@ def config_show(
     data = settings.model_dump(mode="json")
     if data["server"]["api_key"]:
         data["server"]["api_key"] = "***"
+    if data["storage"]["database"]:
+        from storage.pg_pool import redact
+
+        data["storage"]["database"] = redact(data["storage"]["database"])
     from ingest.loaders import LONG_TAIL_EXTENSIONS, SUPPORTED_EXTENSIONS
 
     formats = sorted(SUPPORTED_EXTENSIONS)
