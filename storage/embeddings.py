@@ -257,6 +257,7 @@ def _onnx_or_none(
 
 
 _embedders: dict[tuple[str, str, int, str], Embedder] = {}
+_loading: dict[tuple[str, str, int, str], threading.Lock] = {}
 _embedders_lock = threading.Lock()
 
 
@@ -272,6 +273,10 @@ def get_embedder(
     from another home's cache serves as well (the export is named by the weights' checksum)."""
     key = (name, device, batch_size, backend)
     with _embedders_lock:
+        loading = _loading.setdefault(key, threading.Lock())
+    # One lock per key: a first ONNX export (seconds to a minute) keeps only callers of the
+    # same embedder waiting, not a query for PyTorch's.
+    with loading:
         embedder = _embedders.get(key)
         if embedder is None:
             embedder = Embedder(

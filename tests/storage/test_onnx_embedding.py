@@ -7,12 +7,13 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from storage import onnx_embedding
+from storage import embeddings, onnx_embedding
 from storage.embeddings import Embedder, get_embedder, resolve_model
 
 pytest.importorskip("onnxruntime")
@@ -103,3 +104,16 @@ def test_an_unwritable_cache_falls_back_to_torch(
 def test_torch_means_torch(tmp_path: Path) -> None:
     assert Embedder("default", backend="torch", cache_dir=tmp_path).backend == "torch"
     assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_an_export_under_way_does_not_hold_up_another_embedder() -> None:
+    ready = get_embedder("default")  # PyTorch's, for queries
+    onnx_key = ("default", "cpu", 32, "onnx")
+    with embeddings._embedders_lock:
+        exporting = embeddings._loading.setdefault(onnx_key, threading.Lock())
+    got: list[Embedder] = []
+    with exporting:  # as while a first ONNX export runs in another thread
+        asker = threading.Thread(target=lambda: got.append(get_embedder("default")))
+        asker.start()
+        asker.join(60)
+    assert got == [ready]
