@@ -9,9 +9,10 @@ only when every file of the request was received whole, so a refused request cha
 Each job ingests just the paths it uploaded. A file argument's root is its parent folder, so
 the pipeline never removes the KB's other uploaded documents.
 
-Jobs are recorded in `$KBQA_HOME/jobs.db` (see job_store) at every state change, and their
-progress at most once a second, so `GET /v1/jobs/{id}` answers after a restart too, from any
-server sharing the home.
+Jobs are recorded in `$KBQA_HOME/jobs.db` (see job_store), or with `storage.database` in that
+PostgreSQL database (see pg_jobs), at every state change, and their progress at most once a
+second, so `GET /v1/jobs/{id}` answers after a restart too, from any server sharing the home
+(or the database).
 
 Jobs for one KB run one after another; jobs for different KBs run side by side, so a stuck or
 slow job never delays another KB's upload. Files are parsed by the server's warm worker
@@ -54,6 +55,7 @@ from ingest.pipeline import IngestReport, ingest_paths
 from kbqa.kb_admin import list_documents
 from kbqa.server.errors import ApiError, api_error_for
 from kbqa.server.job_store import ACTIVE_STATES, Job, JobKind, JobStore, OwnerLock
+from kbqa.server.pg_jobs import PgJobStore, PgOwnerLock
 from kbqa.settings import Settings
 from storage.errors import InvalidKBName, KBNotFound
 from storage.names import validate_kb_name
@@ -237,8 +239,12 @@ class JobManager:
         """Guards the fields of this process's active jobs."""
         self._ingest = ingest
         self._active: dict[str, Job] = {}
-        self._store: JobStore | None = None
-        self._owner = OwnerLock(settings.home / "jobs.owners")
+        self._store: JobStore | PgJobStore | None = None
+        # With storage.database, jobs live in that database: any server answers for them.
+        database = settings.storage.database
+        self._owner: OwnerLock | PgOwnerLock = (
+            PgOwnerLock(database) if database else OwnerLock(settings.home / "jobs.owners")
+        )
         # One thread per KB: a KB's ingests are serialised by its storage lock anyway, and a
         # job queued behind another KB's long one must not wait for it.
         self._lanes: dict[str, ThreadPoolExecutor] = {}
@@ -257,7 +263,8 @@ class JobManager:
             self._owner.acquire()
         except OSError as e:  # the home is not writable: uploads will fail with it
             log.error("kbqa: cannot create the job owner lock in %s: %s", self._owner.folder, e)
-        self._store = JobStore(self.settings.home / JOBS_DB)
+        database = self.settings.storage.database
+        self._store = PgJobStore(database) if database else JobStore(self.settings.home / JOBS_DB)
         ingest = self.settings.ingest
         self._pool = WorkerPool(ingest.parse_memory_mb, ingest.loader_plugins)
         self.recover()
@@ -369,7 +376,7 @@ class JobManager:
         self._owner.release()
 
     @property
-    def _db(self) -> JobStore:
+    def _db(self) -> JobStore | PgJobStore:
         if self._store is None:
             raise RuntimeError("JobManager.start() was not called")
         return self._store

@@ -169,3 +169,16 @@ def test_killing_the_writer_releases_the_lock(
     assert finished["state"] == "done", finished
     documents = httpx.get(f"{a}/v1/kbs/tides/documents", timeout=60).json()["documents"]
     assert [d["source"] for d in documents] == ["tide.txt"]  # nothing of the killed ingest
+
+
+def test_a_job_started_on_one_is_visible_from_the_others(
+    hosts: tuple[Hosts, list[Path]],
+) -> None:
+    (a, b, c), _ = hosts
+    assert httpx.post(f"{c}/v1/kbs", json={"name": "seen"}, timeout=60).status_code == 201
+    job = _upload(c, "seen", "heron.txt", "A grey heron waits motionless in the shallows.")
+    early = httpx.get(f"{a}/v1/jobs/{job}", timeout=60)
+    assert early.status_code == 200 and early.json()["state"] in ("queued", "running", "done")
+    finished = _finished(b, job)  # polled through another server than the one running it
+    assert finished["state"] == "done" and finished == _finished(a, job)
+    assert httpx.get(f"{a}/v1/jobs/0123456789abcdef", timeout=60).status_code == 404
