@@ -210,6 +210,7 @@ CASES = [
     Case(
         "GET", "/v1/jobs/{job_id}", "read", lambda c, s, t: c.get(f"/v1/jobs/{s.job_id}"), other=404
     ),
+    Case("GET", "/v1/jobs", "read", lambda c, s, t: c.get("/v1/jobs")),  # only the key's KBs
     Case(
         "GET",
         "/v1/kbs/{kb}/documents/{doc_id}",
