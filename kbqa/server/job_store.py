@@ -38,7 +38,7 @@ ACTIVE_STATES = ("queued", "running")
 
 SCHEMA_VERSION = 2
 """2 added `kind`; a version-1 database gains the column (its rows are uploads)."""
-_COLUMNS = (
+COLUMNS = (
     "id, kb, owner, state, files, paths, progress, result, error, error_code, "
     "created, started, finished, kind"
 )
@@ -112,34 +112,19 @@ class JobStore:
 
     def save(self, job: Job) -> None:
         """Insert or update the whole row."""
-        row = (
-            job.id,
-            job.kb,
-            job.owner,
-            job.state,
-            json.dumps(job.files, ensure_ascii=False),
-            json.dumps(job.paths, ensure_ascii=False),
-            json.dumps(job.progress()),
-            json.dumps(job.result, ensure_ascii=False) if job.result is not None else None,
-            job.error,
-            job.error_code,
-            job.created,
-            job.started,
-            job.finished,
-            job.kind,
-        )
+        row = job_row(job)
         with self._guard("save job"):
             self._conn.execute(
-                f"INSERT OR REPLACE INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * len(row))})",
+                f"INSERT OR REPLACE INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * len(row))})",
                 row,
             )
 
     def get(self, job_id: str) -> Job | None:
         with self._guard("read job"):
             found = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+                f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
-            return _job(found) if found else None
+            return job_from_row(found) if found else None
         return None
 
     def active_owners(self) -> set[str]:
@@ -177,10 +162,10 @@ class JobStore:
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         with self._guard("list jobs"):
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs {clause}ORDER BY created DESC LIMIT ?",
+                f"SELECT {COLUMNS} FROM jobs {clause}ORDER BY created DESC LIMIT ?",
                 (*args, limit),
             ).fetchall()
-            return [_job(row) for row in rows]
+            return [job_from_row(row) for row in rows]
         return []
 
     def prune(self, older_than: float, keep: int) -> list[Job]:
@@ -191,7 +176,7 @@ class JobStore:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._conn.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE {finished} AND (finished < ? OR id IN "
+                    f"SELECT {COLUMNS} FROM jobs WHERE {finished} AND (finished < ? OR id IN "
                     f"(SELECT id FROM jobs WHERE {finished} "
                     "ORDER BY finished DESC, created DESC LIMIT -1 OFFSET ?))",
                     (older_than, keep),
@@ -201,7 +186,7 @@ class JobStore:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-            return [_job(row) for row in rows]
+            return [job_from_row(row) for row in rows]
         return []
 
     def paths_in_use(self) -> set[str]:
@@ -220,7 +205,27 @@ class JobStore:
                 log.error("kbqa: cannot %s in %s: %s", what, self.path, e)
 
 
-def _job(row: tuple[Any, ...]) -> Job:
+def job_row(job: Job) -> tuple[Any, ...]:
+    """`job` as a row of COLUMNS (the SQLite and the PostgreSQL job stores write the same)."""
+    return (
+        job.id,
+        job.kb,
+        job.owner,
+        job.state,
+        json.dumps(job.files, ensure_ascii=False),
+        json.dumps(job.paths, ensure_ascii=False),
+        json.dumps(job.progress()),
+        json.dumps(job.result, ensure_ascii=False) if job.result is not None else None,
+        job.error,
+        job.error_code,
+        job.created,
+        job.started,
+        job.finished,
+        job.kind,
+    )
+
+
+def job_from_row(row: tuple[Any, ...]) -> Job:
     (id_, kb, owner, state, files, paths, progress, result, error, code, created, started, end) = (
         row[:13]
     )
@@ -293,7 +298,7 @@ def _open(path: Path) -> sqlite3.Connection:
         conn.executescript(_SCHEMA)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
-        if columns != [c.strip() for c in _COLUMNS.split(",")]:
+        if columns != [c.strip() for c in COLUMNS.split(",")]:
             raise sqlite3.DatabaseError(f"unexpected columns in table jobs: {columns}")
     except BaseException:
         conn.close()

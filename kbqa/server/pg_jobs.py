@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from kbqa.server.job_store import _COLUMNS, ACTIVE_STATES, Job, _job
+from kbqa.server.job_store import ACTIVE_STATES, COLUMNS, Job, job_from_row, job_row
 from storage import pg_pool
 from storage.errors import StorageError
 
@@ -73,33 +73,18 @@ class PgJobStore:
         """Nothing to close: connections belong to the process's pool."""
 
     def save(self, job: Job) -> None:
-        row = (
-            job.id,
-            job.kb,
-            job.owner,
-            job.state,
-            json.dumps(job.files, ensure_ascii=False),
-            json.dumps(job.paths, ensure_ascii=False),
-            json.dumps(job.progress()),
-            json.dumps(job.result, ensure_ascii=False) if job.result is not None else None,
-            job.error,
-            job.error_code,
-            job.created,
-            job.started,
-            job.finished,
-            job.kind,
-        )
-        updates = ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _COLUMNS.split(","))
+        row = job_row(job)
+        updates = ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in COLUMNS.split(","))
         self._run(
             "save job",
-            f"INSERT INTO kbqa_jobs ({_COLUMNS}) VALUES ({', '.join(['%s'] * len(row))}) "
+            f"INSERT INTO kbqa_jobs ({COLUMNS}) VALUES ({', '.join(['%s'] * len(row))}) "
             f"ON CONFLICT (id) DO UPDATE SET {updates}",
             row,
         )
 
     def get(self, job_id: str) -> Job | None:
-        found = self._run("read job", f"SELECT {_COLUMNS} FROM kbqa_jobs WHERE id = %s", (job_id,))
-        return _job(found[0]) if found else None
+        found = self._run("read job", f"SELECT {COLUMNS} FROM kbqa_jobs WHERE id = %s", (job_id,))
+        return job_from_row(found[0]) if found else None
 
     def active_owners(self) -> set[str]:
         found = self._run(
@@ -132,11 +117,11 @@ class PgJobStore:
             args.append(kbs)
         found = self._run(
             "list jobs",
-            f"SELECT {_COLUMNS} FROM kbqa_jobs WHERE {' AND '.join(where)} "
+            f"SELECT {COLUMNS} FROM kbqa_jobs WHERE {' AND '.join(where)} "
             "ORDER BY created DESC LIMIT %s",
             (*args, limit),
         )
-        return [_job(row) for row in found]
+        return [job_from_row(row) for row in found]
 
     def prune(self, older_than: float, keep: int) -> list[Job]:
         finished = "state IN ('done', 'failed')"
@@ -144,10 +129,10 @@ class PgJobStore:
             "prune jobs",
             f"DELETE FROM kbqa_jobs WHERE {finished} AND (finished < %s OR id IN "
             f"(SELECT id FROM kbqa_jobs WHERE {finished} "
-            f"ORDER BY finished DESC, created DESC OFFSET %s)) RETURNING {_COLUMNS}",
+            f"ORDER BY finished DESC, created DESC OFFSET %s)) RETURNING {COLUMNS}",
             (older_than, keep),
         )
-        return [_job(row) for row in found]
+        return [job_from_row(row) for row in found]
 
     def paths_in_use(self) -> set[str]:
         found = self._run("read job paths", "SELECT paths FROM kbqa_jobs")
