@@ -20,9 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from kbqa.settings import Settings
+from storage.config import StorageConfig, delete_kb, open_kb
 from storage.errors import KBNotFound, StorageError
-from storage.kb import KnowledgeBase
 from storage.names import validate_kb_name
 
 log = logging.getLogger("kbqa.ingest")
@@ -31,7 +30,7 @@ MARKER_PREFIX = ".first-ingest-"
 
 
 @contextmanager
-def discard_if_left_empty(settings: Settings, name: str) -> Iterator[None]:
+def discard_if_left_empty(settings: StorageConfig, name: str) -> Iterator[None]:
     """Around a run that may create KB `name`: delete it again if this run created it and
     it holds no document when the run ends (normally or not)."""
     sweep_abandoned(settings)
@@ -48,7 +47,7 @@ def discard_if_left_empty(settings: Settings, name: str) -> Iterator[None]:
                 _release_marker(*marker)
 
 
-def sweep_abandoned(settings: Settings) -> None:
+def sweep_abandoned(settings: StorageConfig) -> None:
     """Delete the KBs that first ingests killed before they stored anything left behind."""
     if not settings.kbs_dir.is_dir():
         return
@@ -84,18 +83,18 @@ def _release_marker(path: Path, fd: int) -> None:
     os.close(fd)  # drops the flock
 
 
-def _delete_if_empty(settings: Settings, name: str) -> None:
+def _delete_if_empty(settings: StorageConfig, name: str) -> None:
     if not _is_empty(settings, name):
         return
     # KBBusy (another ingest now holds it), or a KB already gone: leave it be.
     with suppress(StorageError):
-        KnowledgeBase.delete(settings.kbs_dir, name, milvus_uri=settings.storage.milvus_uri or None)
+        delete_kb(settings, name)
         log.info("kbqa: removed knowledge base %s: its first ingest stored nothing", name)
 
 
-def _exists(settings: Settings, name: str) -> bool:
+def _exists(settings: StorageConfig, name: str) -> bool:
     try:
-        _open(settings, name).close()
+        open_kb(settings, name).close()
     except KBNotFound:
         return False
     except StorageError:
@@ -103,15 +102,9 @@ def _exists(settings: Settings, name: str) -> bool:
     return True
 
 
-def _is_empty(settings: Settings, name: str) -> bool:
+def _is_empty(settings: StorageConfig, name: str) -> bool:
     try:
-        with _open(settings, name) as kb:
+        with open_kb(settings, name) as kb:
             return kb.info().documents == 0
     except StorageError:
         return False
-
-
-def _open(settings: Settings, name: str) -> KnowledgeBase:
-    return KnowledgeBase.open(
-        settings.kbs_dir, name, milvus_uri=settings.storage.milvus_uri or None
-    )

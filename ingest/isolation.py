@@ -46,9 +46,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ingest.config import IngestConfig, IngestOptions
 from ingest.loaders import load_document
-from ingest.types import LoadError, LoadOptions, ParseLimits, Section
-from kbqa.settings import Settings, SettingsError
+from ingest.types import IngestUsageError, LoadError, LoadOptions, ParseLimits, Section
 
 IN_PROCESS: frozenset[str] = frozenset({".txt", ".md", ".markdown"})
 """Extensions parsed in the calling process (see the module docstring)."""
@@ -108,8 +108,7 @@ class Stop:
             raise ParseStopped(reason)
 
 
-def parse_limits(settings: Settings) -> ParseLimits:
-    ingest = settings.ingest
+def parse_limits(ingest: IngestOptions) -> ParseLimits:
     return ParseLimits(
         max_unpacked_mb=ingest.max_unpacked_mb,
         max_compression_ratio=ingest.max_compression_ratio,
@@ -125,7 +124,7 @@ def load_plugins(names: Sequence[str]) -> None:
             importlib.import_module(name)
         except Exception as e:  # ImportError, or the plugin's own error while registering
             message = f"cannot import loader plugin {name} (ingest.loader_plugins): {e}"
-            raise SettingsError(message) from e
+            raise IngestUsageError(message) from e
 
 
 class WorkerPool:
@@ -240,7 +239,7 @@ class FileParser:
         self._owns_pool = owns_pool
 
     @classmethod
-    def for_run(cls, settings: Settings, stop: Stop | None = None) -> FileParser:
+    def for_run(cls, settings: IngestConfig, stop: Stop | None = None) -> FileParser:
         """A parser with a pool of its own, closed with it (the CLI: one run per process)."""
         pool = WorkerPool(settings.ingest.parse_memory_mb, settings.ingest.loader_plugins)
         return cls(pool, settings.ingest.parse_timeout_s, stop=stop, owns_pool=True)

@@ -15,29 +15,19 @@ from pathlib import Path
 from typing import Protocol
 
 from ingest.batching import NO_VECTORS, EmbedQueue
+from ingest.config import IngestConfig
 from ingest.first_ingest import discard_if_left_empty
 from ingest.isolation import FileParser, parse_limits
 from ingest.loaders import SUPPORTED_EXTENSIONS
 from ingest.splitter import embed_text, split_sections
-from ingest.types import LoadError, LoadOptions
+from ingest.types import IngestUsageError, LoadError, LoadOptions
 from ingest.walk import WalkProblem, classify, walk
-from kbqa.settings import Settings
+from storage.config import create_kb, open_kb
 from storage.embeddings import DEFAULT_EMBEDDING, Embedder, get_embedder
 from storage.errors import EmbeddingMismatch, KBNotFound
 from storage.kb import KnowledgeBase
 from storage.names import validate_kb_name, validate_new_kb_name
 from storage.types import ChunkRecord, DocumentInfo, DocumentUpsert
-
-
-class IngestUsageError(ValueError):
-    """The ingest cannot start (missing or empty folder, …); nothing was changed."""
-
-
-@dataclass
-class FileProblem:
-    path: str
-    error: str = ""
-    reason: str = ""
 
 
 @dataclass
@@ -80,13 +70,13 @@ class _NoProgress:
         pass
 
 
-def _load_options(settings: Settings, progress: Progress, source: str) -> LoadOptions:
+def _load_options(settings: IngestConfig, progress: Progress, source: str) -> LoadOptions:
     page_done = getattr(progress, "page_done", None)
     return LoadOptions(
         ocr=settings.ocr.enabled,
         ocr_max_pages=settings.ocr.max_pages,
         ocr_dpi=settings.ocr.dpi,
-        limits=parse_limits(settings),
+        limits=parse_limits(settings.ingest),
         on_page=(lambda done, total: page_done(source, done, total)) if page_done else None,
     )
 
@@ -158,7 +148,7 @@ def _within(path: str, folder: Path) -> bool:
 
 
 def open_or_create_kb(
-    settings: Settings, name: str, *, embedding: str | None, backend: str | None
+    settings: IngestConfig, name: str, *, embedding: str | None, backend: str | None
 ) -> KnowledgeBase:
     """Open KB `name`, or create it with the given (or configured) embedding and backend.
 
@@ -167,27 +157,12 @@ def open_or_create_kb(
     """
     validate_kb_name(name)
     try:
-        kb = KnowledgeBase.open(
-            settings.kbs_dir,
-            name,
-            index=settings.storage.index,
-            approximate_threshold=settings.storage.approximate_threshold,
-            milvus_uri=settings.storage.milvus_uri or None,
-        )
+        kb = open_kb(settings, name)
     except KBNotFound:
         validate_new_kb_name(name)  # before loading the model: a refused name fails at once
         model = embedding or settings.embedding.model
         embedder = _embedder(settings, model)
-        return KnowledgeBase.create(
-            settings.kbs_dir,
-            name,
-            embedding=model,
-            dim=embedder.dim,
-            backend=backend or settings.storage.backend,
-            index=settings.storage.index,
-            approximate_threshold=settings.storage.approximate_threshold,
-            milvus_uri=settings.storage.milvus_uri or None,
-        )
+        return create_kb(settings, name, embedding=model, dim=embedder.dim, backend=backend)
     existing = kb.info().embedding
     if embedding is not None and _same_model(embedding) != _same_model(existing):
         kb.close()
@@ -206,7 +181,7 @@ def _same_model(name: str) -> str:
     return DEFAULT_EMBEDDING if name in ("", DEFAULT_EMBEDDING) else name
 
 
-def _embedder(settings: Settings, model: str) -> Embedder:
+def _embedder(settings: IngestConfig, model: str) -> Embedder:
     embedding = settings.embedding
     return get_embedder(
         model, embedding.device, embedding.batch_size, embedding.backend, settings.cache_dir
@@ -214,7 +189,7 @@ def _embedder(settings: Settings, model: str) -> Embedder:
 
 
 def ingest_paths(
-    settings: Settings,
+    settings: IngestConfig,
     kb_name: str,
     paths: list[Path],
     *,
@@ -290,7 +265,7 @@ def ingest_paths(
 
 
 def _prepare(
-    settings: Settings,
+    settings: IngestConfig,
     candidate: _Candidate,
     known: dict[str, DocumentInfo],
     report: IngestReport,
@@ -323,7 +298,7 @@ def _prepare(
 
 
 def _read(
-    settings: Settings,
+    settings: IngestConfig,
     candidate: _Candidate,
     known: dict[str, DocumentInfo],
     options: LoadOptions,

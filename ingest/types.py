@@ -30,6 +30,11 @@ class Chunk:
     """0-based order of the chunk within its document."""
 
 
+class IngestUsageError(ValueError):
+    """The ingest cannot start (a missing or empty folder, a loader plugin that cannot be
+    imported, …); nothing was changed. Front ends report it as a usage error (exit 2)."""
+
+
 class LoadError(Exception):
     """A file could not be turned into text; the message is one line for the user.
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from watchfiles import Change, DefaultFilter, watch
 
-from ingest.pipeline import IngestReport, IngestUsageError, Progress, ingest_paths
-from kbqa.settings import Settings
+from ingest.config import IngestConfig
+from ingest.pipeline import IngestReport, Progress, ingest_paths
+from ingest.types import IngestUsageError
 from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class _DocumentFilter(DefaultFilter):
 
 
 def watch_paths(
-    settings: Settings,
+    settings: IngestConfig,
     kb_name: str,
     paths: list[Path],
     on_sync: Callable[[Sync], None],
@@ -143,7 +144,7 @@ def _check_roots(roots: list[Path]) -> None:
 
 
 def sync_once(
-    settings: Settings,
+    settings: IngestConfig,
     kb_name: str,
     paths: list[Path],
     changes: int,
