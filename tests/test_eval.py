@@ -278,7 +278,7 @@ def test_progress_shows_questions_done_and_the_time_left() -> None:
 
     from rich.console import Console
 
-    from kbqa.cli_eval import EvalProgress
+    from kbqa.cli.eval import EvalProgress
 
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=120)
