@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ingest.pipeline import ingest_paths
-from kbqa.cli_progress import IngestProgress, ingest_rates
+from kbqa.cli.progress import IngestProgress, ingest_rates
 from kbqa.settings import load_settings
 
 

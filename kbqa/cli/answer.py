@@ -13,7 +13,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kbqa.cli_common import (
+from kbqa.cli.common import (
     EXIT_PARTIAL,
     EXIT_USAGE,
     ConfigOption,
@@ -74,12 +74,6 @@ def answer_errors() -> Iterator[None]:
             raise fail(str(e), EXIT_USAGE) from None
         except Exception as e:  # a bug: still one line, never a traceback (docs/cli.md)
             raise fail(f"unexpected {type(e).__name__}: {e}", EXIT_PARTIAL) from None
-
-
-def _settings(
-    get_settings: Callable[[], Settings], home: Path | None, config: Path | None
-) -> Settings:
-    return settings_for(home, config) if home or config else get_settings()
 
 
 def _chain(settings: Settings, kbs: list[str]) -> QAChain:
@@ -192,7 +186,6 @@ def stream_answer(
 
 
 def ask_command(
-    get_settings: Callable[[], Settings],
     question: str | None,
     kb: list[str] | None,
     history: Path | None,
@@ -207,7 +200,7 @@ def ask_command(
     kbs = kb or ["default"]
     failed = False
     with answer_errors():
-        settings = _settings(get_settings, home, config)
+        settings = settings_for(home, config)
         if questions is not None:
             if history is not None:
                 raise fail('--history does not combine with --questions (give "history" per line)')
@@ -254,7 +247,6 @@ def ctrl_c_sets(event: threading.Event) -> Iterator[None]:
 
 
 def chat_command(
-    get_settings: Callable[[], Settings],
     kb: list[str] | None,
     top_k: int | None,
     json_out: bool,
@@ -266,7 +258,7 @@ def chat_command(
 
     kbs = kb or ["default"]
     with answer_errors():
-        settings = _settings(get_settings, home, config)
+        settings = settings_for(home, config)
         chain = _chain(settings, kbs)
     if not json_out:
         stdout.print(CHAT_HELP, style="bold", markup=False)
@@ -303,8 +295,8 @@ def chat_command(
         history.append([command, answer.answer])
 
 
-def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
-    """Add `ask` and `chat` to the kbqa app; `get_settings` returns the validated settings."""
+def register(app: typer.Typer) -> None:
+    """Add `ask` and `chat` to the kbqa app."""
 
     @app.command()
     def ask(
@@ -328,7 +320,7 @@ def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
         config: ConfigOption = None,
     ) -> None:
         """Answer a question from the knowledge base(s), citing the passages used."""
-        ask_command(get_settings, question, kb, history, questions, json_out, top_k, home, config)
+        ask_command(question, kb, history, questions, json_out, top_k, home, config)
 
     @app.command()
     def chat(
@@ -339,4 +331,4 @@ def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
         config: ConfigOption = None,
     ) -> None:
         """Interactive question answering with history (clear, Ctrl-C, exit)."""
-        chat_command(get_settings, kb, top_k, json_out, home, config)
+        chat_command(kb, top_k, json_out, home, config)

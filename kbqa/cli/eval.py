@@ -13,7 +13,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from kbqa.cli_common import (
+from kbqa.cli.common import (
     EXIT_PARTIAL,
     ConfigOption,
     HomeOption,
@@ -26,7 +26,7 @@ from kbqa.cli_common import (
     user_errors,
     warn_skipped_lines,
 )
-from kbqa.cli_progress import TerminalBar
+from kbqa.cli.progress import TerminalBar
 
 
 class EvalProgress(TerminalBar):
@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _report_failed(report: Path, error: OSError) -> int:
-    from kbqa.cli_common import EXIT_USAGE
+    from kbqa.cli.common import EXIT_USAGE
 
     stderr.print(
         f"error: cannot write the report into {report}: {error.strerror or error}",

@@ -12,7 +12,7 @@ from rich.progress import (
     TextColumn,
 )
 
-from kbqa.cli_common import (
+from kbqa.cli.common import (
     EXIT_PARTIAL,
     ConfigOption,
     HomeOption,
@@ -24,7 +24,7 @@ from kbqa.cli_common import (
     user_errors,
     warn_skipped_lines,
 )
-from kbqa.cli_progress import TerminalBar
+from kbqa.cli.progress import TerminalBar
 
 if TYPE_CHECKING:
     from kbqa.chatglm.train import StepReport

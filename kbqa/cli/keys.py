@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kbqa.cli_common import (
+from kbqa.cli.common import (
     ConfigOption,
     HomeOption,
     JsonOption,
@@ -97,4 +97,5 @@ def keys_revoke(
 
 
 def register(app: typer.Typer) -> None:
+    """Add the `keys` command group to the kbqa app."""
     app.add_typer(keys_app, name="keys")

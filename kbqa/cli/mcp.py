@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import typer
 
-from kbqa.cli_common import ConfigOption, HomeOption, KbsOption, settings_for, user_errors
+from kbqa.cli.common import ConfigOption, HomeOption, KbsOption, settings_for, user_errors
 
 
 def register(app: typer.Typer) -> None:
+    """Add `mcp` to the kbqa app."""
+
     @app.command()
     def mcp(kb: KbsOption = None, home: HomeOption = None, config: ConfigOption = None) -> None:
         """Serve search, ask and the document listings to an MCP client over stdio.

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
-from kbqa.cli_common import ConfigOption, HomeOption, fail, settings_for, stderr, user_errors
-from kbqa.settings import Settings
+from kbqa.cli.common import ConfigOption, HomeOption, fail, settings_for, stderr, user_errors
 
 
-def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
+def register(app: typer.Typer) -> None:
+    """Add `serve` to the kbqa app."""
+
     @app.command()
     def serve(
         host: Annotated[
@@ -31,7 +31,7 @@ def register(app: typer.Typer, get_settings: Callable[[], Settings]) -> None:
         from kbqa.server.runner import serve
 
         with user_errors():
-            settings = settings_for(home, config) if home or config else get_settings()
+            settings = settings_for(home, config)
             if host is not None:  # /mcp checks the Host header only on a loopback address
                 server = settings.server.model_copy(update={"host": host})
                 settings = settings.model_copy(update={"server": server})

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ingest.watch import Sync, WatchedFolderGone, watch_paths
-from kbqa.cli_common import EXIT_OK, EXIT_PARTIAL, print_json, stderr, stdout
+from kbqa.cli.common import EXIT_OK, EXIT_PARTIAL, print_json, stderr, stdout
 from kbqa.settings import Settings
 
 

@@ -1,0 +1,141 @@
+"""`kbqa kb list|delete|check|migrate`: manage the knowledge bases (see kbqa.kb_admin)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from kbqa.cli.common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    ConfigOption,
+    HomeOption,
+    JsonOption,
+    KbOption,
+    fail,
+    print_json,
+    settings_for,
+    stdout,
+    user_errors,
+)
+
+kb_app = typer.Typer(help="Manage knowledge bases.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `kb` command group to the kbqa app."""
+    app.add_typer(kb_app, name="kb")
+
+
+@kb_app.command("list")
+def kb_list(
+    json_out: JsonOption = False, home: HomeOption = None, config: ConfigOption = None
+) -> None:
+    """List knowledge bases."""
+    from kbqa.kb_admin import list_kbs
+
+    with user_errors():
+        kbs = list_kbs(settings_for(home, config))
+    if json_out:
+        print_json({"kbs": kbs})
+        return
+    table = Table("name", "backend", "embedding", "documents", "chunks", "min_relevance")
+    for item in kbs:
+        table.add_row(
+            item["name"],
+            item["backend"],
+            item["embedding"],
+            str(item["documents"]),
+            str(item["chunks"]),
+            f"{item['min_relevance']}" + (" (calibrated)" if item["calibrated"] else ""),
+        )
+    stdout.print(table)
+
+
+@kb_app.command("delete")
+def kb_delete(
+    name: Annotated[str | None, typer.Argument(help="Knowledge base to delete.")] = None,
+    kb: Annotated[str | None, typer.Option("--kb", help="Knowledge base to delete.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: JsonOption = False,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Delete a knowledge base and everything stored in it."""
+    from storage.kb import KnowledgeBase
+    from storage.names import validate_kb_name
+
+    if (name is None) == (kb is None):
+        raise fail("give the knowledge base either as NAME or as --kb NAME")
+    name = name or kb or ""
+    with user_errors():
+        settings = settings_for(home, config)
+        validate_kb_name(name)
+        if not yes and sys.stdin.isatty() and not typer.confirm(f"Delete knowledge base {name}?"):
+            raise typer.Exit(EXIT_OK)
+        KnowledgeBase.delete(settings.kbs_dir, name, milvus_uri=settings.storage.milvus_uri or None)
+    if json_out:
+        print_json({"deleted": name})
+    else:
+        stdout.print(f"deleted {name}")
+
+
+@kb_app.command("check")
+def kb_check(
+    kb: KbOption = "default",
+    json_out: JsonOption = False,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Check a knowledge base for damage; exit 0 when healthy, 1 when damaged."""
+    from kbqa.kb_admin import check_kb
+
+    with user_errors():
+        problems = check_kb(settings_for(home, config), kb)
+    if json_out:
+        print_json({"kb": kb, "healthy": not problems, "problems": problems})
+    elif problems:
+        for problem in problems:
+            stdout.print(f"[red]✗[/] {problem}", highlight=False)
+    else:
+        stdout.print(f"[green]✓[/] {kb} is healthy")
+    raise typer.Exit(EXIT_PARTIAL if problems else EXIT_OK)
+
+
+@kb_app.command("migrate")
+def kb_migrate(
+    kb: KbOption = "default",
+    to: Annotated[str, typer.Option("--to", help="Name of the new knowledge base.")] = "",
+    backend: Annotated[str, typer.Option(help="Backend of the new KB: faiss or milvus.")] = "faiss",
+    to_database: Annotated[
+        str,
+        typer.Option(
+            "--to-database",
+            help="Copy into this PostgreSQL database (postgresql://…), or back into the SQLite "
+            "files of the home with `sqlite`; --to defaults to the KB's own name.",
+        ),
+    ] = "",
+    json_out: JsonOption = False,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Copy a knowledge base into a new one (another backend or database) without re-embedding."""
+    from kbqa.kb_admin import migrate_kb
+
+    to = to or (kb if to_database else "")
+    if not to:
+        raise fail("--to NAME is required")
+    if backend not in ("faiss", "milvus"):
+        raise fail(f"unknown backend {backend!r}: use faiss or milvus")
+    if to_database and to_database != "sqlite" and not to_database.startswith("postgres"):
+        raise fail(f"--to-database must be a postgresql:// URL or sqlite, got {to_database!r}")
+    with user_errors():
+        settings = settings_for(home, config)
+        result = migrate_kb(settings, kb, to, backend, to_database or None)
+    if json_out:
+        print_json(result)
+    else:
+        stdout.print(f"copied {result['documents']} documents ({result['chunks']} chunks) to {to}")
