@@ -1,0 +1,1 @@
+"""Checks contributors run on the source tree (not imported by the application)."""
