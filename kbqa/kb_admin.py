@@ -7,23 +7,14 @@ from typing import Any
 
 from ingest.first_ingest import sweep_abandoned
 from kbqa.settings import Settings
+from storage.config import check_kb as check_kb  # `kbqa kb check`: the one damage check
+from storage.config import create_kb, open_kb
 from storage.errors import KBDamaged, StorageError
 from storage.kb import KnowledgeBase
 from storage.names import validate_kb_name
 from storage.pg_pool import is_database_url, redact
 from storage.places import kbs_dir_with_database
 from storage.types import ChunkRecord, DocumentInfo
-
-
-def open_kb(settings: Settings, name: str) -> KnowledgeBase:
-    validate_kb_name(name)
-    return KnowledgeBase.open(
-        settings.kbs_dir,
-        name,
-        index=settings.storage.index,
-        approximate_threshold=settings.storage.approximate_threshold,
-        milvus_uri=settings.storage.milvus_uri or None,
-    )
 
 
 def list_kbs(settings: Settings) -> list[dict[str, Any]]:
@@ -66,15 +57,6 @@ def list_kbs(settings: Settings) -> list[dict[str, Any]]:
 def _threshold(settings: Settings, own: float | None) -> float:
     """A KB's refusal threshold: its calibrated one, else the global retrieval.min_relevance."""
     return settings.retrieval.min_relevance if own is None else own
-
-
-def check_kb(settings: Settings, name: str) -> list[str]:
-    """Problems found in KB `name`; [] when healthy. A KB that cannot be opened is one problem."""
-    try:
-        with open_kb(settings, name) as kb:
-            return kb.check()
-    except KBDamaged as e:
-        return [str(e)]
 
 
 def list_documents(settings: Settings, name: str) -> list[dict[str, Any]]:
@@ -128,15 +110,13 @@ def migrate_kb(
     with open_kb(settings, source) as src:
         info = src.info()
         with (
-            KnowledgeBase.create(
-                kbs_dir,
+            create_kb(
+                settings,
                 target,
                 embedding=info.embedding,
                 dim=info.dim,
                 backend=backend,
-                index=settings.storage.index,
-                approximate_threshold=settings.storage.approximate_threshold,
-                milvus_uri=settings.storage.milvus_uri or None,
+                kbs_dir=kbs_dir,
             ) as dst,
             dst.write_lock(),
         ):

@@ -4,7 +4,7 @@ storage imports nothing of the application: these Protocols declare the few sett
 and `kbqa.settings.Settings` has that shape (mypy checks it wherever kbqa passes its settings
 here). `open_kb`, `create_kb` and `delete_kb` turn those settings into the arguments of
 `KnowledgeBase.open/create/delete`, so the CLI, the server, retrieval and the ingest pipeline
-open a KB the same way.
+open a KB the same way; `check_kb` is the one damage check (`kbqa kb check`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from storage.errors import KBDamaged
 from storage.kb import KnowledgeBase
 
 
@@ -79,3 +80,13 @@ def create_kb(
 def delete_kb(config: StorageConfig, name: str) -> None:
     """Delete KB `name` (KBNotFound, or KBBusy while an ingest holds it)."""
     KnowledgeBase.delete(config.kbs_dir, name, milvus_uri=config.storage.milvus_uri or None)
+
+
+def check_kb(config: StorageConfig, name: str) -> list[str]:
+    """Problems found in KB `name`; [] when healthy. A KB that cannot be opened or read is one
+    problem (KBNotFound and InvalidKBName are raised: there is nothing to check)."""
+    try:
+        with open_kb(config, name) as kb:
+            return kb.check()
+    except KBDamaged as e:
+        return [str(e)]

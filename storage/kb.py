@@ -218,16 +218,6 @@ class KnowledgeBase:
         shutil.rmtree(doomed, ignore_errors=True)
         _sweep_leftovers(kbs_dir)
 
-    @staticmethod
-    def diagnose(kbs_dir: Path, name: str, *, milvus_uri: str | None = None) -> list[str]:
-        """`check()` of a KB by name, with a KB that cannot even be opened reported as a problem."""
-        try:
-            kb = KnowledgeBase.open(kbs_dir, name, milvus_uri=milvus_uri)
-        except KBDamaged as exc:
-            return [str(exc)]
-        with kb:
-            return kb.check()
-
     def write_lock(self, timeout: float | None = None) -> AbstractContextManager[None]:
         """Serialise writers across processes (flock on `<kb>/.lock`); re-entrant."""
         return self._lock.hold(timeout)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import numpy as np
 
+from kbqa.settings import StorageSettings
 from storage.types import ChunkRecord, DocumentUpsert, Vectors
 
 DIM = 16
@@ -43,3 +47,12 @@ def random_doc(
 ) -> DocumentUpsert:
     texts = [f"{tag} chunk {i} of {path} word{rng.integers(1000)}" for i in range(n)]
     return make_doc(path, texts, unit_vectors(rng, n, dim), content_hash=tag or "h0")
+
+
+@dataclass(frozen=True)
+class KBsAt:
+    """The storage settings of a home whose KBs are in `kbs_dir` (storage.config reads them):
+    the defaults, as `kbqa kb check` has them without a config file."""
+
+    kbs_dir: Path
+    storage: StorageSettings = field(default_factory=StorageSettings)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from storage_helpers import DIM, random_doc, unit_vectors
+from storage_helpers import DIM, KBsAt, random_doc, unit_vectors
 
+from storage.config import check_kb
 from storage.errors import KBDamaged
 from storage.kb import KnowledgeBase
 
@@ -40,13 +41,13 @@ def _edit(kb_dir: Path, sql: str, *params: object) -> None:
 
 def test_healthy_kb_after_reopen(built: Path) -> None:
     assert _reopen_and_check(built) == []
-    assert KnowledgeBase.diagnose(built.parent, "kb") == []
+    assert check_kb(KBsAt(built.parent), "kb") == []
 
 
 def test_truncated_database(built: Path) -> None:
     db = built / "kb.sqlite"
     db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
-    problems = KnowledgeBase.diagnose(built.parent, "kb")
+    problems = check_kb(KBsAt(built.parent), "kb")
     assert problems and all("\n" not in p for p in problems)
 
 

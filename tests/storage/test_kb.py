@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from storage_helpers import DIM, make_doc, random_doc, unit_vectors
+from storage_helpers import DIM, KBsAt, make_doc, random_doc, unit_vectors
 
+from storage.config import check_kb
 from storage.errors import (
     EmbeddingMismatch,
     InvalidKBName,
@@ -225,7 +226,7 @@ def test_open_not_a_database(kbs_dir: Path) -> None:
     (kbs_dir / "a" / "kb.sqlite").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(KBDamaged):
         KnowledgeBase.open(kbs_dir, "a")
-    assert KnowledgeBase.diagnose(kbs_dir, "a") != []
+    assert check_kb(KBsAt(kbs_dir), "a") != []
 
 
 @pytest.mark.databases("sqlite")  # the SQLite layout: test_postgres_kb.py

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from storage_helpers import DIM, make_doc, random_doc, unit_vectors
+from storage_helpers import DIM, KBsAt, make_doc, random_doc, unit_vectors
 
+from storage.config import check_kb
 from storage.errors import KBDamaged, StorageError
 from storage.kb import KnowledgeBase
 from storage.milvus_client import acquire, default_uri, new_collection_name, release
@@ -211,7 +212,7 @@ def test_check_reports_tampered_collection(
             {"id": 99, "vector": [0.0] * DIM, **blank},  # no such chunk
         ],
     )
-    problems = KnowledgeBase.diagnose(mkb.path.parent, mkb.name)
+    problems = check_kb(KBsAt(mkb.path.parent), mkb.name)
     name = f"Milvus collection {collection.name}"
     assert problems == [
         f"{name} lacks 2 chunks of the database",

@@ -17,9 +17,10 @@ import numpy as np
 import psycopg
 import pytest
 from postgres_server import PostgresServer, find_binaries
-from storage_helpers import DIM, make_doc, random_doc, unit_vectors
+from storage_helpers import DIM, KBsAt, make_doc, random_doc, unit_vectors
 
 from storage import pg_pool
+from storage.config import check_kb
 from storage.errors import KBBusy, KBDamaged, KBExists, KBNotFound, StorageError
 from storage.kb import KnowledgeBase
 from storage.pg_lock import LOCK_CLASS
@@ -50,7 +51,7 @@ def built(kbs_dir: Path, rng: np.random.Generator) -> Iterator[str]:
 
 
 def _check(kbs_dir: Path) -> list[str]:
-    return KnowledgeBase.diagnose(kbs_dir, "kb")
+    return check_kb(KBsAt(kbs_dir), "kb")
 
 
 def test_create_open_list_delete(kbs_dir: Path, tmp_path: Path) -> None:
