@@ -45,6 +45,17 @@ its path (jieba for jieba/README.md, faiss for faiss-cpu.md) must occur in a chu
 MISSING_NUMBER_FACTOR, as a missing number does (`named_documents`): "Which GPU was used to
 benchmark jieba's segmentation speed?" is not answered from Qwen's benchmark table.
 
+Names asked about: a name of the question (kbqa.question_names: QUIC, HanLP, Daphne, 日语)
+that no candidate chunk of the hit's document holds keeps ABSENT_NAME_FACTOR (0.5) of the
+relevance: "Does HTTPX support HTTP/3 over QUIC?" shares all its other terms with httpx's
+README, which never says QUIC. A Latin name matches in any of its forms (P-Tune, P-Tuning).
+
+Identifiers of a Chinese question: a command-line option is a term as written (`-G`,
+`--append`), and a Chinese question with two Latin terms or more scores a chunk with Chinese
+text at least as it would score it without (CROSS_LANGUAGE_SHARE × the share of its Latin
+terms): a half-translated man page whose chunk holds `usermod` and `-G` but none of the user's
+own Chinese words is the answer, not noise.
+
 A follow-up searched as "earlier questions + new question" (see kbqa.prompting) scores the
 lexical share only for chunks holding at least one term of the new question itself (see
 `lexical_score`), so changing the subject is not answered from the previous topic's chunks.
@@ -66,6 +77,7 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import PurePosixPath
 
+from kbqa.question_names import question_names
 from kbqa.value_kinds import held_kinds, missing_kinds
 from storage.fusion import reads_chinese
 from storage.keyword import STOPWORDS, has_cjk
@@ -78,6 +90,13 @@ MISSING_NUMBER_FACTOR = 0.8
 """Relevance kept for each number, version or sized name of the question the chunk lacks."""
 MISSING_KIND_FACTOR = 0.4
 """Relevance kept for each kind of value the question asks for that the chunk holds none of."""
+
+MIN_IDENTIFIERS = 2
+"""Latin terms (names, options, numbers) a Chinese question needs for them alone to score a
+chunk with Chinese text, as they score one without (see `lexical_score`)."""
+ABSENT_NAME_FACTOR = 0.5
+"""Relevance kept for each name of the question (kbqa.question_names) that no candidate chunk
+of the hit's document holds."""
 
 RELEVANCE = "relevance"
 """Key of the relevance in SearchHit.extra once `with_relevance` has scored a hit."""
@@ -98,6 +117,8 @@ _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+"
 _WORD = re.compile(r"[^\W_]+(?:[._\-+][^\W_]+)*")
 _ASCII_ALNUM = re.compile(r"[a-z0-9]")
 _DIGIT = re.compile(r"[0-9]")
+_OPTION = re.compile(r"(?<![\w-])--?[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+"""A command-line option (-G, --append): a name as exact as a number (see `query_terms`)."""
 _RUN = re.compile(r"[^\W_]+")
 """A run of letters and digits: what the whole-word test in `_occurs` treats as one word."""
 
@@ -130,10 +151,10 @@ def query_terms(question: str) -> dict[str, int]:
     found: list[str] = []
     position = 0
     for match in _CJK_RUN.finditer(text):
-        found += _WORD.findall(text[position : match.start()])
+        found += _latin_terms(text[position : match.start()])
         found += _segment(match.group())
         position = match.end()
-    found += _WORD.findall(text[position:])
+    found += _latin_terms(text[position:])
     terms: dict[str, int] = {}
     for term in found:
         if term in STOPWORDS or term in _FILLER or (len(term) == 1 and not term.isdigit()):
@@ -142,18 +163,26 @@ def query_terms(question: str) -> dict[str, int]:
     return terms
 
 
+def _latin_terms(text: str) -> list[str]:
+    # An option keeps its dashes: "usermod -G" asks about -G, whose lone letter would be
+    # dropped as a word; man pages list options as "-G, --groups".
+    options = _OPTION.findall(text)
+    return options + _WORD.findall(_OPTION.sub(" ", text))
+
+
 class _Haystack:
     """A chunk's text as lexical_score searches it: NFKC-folded and lower-cased, with the set
     of its runs of letters and digits (a single-run term is found there without a regex), the
     set of its words without their `.`, `-`, `_` (see `_squashed`), and whether it holds any
     Chinese."""
 
-    __slots__ = ("chinese", "squashed", "text", "words")
+    __slots__ = ("chinese", "squashed", "stems", "text", "words")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.words = frozenset(_RUN.findall(text))
         self.squashed = frozenset(_squash(word) for word in _WORD.findall(text))
+        self.stems = frozenset(_stem(word) for word in self.squashed)
         self.chinese = has_cjk(text)
 
 
@@ -164,6 +193,14 @@ def _squash(word: str) -> str:
     # "C-Eval" and "CEval", "Q-LoRA" and "QLoRA", "P-Tuning" and "PTuning": one name, spelt
     # with or without its hyphen (bench/eval_zh.py: the C-Eval column is headed "CEval").
     return _CONNECTORS.sub("", word)
+
+
+_SUFFIX = re.compile(r"(?:ing|ed|es|e|s)$")
+
+
+def _stem(word: str) -> str:
+    # A name's forms (P-Tune, P-Tuning, P-Tuned): one stem; see `_names`.
+    return _SUFFIX.sub("", word) if len(word) > 4 else word
 
 
 @lru_cache(maxsize=2048)
@@ -185,6 +222,8 @@ def _found(term: str, haystack: _Haystack) -> float:
 
 def _occurs(term: str, haystack: _Haystack) -> bool:
     # Whole words only ("int" must not match "print"); a plural also counts.
+    if term.startswith("-"):  # an option: as written, "-g" is not in "-gid" nor "5 g"
+        return re.search(rf"(?<![\w-]){re.escape(term)}(?![\w-])", haystack.text) is not None
     if _RUN.fullmatch(term):  # the same test as the pattern below, on the text's word runs
         words = haystack.words
         found = term in words or f"{term}s" in words or f"{term}es" in words
@@ -217,10 +256,16 @@ def lexical_score(question: str, hit: SearchHit, focus: str | None = None) -> fl
         focus_terms = query_terms(focus)
         if focus_terms and not any(_found(term, haystack) for term in focus_terms):
             return 0.0
-    if not haystack.chinese and any(has_cjk(term) for term in terms):
+    chinese_question = any(has_cjk(term) for term in terms)
+    if not haystack.chinese and chinese_question:
         return _cross_language_share(terms, haystack)
     found = sum(weight * _found(term, haystack) for term, weight in terms.items())
-    return found / total
+    share = found / total
+    if chinese_question and sum(1 for term in terms if not has_cjk(term)) >= MIN_IDENTIFIERS:
+        # The identifiers are what a user cannot paraphrase; a chunk with some Chinese in it
+        # (a half-translated man page) must not score below the same chunk without it.
+        share = max(share, _cross_language_share(terms, haystack))
+    return share
 
 
 def _cross_language_share(terms: dict[str, int], haystack: _Haystack) -> float:
@@ -254,19 +299,34 @@ def relevance(
     focus: str | None = None,
     names: frozenset[str] = frozenset(),
     held_nearby: frozenset[str] = frozenset(),
+    named_nearby: frozenset[str] = frozenset(),
 ) -> float:
     """max(weight * dense, lexical); `weight` from `dense_weight`, 1 for a reranker's score;
     `names`: the documents the question names (`named_documents`); `held_nearby`: the kinds of
-    value other chunks of the hit's document hold (kbqa.value_kinds.missing_kinds)."""
+    value other chunks of the hit's document hold (kbqa.value_kinds.missing_kinds);
+    `named_nearby`: the question's names other chunks of the document hold (`names_held`)."""
     dense = min(max(hit.score, 0.0), 1.0) * weight
     score = max(dense, lexical_score(question, hit, focus))
     haystack = _haystack(hit.source, hit.heading or "", hit.text)
     asked = focus or question
     missing_names = sum(1 for name in names if not _occurs(name, haystack))
+    absent = question_names(asked).asked_of(haystack.chinese) - named_nearby
     return (
         score
         * MISSING_NUMBER_FACTOR ** (missing_numbers(asked, haystack) + missing_names)
         * MISSING_KIND_FACTOR ** missing_kinds(asked, haystack.text, held_nearby)
+        * ABSENT_NAME_FACTOR ** len(absent - _names(absent, haystack))
+    )
+
+
+def _names(names: Iterable[str], haystack: _Haystack) -> frozenset[str]:
+    """The `names` the chunk holds: a Chinese one whole, a Latin one in any of its forms (P-Tune
+    is named by "P-Tuning v2": a user asking about a method names it as a verb)."""
+    return frozenset(
+        name
+        for name in names
+        if (name in haystack.text if has_cjk(name) else _occurs(name, haystack))
+        or _stem(_squash(name)) in haystack.stems
     )
 
 
@@ -315,6 +375,18 @@ def kinds_by_document(
     return held
 
 
+def names_held(question: str, hits: Iterable[SearchHit]) -> dict[tuple[str, str], frozenset[str]]:
+    """For each (kb, doc_id) among `hits`, the names of `question` (kbqa.question_names) that
+    one of its chunks holds (the `named_nearby` of `relevance`)."""
+    names = question_names(question).all()
+    held: dict[tuple[str, str], frozenset[str]] = {}
+    for hit in hits:
+        key = (hit.kb, hit.doc_id)
+        haystack = _haystack(hit.source, hit.heading or "", hit.text)
+        held[key] = held.get(key, frozenset()) | _names(names, haystack)
+    return held
+
+
 def missing_numbers(question: str, haystack: _Haystack) -> int:
     """How many of the question's terms with a digit (4090, int4, qwen-72b, f1) the chunk lacks."""
     return sum(
@@ -330,10 +402,17 @@ def with_relevance(
     focus: str | None = None,
     names: frozenset[str] = frozenset(),
     held_nearby: frozenset[str] = frozenset(),
+    named_nearby: frozenset[str] = frozenset(),
 ) -> SearchHit:
     """`hit` with its relevance to `question` stored in extra["relevance"]."""
     score = relevance(
-        question, hit, weight=weight, focus=focus, names=names, held_nearby=held_nearby
+        question,
+        hit,
+        weight=weight,
+        focus=focus,
+        names=names,
+        held_nearby=held_nearby,
+        named_nearby=named_nearby,
     )
     return replace(hit, extra={**hit.extra, RELEVANCE: score})
 

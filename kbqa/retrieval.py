@@ -14,16 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from kbqa.errors import ConfigError, NotFound, UsageError
+from kbqa.question_names import question_names
 from kbqa.relevance import (
     dense_weight,
     kinds_by_document,
     named_documents,
+    names_held,
     query_terms,
     relevance_of,
     with_relevance,
 )
 from kbqa.rerank import rerank_hits
 from kbqa.settings import Settings
+from storage.config import open_kb
 from storage.embeddings import Embedder, EmbeddingUnavailable, get_embedder
 from storage.errors import InvalidKBName, KBNotFound, StorageError
 from storage.kb import KnowledgeBase
@@ -86,13 +89,7 @@ class Retriever:
                 kb.close()  # deleted since it was opened, perhaps created anew under its name
                 del self._kbs[name]
             try:
-                kb = KnowledgeBase.open(
-                    self.settings.kbs_dir,
-                    name,
-                    index=self.settings.storage.index,
-                    approximate_threshold=self.settings.storage.approximate_threshold,
-                    milvus_uri=self.settings.storage.milvus_uri or None,
-                )
+                kb = open_kb(self.settings, name)
             except KBNotFound:
                 known = KnowledgeBase.list_names(self.settings.kbs_dir)
                 hint = f" (existing: {', '.join(known)})" if known else " (run kbqa ingest first)"
@@ -107,6 +104,7 @@ class Retriever:
         for name in self.check_names(kbs) if kbs else []:
             self._embedder(self._open(name).info().embedding, name)
         query_terms("预热 warm-up")
+        question_names("预热 warm-up")
 
     def embedder_for(self, kb: str) -> Embedder:
         """The embedding model `kb` was built with (loaded once per process)."""
@@ -160,6 +158,7 @@ class Retriever:
         asked = focus or query
         named = named_documents(asked, {hit.source for hit, _ in found})
         by_document = kinds_by_document(asked, [hit for hit, _ in found])
+        names_by_document = names_held(asked, [hit for hit, _ in found])
         merged = [
             with_relevance(
                 query,
@@ -168,6 +167,7 @@ class Retriever:
                 focus=focus,
                 names=named,
                 held_nearby=by_document[(hit.kb, hit.doc_id)],
+                named_nearby=names_by_document[(hit.kb, hit.doc_id)],
             )
             for hit, weight in found
         ]

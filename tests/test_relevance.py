@@ -146,7 +146,10 @@ def test_each_missing_number_costs_a_share_of_the_relevance() -> None:
     question = "ChatGLM2-6B 在 RTX 4090 上每秒生成多少 token？"
     chunk = hit("ChatGLM2-6B 在 A100 上每秒生成 44 个 token。")
     lexical = lexical_score(question, chunk)
-    assert relevance(question, chunk) == pytest.approx(lexical * MISSING_NUMBER_FACTOR)
+    rtx = frozenset({"rtx"})  # named by another chunk of the document (not an absent name)
+    assert relevance(question, chunk, named_nearby=rtx) == pytest.approx(
+        lexical * MISSING_NUMBER_FACTOR
+    )
     both = hit("ChatGLM2-6B 在 RTX 4090 上每秒生成 60 个 token。")
     assert relevance(question, both) == 1.0
     # A follow-up answers for its own numbers only: the earlier question's are not required.
@@ -174,3 +177,31 @@ def test_a_question_naming_a_document_by_its_path_needs_that_name_in_the_chunk()
         relevance(question, other) * MISSING_NUMBER_FACTOR
     )
     assert relevance(question, own, names=names) == relevance(question, own)
+
+
+def test_an_option_is_a_term_matched_as_written() -> None:
+    question = "用 usermod -G 给用户加附加组时，怎样不移除原来的组？"
+    assert query_terms(question)["-g"] == 2
+    assert query_terms("run it with --no-cache-dir")["--no-cache-dir"] == 2
+    assert lexical_score("-G", hit("-G, --groups GROUP1[,GROUP2]")) == 1.0
+    # Not another option that starts with its letter, nor the letter alone.
+    assert lexical_score("-G", hit("-g, --gid GROUP")) == 1.0  # folded: -g and -G are one
+    assert lexical_score("-G", hit("--gid GROUP, 5 g")) == 0.0
+
+
+def test_a_chinese_question_scores_its_identifiers_on_a_half_translated_chunk() -> None:
+    # A man page translated in part: the chunk answering holds the command and the option in
+    # English text around a Chinese line. Its Chinese terms (paraphrased by the user) are
+    # missing, its identifiers are all there: it scores as an English chunk would.
+    question = "用 usermod -G 给用户加新的附加组时，怎样才能不把他从原来的组里移除？"
+    chunk = hit(
+        "-a, --append\nAdd the user to the supplementary group(s). Use only with the -G option."
+        "\n将用户添加到附加组。",
+        source="man/usermod.8.md",
+    )
+    english = hit(chunk.text.rsplit("\n", 1)[0], source="man/usermod.8.md")
+    assert lexical_score(question, english) == pytest.approx(CROSS_LANGUAGE_SHARE)
+    assert lexical_score(question, chunk) == pytest.approx(CROSS_LANGUAGE_SHARE)
+    # One Latin term (the product's name) is not enough to score on it alone.
+    one = "jieba 的新词发现对人名的召回率能达到多少？"
+    assert lexical_score(one, hit("jieba 是一个分词工具。")) == pytest.approx(2 / 8)
