@@ -39,9 +39,9 @@ from kbqa.server.schemas import (
     KbInfo,
     KbList,
     KbName,
-    SearchHit,
     SearchRequest,
     SearchResponse,
+    SearchResult,
 )
 from kbqa.server.state import RetrieverDep, SettingsDep, StateDep
 from kbqa.settings import Settings
@@ -80,7 +80,7 @@ def delete_kb(kb: KbPath, settings: SettingsDep) -> KbDeleted:
 @router.post("/v1/kbs/{kb}/search")
 def search_kb(kb: KbPath, body: SearchRequest, retriever: RetrieverDep) -> SearchResponse:
     hits = retriever.search(body.query, [kb], body.top_k)
-    results = [SearchHit.model_validate(hit, from_attributes=True) for hit in hits]
+    results = [SearchResult.model_validate(hit, from_attributes=True) for hit in hits]
     return SearchResponse(query=body.query, results=results)
 
 

@@ -282,7 +282,9 @@ class SearchRequest(_Request):
     top_k: TopK = 5
 
 
-class SearchHit(BaseModel):
+class SearchResult(BaseModel):
+    """One hit of `POST /v1/kbs/{kb}/search` (storage.types.SearchHit, as JSON)."""
+
     chunk_id: str
     doc_id: str
     text: str
@@ -294,7 +296,7 @@ class SearchHit(BaseModel):
 
 class SearchResponse(BaseModel):
     query: str
-    results: list[SearchHit]
+    results: list[SearchResult]
 
 
 class Document(BaseModel):
