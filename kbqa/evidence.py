@@ -54,6 +54,9 @@ QUESTION_SHARE = 0.6
 """Question evidence: sentences scoring at least this share of the best one (and QUESTION_FLOOR)."""
 QUESTION_FLOOR = 0.15
 PER_SOURCE = 3
+CONTEXT_SHARE = 0.5
+"""A question's term found only in a sentence's context (document path, heading, label line)
+counts this share of its weight."""
 
 
 @dataclass(frozen=True)
@@ -117,26 +120,67 @@ def keys(text: str) -> frozenset[str]:
 @dataclass(frozen=True, slots=True)
 class Sentence:
     """A source sentence as the scorer searches it: `text[start:end]` of source `position`
-    (its index in the list given)."""
+    (its index in the list given), with the context it is read in (see `context_of`)."""
 
     position: int
     start: int
     end: int
     folded: str
     stems: frozenset[str]
+    context: str = ""
+    """Folded: the document's path, the chunk's heading and the label line above the sentence."""
+    context_stems: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, position: int, text: str, start: int, end: int) -> Sentence:
-        folded = fold(text[start:end])
-        return cls(position, start, end, folded, frozenset(map(_stem, _LATIN_RUN.findall(folded))))
+    def of(cls, position: int, text: str, start: int, end: int, context: str = "") -> Sentence:
+        folded, around = fold(text[start:end]), fold(context)
+        return cls(position, start, end, folded, _stems(folded), around, _stems(around))
 
     def has_term(self, term: str) -> bool:
-        if has_cjk(term) or not _LATIN_RUN.fullmatch(term):
-            return _whole(term, self.folded)
-        return _stem(term) in self.stems
+        return _has_term(term, self.folded, self.stems)
 
     def has_key(self, key: str) -> bool:
         return _whole(key, self.folded)
+
+    def context_has_term(self, term: str) -> bool:
+        return _has_term(term, self.context, self.context_stems)
+
+    def context_has_key(self, key: str) -> bool:
+        return _whole(key, self.context)
+
+
+def _stems(folded: str) -> frozenset[str]:
+    return frozenset(map(_stem, _LATIN_RUN.findall(folded)))
+
+
+def _has_term(term: str, folded: str, stems: frozenset[str]) -> bool:
+    if has_cjk(term) or not _LATIN_RUN.fullmatch(term):
+        return _whole(term, folded)
+    return _stem(term) in stems
+
+
+_LABEL = re.compile(r"\s*(?:-{1,2}[A-Za-z][\w-]*(?:[ ,=].*)?|#{1,6}\s.*|.{1,60}[:：])\s*")
+"""A line that names what the lines under it are about: a command-line option ("-s,
+--sha-rounds ROUNDS"), a Markdown heading, a short line ending in a colon."""
+_UNDERLINE = re.compile(r"\s*(?:-{3,}|={3,})\s*")
+LABEL_LINES = 8
+"""How many lines above a sentence are searched for its label."""
+
+
+def context_of(source: Source, start: int) -> str:
+    """What a reader knows when reaching `source.text[start:]`: the document's path, the
+    chunk's heading and the nearest label line above (an option's description under "-s,
+    --sha-rounds ROUNDS", a table under the heading "GSM8K"). The sentence itself need not
+    repeat those names to be about them."""
+    lines = source.text[:start].splitlines()[-LABEL_LINES - 1 :]
+    label = ""
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i]
+        underlined = i + 1 < len(lines) and bool(_UNDERLINE.fullmatch(lines[i + 1]))
+        if line.strip() and (underlined or _LABEL.fullmatch(line)):
+            label = line.strip()
+            break
+    return "\n".join(part for part in (source.source, source.heading or "", label) if part)
 
 
 def _whole(needle: str, haystack: str) -> bool:
@@ -164,6 +208,9 @@ class _Target:
     """Positions (0-based) of the sources it cites."""
     echo: frozenset[str] = frozenset()
     """A claim's terms that the question already holds."""
+    reads_context: bool = False
+    """The question: its terms count in a sentence's context too (CONTEXT_SHARE), its keys
+    fully. A claim must be supported by the sentence's own words."""
 
 
 def _claims(answer: str, question: str, count: int) -> list[_Target]:
@@ -193,6 +240,8 @@ def _lexical(target: _Target, sentence: Sentence) -> float:
     """Weighted share of the target's terms in the sentence; for a claim, what it adds to
     the question counts 0.8 and what it repeats 0.2 (a sentence that holds the question's
     words but not the claim's own does not support it)."""
+    if target.reads_context:
+        return _covered(target.terms, sentence, CONTEXT_SHARE)
     novel = {t: w for t, w in target.terms.items() if t not in target.echo}
     echo = {t: w for t, w in target.terms.items() if t in target.echo}
     if not novel or not echo:
@@ -200,17 +249,28 @@ def _lexical(target: _Target, sentence: Sentence) -> float:
     return 0.8 * _covered(novel, sentence) + 0.2 * _covered(echo, sentence)
 
 
-def _covered(weights: dict[str, float], sentence: Sentence) -> float:
+def _covered(weights: dict[str, float], sentence: Sentence, in_context: float = 0.0) -> float:
+    """Weighted share of `weights`' terms in the sentence; a term only in its context counts
+    `in_context` of its weight."""
     total = sum(weights.values())
     if not total:
         return 0.0
-    return sum(w for t, w in weights.items() if sentence.has_term(t)) / total
+    found = 0.0
+    for term, weight in weights.items():
+        if sentence.has_term(term):
+            found += weight
+        elif in_context and sentence.context_has_term(term):
+            found += in_context * weight
+    return found / total
 
 
 def _key_factor(target: _Target, sentence: Sentence) -> float:
     if not target.keys:
         return 1.0
-    found = sum(sentence.has_key(k) for k in target.keys)
+    found = sum(
+        sentence.has_key(k) or (target.reads_context and sentence.context_has_key(k))
+        for k in target.keys
+    )
     return 0.2 + 0.8 * found / len(target.keys)
 
 
@@ -273,7 +333,8 @@ def _sentences(sources: Sequence[Source]) -> tuple[list[Sentence], list[str]]:
     texts: list[str] = []
     for position, source in enumerate(sources):
         for start, end in split_sentences(source.text):
-            sentences.append(Sentence.of(position, source.text, start, end))
+            context = context_of(source, start)
+            sentences.append(Sentence.of(position, source.text, start, end, context))
             texts.append(source.text[start:end])
     return sentences, texts
 
@@ -385,7 +446,7 @@ def _asked(question: str, sentences: Sequence[Sentence]) -> _Target:
     cap = max(found, default=0.0)
     for term in weights:
         weights[term] = min(weights[term], cap) if cap else weights[term]
-    return _Target(question, weights, keys(question), frozenset())
+    return _Target(question, weights, keys(question), frozenset(), reads_context=True)
 
 
 _DEFINITION = re.compile(

@@ -351,3 +351,52 @@ def test_html_and_link_markup_is_not_quoted() -> None:
     sources = [Source(1, "c", "d", "README.md", None, None, text, 0.6, KB)]
     answer = extract("LLaMA-Factory 的网页界面怎么打开？", "zh", sources, lambda kb: None).answer
     assert "llamafactory-cli webui" in answer and "<" not in answer
+
+
+def test_a_sentence_is_read_under_its_option_line() -> None:
+    from kbqa.answer_mode import extract
+
+    # The default sits two lines under the option it belongs to and never names it.
+    text = (
+        "-c, --cipher NAME\n使用指定的算法加密文件。\n\n"
+        "-r, --rounds ROUNDS\n使用指定的轮数加密文件，轮数越多越慢。\n\n"
+        "值 0 表示使用默认的轮数 (7000)。\n\n"
+        "-v, --verbose\n显示每个文件的名字。"
+    )
+    sources = [Source(1, "c", "d", "man/vault.1.md", "选项", None, text, 0.6, KB)]
+    question = "vault 用 -r 指定加密轮数时，填 0 会用多少轮？"
+    assert "7000" in extract(question, "zh", sources, lambda kb: None).answer
+
+
+def test_a_sentence_is_read_under_its_heading_and_document() -> None:
+    from kbqa.evidence import rank_for_question
+
+    # Both READMEs have the same table row; the question names the project and the benchmark,
+    # which only the document's path and the chunk's heading hold.
+    row = "Model: Lark-7B; Accuracy: {}"
+    sources = [
+        Source(
+            1,
+            "a",
+            "d1",
+            "zh/heron/README.md",
+            None,
+            "评测结果 > MMLU",
+            row.format("41.20"),
+            0.6,
+            KB,
+        ),
+        Source(
+            2,
+            "b",
+            "d2",
+            "zh/lark/README.md",
+            None,
+            "评测结果 > GSM8K",
+            row.format("28.05"),
+            0.6,
+            KB,
+        ),
+    ]
+    best, _ = rank_for_question("Lark 在 GSM8K 上的准确率是多少？", sources, lambda kb: None)[0]
+    assert best.position == 1
