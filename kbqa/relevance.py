@@ -33,10 +33,11 @@ chunk that lacks it rarely answers (it is how "ChatGLM2-6B 在 RTX 4090 上每�
 the relevance (MISSING_NUMBER_FACTOR); for a follow-up, only the new question's numbers count.
 
 Kinds of value: a question that asks for a duration, a price, a rate, an amount of memory, a
-percentage, a ratio, a date, a version or a GPU model (kbqa.value_kinds) is answered only by a
-chunk holding a value of that kind; each kind the chunk lacks keeps MISSING_KIND_FACTOR (0.4)
-of the relevance, below `min_relevance` on its own. "训练 ChatGLM-6B 一共花了多少 GPU 小时" shares
-every content word with a chunk of ChatGLM-6B's README that gives no hours: the lexical share
+percentage, a ratio, a date, a version, a GPU model, a processor or a person (kbqa.value_kinds)
+is answered only by a chunk holding a value of that kind; each kind the chunk lacks keeps
+MISSING_KIND_FACTOR (0.4) of the relevance, below `min_relevance` on its own.
+"训练 ChatGLM-6B 一共花了多少 GPU 小时" shares every content word with a chunk of ChatGLM-6B's
+README that gives no hours: the lexical share
 and the English-only embedding say "same topic"; the missing kind of value says "no answer"
 (bench/RESULTS.md, "Refusal by the kind of value asked").
 

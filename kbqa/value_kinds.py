@@ -6,7 +6,9 @@ lexical share and an English-only embedding both see "the same topic"; what tell
 is the kind of answer asked for. A question that asks for a duration, a price, a speed, an amount
 of memory, a percentage, a ratio, a date, a version or a piece of hardware can only be
 answered by a passage that holds a value of that kind: a number with a time unit, a currency, a
-rate, a byte size, a `%`, an `x`/`倍`, a date, a dotted version, a GPU model.
+rate, a byte size, a `%`, an `x`/`倍`, a date, a dotted version, a GPU model. So is a question
+asking for a processor or chip (a CPU or phone SoC model, cores, GHz) and one asking who made
+something (a passage naming an author, a maintainer, a team, or holding an e-mail address).
 
 The patterns are deliberately loose on the passage's side (a table's header "tokens/s" far from
 its numbers counts, any number with GB counts) and strict on the question's side (only explicit
@@ -38,7 +40,7 @@ class ValueKind:
 
 
 def _kind(name: str, asked: str, held: str) -> ValueKind:
-    return ValueKind(name, re.compile(asked), re.compile(held))
+    return ValueKind(name, re.compile(asked), re.compile(held, re.MULTILINE))
 
 
 KINDS: tuple[ValueKind, ...] = (
@@ -70,8 +72,11 @@ KINDS: tuple[ValueKind, ...] = (
     ),
     _kind(
         "percentage",
-        r"百分之|百分比|\bpercent(?:age)?\b|%",
-        rf"{_NUMBER}\s*%|百分之|\bpercent\b",
+        # A rate asked in Chinese (召回率能达到多少) is a share: a percentage, or a score in a
+        # table (| Accuracy (MMLU) | 45.47 |).
+        r"百分之|百分比|\bpercent(?:age)?\b|%"
+        r"|(?:召回|准确|精确|正确|命中|错误|通过|成功|识别)率[^，,。？?]*?(?:多少|几)",
+        rf"{_NUMBER}\s*\\?%|百分之|\bpercent\b|^\|.*\d\.\d",
     ),
     _kind(
         "ratio",
@@ -86,6 +91,24 @@ KINDS: tuple[ValueKind, ...] = (
         r"|什么(?:型号的?)?(?:显卡|gpu)|哪(?:种|款|个|张|块)(?:显卡|gpu)|显卡型号|gpu ?型号",
         r"(?<![a-z0-9])(?:a|h|v|t|p|l|k)\d{2,3}(?![0-9])|\brtx\b|\bgtx\b|tesla|quadro|radeon|geforce"
         r"|titan|(?<![a-z0-9])mi\d{2,3}|ascend|昇腾|(?<![0-9])[1-9]0[6-9]0(?![0-9])",
+    ),
+    _kind(
+        "processor",
+        r"(?:which|what) (?:[\w-]+ )?(?:chips?|processors?|cpus?|socs?)\b"
+        r"|什么(?:型号的?)?(?:芯片|处理器|cpu)|哪(?:种|款|个|颗)(?:芯片|处理器|cpu)"
+        r"|(?:芯片|处理器|cpu) ?型号",
+        r"intel|\bamd\b|\barm\b|xeon|epyc|ryzen|core i\d|snapdragon|骁龙|dimensity|天玑|kirin"
+        r"|麒麟|exynos|apple m\d|(?<![a-z0-9])m\d (?:pro|max|ultra|chip)|\d\s*ghz|\d+\s*核"
+        r"|\d+[- ]cores?\b",
+    ),
+    _kind(
+        "person",
+        r"\bwho (?:is|was|were|are|wrote|created|started|initiated|developed|designed|"
+        r"maintains|maintained|made|invented|founded|leads|led)\b|\bwhose\b|作者|开发者|维护者"
+        r"|创始人|创建者|发明者|是谁|谁(?:写|开发|维护|创建|发起|发明|提出)",
+        r"author|\bwrote\b|written by|created by|developed by|maintained by|maintainer|founder"
+        r"|initiated|invented|作者|开发者|维护者|创始人|创建者|编写|开发维护|团队|\bteam\b"
+        r"|实验室|\blab\b|大学|university|公司|company|[a-z0-9._-]+@[a-z0-9-]+\.[a-z]",
     ),
     _kind(
         "date",

@@ -43,9 +43,17 @@ def hit(text: str, source: str = "readme.md") -> SearchHit:
         ("INT8 版本是哪天发布的？", ["date"]),
         ("When was the specification last revised?", ["date"]),
         ("建议搭配哪个版本的 transformers？", ["version"]),
+        ("新词发现对人名的召回率能达到多少？", ["percentage"]),
+        ("Which smartphone chip did they run it on?", ["processor"]),
+        ("官方测试用的是什么型号的处理器？", ["processor"]),
+        ("Who is the original author of the shadow suite?", ["person"]),
+        ("这个工具的作者是谁？", ["person"]),
         # Asking for no particular kind of value.
         ("北京今天的天气怎么样？", []),
         ("How do I install it on a Mac?", []),
+        ("jieba 和 HanLP 相比，哪个准确率更高？", []),  # a comparison, not a figure
+        ("Which key identifies who sent each message?", []),
+        ("没有显卡，只用处理器能跑吗？", []),
         ("结巴分词支持哪些切分方式？", []),
         ("ChatGLM-6B 的参数规模有多大？", []),
     ],
@@ -69,6 +77,20 @@ def test_the_kind_a_question_asks_for(question: str, expected: list[str]) -> Non
         ("Which GPU was it measured on?", "Measured on an A100-SXM4-80G.", "Measured on a GPU."),
         ("哪天发布的？", "**[2023/04/16]** 发布 INT8 版本。", "已发布 INT8 版本。"),
         ("哪个版本的 transformers？", "建议使用 4.30.2 版本。", "建议使用新版本。"),
+        ("召回率能达到多少？", "Pass@1 一次通过率达到 35.9\\%。", "提高召回率。"),
+        (
+            "MMLU 准确率是多少？",
+            "| INT4 | Accuracy (MMLU) |\n| INT4 | 45.47 |",
+            "版本 0.39 提高了准确率。",
+        ),
+        (
+            "What processor was it timed on?",
+            "在 4 核 3.4GHz Linux 机器上测试。",
+            "Timed on an A100.",
+        ),
+        ("Which chip runs it on a phone?", "在骁龙 8 Gen 2 手机上运行。", "It runs on a phone."),
+        ("Who wrote it?", "Colin Watson (cjwatson@debian.org).", "It is maintained."),
+        ("作者是谁？", "由清华大学 KEG 实验室开发。", "这是一个开源项目。"),
     ],
 )
 def test_a_passage_holds_the_kind_or_lacks_it(question: str, holds: str, lacks: str) -> None:
