@@ -36,6 +36,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "kbqa.answer_mode",
             "kbqa.answer",
             "kbqa.sentences",
+            "kbqa.neighbours",
             "kbqa.evaluation",
             "kbqa.finetune",
             "kbqa.finetune_data",
