@@ -7,13 +7,18 @@ README. The lexical share sees three terms of four and the question passes; the 
 missing is the one the question is about. Words a user paraphrases (账号 for 账户, 处理器 for
 CPU) must not count that way, so only names do, of three sorts:
 
-- identifiers, written the same in any language: in a Chinese question every Latin word
-  (jieba, usermod, HanLP, Debian), in an English one a word with two capitals or more (QUIC,
-  HanLP, DeepSpeed, GPU);
-- in an English question, a capitalised word that does not start its sentence (Daphne,
-  Japanese): a Chinese text would translate it (日语), so it is asked of text without Chinese;
+- identifiers, written the same in any language: camel case (HanLP, DeepSpeed), code
+  (login.defs, UID_MIN), and in a Chinese question any Latin word with a capital (Debian, AES,
+  QUIC): Chinese text keeps such names as they are written;
+- in an English question, a word with a capital that does not start its sentence (Daphne,
+  Japanese, QUIC, GPU): a Chinese text may translate it (日语, 显卡), so it is asked of text
+  without Chinese;
 - in a Chinese question, a proper noun by jieba's part-of-speech tags (person nr, organisation
   nt: 李白) or a language (日语), asked of text with Chinese.
+
+A lower-case Latin word is left out even in a Chinese question: token, batch size, demo are
+vocabulary a Chinese document may write in Chinese (jieba, usermod, the names of documents, are
+required by kbqa.relevance's `named_documents`).
 
 Terms with a digit are left to kbqa.relevance's missing numbers. kbqa.relevance asks whether a
 name occurs in any candidate chunk of the hit's document, not only in the hit: an answer's
@@ -31,6 +36,9 @@ from storage.keyword import STOPWORDS, has_cjk
 
 _LATIN_WORD = re.compile(r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z0-9]*(?:[._\-+][A-Za-z0-9]+)*")
 """A Latin word, not the unit of a number (the GB of 24GB)."""
+_CODE = re.compile(r"[a-z][A-Z]|[A-Za-z0-9]{2}[._][A-Za-z0-9]{2}")
+"""Camel case (HanLP, DeepSpeed) or a code identifier (login.defs, UID_MIN, api.py; not i.e.)."""
+_CAPITAL = re.compile(r"[A-Z]")
 _SENTENCE_END = re.compile(r"[.?!;:。？！；：]\s*$")
 _PROPER_NOUN_TAGS = frozenset({"nr", "nt"})
 """Person and organisation. jieba's dictionary also tags common words as names: places (ns) 新建
@@ -68,16 +76,17 @@ class Names:
 def question_names(question: str) -> Names:
     """The names of `question` (see the module docstring)."""
     text = unicodedata.normalize("NFKC", question)
-    if has_cjk(text):
-        return Names(anywhere=_keep(_LATIN_WORD.findall(text)), chinese=_proper_nouns(text))
+    chinese = has_cjk(text)
     anywhere: list[str] = []
     latin: list[str] = []
     for match in _LATIN_WORD.finditer(text):
         word = match.group()
-        if sum(c.isupper() for c in word) >= 2:
+        if _CODE.search(word) or (chinese and _CAPITAL.search(word)):
             anywhere.append(word)
-        elif word[0].isupper() and not _starts_sentence(text, match.start()):
+        elif not chinese and _CAPITAL.search(word) and not _starts_sentence(text, match.start()):
             latin.append(word)
+    if chinese:
+        return Names(anywhere=_keep(anywhere), chinese=_proper_nouns(text))
     return Names(anywhere=_keep(anywhere), latin=_keep(latin))
 
 
