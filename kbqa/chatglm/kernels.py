@@ -184,29 +184,29 @@ def _gemv_configs(split: bool) -> list[triton.Config]:
 
 
 # Winners of the autotuner on an H100 (2026-11-25) for chatglm2-6b's decode GEMVs, by
-# (bits, N, K): (BN, BK, warps, SPLIT). Used instead of autotuning (KBQA_GEMV_AUTOTUNE=1
+# (bits, N, K): (BN, BK, warps, SPLIT, stages). Used instead of autotuning (KBQA_GEMV_AUTOTUNE=1
 # tunes anyway), so that decode starts without a tuning pass of ~100 compiles, which also
 # allocates a 256 MB buffer to flush the L2. Other shapes are tuned on first use.
-TUNED: dict[tuple[int, int, int], tuple[int, int, int, int]] = {
+TUNED: dict[tuple[int, int, int], tuple[int, int, int, int, int]] = {
     # fp16 (and bf16) weights: qkv, h→4h (GLU), dense, 4h→h, output layer
-    (16, 4608, 4096): (8, 512, 4, 1),
-    (16, 13696, 4096): (16, 256, 4, 1),
-    (16, 4096, 4096): (16, 1024, 4, 1),
-    (16, 4096, 13696): (16, 512, 4, 2),
-    (16, 65024, 4096): (8, 512, 4, 1),
+    (16, 4608, 4096): (8, 512, 4, 1, 3),
+    (16, 13696, 4096): (16, 256, 4, 1, 3),
+    (16, 4096, 4096): (16, 1024, 4, 1, 3),
+    (16, 4096, 13696): (16, 512, 4, 2, 3),
+    (16, 65024, 4096): (8, 512, 4, 1, 3),
     # int4: many rows per program for the short outputs, with K split over 8 programs
-    (4, 4608, 4096): (16, 1024, 4, 1),
-    (4, 13696, 4096): (16, 1024, 4, 1),
-    (4, 4096, 4096): (64, 256, 4, 8),
-    (4, 4096, 13696): (64, 256, 4, 8),
+    (4, 4608, 4096): (16, 1024, 4, 1, 3),
+    (4, 13696, 4096): (16, 1024, 4, 1, 3),
+    (4, 4096, 4096): (64, 256, 4, 8, 3),
+    (4, 4096, 13696): (64, 256, 4, 8, 3),
 }
 
 # The int4 GEMV where it stores its result rather than adding it into the residual stream
 # (int4_linear's rows, a GEMV without its fusions): tuned the same way, for those launches.
-TUNED_STORE: dict[tuple[int, int, int], tuple[int, int, int, int]] = {
-    (4, 4096, 4096): (4, 1024, 4, 1),
-    (4, 27392, 4096): (16, 1024, 4, 1),
-    (4, 4096, 13696): (4, 1024, 4, 1),
+TUNED_STORE: dict[tuple[int, int, int], tuple[int, int, int, int, int]] = {
+    (4, 4096, 4096): (4, 1024, 4, 1, 3),
+    (4, 27392, 4096): (16, 1024, 4, 1, 3),
+    (4, 4096, 13696): (4, 1024, 4, 1, 3),
 }
 
 _KEY = ["N", "K", "BITS", "NORM", "GLU"]
@@ -254,9 +254,11 @@ def gemv(
     if tuned is not None and tuned[3] > 1 and not accumulate:
         tuned = None  # tuned for the accumulating launch; split K needs that
     if INTERPRET or (tuned is not None and not AUTOTUNE):
-        bn, bk, warps, split = tuned or (16, 64, 4, 2 if accumulate else 1)
+        bn, bk, warps, split, stages = tuned or (16, 64, 4, 2 if accumulate else 1, 3)
         grid = (m, triton.cdiv(n, bn), split)
-        _gemv_kernel[grid](*args, **flags, BN=bn, BK=bk, SPLIT=split, num_warps=warps)
+        _gemv_kernel[grid](
+            *args, **flags, BN=bn, BK=bk, SPLIT=split, num_warps=warps, num_stages=stages
+        )
     else:
         tuner = _gemv_accum_autotuned if accumulate else _gemv_autotuned
         tuner[lambda meta: (m, triton.cdiv(n, meta["BN"]), meta["SPLIT"])](*args, **flags)
