@@ -193,8 +193,15 @@ def measure(label: str, quantize: str | None, args: argparse.Namespace, out: str
         long = one_stream(model, p8k, 2, device)["first_token_ms"]
         peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else 0.0
         ratio = (long / args.long) / (short / 2048)
+        # What the peak is made of: what stays allocated after the run (weights, the KV
+        # cache, graphs' buffers) and the model's own tensors; the rest was transient.
+        after = torch.cuda.memory_allocated() / 1e9 if device == "cuda" else 0.0
+        tensors = {t.data_ptr(): t for t in model.state_dict(keep_vars=True).values()}
+        weights = sum(t.numel() * t.element_size() for t in tensors.values()) / 1e9
         return {"prefill_2048_ms": short, f"prefill_{args.long}_ms": long,
-                "per_token_ratio": round(ratio, 3), "peak_gb": round(peak, 3)}  # fmt: skip
+                "per_token_ratio": round(ratio, 3), "peak_gb": round(peak, 3),
+                "allocated_after_gb": round(after, 3),
+                "model_tensors_gb": round(weights, 3)}  # fmt: skip
 
     if not args.skip_long:
         section(f"{name}.long_prompt", long_prompt, out)
