@@ -159,6 +159,60 @@ def test_bad_config_is_a_one_line_usage_error(tmp_path: Path, content: str) -> N
     assert err.startswith("error: ")
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("ingest", "{tmp}"),
+        ("search", "x"),
+        ("ask", "x"),
+        ("chat",),
+        ("kb", "list"),
+        ("kb", "check"),
+        ("kb", "delete", "gone", "--yes"),
+        ("kb", "migrate", "--to", "copy"),
+        ("docs", "list"),
+        ("docs", "remove", "x"),
+        ("config", "show"),
+        ("eval", "{tmp}/questions.jsonl"),
+        ("finetune", "{tmp}/data.jsonl", "--out", "{tmp}/out"),
+        ("keys", "list"),
+        ("serve",),
+        ("mcp",),
+    ],
+)
+def test_every_command_reports_a_bad_setting_as_one_line_exit_2(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """Every command loads its settings inside the shared frame (`ask` and `chat` once said
+    "unexpected SettingsError" and exited 1)."""
+    config = tmp_path / "bad.toml"
+    config.write_text('[llm]\nbackend = "nope"\n')
+    argv = [arg.format(tmp=tmp_path) for arg in args]
+    code, out, err = kbqa(tmp_path / "home", *argv, "--config", str(config))
+    assert code == 2, err
+    assert err.startswith("error: invalid setting llm.backend") and err.count("\n") == 1
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "broken"),
+    [(("docs", "list"), "list_documents"), (("kb", "check", "--json"), "check_kb")],
+)
+def test_a_bug_in_any_command_is_one_line_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], broken: str
+) -> None:
+    from kbqa import kb_admin
+
+    def bug(*args: object) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(kb_admin, broken, bug)
+    code, out, err = kbqa(tmp_path / "home", *args)
+    assert code == 1
+    assert err == "error: unexpected ZeroDivisionError: division by zero\n"
+    assert out == ""
+
+
 def test_console_script_runs_without_traceback(tmp_path: Path, docs: Path) -> None:
     env = {**os.environ, "KBQA_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
     kbqa_bin = Path(sys.executable).parent / "kbqa"

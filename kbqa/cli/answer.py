@@ -23,17 +23,15 @@ import typer
 
 from kbqa.cli.common import (
     EXIT_PARTIAL,
-    EXIT_USAGE,
     ConfigOption,
     HomeOption,
     JsonOption,
     KbsOption,
+    command,
     fail,
     print_json,
-    settings_for,
     stderr,
     stdout,
-    user_errors,
 )
 from kbqa.settings import Settings
 
@@ -57,23 +55,10 @@ CHAT_HELP = (
 )
 
 
-@contextmanager
-def answer_errors() -> Iterator[None]:
-    """user_errors() plus the answering path's own errors, each as one line on stderr."""
-    from kbqa.errors import KBQAError
-    from kbqa.llm.errors import LLMUnavailable
-
-    with user_errors():
-        try:
-            yield
-        except (typer.Exit, KeyboardInterrupt):
-            raise
-        except KBQAError as e:
-            raise fail(str(e), e.exit_code) from None
-        except LLMUnavailable as e:
-            raise fail(str(e), EXIT_USAGE) from None
-        except Exception as e:  # a bug: still one line, never a traceback (docs/cli.md)
-            raise fail(f"unexpected {type(e).__name__}: {e}", EXIT_PARTIAL) from None
+def register(app: typer.Typer) -> None:
+    """Add `ask` and `chat` to the kbqa app."""
+    app.command()(ask)
+    app.command()(chat)
 
 
 def _chain(settings: Settings, kbs: list[str]) -> QAChain:
@@ -185,32 +170,40 @@ def stream_answer(
     raise RuntimeError("the answer stream ended without a DoneEvent")
 
 
-def ask_command(
-    question: str | None,
-    kb: list[str] | None,
-    history: Path | None,
-    questions: Path | None,
-    json_out: bool,
-    top_k: int | None,
-    home: Path | None,
-    config: Path | None,
+def ask(
+    question: Annotated[str | None, typer.Argument(help="The question.")] = None,
+    kb: KbsOption = None,
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            "--history", help="JSON file of earlier turns, a list of (question, answer) pairs."
+        ),
+    ] = None,
+    questions: Annotated[
+        Path | None,
+        typer.Option("--questions", help='JSON lines {"question", "history"?}; one answer each.'),
+    ] = None,
+    json_out: JsonOption = False,
+    top_k: TopKOption = None,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
+    """Answer a question from the knowledge base(s), citing the passages used."""
     if (question is None) == (questions is None):
         raise fail("give either a QUESTION or --questions FILE")
     kbs = kb or ["default"]
     failed = False
-    with answer_errors():
-        settings = settings_for(home, config)
+    with command(home, config, json_out) as run:
         if questions is not None:
             if history is not None:
                 raise fail('--history does not combine with --questions (give "history" per line)')
             items = read_questions(questions)
-            chain = _chain(settings, kbs)
+            chain = _chain(run.settings, kbs)
             for item in items:
                 failed |= not _answer_line(chain, item, kbs, top_k)
         else:
             past = read_history(history) if history is not None else None
-            chain = _chain(settings, kbs)
+            chain = _chain(run.settings, kbs)
             if json_out:
                 print_json(chain.ask(question or "", kbs, past, top_k).to_json())
             else:
@@ -246,20 +239,22 @@ def ctrl_c_sets(event: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def chat_command(
-    kb: list[str] | None,
-    top_k: int | None,
-    json_out: bool,
-    home: Path | None,
-    config: Path | None,
+def chat(
+    kb: KbsOption = None,
+    top_k: TopKOption = None,
+    json_out: JsonOption = False,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
+    """Interactive question answering with history (clear, Ctrl-C, exit)."""
     from kbqa.errors import KBQAError
     from kbqa.llm.errors import LLMUnavailable
 
     kbs = kb or ["default"]
-    with answer_errors():
-        settings = settings_for(home, config)
-        chain = _chain(settings, kbs)
+    with command(home, config, json_out) as run:
+        chain = _chain(run.settings, kbs)
+    # The prompt loop runs outside the frame: a question that fails is reported, and the
+    # session goes on.
     if not json_out:
         stdout.print(CHAT_HELP, style="bold", markup=False)
     history: list[list[str]] = []
@@ -271,12 +266,12 @@ def chat_command(
         except KeyboardInterrupt:  # at the prompt: nothing to stop
             stdout.print("\n(type exit to quit)", style="dim", markup=False)
             continue
-        command = line.strip()
-        if not command:
+        text = line.strip()
+        if not text:
             continue
-        if command.lower() in ("exit", "quit"):
+        if text.lower() in ("exit", "quit"):
             break
-        if command.lower() == "clear":
+        if text.lower() == "clear":
             history = []
             if not json_out:
                 stdout.print("(history cleared / 对话历史已清空)", style="dim", markup=False)
@@ -285,50 +280,11 @@ def chat_command(
         try:
             with ctrl_c_sets(cancel):
                 if json_out:
-                    answer = chain.ask(command, kbs, history, top_k, cancel)
+                    answer = chain.ask(text, kbs, history, top_k, cancel)
                     print_json(answer.to_json())
                 else:
-                    answer = stream_answer(chain, command, kbs, history, top_k, cancel)
+                    answer = stream_answer(chain, text, kbs, history, top_k, cancel)
         except (KBQAError, LLMUnavailable) as e:  # this question failed; the session goes on
             stderr.print(f"error: {e}", markup=False, highlight=False)
             continue
-        history.append([command, answer.answer])
-
-
-def register(app: typer.Typer) -> None:
-    """Add `ask` and `chat` to the kbqa app."""
-
-    @app.command()
-    def ask(
-        question: Annotated[str | None, typer.Argument(help="The question.")] = None,
-        kb: KbsOption = None,
-        history: Annotated[
-            Path | None,
-            typer.Option(
-                "--history", help="JSON file of earlier turns, a list of (question, answer) pairs."
-            ),
-        ] = None,
-        questions: Annotated[
-            Path | None,
-            typer.Option(
-                "--questions", help='JSON lines {"question", "history"?}; one answer each.'
-            ),
-        ] = None,
-        json_out: JsonOption = False,
-        top_k: TopKOption = None,
-        home: HomeOption = None,
-        config: ConfigOption = None,
-    ) -> None:
-        """Answer a question from the knowledge base(s), citing the passages used."""
-        ask_command(question, kb, history, questions, json_out, top_k, home, config)
-
-    @app.command()
-    def chat(
-        kb: KbsOption = None,
-        top_k: TopKOption = None,
-        json_out: JsonOption = False,
-        home: HomeOption = None,
-        config: ConfigOption = None,
-    ) -> None:
-        """Interactive question answering with history (clear, Ctrl-C, exit)."""
-        chat_command(kb, top_k, json_out, home, config)
+        history.append([text, answer.answer])

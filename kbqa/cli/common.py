@@ -1,14 +1,24 @@
-"""What every kbqa command shares: options, settings, output, errors mapped to exit codes."""
+"""What every kbqa command shares: options, settings, output, errors mapped to exit codes.
+
+A command parses its arguments, then runs its body in `command(...)`, which gives it the
+settings and the output mode and turns every error into one stderr line and an exit status:
+
+    with command(home, config, json_out) as run:
+        result = list_documents(run.settings, kb)
+        run.show({"documents": result}, _print_documents)
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 
@@ -37,6 +47,8 @@ KbsOption = Annotated[
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
+T = TypeVar("T")
+
 
 class CliState:
     """Options given before the command (`kbqa --home DIR ingest …`)."""
@@ -48,6 +60,39 @@ class CliState:
 def settings_for(home: Path | None, config: Path | None) -> Settings:
     """Validated settings; a command's own --home/--config win over the global ones."""
     return load_settings(home or CliState.home, config or CliState.config)
+
+
+class Run:
+    """What a command's body gets from `command(...)`: the settings and the output mode."""
+
+    def __init__(self, home: Path | None, config: Path | None, json_out: bool) -> None:
+        self._home = home
+        self._config = config
+        self.json = json_out
+
+    @cached_property
+    def settings(self) -> Settings:
+        """Loaded on first use, inside the command's frame: a bad setting is one line, exit 2."""
+        return settings_for(self._home, self._config)
+
+    def show(self, value: T, render: Callable[[T], None]) -> None:
+        """`value` as one JSON line with --json; else `render` draws it for a person."""
+        if self.json:
+            print_json(value)
+        else:
+            render(value)
+
+
+@contextmanager
+def command(home: Path | None, config: Path | None, json_out: bool = False) -> Iterator[Run]:
+    """The frame every command's body runs in (docs/cli.md, "Errors" and "Exit status").
+
+    Errors a user can cause become `error: <message>` and their exit status (user_errors);
+    anything else, a bug, becomes `error: unexpected <Type>: …` and exit 1; never a traceback.
+    Long-running loops that handle their own errors (chat's prompt, serve, --watch) run after it.
+    """
+    with unexpected_errors(), user_errors():
+        yield Run(home, config, json_out)
 
 
 def print_json(value: Any) -> None:
@@ -102,12 +147,18 @@ def user_errors() -> Iterator[None]:
         raise fail("interrupted", 130) from None
 
 
+# Recent Typer releases carry their own copy of Click; older ones raise Click's own classes.
+# main.run reports these (a bad option, Ctrl-C at a confirmation prompt), so they pass through.
+USAGE_ERRORS = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+ABORTS = (click.exceptions.Abort, typer.Abort)
+
+
 @contextmanager
 def unexpected_errors() -> Iterator[None]:
     """A bug becomes one line, `error: unexpected <Type>: …`, and exit 1 (docs/cli.md)."""
     try:
         yield
-    except (typer.Exit, KeyboardInterrupt):
+    except (typer.Exit, KeyboardInterrupt, *ABORTS, *USAGE_ERRORS):
         raise
     except Exception as e:
         raise fail(f"unexpected {type(e).__name__}: {e}", EXIT_PARTIAL) from None

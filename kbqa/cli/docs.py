@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -12,11 +12,9 @@ from kbqa.cli.common import (
     HomeOption,
     JsonOption,
     KbOption,
+    command,
     fail,
-    print_json,
-    settings_for,
     stdout,
-    user_errors,
 )
 
 docs_app = typer.Typer(help="Manage the documents of a knowledge base.", no_args_is_help=True)
@@ -37,13 +35,13 @@ def docs_list(
     """List the documents of a knowledge base."""
     from kbqa.kb_admin import list_documents
 
-    with user_errors():
-        documents = list_documents(settings_for(home, config), kb)
-    if json_out:
-        print_json({"documents": documents})
-        return
+    with command(home, config, json_out) as run:
+        run.show({"documents": list_documents(run.settings, kb)}, _print_documents)
+
+
+def _print_documents(result: dict[str, Any]) -> None:
     table = Table("doc_id", "source", "chunks")
-    for doc in documents:
+    for doc in result["documents"]:
         table.add_row(doc["doc_id"], doc["source"], str(doc["chunks"]))
     stdout.print(table)
 
@@ -59,11 +57,8 @@ def docs_remove(
     """Remove one document from a knowledge base."""
     from kbqa.kb_admin import remove_document
 
-    with user_errors():
-        removed = remove_document(settings_for(home, config), kb, document)
-    if not removed:
-        raise fail(f"no document {document} in knowledge base {kb}")
-    if json_out:
-        print_json({"removed": removed})
-    else:
-        stdout.print(f"removed {document}")
+    with command(home, config, json_out) as run:
+        removed = remove_document(run.settings, kb, document)
+        if not removed:
+            raise fail(f"no document {document} in knowledge base {kb}")
+        run.show({"removed": removed}, lambda _: stdout.print(f"removed {document}"))

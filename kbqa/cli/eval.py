@@ -19,11 +19,10 @@ from kbqa.cli.common import (
     HomeOption,
     JsonOption,
     KbsOption,
-    print_json,
-    settings_for,
+    command,
+    fail,
     stderr,
     stdout,
-    user_errors,
     warn_skipped_lines,
 )
 from kbqa.cli.progress import TerminalBar
@@ -41,85 +40,70 @@ class EvalProgress(TerminalBar):
 
 def register(app: typer.Typer) -> None:
     """Add `eval` to the kbqa app."""
+    app.command("eval")(eval_command)
 
-    @app.command("eval")
-    def eval_command(
-        file: Annotated[
-            Path,
-            typer.Argument(
-                help='JSON lines {"question", "facts"?, "sources"?, "unanswerable"?, "history"?}.'
-            ),
-        ],
-        kb: KbsOption = None,
-        retrieval_only: Annotated[
-            bool,
-            typer.Option("--retrieval-only", help="Skip the LLM: retrieval and refusal only."),
-        ] = False,
-        calibrate: Annotated[
-            bool,
-            typer.Option(
-                "--calibrate", help="Choose and store the KB's own min_relevance from the file."
-            ),
-        ] = False,
-        report: Annotated[
-            Path | None,
-            typer.Option("--report", help="Write an HTML report with plots into this folder."),
-        ] = None,
-        top_k: Annotated[
-            int | None,
-            typer.Option("-k", "--top-k", min=1, max=100, help="Chunks given to the model."),
-        ] = None,
-        json_out: JsonOption = False,
-        home: HomeOption = None,
-        config: ConfigOption = None,
-    ) -> None:
-        """Measure retrieval, refusal, answers and citations on a file of questions."""
-        from kbqa.evaluation.cases import read_cases
-        from kbqa.evaluation.evaluate import evaluate
 
-        with user_errors():
-            settings = settings_for(home, config)
-            cases, bad_lines = read_cases(file)
-            warn_skipped_lines(file, bad_lines)
-            with EvalProgress(stderr, enabled=sys.stderr.isatty()) as progress:
-                evaluation = evaluate(
-                    settings,
-                    cases,
-                    kb or ["default"],
-                    bad_lines=bad_lines,
-                    retrieval_only=retrieval_only,
-                    calibrate_kb=calibrate,
-                    top_k=top_k,
-                    progress=progress,
-                )
-            page = None
-            if report is not None:
-                from kbqa.evaluation.report import write_report
+def eval_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help='JSON lines {"question", "facts"?, "sources"?, "unanswerable"?, "history"?}.'
+        ),
+    ],
+    kb: KbsOption = None,
+    retrieval_only: Annotated[
+        bool,
+        typer.Option("--retrieval-only", help="Skip the LLM: retrieval and refusal only."),
+    ] = False,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate", help="Choose and store the KB's own min_relevance from the file."
+        ),
+    ] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Write an HTML report with plots into this folder."),
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option("-k", "--top-k", min=1, max=100, help="Chunks given to the model."),
+    ] = None,
+    json_out: JsonOption = False,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Measure retrieval, refusal, answers and citations on a file of questions."""
+    from kbqa.evaluation.cases import read_cases
+    from kbqa.evaluation.evaluate import evaluate
 
-                try:
-                    page = write_report(evaluation, report)
-                except OSError as e:
-                    raise typer.Exit(_report_failed(report, e)) from None
+    with command(home, config, json_out) as run:
+        settings = run.settings
+        cases, bad_lines = read_cases(file)
+        warn_skipped_lines(file, bad_lines)
+        with EvalProgress(stderr, enabled=sys.stderr.isatty()) as progress:
+            evaluation = evaluate(
+                settings,
+                cases,
+                kb or ["default"],
+                bad_lines=bad_lines,
+                retrieval_only=retrieval_only,
+                calibrate_kb=calibrate,
+                top_k=top_k,
+                progress=progress,
+            )
         result = evaluation.to_json()
-        if page is not None:
-            result["report"] = str(page)
-        if json_out:
-            print_json(result)
-        else:
-            _print_result(result)
-        if bad_lines:
-            raise typer.Exit(EXIT_PARTIAL)
+        if report is not None:
+            from kbqa.evaluation.report import write_report
 
-
-def _report_failed(report: Path, error: OSError) -> int:
-    from kbqa.cli.common import EXIT_USAGE
-
-    stderr.print(
-        f"error: cannot write the report into {report}: {error.strerror or error}",
-        markup=False,
-        highlight=False,
-    )
-    return EXIT_USAGE
+            try:
+                result["report"] = str(write_report(evaluation, report))
+            except OSError as e:
+                why = e.strerror or e
+                raise fail(f"cannot write the report into {report}: {why}") from None
+        run.show(result, _print_result)
+    if bad_lines:
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def _print_result(result: dict[str, Any]) -> None:

@@ -21,12 +21,10 @@ from kbqa.cli.common import (
     HomeOption,
     JsonOption,
     KbOption,
+    command,
     print_json,
-    settings_for,
     stderr,
     stdout,
-    unexpected_errors,
-    user_errors,
 )
 from kbqa.errors import UsageError
 
@@ -55,19 +53,17 @@ def ingest(
     from ingest.pipeline import ingest_paths
     from kbqa.cli.progress import IngestProgress
 
-    with unexpected_errors(), user_errors(), _ingest_failure_json(kb, json_out):
-        settings = settings_for(home, config)
-        if backend is not None and backend not in ("faiss", "milvus"):
-            raise UsageError(f"unknown backend {backend!r}: use faiss or milvus")
-        show_progress = not json_out and sys.stderr.isatty()
-        with IngestProgress(stderr, enabled=show_progress) as progress:
-            report = ingest_paths(
-                settings, kb, paths, embedding=embedding, backend=backend, progress=progress
-            )
-    if json_out:
-        print_json(report.to_json())
-    else:
-        _print_ingest_report(report.to_json())
+    with command(home, config, json_out) as run:
+        with _ingest_failure_json(kb, json_out):
+            settings = run.settings
+            if backend is not None and backend not in ("faiss", "milvus"):
+                raise UsageError(f"unknown backend {backend!r}: use faiss or milvus")
+            show_progress = not json_out and sys.stderr.isatty()
+            with IngestProgress(stderr, enabled=show_progress) as progress:
+                report = ingest_paths(
+                    settings, kb, paths, embedding=embedding, backend=backend, progress=progress
+                )
+        run.show(report.to_json(), _print_ingest_report)
     if watch:
         from kbqa.cli.watch import follow
 
@@ -79,7 +75,7 @@ def ingest(
 def _ingest_failure_json(kb: str, json_out: bool) -> Iterator[None]:
     """With --json, a run that fails as a whole still prints one object: `{"kb", "error"}`.
 
-    The error then goes on to `user_errors` (stderr line, exit status) as for any command.
+    The error then goes on to the command's frame (stderr line, exit status) as for any command.
     """
     try:
         yield

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,11 +15,9 @@ from kbqa.cli.common import (
     HomeOption,
     JsonOption,
     KbOption,
+    command,
     fail,
-    print_json,
-    settings_for,
     stdout,
-    user_errors,
 )
 
 kb_app = typer.Typer(help="Manage knowledge bases.", no_args_is_help=True)
@@ -37,13 +35,13 @@ def kb_list(
     """List knowledge bases."""
     from kbqa.kb_admin import list_kbs
 
-    with user_errors():
-        kbs = list_kbs(settings_for(home, config))
-    if json_out:
-        print_json({"kbs": kbs})
-        return
+    with command(home, config, json_out) as run:
+        run.show({"kbs": list_kbs(run.settings)}, _print_kbs)
+
+
+def _print_kbs(result: dict[str, Any]) -> None:
     table = Table("name", "backend", "embedding", "documents", "chunks", "min_relevance")
-    for item in kbs:
+    for item in result["kbs"]:
         table.add_row(
             item["name"],
             item["backend"],
@@ -71,16 +69,13 @@ def kb_delete(
     if (name is None) == (kb is None):
         raise fail("give the knowledge base either as NAME or as --kb NAME")
     name = name or kb or ""
-    with user_errors():
-        settings = settings_for(home, config)
+    with command(home, config, json_out) as run:
+        settings = run.settings
         validate_kb_name(name)
         if not yes and sys.stdin.isatty() and not typer.confirm(f"Delete knowledge base {name}?"):
             raise typer.Exit(EXIT_OK)
         KnowledgeBase.delete(settings.kbs_dir, name, milvus_uri=settings.storage.milvus_uri or None)
-    if json_out:
-        print_json({"deleted": name})
-    else:
-        stdout.print(f"deleted {name}")
+        run.show({"deleted": name}, lambda result: stdout.print(f"deleted {result['deleted']}"))
 
 
 @kb_app.command("check")
@@ -93,16 +88,17 @@ def kb_check(
     """Check a knowledge base for damage; exit 0 when healthy, 1 when damaged."""
     from kbqa.kb_admin import check_kb
 
-    with user_errors():
-        problems = check_kb(settings_for(home, config), kb)
-    if json_out:
-        print_json({"kb": kb, "healthy": not problems, "problems": problems})
-    elif problems:
-        for problem in problems:
-            stdout.print(f"[red]✗[/] {problem}", highlight=False)
-    else:
-        stdout.print(f"[green]✓[/] {kb} is healthy")
+    with command(home, config, json_out) as run:
+        problems = check_kb(run.settings, kb)
+        run.show({"kb": kb, "healthy": not problems, "problems": problems}, _print_check)
     raise typer.Exit(EXIT_PARTIAL if problems else EXIT_OK)
+
+
+def _print_check(result: dict[str, Any]) -> None:
+    for problem in result["problems"]:
+        stdout.print(f"[red]✗[/] {problem}", highlight=False)
+    if result["healthy"]:
+        stdout.print(f"[green]✓[/] {result['kb']} is healthy")
 
 
 @kb_app.command("migrate")
@@ -132,10 +128,12 @@ def kb_migrate(
         raise fail(f"unknown backend {backend!r}: use faiss or milvus")
     if to_database and to_database != "sqlite" and not to_database.startswith("postgres"):
         raise fail(f"--to-database must be a postgresql:// URL or sqlite, got {to_database!r}")
-    with user_errors():
-        settings = settings_for(home, config)
-        result = migrate_kb(settings, kb, to, backend, to_database or None)
-    if json_out:
-        print_json(result)
-    else:
-        stdout.print(f"copied {result['documents']} documents ({result['chunks']} chunks) to {to}")
+    with command(home, config, json_out) as run:
+        result = migrate_kb(run.settings, kb, to, backend, to_database or None)
+        run.show(result, _print_migrated)
+
+
+def _print_migrated(result: dict[str, Any]) -> None:
+    stdout.print(
+        f"copied {result['documents']} documents ({result['chunks']} chunks) to {result['to']}"
+    )

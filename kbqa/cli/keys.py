@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -11,12 +11,10 @@ from kbqa.cli.common import (
     ConfigOption,
     HomeOption,
     JsonOption,
+    command,
     fail,
-    print_json,
-    settings_for,
     stderr,
     stdout,
-    user_errors,
 )
 
 keys_app = typer.Typer(help="Manage the server's scoped API keys.", no_args_is_help=True)
@@ -39,18 +37,21 @@ def keys_create(
     """Create a key; it is printed once and only its digest is kept."""
     from kbqa.keys import KeyStore
 
-    with user_errors():
-        settings = settings_for(home, config)
-        record, key = KeyStore(settings.home).create(name, scope, kb)
-    if json_out:
-        print_json(
-            {"name": record.name, "key": key, "scope": record.scope, "kbs": record.to_json()["kbs"]}
+    with command(home, config, json_out) as run:
+        record, key = KeyStore(run.settings.home).create(name, scope, kb)
+        kbs = record.to_json()["kbs"]
+        run.show(
+            {"name": record.name, "key": key, "scope": record.scope, "kbs": kbs}, _print_created
         )
-        return
-    stdout.print(key, markup=False, highlight=False)
-    where = ", ".join(record.kbs) if record.kbs is not None else "all knowledge bases"
+
+
+def _print_created(created: dict[str, Any]) -> None:
+    """The key alone on stdout (for `$(kbqa keys create …)`); what it is on stderr."""
+    stdout.print(created["key"], markup=False, highlight=False)
+    where = ", ".join(created["kbs"]) if created["kbs"] is not None else "all knowledge bases"
     stderr.print(
-        f"key {record.name!r} ({record.scope}, {where}) created; it is shown only this once.",
+        f"key {created['name']!r} ({created['scope']}, {where}) created; "
+        "it is shown only this once.",
         markup=False,
         highlight=False,
     )
@@ -63,16 +64,16 @@ def keys_list(
     """List the keys (names, scopes, knowledge bases; never the keys themselves)."""
     from kbqa.keys import KeyStore
 
-    with user_errors():
-        records = KeyStore(settings_for(home, config).home).records()
-    if json_out:
-        print_json({"keys": [r.to_json() for r in records]})
-        return
+    with command(home, config, json_out) as run:
+        records = KeyStore(run.settings.home).records()
+        run.show({"keys": [r.to_json() for r in records]}, _print_keys)
+
+
+def _print_keys(result: dict[str, Any]) -> None:
     table = Table("name", "scope", "knowledge bases", "created")
-    for r in records:
-        table.add_row(
-            r.name, r.scope, ", ".join(r.kbs) if r.kbs is not None else "(all)", r.created_at
-        )
+    for r in result["keys"]:
+        kbs = ", ".join(r["kbs"]) if r["kbs"] is not None else "(all)"
+        table.add_row(r["name"], r["scope"], kbs, r["created_at"])
     stdout.print(table)
 
 
@@ -86,14 +87,13 @@ def keys_revoke(
     """Revoke a key: a running server refuses it from its next request on."""
     from kbqa.keys import KeyStore
 
-    with user_errors():
-        removed = KeyStore(settings_for(home, config).home).revoke(name)
-    if not removed:
-        raise fail(f"no key named {name!r}")
-    if json_out:
-        print_json({"revoked": name})
-    else:
-        stdout.print(f"revoked {name}", markup=False, highlight=False)
+    with command(home, config, json_out) as run:
+        if not KeyStore(run.settings.home).revoke(name):
+            raise fail(f"no key named {name!r}")
+        run.show(
+            {"revoked": name},
+            lambda _: stdout.print(f"revoked {name}", markup=False, highlight=False),
+        )
 
 
 def register(app: typer.Typer) -> None:

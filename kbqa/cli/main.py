@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from kbqa.cli import answer, docs, eval, finetune, ingest, kb, keys, mcp, search, serve
 from kbqa.cli import config as config_commands  # `config` is also the --config option's name
-from kbqa.cli.common import EXIT_USAGE, CliState, ConfigOption, HomeOption, stderr, stdout
+from kbqa.cli.common import (
+    ABORTS,
+    EXIT_USAGE,
+    USAGE_ERRORS,
+    CliState,
+    ConfigOption,
+    HomeOption,
+    stderr,
+    stdout,
+)
 
 app = typer.Typer(
     name="kbqa",
@@ -36,20 +44,15 @@ for command in COMMANDS:
     command.register(app)
 
 
-# Recent Typer releases carry their own copy of Click; older ones raise Click's own classes.
-_USAGE_ERRORS = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
-_ABORTS = (click.exceptions.Abort, typer.Abort)
-
-
 def run() -> None:
     """The console script: like `app()`, but usage errors are one line too (docs/cli.md)."""
     if len(sys.argv) <= 1:
         app()  # prints the help
     try:
         code = app(standalone_mode=False)
-    except _ABORTS:
+    except ABORTS:
         sys.exit(130)
-    except _USAGE_ERRORS as e:
+    except USAGE_ERRORS as e:
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         context = getattr(e, "ctx", None)
         if not message and context is not None:  # a command group without its command

@@ -12,11 +12,9 @@ from kbqa.cli.common import (
     HomeOption,
     JsonOption,
     KbsOption,
+    command,
     fail,
-    print_json,
-    settings_for,
     stdout,
-    user_errors,
 )
 
 
@@ -41,19 +39,14 @@ def search(
 
     if (query is None) == (queries is None):
         raise fail("give either a QUERY or --queries FILE")
-    with user_errors():
-        settings = settings_for(home, config)
-        retriever = Retriever(settings)
+    with command(home, config, json_out or queries is not None) as run:  # a file: JSON lines
+        retriever = Retriever(run.settings)
         kbs = kb or ["default"]
         for text in _read_queries(queries) if queries else [query or ""]:
             if not text.strip():
                 raise fail("the query is empty")
             hits = retriever.search(text, kbs, top_k)
-            result = {"query": text, "results": [hit_json(hit) for hit in hits]}
-            if json_out or queries:
-                print_json(result)
-            else:
-                _print_hits(result)
+            run.show({"query": text, "results": [hit_json(hit) for hit in hits]}, _print_hits)
 
 
 def _read_queries(path: Path) -> list[str]:

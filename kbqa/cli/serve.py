@@ -6,41 +6,35 @@ from typing import Annotated
 
 import typer
 
-from kbqa.cli.common import ConfigOption, HomeOption, fail, settings_for, stderr, user_errors
+from kbqa.cli.common import ConfigOption, HomeOption, command, stderr
 
 
 def register(app: typer.Typer) -> None:
     """Add `serve` to the kbqa app."""
+    app.command()(serve)
 
-    @app.command()
-    def serve(
-        host: Annotated[
-            str | None, typer.Option(help="Address to bind (default server.host, 127.0.0.1).")
-        ] = None,
-        port: Annotated[
-            int | None,
-            typer.Option(min=1, max=65535, help="Port to listen on (default server.port, 8000)."),
-        ] = None,
-        home: HomeOption = None,
-        config: ConfigOption = None,
-    ) -> None:
-        """Serve the API (ours, ChatGLM2 api.py's and OpenAI's) and the web page over HTTP."""
-        from kbqa.errors import KBQAError
-        from kbqa.llm.errors import LLMUnavailable
-        from kbqa.server.app import create_app, prepare
-        from kbqa.server.runner import serve
 
-        with user_errors():
-            settings = settings_for(home, config)
-            if host is not None:  # /mcp checks the Host header only on a loopback address
-                server = settings.server.model_copy(update={"host": host})
-                settings = settings.model_copy(update={"server": server})
-            web_app = create_app(settings)
-            stderr.print(f"loading the model ({settings.llm.backend} backend)…", highlight=False)
-            try:
-                prepare(web_app)  # here, so that a model that fails to load is one clear line
-            except KBQAError as e:
-                raise fail(str(e), e.exit_code) from None
-            except LLMUnavailable as e:
-                raise fail(str(e)) from None
-        serve(web_app, settings.server.host, port or settings.server.port)
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (default server.host, 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Port to listen on (default server.port, 8000)."),
+    ] = None,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the API (ours, ChatGLM2 api.py's and OpenAI's) and the web page over HTTP."""
+    from kbqa.server.app import create_app, prepare
+    from kbqa.server.runner import serve as run_server
+
+    with command(home, config) as run:
+        settings = run.settings
+        if host is not None:  # /mcp checks the Host header only on a loopback address
+            server = settings.server.model_copy(update={"host": host})
+            settings = settings.model_copy(update={"server": server})
+        web_app = create_app(settings)
+        stderr.print(f"loading the model ({settings.llm.backend} backend)…", highlight=False)
+        prepare(web_app)  # here, so that a model that fails to load is one clear line
+    run_server(web_app, settings.server.host, port or settings.server.port)
