@@ -1,6 +1,6 @@
 """The QA chain over real knowledge bases (real FAISS + SQLite, the bundled MiniLM embedding).
 
-Most tests drive the chain with ScriptedChat, which records the prompt it is given, so what
+Most tests drive the chain with FakeChat, which records the prompt it is given, so what
 reaches the model can be checked exactly; one test per path runs the real SmolLM2.
 """
 
@@ -21,17 +21,18 @@ from kbqa.llm.factory import estimate_tokens
 from kbqa.retrieval import Retriever
 from kbqa.settings import Settings
 from storage.kb import KnowledgeBase
-from tests.answering_support import ScriptedChat, prompt_text, settings_for, shared_home
+from tests.answering_support import prompt_text, settings_for, shared_home
+from tests.fake_chat import FakeChat
 
 FP16_QUESTION = "Lumen-7B 在 FP16 下需要多少显存？"
 
 
 def make_chain(
-    settings: Settings | None = None, model: ScriptedChat | None = None, condense: bool = False
+    settings: Settings | None = None, model: FakeChat | None = None, condense: bool = False
 ) -> QAChain:
     """A chain over the shared KBs; follow-ups joined for search, as with the bundled model."""
     settings = settings or settings_for()
-    return QAChain(settings, model or ScriptedChat(), Retriever(settings), condense=condense)
+    return QAChain(settings, model or FakeChat(), Retriever(settings), condense=condense)
 
 
 def passages(prompt: str) -> list[tuple[int, str]]:
@@ -47,7 +48,7 @@ def passages(prompt: str) -> list[tuple[int, str]]:
     [("红烧肉怎么做？", "zh"), ("Who won the 2018 FIFA World Cup?", "en")],
 )
 def test_nothing_relevant_is_refused_without_calling_the_model(question: str, lang: str) -> None:
-    chain = make_chain(model=ScriptedChat(fail=True))
+    chain = make_chain(model=FakeChat(fail=True))
     answer = chain.ask(question, ["ops", "hr"])
     assert answer.refused
     assert answer.answer == REFUSAL[lang]
@@ -56,7 +57,7 @@ def test_nothing_relevant_is_refused_without_calling_the_model(question: str, la
 
 
 def test_on_no_context_chat_answers_plainly_with_a_label() -> None:
-    model = ScriptedChat(reply=lambda messages: "Slow-braise the pork.")
+    model = FakeChat(reply=lambda messages: "Slow-braise the pork.")
     chain = make_chain(settings_for(chain={"on_no_context": "chat"}), model)
     answer = chain.ask("How do I cook braised pork belly?", ["ops"])
     assert not answer.refused and answer.sources == []
@@ -71,7 +72,7 @@ def test_on_no_context_chat_answers_plainly_with_a_label() -> None:
 
 
 def test_sources_are_exactly_the_numbered_passages_in_the_prompt() -> None:
-    model = ScriptedChat()
+    model = FakeChat()
     answer = make_chain(model=model).ask("How long are Harbor backups kept?", ["ops", "hr"])
     prompt = prompt_text(model.calls[0])
     assert [s.index for s in answer.sources] == list(range(1, len(answer.sources) + 1))
@@ -121,7 +122,7 @@ def test_the_question_is_embedded_once_per_distinct_model(monkeypatch: pytest.Mo
 
 
 def test_follow_up_retrieves_with_the_history() -> None:
-    model = ScriptedChat()
+    model = FakeChat()
     history = [[FP16_QUESTION, "大约需要 14 GB 显存。"]]
     answer = make_chain(model=model).ask("那 INT4 呢？", ["ops"], history)
     assert not answer.refused
@@ -131,7 +132,7 @@ def test_follow_up_retrieves_with_the_history() -> None:
 
 
 def test_changing_the_subject_in_a_follow_up_is_refused() -> None:
-    chain = make_chain(model=ScriptedChat(fail=True))
+    chain = make_chain(model=FakeChat(fail=True))
     answer = chain.ask("红烧肉怎么做？", ["ops"], [[FP16_QUESTION, "大约 14 GB。"]])
     assert answer.refused
 
@@ -142,7 +143,7 @@ def test_follow_up_is_rewritten_by_a_model_that_can(monkeypatch: pytest.MonkeyPa
             return "Lumen-7B 的 INT4 量化版本需要多少显存？"
         return "约 5.5 GB [1]"
 
-    model = ScriptedChat(reply=reply)
+    model = FakeChat(reply=reply)
     chain = make_chain(model=model, condense=True)
     queries: list[str] = []
     search = chain.retriever.search
@@ -163,7 +164,7 @@ def test_follow_up_is_rewritten_by_a_model_that_can(monkeypatch: pytest.MonkeyPa
     [(FP16_QUESTION, "资料："), ("How long are Harbor backups kept?", "Passages:")],
 )
 def test_template_follows_the_question_language(question: str, marker: str) -> None:
-    model = ScriptedChat()
+    model = FakeChat()
     make_chain(model=model).ask(question, ["ops"])
     prompt = prompt_text(model.calls[0])
     assert marker in prompt and question in prompt
@@ -174,7 +175,7 @@ def test_user_template_overrides_the_bundled_one(tmp_path: Path) -> None:
     template.write_text(
         "MY TEMPLATE {json: braces stay}\n{context}\nQ={question}", encoding="utf-8"
     )
-    model = ScriptedChat()
+    model = FakeChat()
     chain = make_chain(settings_for(chain={"prompt_en": str(template)}), model)
     chain.ask("How long are Harbor backups kept?", ["ops"])
     prompt = prompt_text(model.calls[0])
@@ -192,11 +193,11 @@ def test_user_template_without_placeholders_is_a_config_error(tmp_path: Path) ->
 
 @pytest.mark.parametrize("budget", [300, 420, 700])
 def test_context_is_packed_within_the_token_budget(budget: int) -> None:
-    model = ScriptedChat()
+    model = FakeChat()
     settings = settings_for(llm={"context_tokens": budget}, retrieval={"top_k": 8})
     answer = make_chain(settings, model).ask("Harbor backups restore snapshot monitoring", ["ops"])
     prompt = prompt_text(model.calls[0])
-    assert estimate_tokens(prompt) <= budget  # ScriptedChat is counted with the estimate
+    assert estimate_tokens(prompt) <= budget  # FakeChat is counted with the estimate
     assert answer.sources, "the most relevant chunk always gets in (cut if need be)"
     assert passages(prompt) == [(s.index, s.source) for s in answer.sources]
 
@@ -205,7 +206,7 @@ def test_context_is_packed_within_the_token_budget(budget: int) -> None:
 
 
 def test_stream_events_come_in_order() -> None:
-    chain = make_chain(model=ScriptedChat(reply=lambda m: "Kept for 14 days [1]."))
+    chain = make_chain(model=FakeChat(reply=lambda m: "Kept for 14 days [1]."))
     events = list(chain.stream("How long are Harbor backups kept?", ["ops"]))
     assert isinstance(events[0], SourcesEvent) and events[0].sources
     assert isinstance(events[-1], DoneEvent)
@@ -220,9 +221,9 @@ def test_stream_events_come_in_order() -> None:
 
 def test_cancel_stops_the_answer_and_closes_the_model_stream() -> None:
     cancel = threading.Event()
-    model = ScriptedChat(
+    model = FakeChat(
         reply=lambda m: " ".join(["word"] * 50),
-        on_chunk=lambda i: cancel.set() if i == 3 else None,
+        on_token=lambda i: cancel.set() if i == 3 else None,
     )
     events = list(
         make_chain(model=model).stream("How long are Harbor backups kept?", ["ops"], cancel=cancel)
@@ -230,7 +231,7 @@ def test_cancel_stops_the_answer_and_closes_the_model_stream() -> None:
     done = events[-1]
     assert isinstance(done, DoneEvent) and done.cancelled
     assert done.answer == "word word word"
-    assert model.closed == [True]
+    assert model.closed == 1
 
 
 def test_answer_json_is_the_design_shape() -> None:
@@ -271,7 +272,7 @@ def test_answer_json_is_the_design_shape() -> None:
     ],
 )
 def test_bad_input_is_a_clear_error(kwargs: dict, error: type, message: str) -> None:  # type: ignore[type-arg]
-    chain = make_chain(model=ScriptedChat(fail=True))
+    chain = make_chain(model=FakeChat(fail=True))
     kwargs = {"kbs": ["ops"], **kwargs}
     with pytest.raises(error, match=message):
         chain.ask(**kwargs)

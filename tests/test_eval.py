@@ -17,7 +17,8 @@ from kbqa.evaluation.cases import EvalCase, parse_cases, source_matches
 from kbqa.evaluation.metrics import summarise
 from kbqa.evaluation.runner import EvalRecord, Retrieved, cited_sources
 from kbqa.retrieval import Retriever
-from tests.answering_support import DATA, ScriptedChat, settings_for, shared_home
+from tests.answering_support import DATA, settings_for, shared_home
+from tests.fake_chat import FakeChat
 
 runner = CliRunner()
 
@@ -94,7 +95,7 @@ def test_full_run_scores_facts_and_citations(home: Path, tmp_path: Path) -> None
     def reply(messages: list[BaseMessage]) -> str:
         return "Snapshots are kept for 14 days [1]." if "Harbor" in str(messages) else "不知道 [1]"
 
-    chat = ScriptedChat(reply=reply)
+    chat = FakeChat(reply=reply)
     from kbqa.evaluation.evaluate import evaluate
 
     cases, _ = parse_cases([json.dumps(q, ensure_ascii=False) for q in QUESTIONS])
@@ -136,7 +137,7 @@ def test_calibrate_stores_the_kbs_threshold_and_ask_uses_it(home: Path, tmp_path
     # passes, and a question with a word the documents lack ("tape") is refused.
     retriever = Retriever(settings_for(home))
     retriever.set_min_relevance("ops", 1.0)
-    chain = QAChain(settings_for(home), ScriptedChat(fail=True), retriever)
+    chain = QAChain(settings_for(home), FakeChat(fail=True), retriever)
     assert chain.ask("How long are Harbor snapshots kept on tape?", "ops").refused
     retriever.set_min_relevance("ops", None)
     code, out, err = kbqa(home, "kb", "list", "--json")

@@ -120,6 +120,13 @@ class GenerationGate:
         return self._admitted - self._running
 
     @property
+    def stopping(self) -> int:
+        """Generations told to stop whose worker has not stopped yet (it stops at its next
+        token). Read-only, so safe from another thread: tests wait on it."""
+        tickets = tuple(self._tickets)  # one C-level copy: the loop may add or drop tickets
+        return sum(1 for ticket in tickets if ticket._worker_started and ticket.cancel.is_set())
+
+    @property
     def retry_after_s(self) -> int:
         per_slot = self._mean_s * (self.waiting + 1) / self.concurrency
         return max(1, min(120, math.ceil(per_slot)))

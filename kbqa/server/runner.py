@@ -25,6 +25,8 @@ GRACEFUL_SHUTDOWN_S = 10
 CANCEL_AFTER_S = 7.0
 """…and answers still generating after this long are cancelled, to end before the cut."""
 
+log = logging.getLogger("uvicorn.error")
+
 
 class GracefulServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
@@ -32,8 +34,15 @@ class GracefulServer(uvicorn.Server):
         self._state = state
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        asyncio.get_running_loop().call_later(CANCEL_AFTER_S, self._state.gate.close)
+        asyncio.get_running_loop().call_later(CANCEL_AFTER_S, self._cancel_answers)
         await super().shutdown(sockets)
+
+    def _cancel_answers(self) -> None:
+        gate = self._state.gate
+        # Logged where uvicorn logs its own shutdown steps: an operator (and the CLI test,
+        # which waits for this line) sees why those answers ended with an error.
+        log.info("Cancelling the answers still generating (%d running)", gate.running)
+        gate.close()
 
 
 def serve(app: FastAPI, host: str, port: int) -> None:

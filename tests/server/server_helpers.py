@@ -2,7 +2,7 @@
 
 Each server is uvicorn running `create_app(...)` in a thread on an ephemeral 127.0.0.1 port,
 driven over real HTTP. The main server loads the bundled SmolLM2 (answers capped at a few
-tokens); servers for the load, disconnect and auth tests get a small deterministic model
+tokens); servers for the load, disconnect and auth tests get `tests.fake_chat.FakeChat`
 injected where the model itself is not what is tested.
 """
 
@@ -24,13 +24,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.chat_models import generate_from_stream
-from langchain_core.messages import AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from pydantic import Field
 
 from kbqa.server.app import create_app
 from kbqa.settings import Settings, load_settings
@@ -125,59 +119,6 @@ def serve_with_model(
 ) -> LiveServer:
     settings = server_settings(home, llm, answer_mode, **server)
     return start_server(create_app(settings, chat_model=model), settings)
-
-
-class EchoChat(BaseChatModel):
-    """A deterministic chat model for tests where the model is not what is tested.
-
-    It streams back the last line of the last message (the chain's prompt ends with the
-    question), word by word, `delay` seconds apart, `repeat` times over, and counts the words
-    it produced so a test can see a generation stop. With `report_usage` it ends each answer
-    as the real backends do, with a chunk whose usage_metadata counts words as tokens (input:
-    the words of all messages), and keeps each call's (input, output) in `usages`.
-    """
-
-    model_name: str = "echo-test"
-    delay: float = 0.0
-    repeat: int = 1
-    max_tokens: int = 100_000
-    report_usage: bool = False
-    produced: list[int] = Field(default_factory=lambda: [0])
-    usages: list[tuple[int, int]] = Field(default_factory=list)
-
-    @property
-    def _llm_type(self) -> str:
-        return "echo-test"
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        line = messages[-1].text.strip().splitlines()[-1]
-        words = (line.split() * self.repeat)[: self.max_tokens]
-        for word in words:
-            time.sleep(self.delay)
-            self.produced[0] += 1
-            yield ChatGenerationChunk(message=AIMessageChunk(content=f"{word} "))
-        if self.report_usage:
-            read = sum(len(m.text.split()) for m in messages)
-            self.usages.append((read, len(words)))
-            usage = UsageMetadata(
-                input_tokens=read, output_tokens=len(words), total_tokens=read + len(words)
-            )
-            yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage))
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
 
 
 def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:

@@ -1,21 +1,22 @@
 """`kbqa serve` as a user runs it: a process on loopback that answers, and on SIGTERM lets a
 short answer finish, cancels a long one cleanly, and exits 0.
 
-The process uses the `openai` backend pointed at an in-test EchoChat server, so it starts
-without loading a local model and its answers take a known time (0.05 s per word).
+The process uses the `openai` backend pointed at an in-test FakeChat server, so it starts
+without loading a local model; that model holds a long question's answer after a few words
+until the test releases it, so the long answer is still generating when the short one is done
+and when the shutdown cancels it, whatever the box's speed.
 """
 
 from __future__ import annotations
 
 import signal
-import time
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from server_helpers import (
-    EchoChat,
     LiveServer,
     free_port,
     kbqa,
@@ -25,10 +26,13 @@ from server_helpers import (
 )
 
 from kbqa.server.generation import ShuttingDown
-from kbqa.server.runner import CANCEL_AFTER_S, GRACEFUL_SHUTDOWN_S
+from kbqa.server.runner import GRACEFUL_SHUTDOWN_S
+from tests.fake_chat import FakeChat
 
 SHORT = "When does the Harbor Street bakery open?"
-LONG = " ".join([SHORT] * 30)  # echoed back word by word: 12 s, past CANCEL_AFTER_S
+LONG = " ".join([SHORT] * 30)  # echoed back word by word, held after HELD_AFTER words
+HELD_AFTER = 3
+CANCELLING = "Cancelling the answers still generating"
 
 
 def listening_on(port: int) -> set[str]:
@@ -44,15 +48,31 @@ def listening_on(port: int) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def upstream(docs_home: Path) -> Iterator[LiveServer]:
-    model = EchoChat(delay=0.05)
-    server = serve_with_model(docs_home, model, {"max_new_tokens": 1000}, queue_size=4)
+def upstream_model() -> FakeChat:
+    return FakeChat(hold_after=HELD_AFTER, holds=lambda m: LONG in m[-1].text)
+
+
+@pytest.fixture(scope="module")
+def upstream(docs_home: Path, upstream_model: FakeChat) -> Iterator[LiveServer]:
+    server = serve_with_model(docs_home, upstream_model, {"max_new_tokens": 1000}, queue_size=4)
     yield server
+    upstream_model.release()
     server.stop()
 
 
+def read_until(process: subprocess.Popen[str], marker: str) -> list[str]:
+    """The process's stderr lines up to the first one containing `marker` (AssertionError if
+    the process ends first)."""
+    assert process.stderr is not None
+    lines: list[str] = []
+    while marker not in (line := process.stderr.readline()):
+        assert line, f"kbqa serve ended without logging {marker!r}: {''.join(lines)}"
+        lines.append(line)
+    return [*lines, line]
+
+
 def test_serve_on_loopback_answers_then_shuts_down_cleanly(
-    docs_home: Path, upstream: LiveServer
+    docs_home: Path, upstream: LiveServer, upstream_model: FakeChat
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -81,15 +101,18 @@ def test_serve_on_loopback_answers_then_shuts_down_cleanly(
         ):
             short_events, long_events = sse_events(short), sse_events(long)
             assert next(short_events)["type"] == next(long_events)["type"] == "sources"
+            upstream_model.wait_until(lambda m: m.held == 1, "the long answer is mid-way")
             process.send_signal(signal.SIGTERM)
-            signalled = time.monotonic()
-            assert list(short_events)[-1]["type"] == "done"  # a short answer finishes
-            # A long one is cancelled at its next token once most of the grace period is gone.
+            assert list(short_events)[-1]["type"] == "done"  # a short answer finishes…
+            assert upstream_model.held == 1  # …while the long one still generates
+            # Near the end of the grace period the server cancels it, at its next token.
+            logged = read_until(process, CANCELLING)
+            upstream_model.release()
             assert list(long_events)[-1] == {"type": "error", "message": ShuttingDown().message}
-            assert CANCEL_AFTER_S <= time.monotonic() - signalled < GRACEFUL_SHUTDOWN_S
-        _, stderr = process.communicate(timeout=GRACEFUL_SHUTDOWN_S + 30)
+        _, rest = process.communicate(timeout=GRACEFUL_SHUTDOWN_S + 30)
     finally:
         process.kill()
+    stderr = "".join(logged) + rest
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr and "Shutting down" in stderr
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from server_helpers import EchoChat, LiveServer, serve_with_model
+from server_helpers import LiveServer, serve_with_model
+
+from tests.fake_chat import FakeChat
 
 KEY = "s3cret-Key_with.symbols~"
 
@@ -16,7 +18,7 @@ KEY = "s3cret-Key_with.symbols~"
 @pytest.fixture(scope="module")
 def guarded(docs_home: Path) -> Iterator[LiveServer]:
     # Every wrong key below counts against 127.0.0.1; test_http_keys.py tests the limit itself.
-    server = serve_with_model(docs_home, EchoChat(), api_key=KEY, auth_failures_per_minute=10_000)
+    server = serve_with_model(docs_home, FakeChat(), api_key=KEY, auth_failures_per_minute=10_000)
     yield server
     server.stop()
 

@@ -1,16 +1,18 @@
 """A client that disconnects, mid-stream or while it waits for a whole answer, cancels its
 generation; the request timeout holds.
 
-The model here is EchoChat with a delay per word: a generation that ran to the end would take
-tens of seconds, so a stop within a fraction of that is the cancellation's doing.
+The model is FakeChat with a 1,000-word answer held after HELD_AFTER words until the test
+releases it. So a generation is mid-answer for as long as the test needs, and a cancel is seen
+without a clock: the server marks the generation as stopping while it is held, the test
+releases it, and the model's stream is closed at the very next word instead of running on to
+the answer's end.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,41 +20,83 @@ from urllib.parse import urlsplit
 import httpx
 import openai
 import pytest
-from server_helpers import EchoChat, LiveServer, serve_with_model, sse_events
+from server_helpers import LiveServer, serve_with_model, sse_events
+
+from kbqa.server.generation import GenerationGate
+from kbqa.server.state import ServerState
+from tests.fake_chat import FakeChat, echo_last_line
+from tests.waiting import wait_for
 
 QUESTION = "How much does the Zephyr-9 widget weigh?"
-WORDS_PER_ANSWER = 10 * 100  # "Question: How much …" is 10 words, repeated 100 times
+HELD_AFTER = 5
+REPEAT = 100
+
+
+def long_answer(messages: Any) -> str:
+    """The question's last line 100 times over: far more words than any test lets through."""
+    return " ".join([echo_last_line(messages)] * REPEAT)
+
+
+def held_model() -> FakeChat:
+    return FakeChat(reply=long_answer, hold_after=HELD_AFTER)
 
 
 @pytest.fixture(scope="module")
-def slow_model() -> EchoChat:
-    return EchoChat(delay=0.03, repeat=100)
+def slow_model() -> FakeChat:
+    return held_model()
 
 
 @pytest.fixture(scope="module")
-def slow(docs_home: Path, slow_model: EchoChat) -> Iterator[LiveServer]:
+def slow(docs_home: Path, slow_model: FakeChat) -> Iterator[LiveServer]:
     server = serve_with_model(docs_home, slow_model, queue_size=2, request_timeout_s=60)
     yield server
+    slow_model.release()
     server.stop()
 
 
-def wait_until_idle(server: LiveServer, within: float = 15.0) -> float:
-    """Unbounded, the slow model would generate for ~24 s: idle well before that is the
-    cancellation's doing (the margin is for a loaded 2-core CI box)."""
-    started = time.monotonic()
-    with server.client() as client:
-        while time.monotonic() - started < within:
-            queue = client.get("/healthz").json()["queue"]
-            if queue["running"] == 0 and queue["waiting"] == 0:
-                return time.monotonic() - started
-            time.sleep(0.02)
-    raise AssertionError("the generation was not cancelled")
+def gate_of(server: LiveServer) -> GenerationGate:
+    state: ServerState = server.app.state.kbqa
+    return state.gate
+
+
+def queue_of(server: LiveServer) -> dict[str, int]:
+    queue: dict[str, int] = httpx.get(f"{server.url}/healthz").json()["queue"]
+    return queue
+
+
+def wait_until_idle(server: LiveServer) -> None:
+    gate = gate_of(server)
+    wait_for(lambda: gate.running == 0 and gate.waiting == 0, "the server is idle")
+
+
+def assert_cancelled_while_held(server: LiveServer, model: FakeChat) -> None:
+    """The one generation, held mid-answer (or, on a slow box, stopped before it got there),
+    was told to stop: released, it must end at its next word, not run on to its answer's end.
+    """
+    finished = model.finished
+    gate = gate_of(server)
+    wait_for(lambda: gate.stopping == 1 or gate.running == 0, "the server cancels the generation")
+    produced = model.produced
+    model.release()
+    wait_until_idle(server)
+    assert model.finished == finished, "the cancelled generation ran to the end of its answer"
+    assert model.produced <= produced + 1
+    model.wait_until(lambda m: m.held == 0, "no generation is held")
+    model.hold()
+
+
+@pytest.fixture(autouse=True)
+def held_again(slow_model: FakeChat) -> Iterator[None]:
+    """Whatever a test leaves running, the next one starts idle with the model holding."""
+    yield
+    slow_model.release()
+    slow_model.wait_until(lambda m: m.held == 0, "no generation is held")
+    slow_model.hold()
 
 
 def test_disconnect_mid_stream_cancels_the_generation(
-    slow: LiveServer, slow_model: EchoChat
+    slow: LiveServer, slow_model: FakeChat
 ) -> None:
-    before = slow_model.produced[0]
     with slow.client() as client:
         payload = {"question": QUESTION, "stream": True}
         with client.stream("POST", "/v1/ask", json=payload) as response:
@@ -60,17 +104,12 @@ def test_disconnect_mid_stream_cancels_the_generation(
             assert next(events)["type"] == "sources"
             assert [next(events)["type"] for _ in range(3)] == ["token"] * 3
         # Leaving the block closes the connection with the answer unfinished.
-    wait_until_idle(slow)
-    stopped_at = slow_model.produced[0]
-    time.sleep(0.2)
-    assert slow_model.produced[0] == stopped_at
-    assert stopped_at - before < 50 < WORDS_PER_ANSWER
+    assert_cancelled_while_held(slow, slow_model)
 
 
 def test_openai_stream_closed_early_cancels_the_generation(
-    slow: LiveServer, slow_model: EchoChat
+    slow: LiveServer, slow_model: FakeChat
 ) -> None:
-    before = slow_model.produced[0]
     client = openai.OpenAI(base_url=f"{slow.url}/v1", api_key="unused")
     stream = client.chat.completions.create(
         model="echo-test",
@@ -80,21 +119,7 @@ def test_openai_stream_closed_early_cancels_the_generation(
     for _, chunk in zip(range(4), stream, strict=False):
         assert chunk.object == "chat.completion.chunk"
     stream.close()
-    wait_until_idle(slow)
-    assert slow_model.produced[0] - before < 50
-
-
-def wait_for(condition: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.01)
-
-
-def queue_of(server: LiveServer) -> dict[str, int]:
-    queue: dict[str, int] = httpx.get(f"{server.url}/healthz").json()["queue"]
-    return queue
+    assert_cancelled_while_held(slow, slow_model)
 
 
 def send_request(server: LiveServer, path: str, payload: dict[str, Any]) -> socket.socket:
@@ -127,18 +152,13 @@ WHOLE_REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 @pytest.mark.parametrize("route", WHOLE_REQUESTS)
 def test_disconnect_during_a_whole_answer_stops_the_generation(
-    slow: LiveServer, slow_model: EchoChat, route: str
+    slow: LiveServer, slow_model: FakeChat, route: str
 ) -> None:
     path, payload = WHOLE_REQUESTS[route]
-    before = slow_model.produced[0]
     with send_request(slow, path, payload):
-        wait_for(lambda: slow_model.produced[0] >= before + 3, "the model is generating")
+        slow_model.wait_until(lambda m: m.held == 1, "the model is mid-answer")
     # The socket is closed: nobody will read this answer.
-    wait_until_idle(slow)
-    stopped_at = slow_model.produced[0]
-    time.sleep(0.2)
-    assert slow_model.produced[0] == stopped_at
-    assert stopped_at - before < 50 < WORDS_PER_ANSWER
+    assert_cancelled_while_held(slow, slow_model)
     with slow.client() as client:  # the slot is free again
         refusal = client.post("/v1/ask", json={"question": "What is the capital of Peru?"})
     assert refusal.status_code == 200 and refusal.json()["refused"] is True
@@ -146,9 +166,8 @@ def test_disconnect_during_a_whole_answer_stops_the_generation(
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_disconnect_while_waiting_in_line_leaves_the_queue(
-    slow: LiveServer, slow_model: EchoChat, stream: bool
+    slow: LiveServer, slow_model: FakeChat, stream: bool
 ) -> None:
-    before = slow_model.produced[0]
     with (
         slow.client() as client,
         client.stream("POST", "/v1/ask", json={"question": QUESTION, "stream": True}) as r,
@@ -158,41 +177,52 @@ def test_disconnect_while_waiting_in_line_leaves_the_queue(
         with send_request(slow, "/v1/ask", {"question": QUESTION, "stream": stream}):
             wait_for(lambda: queue_of(slow)["waiting"] == 1, "the second request waits")
         wait_for(lambda: queue_of(slow)["waiting"] == 0, "the second request left the queue")
-        # It left at once, not when the stream's answer was over and the slot came free.
-        assert slow_model.produced[0] - before < 50
-        assert queue_of(slow)["running"] == 1
-    wait_until_idle(slow)
+        # It left on its own: the slot's generation is still held mid-answer.
+        assert queue_of(slow)["running"] == 1 and slow_model.held == 1
+    assert_cancelled_while_held(slow, slow_model)
 
 
-def test_the_next_request_gets_the_model_after_a_cancel(slow: LiveServer) -> None:
+def test_the_next_request_gets_the_model_after_a_cancel(
+    slow: LiveServer, slow_model: FakeChat
+) -> None:
     with slow.client() as client:
         with client.stream("POST", "/v1/ask", json={"question": QUESTION, "stream": True}) as r:
             next(sse_events(r))
-        wait_until_idle(slow)
-        refusal = client.post("/v1/ask", json={"question": "What is the capital of Peru?"})
-    assert refusal.status_code == 200 and refusal.json()["refused"] is True
+        assert_cancelled_while_held(slow, slow_model)
+        slow_model.release()
+        answered = client.post("/v1/chat/completions", json=WHOLE_REQUESTS["openai-chat"][1])
+    assert answered.status_code == 200
+    assert answered.json()["choices"][0]["message"]["content"] == " ".join([QUESTION] * REPEAT)
 
 
 @pytest.fixture(scope="module")
-def impatient(docs_home: Path) -> Iterator[LiveServer]:
-    model = EchoChat(delay=0.03, repeat=1000)  # 30 s unbounded
-    server = serve_with_model(docs_home, model, queue_size=2, request_timeout_s=0.5)
+def impatient_model() -> FakeChat:
+    return held_model()
+
+
+@pytest.fixture(scope="module")
+def impatient(docs_home: Path, impatient_model: FakeChat) -> Iterator[LiveServer]:
+    # Held, the model never finishes on its own: every request here runs into the timeout.
+    server = serve_with_model(docs_home, impatient_model, queue_size=2, request_timeout_s=0.5)
     yield server
+    impatient_model.release()
     server.stop()
 
 
-def test_request_timeout_is_503_with_retry_after(impatient: LiveServer) -> None:
+def test_request_timeout_is_503_with_retry_after(
+    impatient: LiveServer, impatient_model: FakeChat
+) -> None:
     with impatient.client() as client:
-        started = time.monotonic()
         response = client.post("/v1/ask", json={"question": QUESTION})
-    assert time.monotonic() - started < 15
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "timeout"
     assert int(response.headers["retry-after"]) >= 1
-    wait_until_idle(impatient)
+    assert_cancelled_while_held(impatient, impatient_model)
 
 
-def test_request_timeout_mid_stream_ends_with_an_error_event(impatient: LiveServer) -> None:
+def test_request_timeout_mid_stream_ends_with_an_error_event(
+    impatient: LiveServer, impatient_model: FakeChat
+) -> None:
     with (
         impatient.client() as client,
         client.stream("POST", "/v1/ask", json={"question": QUESTION, "stream": True}) as response,
@@ -201,15 +231,16 @@ def test_request_timeout_mid_stream_ends_with_an_error_event(impatient: LiveServ
         events = list(sse_events(response))
     assert events[0]["type"] == "sources"
     assert events[-1]["type"] == "error" and "timeout" in events[-1]["message"]
-    wait_until_idle(impatient)
+    assert_cancelled_while_held(impatient, impatient_model)
 
 
-def test_healthz_answers_while_generating(slow: LiveServer) -> None:
+def test_healthz_answers_while_generating(slow: LiveServer, slow_model: FakeChat) -> None:
     with slow.client() as client:
         with client.stream("POST", "/v1/ask", json={"question": QUESTION, "stream": True}) as r:
             events = sse_events(r)  # kept: dropping it would close the connection (a cancel)
             next(events)
+            slow_model.wait_until(lambda m: m.held == 1, "the model is mid-answer")
             health = httpx.get(f"{slow.url}/healthz").json()
-            # Answered while the generation still runs, not after it.
+            # Answered while the generation is held mid-answer, so before it could end.
             assert health["queue"]["running"] == 1, health
-        wait_until_idle(slow)
+        assert_cancelled_while_held(slow, slow_model)

@@ -18,7 +18,6 @@ import httpx
 import pytest
 from server_helpers import (
     DOCUMENTS,
-    EchoChat,
     LiveServer,
     make_home,
     serve_with_model,
@@ -27,6 +26,7 @@ from server_helpers import (
 )
 
 from ingest.pipeline import ingest_paths
+from tests.fake_chat import FakeChat
 
 KEY = "viewer-test-key"
 HOSTILE_NAME = 'evil "quote"; x=1\\ \r\n<img src=x onerror=y>文档 😀.txt'
@@ -57,7 +57,7 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServe
     (folder / "pages.pdf").write_bytes(pdf_bytes(["First page: herons.", "Second page: teal."]))
     report = ingest_paths(server_settings(home), "default", [folder])
     assert not report.failed, report.failed
-    server = serve_with_model(home, EchoChat(), api_key=KEY)
+    server = serve_with_model(home, FakeChat(), api_key=KEY)
     yield server, folder
     server.stop()
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_helpers import EchoChat, LiveServer, make_home, serve_with_model
+from server_helpers import LiveServer, make_home, serve_with_model
+
+from tests.fake_chat import FakeChat
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +20,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def open_server(home: Path) -> Iterator[LiveServer]:
-    server = serve_with_model(home, EchoChat())
+    server = serve_with_model(home, FakeChat())
     yield server
     server.stop()
 
@@ -50,7 +52,7 @@ def test_open_server_answers_to_loopback_names_with_any_port(open_server: LiveSe
 
 def test_allowed_hosts_extends_the_list(tmp_path_factory: pytest.TempPathFactory) -> None:
     home = make_home(tmp_path_factory, "hosts-home")
-    server = serve_with_model(home, EchoChat(), allowed_hosts=["kbqa.internal"])
+    server = serve_with_model(home, FakeChat(), allowed_hosts=["kbqa.internal"])
     try:
         with server.client() as client:
             assert client.get("/healthz", headers={"host": "kbqa.internal:80"}).status_code == 200
@@ -63,7 +65,7 @@ def test_a_server_with_a_key_does_not_check_host_names(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     home = make_home(tmp_path_factory, "keyed-home")
-    server = serve_with_model(home, EchoChat(), api_key="edge-key")
+    server = serve_with_model(home, FakeChat(), api_key="edge-key")
     try:
         with server.client() as client:
             assert client.get("/healthz", headers={"host": "kbqa.example"}).status_code == 200

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from server_helpers import (
     QUICK_LLM,
-    EchoChat,
     LiveServer,
     make_home,
     serve_with_model,
@@ -21,6 +20,7 @@ from server_helpers import (
 from ingest.pipeline import ingest_paths
 from kbqa.server.app import create_app
 from kbqa.settings import load_settings
+from tests.fake_chat import FakeChat
 
 QUESTIONS = [
     {"question": "How much does the Zephyr-9 widget weigh?", "facts": ["412 grams"],
@@ -42,7 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         home,
         overrides={"llm": QUICK_LLM, "server": {"api_key": ""}, "answer": {"mode": "generate"}},
     )
-    running = start_server(create_app(settings, chat_model=EchoChat()), settings)
+    running = start_server(create_app(settings, chat_model=FakeChat()), settings)
     yield running
     running.stop()
 
@@ -76,7 +76,7 @@ def test_full_eval_job_answers_with_the_servers_model(server: LiveServer) -> Non
         assert response.status_code == 202, response.text
         job = wait_for_job(client, response.json()["job_id"])
         assert job["state"] == "done", job
-        # EchoChat repeats the question: no fact is in it.
+        # FakeChat repeats the question: no fact is in it.
         assert job["result"]["answer"]["fact_recall"] == 0.0
         assert job["result"]["retrieval_only"] is False
 
@@ -111,7 +111,7 @@ def test_unknown_eval_job_is_404(server: LiveServer) -> None:
 
 def test_eval_needs_the_api_key(tmp_path: Path) -> None:
     home = make_home_plain(tmp_path)
-    running = serve_with_model(home, EchoChat(), api_key="sekret")
+    running = serve_with_model(home, FakeChat(), api_key="sekret")
     try:
         with running.client() as client:
             response = client.post("/v1/kbs/default/eval", json={"questions": QUESTIONS})

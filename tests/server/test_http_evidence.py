@@ -12,7 +12,7 @@ import openai
 import pytest
 from server_helpers import LiveServer, serve_with_model, sse_events
 
-from tests.answering_support import ScriptedChat
+from tests.fake_chat import FakeChat
 
 ZEPHYR = "How much does the Zephyr-9 widget weigh?"
 SUPPORTED = "The Zephyr-9 widget weighs 412 grams [1]."
@@ -27,7 +27,7 @@ def scripted(docs_home: Path) -> Iterator[LiveServer]:
     def reply(messages: list[Any]) -> str:
         return next((r for q, r in replies.items() if q in messages[-1].text), "Ask again.")
 
-    server = serve_with_model(docs_home, ScriptedChat(reply=reply))
+    server = serve_with_model(docs_home, FakeChat(reply=reply))
     yield server
     server.stop()
 

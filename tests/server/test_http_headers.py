@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_helpers import EchoChat, LiveServer, serve_with_model
+from server_helpers import LiveServer, serve_with_model
 
 from kbqa.settings import load_settings
+from tests.fake_chat import FakeChat
 
 ALLOWED = "https://app.example.com"
 PREFLIGHT = {
@@ -20,7 +21,7 @@ PREFLIGHT = {
 
 @pytest.fixture(scope="module")
 def server(docs_home: Path) -> Iterator[LiveServer]:
-    running = serve_with_model(docs_home, EchoChat())
+    running = serve_with_model(docs_home, FakeChat())
     yield running
     running.stop()
 
@@ -28,7 +29,7 @@ def server(docs_home: Path) -> Iterator[LiveServer]:
 @pytest.fixture(scope="module")
 def cors_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     home = tmp_path_factory.mktemp("cors-home")
-    running = serve_with_model(home, EchoChat(), api_key="k3y", cors_origins=[ALLOWED])
+    running = serve_with_model(home, FakeChat(), api_key="k3y", cors_origins=[ALLOWED])
     yield running
     running.stop()
 

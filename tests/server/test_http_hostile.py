@@ -24,7 +24,6 @@ from hostile_files import STUCK_JSON, blank_pdf, docx_bomb, png_bomb
 from server_helpers import (
     QUICK_LLM,
     REPO,
-    EchoChat,
     LiveServer,
     free_port,
     kbqa,
@@ -38,6 +37,7 @@ from kbqa.server.app import create_app
 from kbqa.server.job_store import Job, JobStore
 from kbqa.server.runner import GRACEFUL_SHUTDOWN_S
 from kbqa.settings import load_settings
+from tests.fake_chat import FakeChat
 
 PARSE_TIMEOUT_S = 8
 JOB_TIMEOUT_S = 20
@@ -54,7 +54,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         "ingest": {"parse_timeout_s": PARSE_TIMEOUT_S, "loader_plugins": ["stuck_loader"]},
     }
     settings = load_settings(home, overrides=overrides)
-    server = start_server(create_app(settings, chat_model=EchoChat()), settings)
+    server = start_server(create_app(settings, chat_model=FakeChat()), settings)
     yield server
     server.stop()
 

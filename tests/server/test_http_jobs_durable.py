@@ -1,7 +1,7 @@
 """Upload jobs outlive the server that ran them: restarts, crashes, history limits and a broken
 jobs.db, over real HTTP on loopback.
 
-In-thread servers (EchoChat: the model is not under test) share a home with the test; the
+In-thread servers (FakeChat: the model is not under test) share a home with the test; the
 crash and SIGTERM tests run `kbqa serve` as a process of its own so that it can really die.
 """
 
@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 from server_helpers import (
-    EchoChat,
     LiveServer,
     free_port,
     kbqa,
@@ -38,6 +37,7 @@ from kbqa.kb_admin import check_kb, list_documents
 from kbqa.server.job_store import Job, JobStore, OwnerLock
 from kbqa.server.jobs import INTERRUPTED_MESSAGES
 from kbqa.settings import SettingsError, load_settings
+from tests.fake_chat import FakeChat
 
 DAY = 86400.0
 # Enough text that its ingest (model load included) runs for seconds on any machine.
@@ -68,7 +68,7 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -
 
 @contextmanager
 def serving(home: Path, **server: Any) -> Iterator[LiveServer]:
-    live = serve_with_model(home, EchoChat(), **server)
+    live = serve_with_model(home, FakeChat(), **server)
     try:
         yield live
     finally:

@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 from server_helpers import (
-    EchoChat,
     LiveServer,
     make_home,
     serve_with_model,
@@ -32,6 +31,7 @@ from kbqa.server.auth import Authenticator, flat_routes
 from kbqa.server.errors import ApiError
 from kbqa.settings import load_settings
 from storage.kb import KnowledgeBase
+from tests.fake_chat import FakeChat
 
 SETUP_KEY = "setup-admin-key-from-the-environment"
 """`server.api_key` (KBQA_API_KEY): an admin key; the fixtures prepare victims with it."""
@@ -274,7 +274,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     keys["wrong"] = keys["admin"][:-2] + ("xy" if not keys["admin"].endswith("xy") else "zz")
     # Every wrong key of the matrix counts against 127.0.0.1: the limit is tested on its own.
     server = serve_with_model(
-        home, EchoChat(), api_key=SETUP_KEY, auth_failures_per_minute=1_000_000
+        home, FakeChat(), api_key=SETUP_KEY, auth_failures_per_minute=1_000_000
     )
     admin = server.client(headers={"authorization": f"Bearer {SETUP_KEY}"})
     documents = admin.get("/v1/kbs/default/documents").json()["documents"]
@@ -399,7 +399,7 @@ def test_wrong_keys_from_one_address_are_rate_limited(
 ) -> None:
     home = make_home(tmp_path_factory, "limited-home")
     key = KeyStore(home).create("only", "read", None)[1]
-    server = serve_with_model(home, EchoChat(), auth_failures_per_minute=3)
+    server = serve_with_model(home, FakeChat(), auth_failures_per_minute=3)
     try:
         with server.client() as client:
             for attempt in range(3):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from server_helpers import EchoChat, make_home, serve_with_model, wait_for_job
+from server_helpers import make_home, serve_with_model, wait_for_job
 
 from ingest.loaders import SUPPORTED_EXTENSIONS
+from tests.fake_chat import FakeChat
 
 RST = """Pump maintenance
 ================
@@ -21,7 +22,7 @@ The coolant pump must be inspected every 400 hours, code KX-7.
     reason="the unstructured extra is not installed (pip install -e '.[unstructured]')",
 )
 def test_an_upload_may_carry_a_long_tail_format(tmp_path_factory: pytest.TempPathFactory) -> None:
-    server = serve_with_model(make_home(tmp_path_factory, "tail-upload"), EchoChat())
+    server = serve_with_model(make_home(tmp_path_factory, "tail-upload"), FakeChat())
     try:
         with server.client() as client:
             assert client.get("/healthz").json()["formats"] == sorted(SUPPORTED_EXTENSIONS)

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from server_helpers import EchoChat, make_home, serve_with_model
+from server_helpers import make_home, serve_with_model
 
 from kbqa.chatglm import ChatGLM2, ChatGLM2Tokenizer
 from kbqa.chatglm.batching import BatchEngine
 from kbqa.chatglm.config import PRESETS
 from kbqa.llm.chatglm2_batched import BatchedChatGLM2Chat
+from tests.fake_chat import FakeChat
 
 
 def test_healthz_is_not_ready_until_the_engine_has_warmed_up(
@@ -45,7 +46,7 @@ def test_healthz_is_not_ready_until_the_engine_has_warmed_up(
 def test_a_model_without_a_warm_up_is_ready_at_once(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    server = serve_with_model(make_home(tmp_path_factory, "ready_echo"), EchoChat())
+    server = serve_with_model(make_home(tmp_path_factory, "ready_echo"), FakeChat())
     try:
         with server.client() as client:
             assert client.get("/healthz").json()["ready"] is True

@@ -19,7 +19,6 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from server_helpers import (
-    EchoChat,
     LiveServer,
     make_home,
     serve_with_model,
@@ -28,6 +27,7 @@ from server_helpers import (
 )
 
 from ingest.pipeline import ingest_paths
+from tests.fake_chat import FakeChat
 
 EXAMPLES = 8
 """Generated requests per operation: a few of each parameter's edges, and fast."""
@@ -39,7 +39,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A server of its own (the fuzzer creates and deletes KBs), over a `default` KB."""
     home = make_home(tmp_path_factory, "fuzz-home")
     ingest_paths(server_settings(home), "default", [write_documents(home.parent / "fuzz-docs")])
-    model = EchoChat(max_tokens=8)
+    model = FakeChat(max_tokens=8)
     # The fuzzer sends many wrong keys on purpose: past the per-address limit every request
     # would be a 429 and the rest of the operations would go untested.
     server = serve_with_model(

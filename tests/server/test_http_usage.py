@@ -2,7 +2,7 @@
 streams with `stream_options.include_usage`, counted by the serving model itself.
 
 The bundled SmolLM2 reports the token ids of the prompt it built and the tokens it generated;
-a scripted model (EchoChat with report_usage, words as tokens) shows that the server passes the
+a scripted model (FakeChat with report_usage, words as tokens) shows that the server passes the
 backend's numbers on exactly and adds up a request's model calls; a model that reports
 nothing gets `usage: null`, never a guess.
 """
@@ -17,11 +17,12 @@ import openai
 import pytest
 from langchain_core.messages import HumanMessage
 from openai.types import CompletionUsage
-from server_helpers import QUICK_LLM, EchoChat, LiveServer, serve_with_model, start_server
+from server_helpers import QUICK_LLM, LiveServer, serve_with_model, start_server
 
 from kbqa.llm.default import DefaultChat
 from kbqa.server.app import create_app
 from kbqa.settings import load_settings
+from tests.fake_chat import FakeChat
 
 ZEPHYR = "How much does the Zephyr-9 widget weigh?"
 SMOL = "SmolLM2-135M-Instruct"
@@ -118,12 +119,12 @@ def test_refusal_used_no_tokens(live: LiveServer) -> None:
 
 
 @pytest.fixture(scope="module")
-def counting_model() -> EchoChat:
-    return EchoChat(report_usage=True)
+def counting_model() -> FakeChat:
+    return FakeChat(report_usage=True)
 
 
 @pytest.fixture(scope="module")
-def counting(docs_home: Path, counting_model: EchoChat) -> Iterator[LiveServer]:
+def counting(docs_home: Path, counting_model: FakeChat) -> Iterator[LiveServer]:
     # The echoed rewrite of a follow-up finds nothing: the model then answers without the KB
     # (on_no_context = chat) rather than the chain refusing, so a follow-up is two calls.
     settings = load_settings(
@@ -140,7 +141,7 @@ def counting(docs_home: Path, counting_model: EchoChat) -> Iterator[LiveServer]:
 
 
 def test_the_backends_own_counts_are_passed_on(
-    counting: LiveServer, counting_model: EchoChat
+    counting: LiveServer, counting_model: FakeChat
 ) -> None:
     client = _client(counting)
     completion = client.chat.completions.create(
@@ -158,7 +159,7 @@ def test_the_backends_own_counts_are_passed_on(
 
 
 def test_usage_adds_up_the_model_calls_of_a_request(
-    counting: LiveServer, counting_model: EchoChat
+    counting: LiveServer, counting_model: FakeChat
 ) -> None:
     # A follow-up: the chain has this model rewrite the question first, then answer.
     calls = len(counting_model.usages)
@@ -177,7 +178,7 @@ def test_usage_adds_up_the_model_calls_of_a_request(
 
 @pytest.fixture(scope="module")
 def silent(docs_home: Path) -> Iterator[LiveServer]:
-    server = serve_with_model(docs_home, EchoChat())  # reports no usage
+    server = serve_with_model(docs_home, FakeChat())  # reports no usage
     yield server
     server.stop()
 

@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from server_helpers import EchoChat, LiveServer, make_home, serve_with_model
+from server_helpers import LiveServer, make_home, serve_with_model
+
+from tests.fake_chat import FakeChat
 
 WAIT_S = 120
 T = TypeVar("T")
@@ -79,7 +81,7 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watched]:
     folder.mkdir()
     (folder / "first.md").write_text("# Lighthouse\n\nThe lighthouse lamp is code KESTREL.\n")
     server = serve_with_model(
-        home, EchoChat(), watch=[{"path": str(folder), "kb": "w"}], job_history_max=100_000
+        home, FakeChat(), watch=[{"path": str(folder), "kb": "w"}], job_history_max=100_000
     )
     with server.client() as client:
         yield Watched(server, client, folder)
@@ -144,7 +146,7 @@ def test_shutdown_stops_the_watchers(tmp_path_factory: pytest.TempPathFactory) -
     folder = home.parent / "watched"
     folder.mkdir()
     (folder / "a.txt").write_text("Anchor chain notes.")
-    server = serve_with_model(home, EchoChat(), watch=[{"path": str(folder), "kb": "k"}])
+    server = serve_with_model(home, FakeChat(), watch=[{"path": str(folder), "kb": "k"}])
     with server.client() as client:
         until(
             lambda: [j for j in client.get("/v1/jobs").json()["jobs"] if j["state"] == "done"],

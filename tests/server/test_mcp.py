@@ -19,7 +19,6 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from server_helpers import (
     REPO,
-    EchoChat,
     LiveServer,
     kbqa,
     make_home,
@@ -30,6 +29,7 @@ from server_helpers import (
 from ingest.pipeline import ingest_paths
 from kbqa.keys import KeyStore
 from kbqa.settings import load_settings
+from tests.fake_chat import FakeChat
 
 QUESTION = "How much does the Zephyr-9 widget weigh?"
 TOOLS = {"search", "ask", "list_knowledge_bases", "list_documents"}
@@ -58,7 +58,7 @@ def mcp_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(mcp_home: Path) -> Iterator[McpServer]:
     key = KeyStore(mcp_home).create("assistant", "read", ["default"])[1]
-    server = serve_with_model(mcp_home, EchoChat())
+    server = serve_with_model(mcp_home, FakeChat())
     yield McpServer(server, key)
     server.stop()
 

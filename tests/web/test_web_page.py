@@ -12,6 +12,7 @@ from web_helpers import (
     API_KEY,
     JOB_TIMEOUT_MS,
     PHONE,
+    SLOW_SHOWN,
     SLOW_WORD,
     Server,
     ask,
@@ -257,13 +258,18 @@ def test_keyboard_stop_history_and_clear(server: Server, new_page: Any) -> None:
     assert asks == []
     question.press("Enter")
     body = page.locator("#conversation .turn .answer-body").last
-    expect(body).to_contain_text("word3")  # streamed: part of the answer is shown…
-    expect(body).to_have_attribute("aria-busy", "true")  # …while it is still being written
+    # The model holds its answer after SLOW_SHOWN words until released: part of the answer is
+    # shown while it is still being written, for as long as the test needs.
+    expect(body).to_contain_text(f"word{SLOW_SHOWN - 1}")
+    expect(body).to_have_attribute("aria-busy", "true")
     page.get_by_role("button", name="Stop").click()
     expect(body).to_have_attribute("aria-busy", "false")
     expect(page.locator("#conversation .turn .note").last).to_have_text("Stopped.")
     expect(page.get_by_role("button", name="Stop")).to_be_disabled()
-    assert "word59" not in body.inner_text()
+    server.model.release()  # the server's cancelled generation ends at its next word
+    server.model.wait_until(lambda model: model.held == 0, "the stopped answer's end")
+    server.model.hold()
+    assert f"word{SLOW_SHOWN}" not in body.inner_text()
 
     page.get_by_role("button", name="Clear").click()
     expect(page.locator("#conversation .turn")).to_have_count(0)

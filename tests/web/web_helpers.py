@@ -1,8 +1,8 @@
 """Helpers of the browser tests: the real server on loopback, its scripted chat model, screenshots.
 
 The server is `create_app(...)` under uvicorn on a loopback port with a temporary KBQA_HOME;
-retrieval, embeddings and storage are real. The chat model is `ScriptedChat`, a small
-deterministic LangChain model (the bundled model is tested elsewhere): its answer cites [1]
+retrieval, embeddings and storage are real. The chat model is the tests' `FakeChat` with a
+scripted reply (the bundled model is tested elsewhere): its answer cites [1]
 and carries raw HTML, so every answer also checks that the page renders answers as text.
 
 Screenshots go to test-artifacts/web/. Playwright's own browser downloads are never used:
@@ -11,24 +11,20 @@ Chromium comes from the Debian package at /usr/bin/chromium.
 
 from __future__ import annotations
 
-import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.messages import BaseMessage
 
 from kbqa.server.app import create_app
 from kbqa.settings import load_settings
+from tests.fake_chat import FakeChat
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -54,8 +50,10 @@ ANSWER = (
     "<script>window.__xss='answer-script'</script>"
 )
 SLOW_WORD = "slowly"
-"""A question with this word gets a long answer streamed slowly (for the Stop button)."""
+"""A question with this word gets a long answer that stops after SLOW_SHOWN words until the
+test releases the model (for the Stop button)."""
 SLOW_ANSWER = " ".join(f"word{i}" for i in range(60))
+SLOW_SHOWN = 4
 TABLE_WORD = "tabulate"
 """A question with this word gets TABLE_ANSWER: a Markdown table, links and hostile ones."""
 TABLE_ANSWER = (
@@ -76,57 +74,45 @@ TABLE_ANSWER = (
 )
 
 
-class ScriptedChat(BaseChatModel):
-    """Answers ANSWER (or SLOW_ANSWER, 0.1 s a word; or TABLE_ANSWER), streamed word by word."""
+def scripted_reply(messages: list[BaseMessage]) -> str:
+    """ANSWER, or SLOW_ANSWER or TABLE_ANSWER for a question with their word."""
+    question = messages[-1].text
+    return (
+        SLOW_ANSWER if SLOW_WORD in question else TABLE_ANSWER if TABLE_WORD in question else ANSWER
+    )
 
-    @property
-    def _llm_type(self) -> str:
-        return "scripted-web-test"
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        text = "".join(chunk.text for chunk in self._stream(messages, stop, run_manager))
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        question = messages[-1].text
-        slow = SLOW_WORD in question
-        answer = SLOW_ANSWER if slow else TABLE_ANSWER if TABLE_WORD in question else ANSWER
-        for piece in re.split(r"(\s+)", answer):
-            if slow:
-                time.sleep(0.1)
-            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+def scripted_chat() -> FakeChat:
+    """The server's model: a slow question's answer holds after SLOW_SHOWN words until the
+    test releases it, so the page is caught mid-answer without racing a clock."""
+    return FakeChat(
+        reply=scripted_reply,
+        hold_after=SLOW_SHOWN,
+        holds=lambda messages: SLOW_WORD in messages[-1].text,
+    )
 
 
 @dataclass
 class Server:
     url: str
+    model: FakeChat
     server: uvicorn.Server
     thread: threading.Thread
 
     def stop(self) -> None:
+        self.model.release()  # a generation a failed test left held must not block the exit
         self.server.should_exit = True
         self.thread.join(timeout=30)
 
 
 def start_server(home: Path, api_key: str = "", answer_mode: str = "generate") -> Server:
-    """A server whose model is ScriptedChat. `answer_mode` "generate" by default: the page is
+    """A server whose model is `scripted_chat()`. `answer_mode` "generate" by default: the page is
     tested on the model's own Markdown (auto mode would quote the sources instead of an
     answer they do not support, such as TABLE_ANSWER; test_web_answer_mode tests that)."""
     overrides = {"server": {"api_key": api_key}, "answer": {"mode": answer_mode}}
     settings = load_settings(home, overrides=overrides)
-    app = create_app(settings, chat_model=ScriptedChat())
+    model = scripted_chat()
+    app = create_app(settings, chat_model=model)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -138,7 +124,7 @@ def start_server(home: Path, api_key: str = "", answer_mode: str = "generate") -
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the web test server did not start")
         time.sleep(0.02)
-    return Server(f"http://127.0.0.1:{port}", server, thread)
+    return Server(f"http://127.0.0.1:{port}", model, server, thread)
 
 
 def warm_up(server: Server) -> None:
