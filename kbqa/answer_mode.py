@@ -30,6 +30,7 @@ from kbqa.evidence import (
     rank_for_question,
     ranked_evidence,
 )
+from kbqa.neighbours import Nearby
 from kbqa.sentences import split_sentences
 from kbqa.settings import AnswerSettings
 from prompts import load_template
@@ -42,6 +43,9 @@ REPLACED_NOTE = (
 MAX_QUOTES = 3
 QUOTE_SHARE = 0.8
 """Further sentences are quoted when they score at least this share of the best one."""
+NEARBY_SHARE = 0.9
+"""A sentence of a chunk next to a source counts this share of its score: the source itself
+wins a tie, as retrieval chose it."""
 
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'`()\[\]{}（）【】，。；！？]+", re.IGNORECASE)
 _EXTENSIONS = (
@@ -76,14 +80,21 @@ def extract(
     sources: Sequence[Source],
     encoder_for: EncoderFor,
     ranked: Ranked | None = None,
+    nearby: Nearby | None = None,
 ) -> Outcome:
     """The sentences of `sources` that best match `question` (`ranked`: already scored),
     quoted and cited; the answer is "" where the sources hold no sentence at all (text without
-    a letter or digit)."""
+    a letter or digit).
+
+    `nearby`: chunks next to the sources in their documents (kbqa.neighbours), whose sentences
+    compete at NEARBY_SHARE of their score; one that is quoted joins the outcome's sources,
+    numbered after them."""
+    nearby = nearby or Nearby()
     if ranked is None:
-        ranked = rank_for_question(question, sources, encoder_for)
-    found = ranked_evidence(ranked, sources)
+        ranked = _rank(question, sources, nearby, encoder_for)
     chosen = _quotes(ranked) or _first_sentence(sources)
+    sources, ranked, chosen = _with_quoted_neighbours(sources, nearby.sources, ranked, chosen)
+    found = ranked_evidence(ranked, sources)
     chosen.sort(key=lambda s: (s.position, s.start))  # the documents' own order reads best
     lines = [
         f"{_quote(sources[s.position].text[s.start : s.end])} [{sources[s.position].index}]"
@@ -92,6 +103,38 @@ def extract(
     label = load_template(lang, name="extract").strip()
     answer = "\n".join([label, *lines]) if lines else ""
     return Outcome(answer, found.apply(sources), found.basis, "extracted")
+
+
+def _rank(
+    question: str, sources: Sequence[Source], nearby: Nearby, encoder_for: EncoderFor
+) -> Ranked:
+    """The sentences of `sources` and then `nearby` (positions past the sources'), scored."""
+    candidates = [*sources, *nearby.sources]
+    ranked = rank_for_question(question, candidates, encoder_for, nearby.leads)
+    if not nearby.sources:
+        return ranked
+    own = len(sources)
+    ranked = [(s, score * (NEARBY_SHARE if s.position >= own else 1.0)) for s, score in ranked]
+    return sorted(ranked, key=lambda item: item[1], reverse=True)
+
+
+def _with_quoted_neighbours(
+    sources: Sequence[Source], nearby: Sequence[Source], ranked: Ranked, chosen: list[Sentence]
+) -> tuple[list[Source], Ranked, list[Sentence]]:
+    """The sources with the neighbours that `chosen` quotes appended (numbered on from the
+    last source); `ranked` and `chosen` with positions into that list, other neighbours'
+    sentences dropped."""
+    own = len(sources)
+    quoted = sorted({s.position for s in chosen if s.position >= own})
+    moved = {position: own + i for i, position in enumerate(quoted)}
+    first = max((s.index for s in sources), default=0) + 1
+    joined = [*sources, *(replace(nearby[p - own], index=first + i) for i, p in enumerate(quoted))]
+
+    def place(sentence: Sentence) -> Sentence:
+        return replace(sentence, position=moved.get(sentence.position, sentence.position))
+
+    kept = [(place(s), score) for s, score in ranked if s.position < own or s.position in moved]
+    return joined, kept, [place(s) for s in chosen]
 
 
 def review(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
@@ -30,6 +30,7 @@ from kbqa.answer_mode import Outcome, extract, extracts_first, review
 from kbqa.errors import ConfigError, UsageError
 from kbqa.evidence import Encoder
 from kbqa.llm.factory import model_token_budget, token_counter
+from kbqa.neighbours import adjacent_chunks
 from kbqa.prompting import (
     HISTORY_SHARE,
     MESSAGE_OVERHEAD,
@@ -145,11 +146,17 @@ class QAChain:
         names = [kbs] if isinstance(kbs, str) else list(kbs or ["default"])
         prepared = self._prepare(question, names, pairs, k)
         timings = Timings(retrieval_ms=_ms(started))
-        yield SourcesEvent(prepared.sources)
         small = _is_small_default(self.chat_model)
         quoted = None
         if prepared.sources and extracts_first(self.settings.answer.mode, small, prepared.lang):
-            quoted = extract(question, prepared.lang, prepared.sources, self._encoder)
+            # A quote may come from the chunk next to a source (the table after its
+            # introduction): quoted before the sources are announced, so that they include it.
+            nearby = adjacent_chunks(self.settings, prepared.sources)
+            quoted = extract(
+                question, prepared.lang, prepared.sources, self._encoder, nearby=nearby
+            )
+        announced = quoted.sources if quoted is not None and quoted.answer else prepared.sources
+        yield SourcesEvent([replace(s, evidence=None) for s in announced])
         if prepared.messages is None or (quoted is not None and not quoted.answer):
             # Nothing relevant, or (rarely) sources without a sentence to quote.
             refusal = REFUSAL[prepared.lang]

@@ -34,14 +34,14 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from kbqa.answer import Basis, Evidence, Source
 from kbqa.relevance import query_terms
-from kbqa.sentences import split_sentences
+from kbqa.sentences import is_table_row, split_sentences
 from kbqa.value_kinds import missing_kinds
 from storage.keyword import has_cjk
 from storage.types import Vectors
@@ -167,34 +167,51 @@ LABEL_LINES = 8
 """How many lines above a sentence are searched for its label."""
 
 
-def context_of(source: Source, start: int) -> str:
-    """What a reader knows when reaching `source.text[start:]`: the document's path, the
-    chunk's heading and the nearest label line above (an option's description under "-s,
-    --sha-rounds ROUNDS", a table under the heading "GSM8K"). The sentence itself need not
-    repeat those names to be about them."""
-    lines = source.text[:start].splitlines()[-LABEL_LINES - 1 :]
-    label = ""
+def context_of(source: Source, start: int, end: int, lead: str = "") -> str:
+    """What a reader knows when reaching `source.text[start:end]`: the document's path, the
+    chunk's heading and the label above it — for a table row, the table's caption (the line
+    above its rows; `lead`, the last line of the chunk before, where the table opens the
+    chunk); otherwise the nearest label line (an option's description under "-s,
+    --sha-rounds ROUNDS"). The sentence itself need not repeat those names to be about them."""
+    above = source.text[:start].splitlines()
+    if is_table_row(source.text[start:end]):
+        label = next((ln.strip() for ln in reversed(above) if _caption(ln)), lead.strip())
+    else:
+        label = _label(above[-LABEL_LINES - 1 :])
+    return "\n".join(part for part in (source.source, source.heading or "", label) if part)
+
+
+def _caption(line: str) -> bool:
+    return bool(line.strip()) and not is_table_row(line)
+
+
+def _label(lines: list[str]) -> str:
     for i in range(len(lines) - 1, -1, -1):
         line = lines[i]
         underlined = i + 1 < len(lines) and bool(_UNDERLINE.fullmatch(lines[i + 1]))
         if line.strip() and (underlined or _LABEL.fullmatch(line)):
-            label = line.strip()
-            break
-    return "\n".join(part for part in (source.source, source.heading or "", label) if part)
+            return line.strip()
+    return ""
 
 
 def _whole(needle: str, haystack: str) -> bool:
-    """`needle` in `haystack`, not inside a longer word or number (any match for Chinese)."""
+    """`needle` in `haystack`, not inside a longer word or number (any match for Chinese).
+    Chinese characters around it are no part of it: "原版Qwen-7B" holds "qwen-7b"."""
     if has_cjk(needle):
         return needle in haystack
     at = haystack.find(needle)
     while at >= 0:
         before = haystack[at - 1] if at else " "
         after = haystack[at + len(needle)] if at + len(needle) < len(haystack) else " "
-        if not (before.isalnum() or before in "_-") and not (after.isalnum() or after == "_"):
+        if not (_latin(before) or before in "_-") and not (_latin(after) or after == "_"):
             return True
         at = haystack.find(needle, at + 1)
     return False
+
+
+def _latin(char: str) -> bool:
+    """A letter or digit that would make a Latin word or number longer (not a Chinese one)."""
+    return char.isalnum() and not has_cjk(char)
 
 
 @dataclass(frozen=True)
@@ -328,12 +345,17 @@ def _cosines(
     return cosines
 
 
-def _sentences(sources: Sequence[Source]) -> tuple[list[Sentence], list[str]]:
+def _sentences(
+    sources: Sequence[Source], leads: Mapping[str, str]
+) -> tuple[list[Sentence], list[str]]:
+    """Every sentence of `sources`, in its context; `leads`: by chunk id, the last line of the
+    chunk before it in its document, where known."""
     sentences: list[Sentence] = []
     texts: list[str] = []
     for position, source in enumerate(sources):
+        lead = leads.get(source.chunk_id, "")
         for start, end in split_sentences(source.text):
-            context = context_of(source, start)
+            context = context_of(source, start, end, lead)
             sentences.append(Sentence.of(position, source.text, start, end, context))
             texts.append(source.text[start:end])
     return sentences, texts
@@ -372,7 +394,7 @@ def find_evidence(
     """Sentences of `sources` that support `answer`; where none reaches `min_support`, the
     sentences that best match `question` (basis "question"). The question and the answer's
     claims are scored in one pass (one `embed` call)."""
-    sentences, texts = _sentences(sources)
+    sentences, texts = _sentences(sources, {})
     if not sentences:
         return Found([[] for _ in sources], None)
     claims = _claims(answer, question, len(sources))
@@ -419,9 +441,15 @@ def ranked_evidence(ranked: Ranked, sources: Sequence[Source]) -> Found:
     return Found(_by_source(kept, sources, "question"), "question", ranked=ranked)
 
 
-def rank_for_question(question: str, sources: Sequence[Source], encoder_for: EncoderFor) -> Ranked:
-    """Every sentence of `sources` with its score for `question`, best first."""
-    sentences, texts = _sentences(sources)
+def rank_for_question(
+    question: str,
+    sources: Sequence[Source],
+    encoder_for: EncoderFor,
+    leads: Mapping[str, str] | None = None,
+) -> Ranked:
+    """Every sentence of `sources` with its score for `question`, best first. `leads`: by
+    chunk id, the last line of the chunk before it (a table's caption, kbqa.neighbours)."""
+    sentences, texts = _sentences(sources, leads or {})
     if not sentences:
         return []
     asked = _asked(question, sentences)

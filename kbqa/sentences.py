@@ -64,6 +64,12 @@ _TABLE_ROW = re.compile(r"[^:;\n]{1,80}: [^;\n]*; [^:;\n]{1,80}: ")
 """A table row as ingest writes one: "header: value; header: value"."""
 
 
+def is_table_row(line: str) -> bool:
+    """Whether `line` is a table row: as ingest writes one, or a Markdown "| a | b |" row."""
+    stripped = line.strip()
+    return bool(_TABLE_ROW.match(stripped)) or stripped.startswith("|")
+
+
 def _soft_wrap(text: str, match: re.Match[str]) -> bool:
     """Whether a line break only wraps a paragraph's text (it does not end a sentence): both
     lines have words, the next starts no list item, heading or table row, the line before is

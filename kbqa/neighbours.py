@@ -1,0 +1,96 @@
+"""The chunks next to a source in its document, for quoting.
+
+A document often splits one answer over two chunks: "生成 2000 个字符的平均速度对比如下" closes
+one chunk and the table of 字符/秒 opens the next; a table's note matches the question while
+its rows sit in the chunk before. Retrieval finds the chunk whose words match the question;
+the figure asked for is then a neighbour away. Quoting (kbqa.answer_mode.extract) scores the
+neighbours' sentences too, and a neighbour that is quoted joins the sources it is cited from.
+
+The KB is read through its public API (`KnowledgeBase.document`: a document's chunks in
+reading order); a KB or document gone meanwhile simply has no neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
+
+from kbqa.answer import Source
+from kbqa.settings import Settings
+from storage.errors import StorageError
+from storage.kb import KnowledgeBase
+from storage.types import ChunkRecord
+
+AROUND = 3
+"""Neighbours are read for this many of the best sources (the first ones given)."""
+
+
+@dataclass(frozen=True)
+class Nearby:
+    """Chunks next to the sources, and what a reader saw just before some chunks."""
+
+    sources: list[Source] = field(default_factory=list)
+    """They carry the score and KB of the source they neighbour, and index 0 (numbered when
+    quoted)."""
+    leads: dict[str, str] = field(default_factory=dict)
+    """By chunk id: the last line of the chunk before it in its document (the caption of a
+    table that opens the chunk: "生成 2000 个字符的平均速度对比如下")."""
+
+
+def adjacent_chunks(settings: Settings, sources: Sequence[Source], around: int = AROUND) -> Nearby:
+    """The chunks just before and just after each of the first `around` sources in its
+    document, not already among `sources`, each once."""
+    wanted = list(sources[:around])
+    known = {s.chunk_id for s in sources}
+    nearby = Nearby()
+    for kb_name in dict.fromkeys(s.kb for s in wanted):
+        try:
+            kb = KnowledgeBase.open(
+                settings.kbs_dir,
+                kb_name,
+                index=settings.storage.index,
+                approximate_threshold=settings.storage.approximate_threshold,
+                milvus_uri=settings.storage.milvus_uri or None,
+            )
+        except StorageError:
+            continue  # deleted or damaged since it was searched: quote from what was found
+        with kb:
+            for source in (s for s in wanted if s.kb == kb_name):
+                chunks = _around(kb, source)
+                for before, chunk in pairwise(chunks):
+                    if chunk.chunk_id is not None:
+                        nearby.leads.setdefault(chunk.chunk_id, _last_line(before.text))
+                for chunk in chunks:
+                    if chunk.chunk_id is not None and chunk.chunk_id not in known:
+                        known.add(chunk.chunk_id)
+                        nearby.sources.append(_as_source(source, chunk))
+    return nearby
+
+
+def _around(kb: KnowledgeBase, source: Source) -> list[ChunkRecord]:
+    """The chunk before `source`'s, its own, and the one after, those that exist."""
+    document = kb.document(source.doc_id)
+    if document is None:
+        return []
+    _, chunks = document
+    at = next((i for i, c in enumerate(chunks) if c.chunk_id == source.chunk_id), None)
+    if at is None:
+        return []
+    return chunks[max(at - 1, 0) : at + 2]
+
+
+def _last_line(text: str) -> str:
+    return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+
+
+def _as_source(anchor: Source, chunk: ChunkRecord) -> Source:
+    return replace(
+        anchor,
+        index=0,
+        chunk_id=chunk.chunk_id or "",
+        page=chunk.page,
+        heading=chunk.heading,
+        text=chunk.text,
+        evidence=None,
+    )
