@@ -47,19 +47,15 @@ class IngestReport:
 
 
 class Progress(Protocol):
-    """What a front end (a terminal progress bar, an HTTP job) learns while an ingest runs."""
+    """What a front end (a terminal progress bar, an HTTP job) learns while an ingest runs.
+
+    Two more methods are optional, called only on front ends that define them:
+    `page_done(path, page, pages)` after each page of a paged file (OCR takes seconds a page)
+    and `chunks_embedded(count, left)` after each batch of chunks is embedded.
+    """
 
     def start(self, files: int) -> None: ...
     def file_done(self, path: str, status: str, chunks: int) -> None: ...
-
-
-class PageProgress(Progress, Protocol):
-    """A Progress that also hears of each page of a paged file (OCR takes seconds a page).
-
-    Optional: the pipeline calls `page_done` only on front ends that define it.
-    """
-
-    def page_done(self, path: str, page: int, pages: int) -> None: ...
 
 
 class _NoProgress:
