@@ -72,7 +72,8 @@ class Run:
 
     @cached_property
     def settings(self) -> Settings:
-        """Loaded on first use, inside the command's frame: a bad setting is one line, exit 2."""
+        """Loaded on first use, so a command may check its own arguments first; inside the
+        command's frame, so a bad setting is one line and exit 2."""
         return settings_for(self._home, self._config)
 
     def show(self, value: T, render: Callable[[T], None]) -> None:
@@ -87,11 +88,11 @@ class Run:
 def command(home: Path | None, config: Path | None, json_out: bool = False) -> Iterator[Run]:
     """The frame every command's body runs in (docs/cli.md, "Errors" and "Exit status").
 
-    Errors a user can cause become `error: <message>` and their exit status (user_errors);
+    Errors a user can cause become `error: <message>` and their exit status;
     anything else, a bug, becomes `error: unexpected <Type>: …` and exit 1; never a traceback.
     Long-running loops that handle their own errors (chat's prompt, serve, --watch) run after it.
     """
-    with unexpected_errors(), user_errors():
+    with _unexpected_errors(), _user_errors():
         yield Run(home, config, json_out)
 
 
@@ -107,7 +108,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
+def _user_errors() -> Iterator[None]:
     """Errors a user can cause become one line on stderr and an exit status, never a traceback."""
     from ingest.pipeline import IngestUsageError
     from kbqa.errors import KBQAError
@@ -154,7 +155,7 @@ ABORTS = (click.exceptions.Abort, typer.Abort)
 
 
 @contextmanager
-def unexpected_errors() -> Iterator[None]:
+def _unexpected_errors() -> Iterator[None]:
     """A bug becomes one line, `error: unexpected <Type>: …`, and exit 1 (docs/cli.md)."""
     try:
         yield

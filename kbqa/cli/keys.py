@@ -20,6 +20,11 @@ from kbqa.cli.common import (
 keys_app = typer.Typer(help="Manage the server's scoped API keys.", no_args_is_help=True)
 
 
+def register(app: typer.Typer) -> None:
+    """Add the `keys` command group to the kbqa app."""
+    app.add_typer(keys_app, name="keys")
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="A name to list and revoke the key by.")],
@@ -94,8 +99,3 @@ def keys_revoke(
             {"revoked": name},
             lambda _: stdout.print(f"revoked {name}", markup=False, highlight=False),
         )
-
-
-def register(app: typer.Typer) -> None:
-    """Add the `keys` command group to the kbqa app."""
-    app.add_typer(keys_app, name="keys")
