@@ -18,6 +18,7 @@ from itertools import pairwise
 
 from kbqa.answer import Source
 from kbqa.settings import Settings
+from storage.config import open_kb
 from storage.errors import StorageError
 from storage.kb import KnowledgeBase
 from storage.types import ChunkRecord
@@ -46,13 +47,7 @@ def adjacent_chunks(settings: Settings, sources: Sequence[Source], around: int =
     nearby = Nearby()
     for kb_name in dict.fromkeys(s.kb for s in wanted):
         try:
-            kb = KnowledgeBase.open(
-                settings.kbs_dir,
-                kb_name,
-                index=settings.storage.index,
-                approximate_threshold=settings.storage.approximate_threshold,
-                milvus_uri=settings.storage.milvus_uri or None,
-            )
+            kb = open_kb(settings, kb_name)
         except StorageError:
             continue  # deleted or damaged since it was searched: quote from what was found
         with kb:
