@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from kbqa.chain import REFUSAL, QAChain
 from kbqa.cli import app
 from kbqa.retrieval import Retriever
-from tests.answering_support import ScriptedChat, settings_for, shared_home
+from tests.answering_support import settings_for, shared_home
+from tests.fake_chat import FakeChat
 
 runner = CliRunner()
 HARBOR = "How long are Harbor backups kept?"
@@ -132,7 +133,7 @@ def test_malformed_questions_file_is_exit_2_before_any_answer(tmp_path: Path) ->
 
 
 def test_chat_keeps_history_clears_and_exits(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = ScriptedChat(reply=lambda messages: "约 5.5 GB [1]")
+    model = FakeChat(reply=lambda messages: "约 5.5 GB [1]")
 
     def chain_with_script(settings):  # type: ignore[no-untyped-def]
         return QAChain(settings, model, Retriever(settings), condense=False)
@@ -149,9 +150,9 @@ def test_chat_keeps_history_clears_and_exits(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_ctrl_c_stops_the_answer_but_not_the_chat(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = ScriptedChat(
+    model = FakeChat(
         reply=lambda messages: " ".join(["word"] * 40),
-        on_chunk=lambda i: signal.raise_signal(signal.SIGINT) if i == 2 else None,
+        on_token=lambda i: signal.raise_signal(signal.SIGINT) if i == 2 else None,
     )
     monkeypatch.setattr(
         QAChain,
@@ -182,7 +183,7 @@ def test_settings_overrides_reach_the_chain(tmp_path: Path) -> None:
 
 
 def test_streamed_answer_is_printed_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = ScriptedChat(reply=lambda messages: "\n\n Kept  for 14 days [1]. \n\n")
+    model = FakeChat(reply=lambda messages: "\n\n Kept  for 14 days [1]. \n\n")
     monkeypatch.setattr(
         QAChain, "from_settings", staticmethod(lambda s: QAChain(s, model, Retriever(s)))
     )
