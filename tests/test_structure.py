@@ -1,6 +1,6 @@
-"""One way to do each thing, read from the source with ast: a KB is opened and created from
-settings in one place, a class of the foundations has one name in the whole tree, and what
-ingest and storage define is used."""
+"""One way to do each thing, read from the source with ast: a KB is opened, created and
+deleted from settings in one place, no two classes share a name, and what ingest and storage
+define is used."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ def _sources() -> Iterator[tuple[Path, ast.Module]]:
             yield path.relative_to(REPO), ast.parse(path.read_text(encoding="utf-8"))
 
 
-def test_kbs_are_opened_and_created_only_through_storage_config() -> None:
-    # kbqa and ingest call storage.config.open_kb/create_kb, which turn the settings into
-    # KnowledgeBase.open/create's arguments; within storage, the LangChain store has its own.
+def test_kbs_are_opened_created_and_deleted_only_through_storage_config() -> None:
+    # kbqa and ingest call storage.config.open_kb/create_kb/delete_kb, which turn the settings
+    # into KnowledgeBase.open/create/delete's arguments (the CLI and the server each wrote
+    # delete's out); within storage, the LangChain store has its own.
     calls = [
         f"{path}:{node.lineno}"
         for path, tree in _sources()
@@ -31,27 +32,36 @@ def test_kbs_are_opened_and_created_only_through_storage_config() -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
-        and node.func.attr in ("open", "create")
+        and node.func.attr in ("open", "create", "delete")
         and isinstance(node.func.value, ast.Name)
         and node.func.value.id == "KnowledgeBase"
     ]
-    assert calls == [], "use storage.config.open_kb/create_kb instead"
+    assert calls == [], "use storage.config.open_kb/create_kb/delete_kb instead"
 
 
-def test_a_foundation_class_name_is_not_used_for_another_class() -> None:
-    # storage.types.SearchHit and the HTTP schema's SearchHit were two classes of one name.
+# Module-level classes that share a name for now, with why; an entry that no longer holds fails.
+NAMED_TWICE: dict[str, tuple[tuple[str, ...], str]] = {
+    "Encoder": (
+        ("kbqa/chatglm/model.py", "kbqa/evidence.py"),
+        "ChatGLM2's layer stack, named after the checkpoint's `encoder` weights, and evidence's "
+        "view of a KB's embedding model; evidence's is the one to rename (not done in the pass "
+        "that wrote this test: kbqa/evidence.py was being changed by another)",
+    ),
+}
+
+
+def test_no_two_classes_share_a_name() -> None:
+    # One name per concept: storage.types.SearchHit and the HTTP schema's SearchHit, and
+    # kbqa.answer.Source/Evidence/Timings and the HTTP schema's, were two classes of one name
+    # (the HTTP ones are now SearchResult and SourceBody/EvidenceBody/TimingsBody), as were
+    # the HTTP evaluation job's EvalProgress (now EvalJobProgress) and `kbqa eval`'s bar.
     defined: dict[str, list[str]] = {}
     for path, tree in _sources():
         for node in tree.body:
             if isinstance(node, ast.ClassDef):
-                defined.setdefault(node.name, []).append(str(path))
-    foundations = ("storage", "ingest", "prompts")
-    twice = {
-        name: paths
-        for name, paths in defined.items()
-        if len(paths) > 1 and any(Path(p).parts[0] in foundations for p in paths)
-    }
-    assert twice == {}
+                defined.setdefault(node.name, []).append(path.as_posix())
+    twice = {name: tuple(paths) for name, paths in defined.items() if len(paths) > 1}
+    assert twice == {name: paths for name, (paths, _why) in NAMED_TWICE.items()}
 
 
 def test_every_function_and_class_of_ingest_and_storage_is_used() -> None:

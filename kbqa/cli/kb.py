@@ -63,18 +63,17 @@ def kb_delete(
     config: ConfigOption = None,
 ) -> None:
     """Delete a knowledge base and everything stored in it."""
-    from storage.kb import KnowledgeBase
+    from storage.config import delete_kb
     from storage.names import validate_kb_name
 
     if (name is None) == (kb is None):
         raise fail("give the knowledge base either as NAME or as --kb NAME")
     name = name or kb or ""
     with command(home, config, json_out) as run:
-        settings = run.settings
         validate_kb_name(name)
         if not yes and sys.stdin.isatty() and not typer.confirm(f"Delete knowledge base {name}?"):
             raise typer.Exit(EXIT_OK)
-        KnowledgeBase.delete(settings.kbs_dir, name, milvus_uri=settings.storage.milvus_uri or None)
+        delete_kb(run.settings, name)
         run.show({"deleted": name}, lambda result: stdout.print(f"deleted {result['deleted']}"))
 
 

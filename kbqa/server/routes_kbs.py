@@ -45,6 +45,7 @@ from kbqa.server.schemas import (
 )
 from kbqa.server.state import RetrieverDep, SettingsDep, StateDep
 from kbqa.settings import Settings
+from storage import config as storage_config
 from storage.errors import KBExists, KBNotFound
 from storage.kb import KnowledgeBase
 
@@ -72,7 +73,7 @@ def post_kb(body: KbCreate, settings: SettingsDep, access: AccessDep) -> KbInfo:
 
 @router.delete("/v1/kbs/{kb}", dependencies=[Depends(require_admin)])
 def delete_kb(kb: KbPath, settings: SettingsDep) -> KbDeleted:
-    KnowledgeBase.delete(settings.kbs_dir, kb, milvus_uri=settings.storage.milvus_uri or None)
+    storage_config.delete_kb(settings, kb)
     shutil.rmtree(uploads_dir(settings, kb), ignore_errors=True)
     return KbDeleted(deleted=kb)
 
