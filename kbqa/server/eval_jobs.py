@@ -25,7 +25,7 @@ from kbqa.evaluation.evaluate import evaluate
 from kbqa.jsonlines import BadLine
 from kbqa.retrieval import Retriever
 from kbqa.server.errors import api_error_for
-from kbqa.server.schemas import EvalJobStatus, EvalProgress
+from kbqa.server.schemas import EvalJobProgress, EvalJobStatus
 from kbqa.settings import Settings
 
 log = logging.getLogger("kbqa.server")
@@ -140,7 +140,7 @@ def eval_job_status(job: EvalJob) -> EvalJobStatus:
         job_id=job.id,
         kb=job.kb,
         state=job.state,
-        progress=EvalProgress(
+        progress=EvalJobProgress(
             questions_total=job.questions_total, questions_done=job.questions_done
         ),
         result=job.result,

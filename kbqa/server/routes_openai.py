@@ -43,7 +43,7 @@ from kbqa.server.schemas import (
     Delta,
     ModelCard,
     ModelList,
-    Source,
+    SourceBody,
     Usage,
 )
 from kbqa.server.state import ServerState, StateDep
@@ -183,7 +183,7 @@ class Reply:
         )
         return sse(chunk.model_dump(mode="json", exclude={"sources"}))
 
-    def _sources(self, events: Sequence[Item]) -> list[Source] | None:
+    def _sources(self, events: Sequence[Item]) -> list[SourceBody] | None:
         """The sources of the last event that has them (the done event's carry evidence)."""
         if not self.with_sources:
             return None
@@ -191,4 +191,4 @@ class Reply:
         for event in events:
             if isinstance(event, SourcesEvent | DoneEvent) and event.sources is not None:
                 found = event.sources
-        return [Source.model_validate(s.to_json()) for s in found]
+        return [SourceBody.model_validate(s.to_json()) for s in found]

@@ -2,6 +2,8 @@
 
 Requests ignore fields they do not know (clients written for other servers send extras) but
 check the types and ranges of those they do; a KB name is validated where it is parsed.
+The JSON of kbqa.answer's Source, Evidence and Timings are SourceBody, EvidenceBody and
+TimingsBody here, so that no two classes of kbqa share a name (tests/test_structure.py).
 """
 
 from __future__ import annotations
@@ -72,7 +74,10 @@ class AskRequest(_Request):
         return [self.kb] if isinstance(self.kb, str) else list(dict.fromkeys(self.kb))
 
 
-class Evidence(BaseModel):
+class EvidenceBody(BaseModel):
+    """A span of a source's text that supports the answer or matches the question
+    (kbqa.answer.Evidence)."""
+
     start: int = Field(description="Character offset into the source's `text` (a Python index)")
     end: int
     text: str = Field(description="Exactly `text[start:end]` of the source")
@@ -83,7 +88,10 @@ class Evidence(BaseModel):
     )
 
 
-class Source(_Open):
+class SourceBody(_Open):
+    """A chunk the answer was generated from; `index` is the number the answer cites it by
+    (kbqa.answer.Source)."""
+
     index: int
     chunk_id: str
     doc_id: str
@@ -92,12 +100,14 @@ class Source(_Open):
     heading: str | None = None
     text: str
     score: float
-    evidence: list[Evidence] | None = Field(
+    evidence: list[EvidenceBody] | None = Field(
         default=None, description="Found once the answer is complete; absent before (SSE `sources`)"
     )
 
 
-class Timings(_Open):
+class TimingsBody(_Open):
+    """How long the answer took (kbqa.answer.Timings)."""
+
     retrieval_ms: float | None = None
     first_token_ms: float | None = None
     total_ms: float | None = None
@@ -107,8 +117,8 @@ class Timings(_Open):
 class AskResponse(_Open):
     answer: str
     refused: bool
-    sources: list[Source]
-    timings: Timings
+    sources: list[SourceBody]
+    timings: TimingsBody
     evidence_basis: Literal["answer", "question"] | None = None
     answer_mode: Literal["generated", "extracted"] | None = Field(
         default=None, description="`extracted`: sentences quoted from the sources (null if refused)"
@@ -208,7 +218,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage | None = None
-    sources: list[Source] | None = Field(
+    sources: list[SourceBody] | None = Field(
         default=None, description="The chunks the answer was generated from (KB models only)"
     )
 
@@ -231,7 +241,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
-    sources: list[Source] | None = None
+    sources: list[SourceBody] | None = None
 
 
 class ModelCard(BaseModel):
@@ -392,7 +402,7 @@ class EvalRequest(BaseModel):
     top_k: int | None = Field(default=None, ge=1, le=100)
 
 
-class EvalProgress(BaseModel):
+class EvalJobProgress(BaseModel):
     questions_total: int
     questions_done: int
 
@@ -402,7 +412,7 @@ class EvalJobStatus(BaseModel):
     kb: str
     kind: Literal["eval"] = "eval"
     state: Literal["queued", "running", "done", "failed"]
-    progress: EvalProgress
+    progress: EvalJobProgress
     result: dict[str, Any] | None
     """`kbqa eval --json`'s object once done."""
     error: str | None
