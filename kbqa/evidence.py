@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from kbqa.answer import Basis, Evidence, Source
+from kbqa.glossary import english_for
 from kbqa.relevance import query_terms
 from kbqa.sentences import is_table_row, split_sentences
 from kbqa.value_kinds import missing_kinds
@@ -55,6 +56,9 @@ QUESTION_SHARE = 0.6
 QUESTION_FLOOR = 0.15
 PER_SOURCE = 3
 CONTEXT_SHARE = 0.5
+ALIAS_SHARE = 0.8
+"""A question's Chinese term found as one of its English words (kbqa.glossary) counts this
+share of its weight."""
 """A question's term found only in a sentence's context (document path, heading, label line)
 counts this share of its weight."""
 
@@ -140,17 +144,22 @@ class Sentence:
         return _has_term(term, self.folded, self.stems)
 
     def has_key(self, key: str) -> bool:
-        return _whole(key, self.folded)
+        return _has_key(key, self.folded)
 
     def context_has_term(self, term: str) -> bool:
         return _has_term(term, self.context, self.context_stems)
 
     def context_has_key(self, key: str) -> bool:
-        return _whole(key, self.context)
+        return _has_key(key, self.context)
 
 
 def _stems(folded: str) -> frozenset[str]:
     return frozenset(map(_stem, _LATIN_RUN.findall(folded)))
+
+
+def _has_key(key: str, folded: str) -> bool:
+    """`key` in `folded`, or, for a hyphenated name, its unhyphenated form (C-Eval ~ CEval)."""
+    return _whole(key, folded) or ("-" in key and _whole(key.replace("-", ""), folded))
 
 
 def _has_term(term: str, folded: str, stems: frozenset[str]) -> bool:
@@ -228,6 +237,8 @@ class _Target:
     reads_context: bool = False
     """The question: its terms count in a sentence's context too (CONTEXT_SHARE), its keys
     fully. A claim must be supported by the sentence's own words."""
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """The question's Chinese terms' English words (kbqa.glossary), counting ALIAS_SHARE."""
 
 
 def _claims(answer: str, question: str, count: int) -> list[_Target]:
@@ -258,7 +269,7 @@ def _lexical(target: _Target, sentence: Sentence) -> float:
     the question counts 0.8 and what it repeats 0.2 (a sentence that holds the question's
     words but not the claim's own does not support it)."""
     if target.reads_context:
-        return _covered(target.terms, sentence, CONTEXT_SHARE)
+        return _covered(target.terms, sentence, CONTEXT_SHARE, target.aliases)
     novel = {t: w for t, w in target.terms.items() if t not in target.echo}
     echo = {t: w for t, w in target.terms.items() if t in target.echo}
     if not novel or not echo:
@@ -266,19 +277,31 @@ def _lexical(target: _Target, sentence: Sentence) -> float:
     return 0.8 * _covered(novel, sentence) + 0.2 * _covered(echo, sentence)
 
 
-def _covered(weights: dict[str, float], sentence: Sentence, in_context: float = 0.0) -> float:
-    """Weighted share of `weights`' terms in the sentence; a term only in its context counts
-    `in_context` of its weight."""
+def _covered(
+    weights: dict[str, float],
+    sentence: Sentence,
+    in_context: float = 0.0,
+    aliases: Mapping[str, tuple[str, ...]] | None = None,
+) -> float:
+    """Weighted share of `weights`' terms in the sentence; a term found through one of its
+    `aliases` counts ALIAS_SHARE of its weight, one only in the context `in_context`."""
     total = sum(weights.values())
     if not total:
         return 0.0
     found = 0.0
     for term, weight in weights.items():
-        if sentence.has_term(term):
-            found += weight
-        elif in_context and sentence.context_has_term(term):
-            found += in_context * weight
+        found += weight * _match(term, sentence, in_context, (aliases or {}).get(term, ()))
     return found / total
+
+
+def _match(term: str, sentence: Sentence, in_context: float, aliases: tuple[str, ...]) -> float:
+    if sentence.has_term(term):
+        return 1.0
+    if any(sentence.has_term(alias) for alias in aliases):
+        return ALIAS_SHARE
+    if in_context and any(sentence.context_has_term(t) for t in (term, *aliases)):
+        return in_context
+    return 0.0
 
 
 def _key_factor(target: _Target, sentence: Sentence) -> float:
@@ -463,10 +486,11 @@ def _asked(question: str, sentences: Sequence[Sentence]) -> _Target:
     Names count as much as words here (query_terms doubles them for retrieval); a term in
     none weighs no more than the rarest one found."""
     weights = {term: min(weight, 1.0) for term, weight in terms(question).items()}
+    aliases = {term: english_for(term) for term in weights if english_for(term)}
     n = len(sentences)
     found: list[float] = []
     for term in weights:
-        df = sum(s.has_term(term) for s in sentences)
+        df = sum(_match(term, s, 0.0, aliases.get(term, ())) > 0 for s in sentences)
         idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
         weights[term] *= idf
         if df:
@@ -474,7 +498,9 @@ def _asked(question: str, sentences: Sequence[Sentence]) -> _Target:
     cap = max(found, default=0.0)
     for term in weights:
         weights[term] = min(weights[term], cap) if cap else weights[term]
-    return _Target(question, weights, keys(question), frozenset(), reads_context=True)
+    return _Target(
+        question, weights, keys(question), frozenset(), reads_context=True, aliases=aliases
+    )
 
 
 _DEFINITION = re.compile(

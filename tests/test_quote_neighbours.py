@@ -110,3 +110,22 @@ def test_a_kb_or_document_gone_meanwhile_has_no_neighbours(settings: Settings) -
     gone = Source(1, "c", "no-such-doc", "gone.md", None, None, "文本。", 0.6, KB)
     assert adjacent_chunks(settings, [gone]).sources == []
     assert adjacent_chunks(settings, [replace(gone, kb="no-such-kb")]).sources == []
+
+
+def test_a_chinese_question_finds_the_english_words_of_its_terms() -> None:
+    from kbqa.evidence import rank_for_question
+
+    text = (
+        "Optional dependencies:\n"
+        "* `colorama`: to print colored output on Windows terminals.\n"
+        "* `watchfiles`: to detect changes of files when reloading."
+    )
+    sources = [Source(1, "c", "d", "en/server.md", None, "Dependencies", text, 0.6, KB)]
+    ranked = rank_for_question("靠哪个依赖库来检测文件的变化？", sources, lambda kb: None)
+    best, score = ranked[0]
+    assert "watchfiles" in text[best.start : best.end] and score > 0
+
+
+def test_a_hyphenated_name_matches_its_unhyphenated_spelling() -> None:
+    row = "Quantization: Qwen-7B-Chat (Int4); MMLU: 55.1; CEval (val): 59.2"
+    assert Sentence.of(0, row, 0, len(row)).has_key("c-eval")
