@@ -31,10 +31,11 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from kbqa.chatglm import ChatGLM2, ChatGLM2Tokenizer, PromptTooLong
 from kbqa.chatglm.config import PRESETS
 from kbqa.chatglm.load import save_pretrained
-from kbqa.llm import ChatGLM2Chat, LLMUnavailable
+from kbqa.llm import ChatGLM2Chat, LLMUnavailable, chatglm2
 from kbqa.llm.chatglm2 import model_lock
 from kbqa.llm.turns import messages_to_turns
 from kbqa.settings import ChatGLM2Settings, LLMSettings
+from tests.waiting import HANG_GUARD_S
 
 Parts = tuple[ChatGLM2, ChatGLM2Tokenizer]
 
@@ -242,11 +243,9 @@ async def test_stopping_an_async_stream_ends_generation(
     await stream.aclose()
     # LangChain's wrapper leaves our generator to the event loop's async-generator finaliser,
     # which closes it on a following loop iteration.
-    for _ in range(200):
-        if not model_lock(chat.chatglm).locked():
-            break
-        await asyncio.sleep(0.01)
-    assert not model_lock(chat.chatglm).locked()
+    async with asyncio.timeout(HANG_GUARD_S):  # bounds a hang only
+        while model_lock(chat.chatglm).locked():
+            await asyncio.sleep(0.01)
     assert spy.pulled < 1500
 
 
@@ -254,8 +253,9 @@ async def test_cancelling_an_async_call_ends_generation(
     chat: ChatGLM2Chat, spy: GenerateSpy
 ) -> None:
     task = asyncio.create_task(chat.ainvoke("Hello", max_tokens=2000))
-    while spy.pulled < 2:
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(HANG_GUARD_S):  # bounds a hang only
+        while spy.pulled < 2:
+            await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -281,17 +281,34 @@ def test_one_generation_at_a_time(chat: ChatGLM2Chat, tiny_parts: Parts) -> None
         other.invoke("Hello")
 
 
+class TriedLock:
+    """The model's lock, telling when a caller has started waiting for it."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+        self.tried = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.tried.set()
+        return self.lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.lock.release()
+
+
 async def test_a_call_cancelled_while_waiting_for_the_model_stops_waiting(
-    chat: ChatGLM2Chat, spy: GenerateSpy
+    chat: ChatGLM2Chat, spy: GenerateSpy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lock = model_lock(chat.chatglm)
-    lock.acquire()  # another request holds the model
+    lock = TriedLock(model_lock(chat.chatglm))
+    monkeypatch.setitem(chatglm2._LOCKS, chat.chatglm, lock)
+    lock.lock.acquire()  # another request holds the model
     try:
         task = asyncio.create_task(chat.ainvoke("Hello"))
-        await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(lock.tried.wait, HANG_GUARD_S), "it never waited"
         task.cancel()
+        # Were the wait not cut short, the task would never end: the model stays held.
         with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=2)
+            await asyncio.wait_for(task, timeout=HANG_GUARD_S)
     finally:
         lock.release()
     assert spy.prompts == []  # it never reached the model

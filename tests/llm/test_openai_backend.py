@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from starlette.responses import Response
 from kbqa.llm.errors import LLMUnavailable
 from kbqa.llm.factory import build_chat_model
 from kbqa.settings import load_settings
+from tests.waiting import HANG_GUARD_S
 
 pytest.importorskip("langchain_openai", reason="the openai extra is not installed")
 
@@ -202,12 +204,15 @@ def test_kbqa_ask_through_the_remote(
 class Behaviour:
     failures: int = 0
     """Answer 503 to this many requests first."""
-    delay_s: float = 0.0
-    """Wait this long before answering."""
+    silent: bool = False
+    """Answer nothing until the client hangs up (a remote slower than any timeout)."""
+    overlap: int = 0
+    """Answer only once this many requests are in at once: a client that sends them one after
+    the other is never answered (until HANG_GUARD_S, then 500)."""
     stall_s: float = 0.0
     """Streaming: wait this long after the first chunk."""
-    seen: list[tuple[float, dict[str, Any], str]] = field(default_factory=list)
-    """(arrival time, JSON body, Authorization header) of every request."""
+    seen: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    """(JSON body, Authorization header) of every request."""
     in_flight: int = 0
     most_in_flight: int = 0
     """The most requests being answered at once (counted, not timed)."""
@@ -221,17 +226,23 @@ def _stub_app(current: list[Behaviour]) -> FastAPI:
     async def completions(request: Request) -> Response:
         behaviour = current[0]
         body = await request.json()
-        behaviour.seen.append((time.monotonic(), body, request.headers.get("authorization", "")))
+        behaviour.seen.append((body, request.headers.get("authorization", "")))
         if len(behaviour.seen) <= behaviour.failures:
             error = {"error": {"message": "the queue is full", "type": "server_error"}}
             return JSONResponse(error, status_code=503)
         behaviour.in_flight += 1
         behaviour.most_in_flight = max(behaviour.most_in_flight, behaviour.in_flight)
         try:
-            if await _disconnected_within(request, behaviour.delay_s):
-                return Response(status_code=499)  # the client gave up: nobody reads this
+            outcome = await _wait_for(
+                request,
+                lambda: not behaviour.silent and behaviour.most_in_flight >= behaviour.overlap,
+            )
         finally:
             behaviour.in_flight -= 1
+        if outcome == "gone":
+            return Response(status_code=499)  # the client gave up: nobody reads this
+        if outcome == "never":
+            return JSONResponse({"error": {"message": "never", "type": "test"}}, status_code=500)
         if body.get("stream"):
             return StreamingResponse(_chunks(behaviour), media_type="text/event-stream")
         message = {"role": "assistant", "content": "stub answer"}
@@ -249,14 +260,17 @@ def _stub_app(current: list[Behaviour]) -> FastAPI:
     return app
 
 
-async def _disconnected_within(request: Request, seconds: float) -> bool:
-    """Wait `seconds`, or less if the client hangs up (so no handler outlives its test)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+async def _wait_for(request: Request, ready: Callable[[], bool]) -> str:
+    """ "ready", or "gone" if the client hangs up first (so no handler outlives its test), or
+    "never" after HANG_GUARD_S, which only bounds a test that is failing anyway."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not ready():
         if await request.is_disconnected():
-            return True
+            return "gone"
+        if time.monotonic() > deadline:
+            return "never"
         await asyncio.sleep(0.02)
-    return False
+    return "ready"
 
 
 async def _chunks(behaviour: Behaviour) -> AsyncIterator[str]:
@@ -309,7 +323,7 @@ def test_request_carries_the_settings(tmp_path: Path, stub: tuple[str, Behaviour
     url, behaviour = stub
     chat = _chat(tmp_path, url, model="glm", api_key="sk-1", max_retries=0)
     assert chat.invoke("hi").content == "stub answer"
-    ((_, body, authorization),) = behaviour.seen
+    ((body, authorization),) = behaviour.seen
     assert authorization == "Bearer sk-1"
     assert {k: body.get(k) for k in ("model", "temperature", "top_p", "max_completion_tokens")} == {
         "model": "glm",
@@ -324,7 +338,7 @@ def test_streams_ask_for_usage(tmp_path: Path, stub: tuple[str, Behaviour]) -> N
     url, behaviour = stub
     chat = _chat(tmp_path, url, model="glm", max_retries=0)
     chunks = list(chat.stream("hi"))
-    ((_, body, _),) = behaviour.seen
+    ((body, _),) = behaviour.seen
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     # This remote ignores it and reports nothing: no usage, rather than a made-up one.
     assert not any(chunk.usage_metadata for chunk in chunks)
@@ -332,12 +346,10 @@ def test_streams_ask_for_usage(tmp_path: Path, stub: tuple[str, Behaviour]) -> N
 
 def test_slow_remote_times_out_with_one_line(tmp_path: Path, stub: tuple[str, Behaviour]) -> None:
     url, behaviour = stub
-    behaviour.delay_s = 5
+    behaviour.silent = True  # were the timeout not applied, invoke would wait for the guard
     chat = _chat(tmp_path, url, timeout_s=0.3, max_retries=0)
-    start = time.monotonic()
     with pytest.raises(LLMUnavailable) as caught:
         chat.invoke("hi")
-    assert time.monotonic() - start < 4  # the remote would take 5 s
     assert str(caught.value) == (
         f"the LLM server at {url} did not answer within 0.3 s; "
         "raise llm.openai.timeout_s if it is only slow"
@@ -356,17 +368,19 @@ def test_stream_that_stalls_times_out(tmp_path: Path, stub: tuple[str, Behaviour
 
 
 def test_overloaded_remote_is_retried_with_backoff(
-    tmp_path: Path, stub: tuple[str, Behaviour]
+    tmp_path: Path, stub: tuple[str, Behaviour], caplog: pytest.LogCaptureFixture
 ) -> None:
     url, behaviour = stub
     behaviour.failures = 2
     chat = _chat(tmp_path, url, max_retries=2)
+    caplog.set_level(logging.INFO, logger="openai")
     assert "".join(chunk.text for chunk in chat.stream("hi")) == "stub answer"
-    arrivals = [arrived for arrived, _, _ in behaviour.seen]
-    assert len(arrivals) == 3
-    first_wait, second_wait = arrivals[1] - arrivals[0], arrivals[2] - arrivals[1]
-    # The openai client's backoff: 0.5 s, then 1 s, each less up to 25 % jitter.
-    assert 0.3 <= first_wait < second_wait and second_wait >= 0.7
+    assert len(behaviour.seen) == 3
+    # The waits the openai client chose (and slept) before each retry, as it logs them, not as
+    # a clock measures them: 0.5 s, then 1 s, each less up to 25 % jitter.
+    waits = [r.args[0] for r in caplog.records if r.getMessage().startswith("Retrying request")]
+    assert len(waits) == 2
+    assert 0.375 <= waits[0] <= 0.5 and 0.75 <= waits[1] <= 1.0
 
 
 def test_overloaded_remote_gives_up_after_its_retries(
@@ -401,7 +415,7 @@ def test_kbqa_server_lets_the_remote_generate_concurrently(
     from kbqa.server.app import create_app
 
     url, behaviour = stub
-    behaviour.delay_s = 0.6
+    behaviour.overlap = 2  # the remote answers once two requests are in at once
     remote = {"base_url": url, "model": "glm", "concurrency": 4, "max_retries": 0}
     settings = load_settings(
         tmp_path / "front",

@@ -1,4 +1,8 @@
-"""The bounded generation queue, on its own: admission, slots, cancellation, timeouts."""
+"""The bounded generation queue, on its own: admission, slots, cancellation, timeouts.
+
+The generations here are held: after its first item a producer waits for the test's `go`, so
+"still generating" is a state the test sets, and a cancel shows as the worker stopping at the
+item after `go` instead of running through all 1,000."""
 
 from __future__ import annotations
 
@@ -11,18 +15,29 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from kbqa.server.generation import GenerationGate, GenerationTimeout, QueueFull, ShuttingDown
+from tests.waiting import HANG_GUARD_S
 
 
-def counting(n: int, delay: float, log: list[int]) -> Callable[[threading.Event], Iterator[int]]:
+def held(log: list[int], go: threading.Event) -> Callable[[threading.Event], Iterator[int]]:
+    """Yields 0, then 1…999 once `go` is set, stopping early when cancelled."""
+
     def produce(cancel: threading.Event) -> Iterator[int]:
-        for i in range(n):
+        for i in range(1000):
+            if i == 1 and not go.wait(HANG_GUARD_S):
+                raise AssertionError("the test never let the generation go on")
             if cancel.is_set():
                 return
-            time.sleep(delay)
             log.append(i)
             yield i
 
     return produce
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` from the event loop; the timeout only bounds a hang."""
+    async with asyncio.timeout(HANG_GUARD_S):
+        while not condition():
+            await asyncio.sleep(0.005)
 
 
 async def test_admits_concurrency_plus_queue_then_refuses() -> None:
@@ -50,7 +65,7 @@ async def test_one_generation_at_a_time_in_admission_order() -> None:
             nonlocal running, most
             running += 1
             most = max(most, running)
-            time.sleep(0.02)
+            time.sleep(0.02)  # widens the window a broken gate would overlap in; not asserted
             order.append(name)
             running -= 1
             return name
@@ -69,48 +84,49 @@ async def test_one_generation_at_a_time_in_admission_order() -> None:
 async def test_a_consumer_that_stops_cancels_and_keeps_the_slot_until_the_worker_stops() -> None:
     gate = GenerationGate(concurrency=1, queue_size=1, timeout_s=10)
     produced: list[int] = []
+    go = threading.Event()
     ticket = gate.admit()
-    stream = ticket.stream(counting(1000, 0.01, produced))
+    stream = ticket.stream(held(produced, go))
     assert await anext(stream) == 0
     await stream.aclose()
     ticket.release()
     assert ticket.cancel.is_set()
-    for _ in range(100):
-        if gate.running == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert gate.running == 0 and gate.waiting == 0
-    stopped_at = len(produced)
-    await asyncio.sleep(0.1)
-    assert len(produced) == stopped_at < 10
+    assert gate.running == 1 and gate.stopping == 1  # the worker, held, has the slot still
+    go.set()
+    await until(lambda: gate.running == 0)
+    assert gate.waiting == 0 and gate.stopping == 0
+    assert produced == [0]
 
 
 async def test_timeout_while_generating_cancels_the_worker() -> None:
     gate = GenerationGate(concurrency=1, queue_size=1, timeout_s=0.2)
     produced: list[int] = []
-    started = time.monotonic()
+    go = threading.Event()
+    # Held, the generation never ends on its own: only the timeout can end the request.
     with pytest.raises(GenerationTimeout) as timed_out:
         async with gate.admit() as ticket:
-            async for _ in ticket.stream(counting(1000, 0.01, produced)):
+            async for _ in ticket.stream(held(produced, go)):
                 pass
-    # Unbounded, the worker would produce for 10 s; the timeout stops it long before.
-    assert time.monotonic() - started < 5
-    assert len(produced) < 500
     assert timed_out.value.status == 503 and timed_out.value.code == "timeout"
-    await asyncio.sleep(0.1)
-    assert gate.running == 0 and len(produced) < 40
+    assert gate.stopping == 1
+    go.set()
+    await until(lambda: gate.running == 0)
+    assert produced == [0]
 
 
 async def test_timeout_while_waiting_for_a_slot() -> None:
     gate = GenerationGate(concurrency=1, queue_size=1, timeout_s=0.2)
+    go = threading.Event()
     busy = gate.admit()
-    stream = busy.stream(counting(1000, 0.01, []))
+    stream = busy.stream(held([], go))
     await anext(stream)
     with pytest.raises(GenerationTimeout):
         async with gate.admit() as waiting:
             await waiting.call(lambda cancel: "never")
     await stream.aclose()
     busy.release()
+    go.set()
+    await until(lambda: gate.running == 0)
 
 
 async def test_errors_reach_the_caller_and_free_the_slot() -> None:
@@ -122,10 +138,7 @@ async def test_errors_reach_the_caller_and_free_the_slot() -> None:
     with pytest.raises(ValueError, match="boom"):
         async with gate.admit() as ticket:
             await ticket.call(broken)
-    for _ in range(100):
-        if gate.running == 0 and gate.waiting == 0:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: gate.running == 0 and gate.waiting == 0)
     async with gate.admit() as ticket:
         assert await ticket.call(lambda cancel: 42) == 42
 
@@ -133,16 +146,18 @@ async def test_errors_reach_the_caller_and_free_the_slot() -> None:
 async def test_close_cancels_everything_and_admits_nothing_more() -> None:
     gate = GenerationGate(concurrency=1, queue_size=3, timeout_s=5)
     produced: list[int] = []
+    go = threading.Event()
     running = gate.admit()
-    stream = running.stream(counting(1000, 0.01, produced))
+    stream = running.stream(held(produced, go))
     await anext(stream)
     waiting = gate.admit()
     gate.close()
     assert running.cancel.is_set() and running.interrupted and waiting.interrupted
     with pytest.raises(ShuttingDown):
         gate.admit()
-    assert await gate.wait_idle(2)
-    assert len(produced) < 10
+    go.set()
+    assert await gate.wait_idle(HANG_GUARD_S)
+    assert produced == [0]
     await stream.aclose()
     for ticket in (running, waiting):
         ticket.release()
@@ -161,14 +176,10 @@ async def test_generations_reuse_worker_threads_with_a_fresh_context() -> None:
         async with gate.admit() as ticket:
             await ticket.call(fn)
 
-    async def until_idle() -> None:  # a worker counts itself idle after handing its result over
-        async with asyncio.timeout(10):
-            while gate._workers._idle == 0:
-                await asyncio.sleep(0.005)
-
     for _ in range(3):
         await run()
-        await until_idle()
+        # A worker counts itself idle after handing its result over.
+        await until(lambda: gate._workers._idle > 0)
     await asyncio.gather(run(), run())
     assert len({thread for thread, _ in seen}) <= 2, "no more threads than generations at once"
     assert seen[1][0] == seen[0][0], "a finished generation's thread takes the next one"
