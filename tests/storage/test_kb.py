@@ -261,12 +261,11 @@ def test_directory_without_database(kbs_dir: Path) -> None:
 
 
 @pytest.mark.databases("sqlite")  # the SQLite layout: test_postgres_kb.py
-def test_lock_wait_times_out_quickly(kb: KnowledgeBase) -> None:
-    start = time.monotonic()
+def test_lock_wait_times_out(kb: KnowledgeBase) -> None:
     with kb.write_lock():
         other = KnowledgeBase.open(kb.path.parent, kb.name)
-        # A second object in the same process is a separate flock holder: it must wait.
+        # A second object in the same process is a separate flock holder: it must wait, and,
+        # the lock never coming free, give up with KBBusy (a wait without end would hang here).
         with pytest.raises(KBBusy), other.write_lock(timeout=0.1):
             pass
         other.close()
-    assert time.monotonic() - start < 5
