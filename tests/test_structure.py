@@ -1,6 +1,6 @@
 """One way to do each thing, read from the source with ast: a KB is opened, created and
-deleted from settings in one place, no two classes share a name, and what ingest and storage
-define is used."""
+deleted from settings in one place, no two classes share a name, and what every package
+defines is used."""
 
 from __future__ import annotations
 
@@ -64,9 +64,22 @@ def test_no_two_classes_share_a_name() -> None:
     assert twice == {name: paths for name, (paths, _why) in NAMED_TWICE.items()}
 
 
-def test_every_function_and_class_of_ingest_and_storage_is_used() -> None:
+# Module-level functions that nothing calls, left for the people changing their modules when
+# this test was widened from ingest and storage to every package; drop an entry with its function.
+UNUSED_FOR_NOW: dict[str, str] = {
+    "kbqa/chatglm/kernels.py gemv_best_configs": "the autotuner's picks for a benchmark record "
+    "that no benchmark writes (bench sweeps the configurations into kernels.TUNED)",
+    "kbqa/chatglm/kernels.py int4_matmul_best_configs": "the same for the int4 matmul",
+    "kbqa/chatglm/batching.py wait_all": "waits on several requests at once; nothing does",
+    "kbqa/evidence.py question_evidence": "rank_for_question then ranked_evidence, which the "
+    "one caller (answer_mode) does in two steps",
+}
+
+
+def test_every_module_level_function_and_class_is_used() -> None:
     # A name written once in all the Python of the repository is defined and never used
-    # (ingest.pipeline.FileProblem was). Decorated functions are used by their decorator.
+    # (ingest.pipeline.FileProblem was). Decorated functions are used by their decorator;
+    # `__getattr__` and other dunders by Python.
     everything = "\n".join(
         path.read_text(encoding="utf-8")
         for folder in (*PACKAGES, "tests", "bench")
@@ -74,12 +87,12 @@ def test_every_function_and_class_of_ingest_and_storage_is_used() -> None:
     )
     written = Counter(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", everything))
     unused = [
-        f"{path}:{node.lineno} {node.name}"
+        f"{path.as_posix()} {node.name}"
         for path, tree in _sources()
-        if path.parts[0] in ("ingest", "storage")
         for node in tree.body
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
         and not (node.decorator_list and not isinstance(node, ast.ClassDef))
+        and not (node.name.startswith("__") and node.name.endswith("__"))
         and written[node.name] == 1
     ]
-    assert unused == []
+    assert [where for where in unused if where not in UNUSED_FOR_NOW] == []
