@@ -50,14 +50,15 @@ _bearer = HTTPBearer(
     description="Needed when the server has API keys (KBQA_API_KEY, kbqa keys); open otherwise.",
 )
 
-_OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+_PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _UNAUTHORIZED = "missing or wrong API key (send Authorization: Bearer <key>)"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def is_open(method: str, path: str) -> bool:
-    """Routes anyone may call: health, the web page and its assets, the API's documentation."""
-    if path in _OPEN_PATHS or path.startswith("/static/"):
+def is_public(method: str, path: str) -> bool:
+    """Routes anyone may call: health, the web page and its assets, the API's documentation.
+    (A server with no key at all is *open*, Authenticator.is_open: every route is public.)"""
+    if path in _PUBLIC_PATHS or path.startswith("/static/"):
         return True
     return path == "/" and method in ("GET", "HEAD")
 
@@ -144,7 +145,7 @@ class AccessGuard:
         self._scopes: dict[int, KeyScope] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_open(scope["method"], scope["path"]):
+        if scope["type"] != "http" or is_public(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
         client = scope["client"][0] if scope.get("client") else ""

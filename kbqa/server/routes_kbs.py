@@ -45,7 +45,7 @@ from kbqa.server.schemas import (
 )
 from kbqa.server.state import RetrieverDep, SettingsDep, StateDep
 from kbqa.settings import Settings
-from storage import config as storage_config
+from storage import config as storage_config  # a module: handler names are OpenAPI operation ids
 from storage.errors import KBExists, KBNotFound
 from storage.kb import KnowledgeBase
 
@@ -68,7 +68,7 @@ def get_kbs(settings: SettingsDep, access: AccessDep) -> KbList:
 def post_kb(body: KbCreate, settings: SettingsDep, access: AccessDep) -> KbInfo:
     if not access.sees(body.name):  # a key limited to some KBs creates only those
         raise forbidden(access, "admin")
-    return create_kb(settings, body)
+    return create_empty_kb(settings, body)
 
 
 @router.delete("/v1/kbs/{kb}", dependencies=[Depends(require_admin)])
@@ -148,7 +148,7 @@ def get_job(
     return job_status(job)
 
 
-def create_kb(settings: Settings, body: KbCreate) -> KbInfo:
+def create_empty_kb(settings: Settings, body: KbCreate) -> KbInfo:
     """A new, empty KB; 409 if one of that name exists."""
     if body.name in KnowledgeBase.list_names(settings.kbs_dir):
         raise KBExists(f"knowledge base {body.name} already exists")
