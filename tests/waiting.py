@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 HANG_GUARD_S = 120.0
 POLL_S = 0.02
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = HANG_GUARD_S) -> None:
-    """Return once `condition()` is true; AssertionError naming `what` if it never gets there."""
+def wait_for(condition: Callable[[], T], what: str, timeout: float = HANG_GUARD_S) -> T:
+    """The first truthy value of `condition()`; AssertionError naming `what` if none comes."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting until {what}")
         time.sleep(POLL_S)
+    return value

@@ -13,7 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from kbqa.server.job_store import Job, JobStore, OwnerLock
 from kbqa.server.jobs import INTERRUPTED_MESSAGES
 from kbqa.settings import SettingsError, load_settings
 from tests.fake_chat import FakeChat
+from tests.waiting import wait_for
 
 DAY = 86400.0
 # Enough text that its ingest (model load included) runs for seconds on any machine.
@@ -56,14 +57,6 @@ def get_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     job: dict[str, Any] = response.json()
     return job
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.05)
 
 
 @contextmanager
@@ -137,7 +130,7 @@ def test_a_server_killed_mid_ingest_leaves_its_jobs_failed_interrupted(
     ):
         running = upload(client, "default", ("lighthouses.txt", BIG.encode()))
         queued = upload(client, "default", ("owls.md", b"# Owls\n\nOwls hunt at night."))
-        wait_until(lambda: get_job(client, running)["state"] == "running", "it runs")
+        wait_for(lambda: get_job(client, running)["state"] == "running", "it runs")
         assert get_job(client, queued)["state"] == "queued"
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -172,7 +165,7 @@ def test_sigterm_finishes_the_running_ingest_and_fails_the_queued_job(
         with httpx.Client(base_url=url, timeout=60) as client:
             running = upload(client, "default", ("lighthouses.txt", BIG.encode()))
             queued = upload(client, "default", ("owls.md", b"# Owls\n\nOwls hunt at night."))
-            wait_until(lambda: get_job(client, running)["state"] == "running", "it runs")
+            wait_for(lambda: get_job(client, running)["state"] == "running", "it runs")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=300) == 0
 
@@ -237,7 +230,7 @@ def test_history_is_bounded_by_count(tmp_path_factory: pytest.TempPathFactory) -
         second = wait_for_job(client, upload(client, "notes", ("b.md", b"# B\n\nBeta.")))
         third = wait_for_job(client, upload(client, "notes", ("c.md", b"# C\n\nGamma.")))
         assert second["state"] == third["state"] == "done"
-        wait_until(lambda: client.get(f"/v1/jobs/{first}").status_code == 404, "pruned")
+        wait_for(lambda: client.get(f"/v1/jobs/{first}").status_code == 404, "pruned")
         assert get_job(client, second["job_id"]) == second
         # The pruned job's leftover is gone; its document's file stays with the KB.
         assert sorted(p.name for p in uploads.iterdir()) == ["a.md", "b.md", "c.md"]

@@ -1,7 +1,7 @@
 """`server.watch`: a real server on loopback keeps a folder in sync with a KB, each sync a job.
 
 Every wait polls the API until a condition holds (the watcher's timing is not under test);
-WAIT_S only bounds a run that would otherwise hang.
+tests.waiting.wait_for's deadline only bounds a run that would otherwise hang.
 """
 
 from __future__ import annotations
@@ -10,31 +10,17 @@ import logging
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 from server_helpers import LiveServer, make_home, serve_with_model
 
 from tests.fake_chat import FakeChat
-
-WAIT_S = 120
-T = TypeVar("T")
-
-
-def until(probe: Callable[[], T | None], what: str) -> T:
-    """The first truthy value of `probe()`, polled until WAIT_S."""
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.waiting import wait_for
 
 
 @dataclass
@@ -71,7 +57,7 @@ class Watched:
                     return job
             return None
 
-        return until(probe, "a watch job")
+        return wait_for(probe, "a watch job")
 
 
 @pytest.fixture
@@ -96,18 +82,18 @@ def test_a_watched_folder_syncs_each_change_as_a_job(watched: Watched) -> None:
     assert any("KESTREL" in t for t in watched.texts("lighthouse lamp code"))
 
     (watched.folder / "second.md").write_text("The ferry leaves at dawn, code MARLIN.\n")
-    until(lambda: any("MARLIN" in t for t in watched.texts("ferry code")), "the added file")
+    wait_for(lambda: any("MARLIN" in t for t in watched.texts("ferry code")), "the added file")
 
     # An editor's atomic save: a hidden temporary file renamed over the original.
     swap = watched.folder / ".second.md.swp"
     swap.write_text("The ferry leaves at noon, code OSPREY.\n")
     os.replace(swap, watched.folder / "second.md")
-    until(lambda: any("OSPREY" in t for t in watched.texts("ferry code")), "the edit")
+    wait_for(lambda: any("OSPREY" in t for t in watched.texts("ferry code")), "the edit")
     assert not any("MARLIN" in t for t in watched.texts("ferry code"))
     watched.finished_sync(lambda r: r["updated"] == 1 and r["failed"] == [])
 
     (watched.folder / "second.md").unlink()
-    until(lambda: watched.sources() == {"first.md"}, "the deletion")
+    wait_for(lambda: watched.sources() == {"first.md"}, "the deletion")
     removed = watched.finished_sync(lambda r: r["removed"] == 1)
     assert removed["progress"]["files_total"] == 1  # first.md, unchanged
     assert removed["error"] is None and removed["error_code"] is None
@@ -119,13 +105,13 @@ def test_a_deleted_folder_is_logged_and_synced_again_when_back(
     caplog.set_level(logging.INFO, logger="kbqa.server")
     watched.finished_sync(lambda r: r["added"] == 1)
     shutil.rmtree(watched.folder)
-    until(lambda: any("is missing" in r.message for r in caplog.records), "the log line")
+    wait_for(lambda: any("is missing" in r.message for r in caplog.records), "the log line")
     assert watched.client.get("/healthz").status_code == 200
     assert watched.sources() == {"first.md"}, "nothing removed while the folder is gone"
 
     watched.folder.mkdir()
     (watched.folder / "again.md").write_text("The mill wheel turns, code HERON.\n")
-    until(lambda: watched.sources() == {"again.md"}, "the folder's new content")
+    wait_for(lambda: watched.sources() == {"again.md"}, "the folder's new content")
     assert any("HERON" in t for t in watched.texts("mill wheel code"))
 
 
@@ -136,7 +122,7 @@ def test_an_emptied_folder_is_a_failed_sync_that_removes_nothing(watched: Watche
     def refused() -> dict[str, Any] | None:
         return next((j for j in watched.watch_jobs() if j["state"] == "failed"), None)
 
-    job = until(refused, "the refused sync")
+    job = wait_for(refused, "the refused sync")
     assert job["error_code"] == "invalid_request" and "empty" in job["error"]
     assert watched.sources() == {"first.md"}
 
@@ -148,7 +134,7 @@ def test_shutdown_stops_the_watchers(tmp_path_factory: pytest.TempPathFactory) -
     (folder / "a.txt").write_text("Anchor chain notes.")
     server = serve_with_model(home, FakeChat(), watch=[{"path": str(folder), "kb": "k"}])
     with server.client() as client:
-        until(
+        wait_for(
             lambda: [j for j in client.get("/v1/jobs").json()["jobs"] if j["state"] == "done"],
             "the first sync",
         )

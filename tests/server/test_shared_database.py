@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from postgres_server import PostgresServer
 from server_helpers import free_port, kbqa, wait_for_job, wait_until_serving
 
 from storage.pg_lock import LOCK_CLASS
+from tests.waiting import wait_for
 
 Hosts = list[str]
 
@@ -79,14 +79,6 @@ def _sources(url: str, kb: str, query: str) -> set[str]:
     return {hit["source"] for hit in response.json()["results"]}
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.05)
-
-
 def test_an_upload_through_one_is_searchable_through_the_others(
     hosts: tuple[Hosts, list[Path]],
 ) -> None:
@@ -100,7 +92,7 @@ def test_an_upload_through_one_is_searchable_through_the_others(
         def found(other: str = other) -> bool:
             return "otters.txt" in _sources(other, "shared", "otters sleep")
 
-        _wait_for(found, f"{other} finds the upload")
+        wait_for(found, f"{other} finds the upload")
 
 
 def test_concurrent_ingests_through_two_servers_serialise(
@@ -159,7 +151,7 @@ def test_killing_the_writer_releases_the_lock(
         KBQA_STORAGE__DATABASE=database,
     )
     try:
-        _wait_for(lambda: _lock_holders(database) == 1, "the CLI ingest holds the KB's lock")
+        wait_for(lambda: _lock_holders(database) == 1, "the CLI ingest holds the KB's lock")
         os.kill(writer.pid, signal.SIGKILL)
     finally:
         writer.kill()
