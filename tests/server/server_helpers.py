@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from langchain_core.language_models import BaseChatModel
 
 from kbqa.server.app import create_app
 from kbqa.settings import Settings, load_settings
+from tests.waiting import HANG_GUARD_S, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,11 +72,9 @@ def start_server(app: FastAPI, settings: Settings) -> LiveServer:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 300
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
+    wait_for(lambda: server.started or not thread.is_alive(), "the test server starts", 300)
+    if not server.started:
+        raise RuntimeError("the test server did not start")
     return LiveServer(f"http://127.0.0.1:{port}", app, settings, server, thread)
 
 
@@ -121,14 +119,16 @@ def serve_with_model(
     return start_server(create_app(settings, chat_model=model), settings)
 
 
-def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for_job(
+    client: httpx.Client, job_id: str, timeout: float = HANG_GUARD_S
+) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
         job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
+        return job if job["state"] in ("done", "failed") else None
+
+    job = wait_for(finished, f"job {job_id} finishes", timeout)
+    assert job is not None
+    return job
 
 
 def sse_events(response: httpx.Response) -> Iterator[Any]:
@@ -162,13 +162,12 @@ def kbqa(*args: str, output: IO[str] | None = None, **env: str) -> subprocess.Po
 
 
 def wait_until_serving(process: subprocess.Popen[str], url: str) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
+    def up() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"kbqa serve exited: {process.communicate()[1]}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError("kbqa serve did not come up")
+            return False
+
+    wait_for(up, "kbqa serve answers /healthz", 180)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import httpx
 import pytest
 from web_helpers import (
     API_KEY,
-    JOB_TIMEOUT_MS,
     Server,
     ask,
     expect,
@@ -28,6 +26,7 @@ from web_helpers import (
 
 from ingest.pipeline import ingest_paths
 from kbqa.settings import load_settings
+from tests.server.server_helpers import wait_for_job
 
 pytestmark = pytest.mark.browser
 
@@ -188,10 +187,7 @@ def test_pdf_is_grouped_by_page_and_opens_at_the_cited_page(server: Server, new_
         assert client.post("/v1/kbs", json={"name": "web-pdf"}).status_code == 201
         files = [("files", ("specs.pdf", pdf_bytes(pages), "application/pdf"))]
         job_id = client.post("/v1/kbs/web-pdf/documents", files=files).json()["job_id"]
-        deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
-        while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] not in ("done", "failed"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.05)
+        job = wait_for_job(client, job_id)
         assert job["state"] == "done" and job["result"]["added"] == 1, job
     page = new_page()
     page.goto(server.url)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from langchain_core.messages import BaseMessage
 from kbqa.server.app import create_app
 from kbqa.settings import load_settings
 from tests.fake_chat import FakeChat
+from tests.server.server_helpers import wait_for_job
+from tests.waiting import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -119,11 +120,9 @@ def start_server(home: Path, api_key: str = "", answer_mode: str = "generate") -
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the web test server did not start")
-        time.sleep(0.02)
+    wait_for(lambda: server.started or not thread.is_alive(), "the web test server starts")
+    if not server.started:
+        raise RuntimeError("the web test server did not start")
     return Server(f"http://127.0.0.1:{port}", model, server, thread)
 
 
@@ -155,11 +154,7 @@ def seed_kb(server: Server, kb: str, files: dict[str, str]) -> None:
         parts = [("files", (name, text.encode())) for name, text in files.items()]
         response = client.post(f"/v1/kbs/{kb}/documents", files=parts)
         assert response.status_code == 202, response.text
-        job_id = response.json()["job_id"]
-        deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
-        while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] not in ("done", "failed"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.1)
+        job = wait_for_job(client, response.json()["job_id"])
         assert job["state"] == "done" and not job["result"]["failed"], job
 
 
