@@ -97,7 +97,8 @@ def extract(
     found = ranked_evidence(ranked, sources)
     chosen.sort(key=lambda s: (s.position, s.start))  # the documents' own order reads best
     lines = [
-        f"{_quote(sources[s.position].text[s.start : s.end])} [{sources[s.position].index}]"
+        f"{_quote(s.shown or sources[s.position].text[s.start : s.end])} "
+        f"[{sources[s.position].index}]"
         for s in chosen
     ]
     label = load_template(lang, name="extract").strip()

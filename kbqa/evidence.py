@@ -41,6 +41,7 @@ import numpy as np
 
 from kbqa.answer import Basis, Evidence, Source
 from kbqa.glossary import english_for
+from kbqa.html_rows import html_rows
 from kbqa.relevance import query_terms
 from kbqa.sentences import is_table_row, split_sentences
 from kbqa.value_kinds import missing_kinds
@@ -134,11 +135,16 @@ class Sentence:
     context: str = ""
     """Folded: the document's path, the chunk's heading and the label line above the sentence."""
     context_stems: frozenset[str] = frozenset()
+    shown: str = ""
+    """How the sentence reads where that is not `text[start:end]` itself: an HTML table row
+    as "header: value; …" (kbqa.html_rows)."""
 
     @classmethod
-    def of(cls, position: int, text: str, start: int, end: int, context: str = "") -> Sentence:
-        folded, around = fold(text[start:end]), fold(context)
-        return cls(position, start, end, folded, _stems(folded), around, _stems(around))
+    def of(
+        cls, position: int, text: str, start: int, end: int, context: str = "", shown: str = ""
+    ) -> Sentence:
+        folded, around = fold(shown or text[start:end]), fold(context)
+        return cls(position, start, end, folded, _stems(folded), around, _stems(around), shown)
 
     def has_term(self, term: str) -> bool:
         return _has_term(term, self.folded, self.stems)
@@ -176,22 +182,24 @@ LABEL_LINES = 8
 """How many lines above a sentence are searched for its label."""
 
 
-def context_of(source: Source, start: int, end: int, lead: str = "") -> str:
+def context_of(source: Source, start: int, end: int, lead: str = "", row: bool = False) -> str:
     """What a reader knows when reaching `source.text[start:end]`: the document's path, the
     chunk's heading and the label above it — for a table row, the table's caption (the line
-    above its rows; `lead`, the last line of the chunk before, where the table opens the
+    above its rows; the last line of `lead`, the chunk before, where the table opens the
     chunk); otherwise the nearest label line (an option's description under "-s,
     --sha-rounds ROUNDS"). The sentence itself need not repeat those names to be about them."""
     above = source.text[:start].splitlines()
-    if is_table_row(source.text[start:end]):
-        label = next((ln.strip() for ln in reversed(above) if _caption(ln)), lead.strip())
+    if row or is_table_row(source.text[start:end]):
+        caption = next((ln.strip() for ln in reversed(lead.splitlines()) if _caption(ln)), "")
+        label = next((ln.strip() for ln in reversed(above) if _caption(ln)), caption)
     else:
         label = _label(above[-LABEL_LINES - 1 :])
     return "\n".join(part for part in (source.source, source.heading or "", label) if part)
 
 
 def _caption(line: str) -> bool:
-    return bool(line.strip()) and not is_table_row(line)
+    """Not a row, nor a line of HTML table markup ("<td>50.09</td>"): the text above a table."""
+    return bool(line.strip()) and not is_table_row(line) and not line.lstrip().startswith("<")
 
 
 def _label(lines: list[str]) -> str:
@@ -371,16 +379,24 @@ def _cosines(
 def _sentences(
     sources: Sequence[Source], leads: Mapping[str, str]
 ) -> tuple[list[Sentence], list[str]]:
-    """Every sentence of `sources`, in its context; `leads`: by chunk id, the last line of the
-    chunk before it in its document, where known."""
+    """Every sentence of `sources`, in its context, each HTML table row one sentence read with
+    its header; `leads`: by chunk id, the text of the chunk before it in its document, where
+    known. Returns the sentences and the texts they read as (for the embedding)."""
     sentences: list[Sentence] = []
     texts: list[str] = []
     for position, source in enumerate(sources):
         lead = leads.get(source.chunk_id, "")
-        for start, end in split_sentences(source.text):
-            context = context_of(source, start, end, lead)
-            sentences.append(Sentence.of(position, source.text, start, end, context))
-            texts.append(source.text[start:end])
+        rows = html_rows(source.text, lead)
+        spans = [(s, e, "") for s, e in split_sentences(source.text)]
+        if rows:
+            spans = [
+                (s, e, t) for s, e, t in spans if not any(s < r.end and r.start < e for r in rows)
+            ]
+            spans = sorted(spans + [(r.start, r.end, r.shown) for r in rows])
+        for start, end, shown in spans:
+            context = context_of(source, start, end, lead, row=bool(shown))
+            sentences.append(Sentence.of(position, source.text, start, end, context, shown))
+            texts.append(shown or source.text[start:end])
     return sentences, texts
 
 
@@ -471,7 +487,7 @@ def rank_for_question(
     leads: Mapping[str, str] | None = None,
 ) -> Ranked:
     """Every sentence of `sources` with its score for `question`, best first. `leads`: by
-    chunk id, the last line of the chunk before it (a table's caption, kbqa.neighbours)."""
+    chunk id, the text of the chunk before it (a table's caption or header, kbqa.neighbours)."""
     sentences, texts = _sentences(sources, leads or {})
     if not sentences:
         return []
@@ -517,6 +533,21 @@ hours, a price, memory, a version…) that it holds none of: "显存要占多少
 sentence with the GB figure, not by the one that introduces the table."""
 
 
+_ASKS_FIGURE = re.compile(r"多少|几(?:个|位|种|倍|天|小时|秒|分钟|次|年)|\bhow (?:many|much)\b")
+NO_FIGURE_SHARE = 0.5
+"""Score kept by a sentence without a number of its own (one the question does not already
+hold) when the question asks "多少" / "how many": "生成 2000 个字符的平均速度对比如下" introduces
+the answer; the table row after it, with 44.62, is the answer."""
+
+
+_FIGURE = re.compile(r"(?<![a-z\d.])\d+(?:[.,:]\d+)*")
+"""A number, units glued on or not ("6gb", "7b"), but not the tail of a name ("int4", "bf16")."""
+
+
+def _numbers(folded: str) -> frozenset[str]:
+    return frozenset(_FIGURE.findall(folded))
+
+
 def _ranking(
     question: str,
     row: np.ndarray,
@@ -530,6 +561,7 @@ def _ranking(
     value asked for keeps MISSING_KIND_SHARE of its score."""
     match = _DEFINITION.match(fold(question))
     subject = (match.group("en") or match.group("zh")).strip() if match else ""
+    figure = _numbers(fold(question)) if _ASKS_FIGURE.search(fold(question)) else None
     ranked = []
     for j, sentence in enumerate(sentences):
         source = sources[sentence.position]
@@ -538,6 +570,8 @@ def _ranking(
         folded = sentence.folded
         held = folded if quoted is sentence else fold(source.text[quoted.start : quoted.end])
         score = float(row[j]) * prior * MISSING_KIND_SHARE ** missing_kinds(question, held)
+        if figure is not None and not (_numbers(held) - figure):
+            score *= NO_FIGURE_SHARE
         if subject and folded.startswith(subject) and _DEFINES.match(folded, len(subject)):
             score += DEFINITION_BONUS
         ranked.append((quoted, score))

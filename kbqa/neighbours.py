@@ -35,8 +35,9 @@ class Nearby:
     """They carry the score and KB of the source they neighbour, and index 0 (numbered when
     quoted)."""
     leads: dict[str, str] = field(default_factory=dict)
-    """By chunk id: the last line of the chunk before it in its document (the caption of a
-    table that opens the chunk: "生成 2000 个字符的平均速度对比如下")."""
+    """By chunk id: the text of the chunk before it in its document (where the caption of a
+    table that opens the chunk ends it, "生成 2000 个字符的平均速度对比如下", or where an HTML
+    table's header row is)."""
 
 
 def adjacent_chunks(settings: Settings, sources: Sequence[Source], around: int = AROUND) -> Nearby:
@@ -55,7 +56,7 @@ def adjacent_chunks(settings: Settings, sources: Sequence[Source], around: int =
                 chunks = _around(kb, source)
                 for before, chunk in pairwise(chunks):
                     if chunk.chunk_id is not None:
-                        nearby.leads.setdefault(chunk.chunk_id, _last_line(before.text))
+                        nearby.leads.setdefault(chunk.chunk_id, before.text)
                 for chunk in chunks:
                     if chunk.chunk_id is not None and chunk.chunk_id not in known:
                         known.add(chunk.chunk_id)
@@ -73,10 +74,6 @@ def _around(kb: KnowledgeBase, source: Source) -> list[ChunkRecord]:
     if at is None:
         return []
     return chunks[max(at - 1, 0) : at + 2]
-
-
-def _last_line(text: str) -> str:
-    return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
 
 
 def _as_source(anchor: Source, chunk: ChunkRecord) -> Source:
