@@ -64,8 +64,9 @@ def test_redoc_renders_offline(server: Server, new_page: Any) -> None:
     screenshot(page, "api-docs-redoc")
     assert outside == []
     # ReDoc's bundle always draws its maker's logo from their CDN in the sidebar; the docs'
-    # policy stops that request in the browser (and the bundle hides the broken image).
-    assert page.evaluate("window.__violations") in (
-        [],
-        ["img-src https://cdn.redoc.ly/redoc/logo-mini.svg"],
-    )
+    # policy stops that request in the browser (and the bundle hides the broken image). The
+    # browser reports the violation when the image is drawn: wait for it, then it is the only one.
+    page.wait_for_function("window.__violations.length > 0")
+    assert page.evaluate("window.__violations") == [
+        "img-src https://cdn.redoc.ly/redoc/logo-mini.svg"
+    ]
