@@ -34,7 +34,7 @@ from starlette.responses import Response
 from kbqa.llm.errors import LLMUnavailable
 from kbqa.llm.factory import build_chat_model
 from kbqa.settings import load_settings
-from tests.waiting import HANG_GUARD_S
+from tests.waiting import HANG_GUARD_S, wait_for
 
 pytest.importorskip("langchain_openai", reason="the openai extra is not installed")
 
@@ -87,18 +87,21 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
+
+    def up_or_exited() -> bool:
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            _, stderr = process.communicate()
-            pytest.fail(f"the remote kbqa server did not start: {stderr[-2000:]}")
-        time.sleep(0.1)
+            return process.poll() is not None
+
+    try:
+        wait_for(up_or_exited, "the remote kbqa server starts")
+    except AssertionError:
+        process.kill()
+        raise
+    if process.poll() is not None:
+        _, stderr = process.communicate()
+        pytest.fail(f"the remote kbqa server did not start: {stderr[-2000:]}")
     yield f"{url}/v1"
     process.terminate()
     process.wait(timeout=30)
@@ -294,10 +297,8 @@ def _serving(app: FastAPI) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
+    wait_for(lambda: server.started or not thread.is_alive(), "the stub server starts")
+    assert server.started, "the stub server did not start"
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -3,7 +3,6 @@ CUDA graphs before it serves) from a ready one; the server answers health checks
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from kbqa.chatglm.batching import BatchEngine
 from kbqa.chatglm.config import PRESETS
 from kbqa.llm.chatglm2_batched import BatchedChatGLM2Chat
 from tests.fake_chat import FakeChat
+from tests.waiting import wait_for
 
 
 def test_healthz_is_not_ready_until_the_engine_has_warmed_up(
@@ -33,10 +33,7 @@ def test_healthz_is_not_ready_until_the_engine_has_warmed_up(
             health = client.get("/healthz").json()
             assert health["status"] == "ok" and health["ready"] is False
             engine.start()
-            deadline = time.monotonic() + 120
-            while not client.get("/healthz").json()["ready"]:
-                assert time.monotonic() < deadline, "the engine never reported ready"
-                time.sleep(0.05)
+            wait_for(lambda: client.get("/healthz").json()["ready"], "the engine reports ready")
             assert engine.ready
     finally:
         server.stop()

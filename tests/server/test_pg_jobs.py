@@ -4,10 +4,10 @@ liveness through advisory locks that die with their server's session."""
 from __future__ import annotations
 
 import dataclasses
-import time
 
 from kbqa.server.job_store import Job
 from kbqa.server.pg_jobs import PgJobStore, PgOwnerLock
+from tests.waiting import wait_for
 
 MESSAGES = {
     ("upload", "queued"): "the server stopped before this upload started",
@@ -50,10 +50,7 @@ def test_an_owner_is_alive_while_its_session_lives(postgres_url: str) -> None:
         with second.if_dead(second.owner) as dead:
             assert dead is False  # itself
         first.release()  # as when its server dies: the session ends, and soon its lock
-        deadline = time.monotonic() + 30
-        while not _dead(second, first.owner):
-            assert time.monotonic() < deadline, "the closed session's lock was never released"
-            time.sleep(0.05)
+        wait_for(lambda: _dead(second, first.owner), "the closed session's lock is released")
         with second.if_dead(first.owner) as dead:
             assert dead is True  # the check let go of the lock it took
     finally:
