@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -144,6 +145,9 @@ class RetrievalSettings(_Section):
     """Optional sentence-transformers CrossEncoder directory; empty = no reranking."""
 
 
+_TORCH_DEVICE = re.compile(r"cpu|mps|(cuda|xpu)(:\d+)?")
+
+
 class ChatGLM2Settings(_Section):
     path: str = ""
     """Directory of a Hugging Face chatglm2-6b (or -int4) checkpoint."""
@@ -152,6 +156,10 @@ class ChatGLM2Settings(_Section):
     one)."""
     device: str = "cuda"
     """Torch device ChatGLM2 runs on."""
+    devices: list[str] = []
+    """Split the layers over these devices instead (`["cuda:0", "cuda:1"]`; env: comma-separated),
+    balanced by bytes; generation then runs the eager model, one stream at a time, when they
+    are distinct devices. Empty = `device`."""
     ptuning_checkpoint: str = ""
     """Directory written by `kbqa finetune` (P-Tuning v2 prefix); empty = none."""
     batching: bool = True
@@ -160,6 +168,27 @@ class ChatGLM2Settings(_Section):
     """Sequences decoded together; each holds a KV-cache row of max_seq positions."""
     max_seq: int = Field(default=0, ge=0, le=32768)
     """Positions per KV-cache row; 0 = llm.context_tokens + llm.max_new_tokens."""
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices_comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _torch_devices(cls, value: list[str]) -> list[str]:
+        # Checked by pattern: settings load without torch (kbqa.chatglm reads them with it).
+        for device in value:
+            if not _TORCH_DEVICE.fullmatch(device):
+                raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:N, mps, xpu:N)")
+        return value
+
+    @property
+    def split_over_devices(self) -> bool:
+        """Whether the layers go to several distinct devices (no batching engine then)."""
+        return len(set(self.devices)) > 1
 
 
 class DefaultLLMSettings(_Section):

@@ -8,6 +8,7 @@ dtype against it while mapping, and hands the (memory-mapped) tensors over with
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from kbqa.chatglm.checkpoint import (
     write_weights,
 )
 from kbqa.chatglm.config import ChatGLM2Config
+from kbqa.chatglm.devices import DeviceMap, log_split, materialize, parse_devices, plan
 from kbqa.chatglm.model import ChatGLM2Model, RMSNorm
 from kbqa.chatglm.ptuning import load_ptuning
 from kbqa.chatglm.quantize import (
@@ -67,7 +69,9 @@ def load_pretrained(
     dtype: torch.dtype | None = None,
     quantize: str | None = None,
     ptuning_checkpoint: str | Path | None = None,
+    devices: Sequence[str | torch.device] | None = None,
 ) -> M:
+    """devices: split the layers over these (devices.py); `device` is then ignored."""
     folder = Path(path)
     try:
         config = ChatGLM2Config.from_dict(read_config(folder))
@@ -84,6 +88,10 @@ def load_pretrained(
         model = cls(config)
     if bits:
         swap_linears(model, bits)
+    device_map = plan(model, devices, dtype) if devices else None
+    if device_map is not None:
+        device = device_map.devices[0]
+    place = _placement(device, device_map)
     expected = model.state_dict()
     state: dict[str, Tensor] = {}
     for name, tensor, file in iter_tensors(folder):
@@ -100,7 +108,7 @@ def load_pretrained(
             float_shape = (module.out_features, module.in_features)
             if tensor.shape != float_shape or not tensor.is_floating_point():
                 raise _shape_error(file, name, tensor, float_shape)
-            weight, scale = quantize_weight(tensor.to(device), bits)
+            weight, scale = quantize_weight(tensor.to(place(name)), bits)
             state[name] = weight
             state[name.removesuffix("weight") + "weight_scale"] = scale
             continue
@@ -114,13 +122,13 @@ def load_pretrained(
         if want.dtype == torch.int8:
             if tensor.dtype != torch.int8:
                 raise CheckpointError(f"{file}: {name} is {tensor.dtype}, expected torch.int8")
-            state[name] = tensor.to(device)
+            state[name] = tensor.to(place(name))
         elif not tensor.is_floating_point():
             raise CheckpointError(f"{file}: {name} is {tensor.dtype}, expected floating point")
         elif name.endswith(".weight_scale"):
-            state[name] = tensor.to(device, torch.float16)  # the layout's scale dtype
+            state[name] = tensor.to(place(name), torch.float16)  # the layout's scale dtype
         else:
-            state[name] = tensor.to(device, dtype)
+            state[name] = tensor.to(place(name), dtype)
     if missing := sorted(expected.keys() - state.keys()):
         raise CheckpointError(
             f"{folder}: checkpoint lacks {len(missing)} tensor(s), first {missing[0]}"
@@ -132,7 +140,21 @@ def load_pretrained(
     config.quantization_bit = bits
     if ptuning_checkpoint is not None:
         load_ptuning(model, ptuning_checkpoint)
+    if device_map is not None:
+        _record_split(model, device_map)
     return model
+
+
+def _placement(device: torch.device, device_map: DeviceMap | None) -> Callable[[str], torch.device]:
+    """Where a checkpoint tensor goes: its range's device when split, else `device`."""
+    if device_map is None:
+        return lambda name: device
+    return device_map.device_of
+
+
+def _record_split(model: ChatGLM2Model, device_map: DeviceMap) -> None:
+    model.layer_split = tuple(zip(device_map.devices, device_map.ranges, strict=True))
+    log_split(model, device_map)
 
 
 def _coerce_config(config: ChatGLM2Config | dict[str, Any] | str) -> ChatGLM2Config:
@@ -163,20 +185,36 @@ def build_random(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     quantize: str | None = None,
+    devices: Sequence[str | torch.device] | None = None,
 ) -> M:
+    """devices: split the layers over these (devices.py); `device` is then ignored."""
     cfg = _coerce_config(config)
     device = torch.device(device)
-    dtype = dtype or default_dtype(device)
     bits = _resolve_bits(cfg, quantize)
+    device_map = None
+    if devices:
+        with torch.device("meta"):
+            sizing = cls(dataclasses.replace(cfg))  # the final layout, to balance the ranges
+        if bits:
+            swap_linears(sizing, bits)
+        parsed = parse_devices(devices)
+        device_map = plan(sizing, parsed, dtype or default_dtype(parsed[0]))
+        device = device_map.devices[0]
+    dtype = dtype or default_dtype(device)
     with torch.device("meta"):
         model = cls(cfg)
     model.to(dtype)  # still on meta: the weights are allocated once, in their final dtype
-    model.to_empty(device=device)
+    if device_map is None:
+        model.to_empty(device=device)
+        model.transformer.reset_rope(device)
+    else:
+        materialize(model, device_map)
     init_random(model)
-    model.transformer.reset_rope(device)
     if bits:
         quantize_model(model, bits)
     cfg.quantization_bit = bits
+    if device_map is not None:
+        _record_split(model, device_map)
     return model.eval().requires_grad_(False)
 
 

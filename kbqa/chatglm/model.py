@@ -312,7 +312,11 @@ class ChatGLMTransformer(nn.Module):
 
         x = self.embedding(input_ids)  # [B, S, hidden]
         for i, layer in enumerate(self.encoder.blocks()):
-            layer_prefix = prefix[i] if prefix is not None else None  # [2, G, P, D]
+            device = layer.input_layernorm.weight.device
+            if x.device != device:  # the next layer range of a split model (devices.py)
+                x, rope, mask = x.to(device), rope.to(device), mask.to(device)
+                cache_slots = cache_slots.to(device) if cache_slots is not None else None
+            layer_prefix = prefix[i].to(device) if prefix is not None else None  # [2, G, P, D]
             x = layer(x, rope, mask, cache_slots, layer_prefix)
         return self.encoder.final_layernorm(x)
 
@@ -327,6 +331,8 @@ class ChatGLM2Model(nn.Module):
         self.max_batch_size = 0
         self.max_seq_length = 0
         self.cache_owner: object | None = None  # the generation currently using the cache
+        # A model split over devices (devices.py): (device, layer range) per range; () = one.
+        self.layer_split: tuple[tuple[torch.device, range], ...] = ()
 
     @property
     def device(self) -> torch.device:
@@ -348,8 +354,9 @@ class ChatGLM2Model(nn.Module):
         slots = p + max_seq_length
         for layer in self.transformer.encoder.blocks():
             attn = layer.self_attention
+            device = layer.input_layernorm.weight.device  # a split model's cache is its layer's
             attn.kv_cache = KVCache(
-                max_batch_size, cfg.kv_groups, slots, cfg.kv_channels, self.dtype, self.device
+                max_batch_size, cfg.kv_groups, slots, cfg.kv_channels, self.dtype, device
             )
         self.max_batch_size = max_batch_size
         self.max_seq_length = max_seq_length
@@ -366,8 +373,9 @@ class ChatGLM2Model(nn.Module):
             for i, layer in enumerate(self.transformer.encoder.blocks()):
                 cache = layer.self_attention.kv_cache
                 assert cache is not None
-                cache.k_cache[:, :, :p] = prefix[i, 0].to(self.dtype)  # over [B, G, P, D]
-                cache.v_cache[:, :, :p] = prefix[i, 1].to(self.dtype)
+                device = cache.k_cache.device
+                cache.k_cache[:, :, :p] = prefix[i, 0].to(device, self.dtype)  # over [B, G, P, D]
+                cache.v_cache[:, :, :p] = prefix[i, 1].to(device, self.dtype)
 
     def forward(
         self, input_ids: Tensor, input_pos: Tensor | None = None, last_logits_only: bool = False
@@ -376,4 +384,6 @@ class ChatGLM2Model(nn.Module):
         hidden = self.transformer(input_ids, input_pos)  # [B, S, hidden]
         if last_logits_only:
             hidden = hidden[:, -1:]  # [B, 1, hidden]
-        return self.transformer.output_layer(hidden)
+        # A split model's output layer is on its last device; the logits go back to the
+        # input's, where sampling runs (a no-op on one device).
+        return self.transformer.output_layer(hidden).to(input_ids.device)

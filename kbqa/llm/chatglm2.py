@@ -145,17 +145,26 @@ class ChatGLM2Chat(BaseChatModel):
         dtype: DType = "fp16",
         device: str = "cuda",
         ptuning_checkpoint: str | Path | None = None,
+        devices: list[str] | None = None,
         **kwargs: Any,
     ) -> ChatGLM2Chat:
-        """Load a Hugging Face chatglm2-6b (or -int4) folder; kwargs set generation defaults."""
-        folder = check_checkpoint(path, dtype, device, ptuning_checkpoint)
+        """Load a Hugging Face chatglm2-6b (or -int4) folder; kwargs set generation defaults.
+        devices: split the layers over these instead of `device` (kbqa/chatglm/devices.py)."""
+        for one in devices or [device]:
+            folder = check_checkpoint(path, dtype, one, ptuning_checkpoint)
         torch_dtype, quantize = _DTYPES[dtype]
+        if devices:
+            device = devices[0]
         if quantize and not str(device).startswith("cuda"):
             torch_dtype = torch.float32  # quantized weights, fp32 activations on the CPU
         ptuning = Path(ptuning_checkpoint).expanduser() if ptuning_checkpoint else None
         try:
             tokenizer = ChatGLM2Tokenizer.from_pretrained(folder)
-            model = ChatGLM2.from_pretrained(folder, device, torch_dtype, quantize, ptuning)
+            model = (
+                ChatGLM2.from_pretrained(folder, None, torch_dtype, quantize, ptuning, devices)
+                if devices
+                else ChatGLM2.from_pretrained(folder, device, torch_dtype, quantize, ptuning)
+            )
         # CheckpointError (a ValueError) for bad files, RuntimeError for CUDA out of memory.
         except (ValueError, OSError, RuntimeError) as exc:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -174,6 +183,7 @@ class ChatGLM2Chat(BaseChatModel):
             dtype=chatglm2.dtype,
             device=chatglm2.device,
             ptuning_checkpoint=chatglm2.ptuning_checkpoint or None,
+            devices=chatglm2.devices or None,
             max_new_tokens=llm.max_new_tokens,
             temperature=llm.temperature,
             top_p=llm.top_p,

@@ -33,7 +33,9 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
                 "llm.backend is chatglm2 but llm.chatglm2.path is empty "
                 "(set it to a chatglm2-6b or chatglm2-6b-int4 folder)"
             )
-        if llm.chatglm2.batching:
+        # The batching engine takes a model on one device: a layer split over several runs
+        # one generation at a time, eagerly (the loader logs it).
+        if llm.chatglm2.batching and not llm.chatglm2.split_over_devices:
             from kbqa.llm.chatglm2_batched import BatchedChatGLM2Chat
 
             return BatchedChatGLM2Chat.from_settings(llm.chatglm2, llm)
@@ -55,8 +57,9 @@ def generation_concurrency(settings: Settings) -> int:
     otherwise a model inside the process decodes one stream at a time."""
     if settings.llm.backend == "openai":
         return settings.llm.openai.concurrency
-    if settings.llm.backend == "chatglm2" and settings.llm.chatglm2.batching:
-        return settings.llm.chatglm2.max_batch
+    chatglm2 = settings.llm.chatglm2
+    if settings.llm.backend == "chatglm2" and chatglm2.batching and not chatglm2.split_over_devices:
+        return chatglm2.max_batch
     return 1
 
 
