@@ -2,6 +2,12 @@
 
     .venv/bin/python bench/eval_evidence.py [--log FILE] [--home DIR]
     .venv/bin/python bench/eval_evidence.py --replay FILE     # score an earlier --log again
+    .venv/bin/python bench/eval_evidence.py --set bench/eval_sets/zh_dev.jsonl --home H --kb K
+
+With `--set`, the answerable Chinese questions of a `kbqa eval` question set (lines with
+"facts", a question holding Chinese characters) are asked of KB K with the defaults, and only
+aggregates are printed (no question text: a blind set stays blind): answered, shown answer
+correct, and evidence precision both ways.
 
 The corpus and questions are bench/eval_answers.py's (Debian's zh_CN manual pages of passwd,
 package READMEs; bench/eval_questions.py). The default model generates once per answerable
@@ -80,7 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--replay", type=Path, help="an earlier --log: score its generated answers, generate none"
     )
+    parser.add_argument("--set", type=Path, help="a kbqa eval question set (JSON lines)")
+    parser.add_argument("--kb", default="zh-eval", help="the KB --set is asked of")
     args = parser.parse_args(argv)
+    if args.set is not None:
+        print(json.dumps(evaluate_set(args.set, args.home, args.kb)))
+        return
     earlier: dict[str, str] = {}
     if args.replay is not None:
         for line in args.replay.read_text(encoding="utf-8").splitlines():
@@ -137,6 +148,47 @@ def main(argv: list[str] | None = None) -> None:
         if args.log is not None:
             args.log.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
         report(rows)
+
+
+def chinese_answerable(path: Path) -> list[dict[str, Any]]:
+    """The cases of a question set that have facts and a question in Chinese."""
+    from storage.keyword import has_cjk
+
+    cases = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [c for c in cases if c.get("facts") and has_cjk(c["question"])]
+
+
+def evaluate_set(path: Path, home: Path | None, kb: str) -> dict[str, Any]:
+    """Aggregates of the answers shown with the defaults on `path`'s Chinese answerable cases."""
+    from kbqa.chain import QAChain
+    from kbqa.evaluation.metrics import contains_fact
+
+    chain = QAChain.from_settings(load_settings(home=home))
+    chain.warm_up([kb])
+    answered = correct = top_of_correct = reached = top_of_reached = 0
+    cases = chinese_answerable(path)
+    for case in cases:
+        answer = chain.ask(case["question"], [kb], case.get("history") or [])
+        if answer.refused:
+            continue
+
+        def has_facts(text: str, facts: list[str] = case["facts"]) -> bool:
+            return all(contains_fact(text, fact) for fact in facts)
+
+        top_ok = has_facts(top_evidence(answer.sources))
+        answered += 1
+        if has_facts(answer.answer):
+            correct, top_of_correct = correct + 1, top_of_correct + top_ok
+        if any(has_facts(s.text) for s in answer.sources):
+            reached, top_of_reached = reached + 1, top_of_reached + top_ok
+    return {
+        "questions": len(cases),
+        "answered": answered,
+        "correct": correct,
+        "top_evidence_of_correct": top_of_correct,
+        "fact_in_sources": reached,
+        "top_evidence_of_fact_in_sources": top_of_reached,
+    }
 
 
 def _share(part: int, whole: int) -> str:
