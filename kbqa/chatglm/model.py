@@ -355,8 +355,9 @@ class ChatGLM2Model(nn.Module):
         for layer in self.transformer.encoder.blocks():
             attn = layer.self_attention
             device = layer.input_layernorm.weight.device  # a split model's cache is its layer's
+            # attn.n_group: a tensor-parallel rank holds only its KV groups (tensor_parallel.py).
             attn.kv_cache = KVCache(
-                max_batch_size, cfg.kv_groups, slots, cfg.kv_channels, self.dtype, device
+                max_batch_size, attn.n_group, slots, cfg.kv_channels, self.dtype, device
             )
         self.max_batch_size = max_batch_size
         self.max_seq_length = max_seq_length

@@ -145,5 +145,5 @@ def test_devices_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     same = load_settings(tmp_path, overrides={"llm": {"backend": "chatglm2"}})
     assert generation_concurrency(same) == same.llm.chatglm2.max_batch
     monkeypatch.setenv("KBQA_LLM__CHATGLM2__DEVICES", "cuda:0,gpu1")
-    with pytest.raises(SettingsError, match="llm.chatglm2.devices.*unknown device 'gpu1'"):
+    with pytest.raises(SettingsError, match=r"llm\.chatglm2\.devices.*unknown device 'gpu1'"):
         load_settings(tmp_path)
