@@ -250,14 +250,14 @@ def test_auto_replaces_an_unsupported_answer_and_keeps_it_as_generated(home: Pat
         "It runs every 40 minutes [1]. 详见 http://github.com/ferry/readme.md",
         "Every 40 minutes (see docs/ferry-faq.md) [1].",
         "1. 1. 1. 1. 1. 1.",
-        "",
+        " ",  # a blank answer (the fake model streams it as one blank token)
     ],
 )
 def test_no_shown_answer_names_a_url_or_file_missing_from_its_sources(
     home: Path, reply: str
 ) -> None:
     answer = chain(home, ScriptedChat(reply=lambda m: reply)).ask(FERRY, KB)
-    assert answer.answer_mode == "extracted" and answer.generated == reply
+    assert answer.answer_mode == "extracted" and answer.generated == reply.strip()
     assert invented_references(answer.answer, answer.sources) == []
     assert "40 minutes" in answer.answer
 
