@@ -33,6 +33,11 @@ from pydantic import Field, PrivateAttr
 
 from tests.waiting import HANG_GUARD_S
 
+HOLD_GUARD_S = 2 * HANG_GUARD_S
+"""How long a held token waits for `release()` before failing its generation. Longer than any
+wait of the test's own: a server that never cancels must fail the test's wait, not end the
+held generation and so look as if it had stopped it."""
+
 
 def echo_last_line(messages: list[BaseMessage]) -> str:
     """The last line of the last message: the question, in the chain's prompts."""
@@ -67,7 +72,7 @@ class _Progress:
             self.held += 1
             self.changed.notify_all()
             try:
-                if not self.changed.wait_for(lambda: self.released, timeout=HANG_GUARD_S):
+                if not self.changed.wait_for(lambda: self.released, timeout=HOLD_GUARD_S):
                     raise AssertionError("a held generation was never released")
             finally:
                 self.held -= 1
