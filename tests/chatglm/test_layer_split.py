@@ -147,3 +147,28 @@ def test_devices_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("KBQA_LLM__CHATGLM2__DEVICES", "cuda:0,gpu1")
     with pytest.raises(SettingsError, match=r"llm\.chatglm2\.devices.*unknown device 'gpu1'"):
         load_settings(tmp_path)
+
+
+def test_chat_model_from_settings_with_devices(
+    tmp_path: Path, sp_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kbqa.llm.chatglm2 import ChatGLM2Chat
+    from kbqa.llm.errors import LLMUnavailable
+    from kbqa.settings import ChatGLM2Settings, LLMSettings
+
+    torch.manual_seed(2)
+    save_pretrained(ChatGLM2.from_config("tiny"), tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(sp_model_path.read_bytes())
+    llm = LLMSettings(max_new_tokens=6, temperature=0.0, context_tokens=512)
+    whole = ChatGLM2Chat.from_settings(
+        ChatGLM2Settings(path=str(tmp_path), dtype="fp32", device="cpu"), llm
+    )
+    split_settings = ChatGLM2Settings(path=str(tmp_path), dtype="fp32", devices=["cpu", "cpu"])
+    split = ChatGLM2Chat.from_settings(split_settings, llm)
+    assert split.chatglm.device_map is not None and whole.chatglm.device_map is None
+    assert split.invoke("Hello").content == whole.invoke("Hello").content
+    # A listed CUDA device is checked, before loading, like `device` is.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    gpus = ChatGLM2Settings(path=str(tmp_path), dtype="fp32", devices=["cpu", "cuda:1"])
+    with pytest.raises(LLMUnavailable, match=r"CUDA is not available.*cuda:1"):
+        ChatGLM2Chat.from_settings(gpus, llm)
