@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import openai
 import pytest
+from langchain_core.messages import BaseMessage
 from server_helpers import LiveServer, serve_with_model, sse_events
 
 from kbqa.server.generation import GenerationGate
@@ -32,7 +33,7 @@ HELD_AFTER = 5
 REPEAT = 100
 
 
-def long_answer(messages: Any) -> str:
+def long_answer(messages: list[BaseMessage]) -> str:
     """The question's last line 100 times over: far more words than any test lets through."""
     return " ".join([echo_last_line(messages)] * REPEAT)
 
@@ -87,7 +88,7 @@ def assert_cancelled_while_held(server: LiveServer, model: FakeChat) -> None:
 
 @pytest.fixture(autouse=True)
 def held_again(slow_model: FakeChat) -> Iterator[None]:
-    """Whatever a test leaves running, the next one starts idle with the model holding."""
+    """Whatever a test leaves held is let go, and the next test finds the model holding."""
     yield
     slow_model.release()
     slow_model.wait_until(lambda m: m.held == 0, "no generation is held")
