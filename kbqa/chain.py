@@ -28,7 +28,7 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from kbqa.answer import Answer, DoneEvent, Event, Source, SourcesEvent, Timings, TokenEvent
 from kbqa.answer_mode import Outcome, extract, extracts_first, review
 from kbqa.errors import ConfigError, UsageError
-from kbqa.evidence import Encoder
+from kbqa.evidence import SentenceEncoder
 from kbqa.llm.factory import model_token_budget, token_counter
 from kbqa.neighbours import adjacent_chunks
 from kbqa.prompting import (
@@ -287,10 +287,10 @@ class QAChain:
         sources = [Source.from_hit(i, hit) for i, hit in enumerate(packed, start=1)]
         return _Prepared(lang, sources, qa_messages(template, context, question, turns))
 
-    def _encoder(self, kb: str) -> Encoder:
+    def _encoder(self, kb: str) -> SentenceEncoder:
         """KB `kb`'s embedding model, for evidence (already loaded: it searched the KB)."""
         embedder = self.retriever.embedder_for(kb)
-        return Encoder(embedder.embed, reads_chinese(embedder.name))
+        return SentenceEncoder(embedder.embed, reads_chinese(embedder.name))
 
     def _condense(self, question: str, history: History, lang: str) -> str:
         """The follow-up rewritten by the LLM into a standalone question (LCEL)."""

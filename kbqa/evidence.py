@@ -57,22 +57,22 @@ QUESTION_SHARE = 0.6
 QUESTION_FLOOR = 0.15
 PER_SOURCE = 3
 CONTEXT_SHARE = 0.5
+"""A question's term found only in a sentence's context (document path, heading, label line)
+counts this share of its weight."""
 ALIAS_SHARE = 0.8
 """A question's Chinese term found as one of its English words (kbqa.glossary) counts this
 share of its weight."""
-"""A question's term found only in a sentence's context (document path, heading, label line)
-counts this share of its weight."""
 
 
 @dataclass(frozen=True)
-class Encoder:
+class SentenceEncoder:
     """A KB's embedding model as evidence uses it: texts → [n, dim] unit rows."""
 
     embed: Callable[[list[str]], Vectors]
     reads_chinese: bool
 
 
-EncoderFor = Callable[[str], Encoder | None]
+EncoderFor = Callable[[str], SentenceEncoder | None]
 """The encoder of a KB by name; None = lexical scores only."""
 
 
@@ -322,7 +322,7 @@ def _key_factor(target: _Target, sentence: Sentence) -> float:
     return 0.2 + 0.8 * found / len(target.keys)
 
 
-def _dense_weight(target: _Target, sentence: Sentence, encoder: Encoder | None) -> float:
+def _dense_weight(target: _Target, sentence: Sentence, encoder: SentenceEncoder | None) -> float:
     if encoder is None:
         return 0.0
     if has_cjk(target.text) or has_cjk(sentence.folded):
@@ -364,7 +364,7 @@ def _cosines(
     per distinct encoder among the sources' KBs (usually one)."""
     cosines = np.zeros((len(targets), len(sentences)), dtype=np.float64)
     encoders = {s.kb: encoder_for(s.kb) for s in sources}
-    groups: dict[Encoder, list[int]] = {}
+    groups: dict[SentenceEncoder, list[int]] = {}
     for j, sentence in enumerate(sentences):
         encoder = encoders[sources[sentence.position].kb]
         if encoder is not None:
@@ -463,11 +463,6 @@ def _answer_evidence(
         for j in np.flatnonzero(row >= max(floor, top - 0.05)):
             best[int(j)] = max(best.get(int(j), 0.0), float(row[j]))
     return _by_source([(sentences[j], score) for j, score in best.items()], sources, "answer")
-
-
-def question_evidence(question: str, sources: Sequence[Source], encoder_for: EncoderFor) -> Found:
-    """The sentences of `sources` that best match `question`."""
-    return ranked_evidence(rank_for_question(question, sources, encoder_for), sources)
 
 
 def ranked_evidence(ranked: Ranked, sources: Sequence[Source]) -> Found:

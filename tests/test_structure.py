@@ -40,14 +40,7 @@ def test_kbs_are_opened_created_and_deleted_only_through_storage_config() -> Non
 
 
 # Module-level classes that share a name for now, with why; an entry that no longer holds fails.
-NAMED_TWICE: dict[str, tuple[tuple[str, ...], str]] = {
-    "Encoder": (
-        ("kbqa/chatglm/model.py", "kbqa/evidence.py"),
-        "ChatGLM2's layer stack, named after the checkpoint's `encoder` weights, and evidence's "
-        "view of a KB's embedding model; evidence's is the one to rename (not done in the pass "
-        "that wrote this test: kbqa/evidence.py was being changed by another)",
-    ),
-}
+NAMED_TWICE: dict[str, tuple[tuple[str, ...], str]] = {}
 
 
 def test_no_two_classes_share_a_name() -> None:
@@ -71,8 +64,6 @@ UNUSED_FOR_NOW: dict[str, str] = {
     "that no benchmark writes (bench sweeps the configurations into kernels.TUNED)",
     "kbqa/chatglm/kernels.py int4_matmul_best_configs": "the same for the int4 matmul",
     "kbqa/chatglm/batching.py wait_all": "waits on several requests at once; nothing does",
-    "kbqa/evidence.py question_evidence": "rank_for_question then ranked_evidence, which the "
-    "one caller (answer_mode) does in two steps",
 }
 
 
