@@ -106,12 +106,21 @@ def test_split_checkpoint_equals_the_unsplit_model(
     )
 
 
-@pytest.mark.parametrize("quantize", [None, "int4"])
-def test_split_random_model_equals_the_unsplit_one(quantize: str | None) -> None:
+@pytest.mark.parametrize(
+    ("quantize", "prefix"),
+    [(None, None), ("int4", None), (None, 4)],
+    ids=["fp32", "int4", "prefix"],
+)
+def test_split_random_model_equals_the_unsplit_one(
+    quantize: str | None, prefix: int | None
+) -> None:
+    # With a P-tuning prefix: its encoder sits on the first device, each layer's keys/values
+    # go to that layer's device (and its cache).
+    config = {**SPLIT, "pre_seq_len": prefix}
     torch.manual_seed(1)
-    whole = ChatGLM2.from_config(SPLIT, quantize=quantize)
+    whole = ChatGLM2.from_config(config, quantize=quantize)
     torch.manual_seed(1)
-    split = ChatGLM2.from_config(SPLIT, quantize=quantize, devices=["cpu", "cpu", "cpu"])
+    split = ChatGLM2.from_config(config, quantize=quantize, devices=["cpu", "cpu", "cpu"])
     assert split.device_map is not None and len(split.device_map.ranges) == 3
     state = whole.state_dict()
     assert all(torch.equal(t, state[name]) for name, t in split.state_dict().items())
