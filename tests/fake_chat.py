@@ -150,7 +150,8 @@ class FakeChat(BaseChatModel):
         if self.fail:
             raise AssertionError("the chat model must not be called here")
         self.calls.append(messages)
-        tokens = tokens_of(self.reply(messages))[: self.max_tokens]
+        # An empty reply is one empty token: LangChain rejects a stream that yields nothing.
+        tokens = tokens_of(self.reply(messages))[: self.max_tokens] or [""]
         hold_after = self.hold_after if self.holds(messages) else None
         try:
             for i, token in enumerate(tokens):
