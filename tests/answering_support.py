@@ -19,7 +19,6 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 
 from kbqa.settings import Settings, load_settings
-from tests.fake_chat import FakeChat
 
 DATA = Path(__file__).parent / "data" / "answering"
 _lock = threading.Lock()
@@ -52,10 +51,6 @@ def settings_for(home: Path | None = None, **sections: dict[str, Any]) -> Settin
     for section, values in sections.items():
         overrides[section] = {**overrides.get(section, {}), **values}
     return load_settings(home=home or shared_home(), overrides=overrides)
-
-
-ScriptedChat = FakeChat
-"""The old name, still imported by tests/test_evidence.py (another helper's file): one class."""
 
 
 def prompt_text(messages: list[BaseMessage]) -> str:

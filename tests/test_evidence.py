@@ -23,7 +23,7 @@ from kbqa.llm.default import DefaultChat
 from kbqa.retrieval import Retriever
 from kbqa.sentences import split_sentences
 from kbqa.settings import Settings, load_settings
-from tests.answering_support import ScriptedChat
+from tests.fake_chat import FakeChat
 
 KB = "facts"
 DOCUMENTS = {
@@ -177,7 +177,7 @@ def test_numbers_and_identifiers_are_keys() -> None:
 
 
 def test_a_supported_answer_gets_the_supporting_sentence(home: Path) -> None:
-    model = ScriptedChat(reply=lambda m: "The ferry crosses every 40 minutes [1].")
+    model = FakeChat(reply=lambda m: "The ferry crosses every 40 minutes [1].")
     answer = chain(home, model).ask(FERRY, KB)
     assert answer.answer_mode == "generated" and answer.generated is None
     assert answer.answer == "The ferry crosses every 40 minutes [1]."
@@ -189,7 +189,7 @@ def test_a_supported_answer_gets_the_supporting_sentence(home: Path) -> None:
 
 
 def test_a_sentence_lacking_the_answers_number_does_not_support_it(home: Path) -> None:
-    model = ScriptedChat(reply=lambda m: "青石桥全长 95 米。")
+    model = FakeChat(reply=lambda m: "青石桥全长 95 米。")
     answer = chain(home, model, "generate").ask(BRIDGE, KB)
     assert answer.answer == "青石桥全长 95 米。"  # generate mode keeps it
     assert answer.evidence_basis == "question"  # but nothing supports it
@@ -198,7 +198,7 @@ def test_a_sentence_lacking_the_answers_number_does_not_support_it(home: Path) -
 
 
 def test_extract_mode_never_calls_the_model(home: Path) -> None:
-    answer = chain(home, ScriptedChat(fail=True), "extract").ask(FERRY, KB)
+    answer = chain(home, FakeChat(fail=True), "extract").ask(FERRY, KB)
     assert answer.answer_mode == "extracted" and answer.generated is None
     label, *quotes = answer.answer.splitlines()
     assert label == "Quoted from the documents:"
@@ -230,7 +230,7 @@ def test_auto_with_the_bundled_model_extracts_for_a_chinese_question(home: Path)
 
 
 def test_auto_replaces_an_unsupported_answer_and_keeps_it_as_generated(home: Path) -> None:
-    model = ScriptedChat(reply=lambda m: "Penguins migrate south in winter.")
+    model = FakeChat(reply=lambda m: "Penguins migrate south in winter.")
     events = list(chain(home, model).stream(FERRY, KB))
     streamed = "".join(e.text for e in events if isinstance(e, TokenEvent))
     done = events[-1].to_json()
@@ -256,7 +256,7 @@ def test_auto_replaces_an_unsupported_answer_and_keeps_it_as_generated(home: Pat
 def test_no_shown_answer_names_a_url_or_file_missing_from_its_sources(
     home: Path, reply: str
 ) -> None:
-    answer = chain(home, ScriptedChat(reply=lambda m: reply)).ask(FERRY, KB)
+    answer = chain(home, FakeChat(reply=lambda m: reply)).ask(FERRY, KB)
     assert answer.answer_mode == "extracted" and answer.generated == reply.strip()
     assert invented_references(answer.answer, answer.sources) == []
     assert "40 minutes" in answer.answer
@@ -264,7 +264,7 @@ def test_no_shown_answer_names_a_url_or_file_missing_from_its_sources(
 
 def test_references_that_the_sources_hold_are_kept(home: Path) -> None:
     reply = "See ferry_timetable.pdf at https://ferry.example.org/timetable [1]."
-    answer = chain(home, ScriptedChat(reply=lambda m: reply)).ask(
+    answer = chain(home, FakeChat(reply=lambda m: reply)).ask(
         "Where is the ferry timetable published?", KB
     )
     assert answer.answer_mode == "generated" and answer.answer == reply
@@ -295,7 +295,7 @@ def test_sources_without_a_sentence_are_not_quoted() -> None:
 
 
 def test_refusals_have_no_evidence(home: Path) -> None:
-    answer = chain(home, ScriptedChat(fail=True)).ask("红烧肉怎么做？", KB)
+    answer = chain(home, FakeChat(fail=True)).ask("红烧肉怎么做？", KB)
     assert answer.refused and answer.answer == REFUSAL["zh"]
     data = answer.to_json()
     assert data["evidence_basis"] is None and data["answer_mode"] is None

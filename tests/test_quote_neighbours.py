@@ -14,7 +14,7 @@ from kbqa.evidence import Sentence, context_of
 from kbqa.neighbours import adjacent_chunks
 from kbqa.retrieval import Retriever
 from kbqa.settings import Settings, load_settings
-from tests.answering_support import ScriptedChat
+from tests.fake_chat import FakeChat
 
 KB = "engine"
 ENGINE = """# 青鸟引擎
@@ -59,7 +59,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def test_the_table_after_the_matching_chunk_is_quoted_and_becomes_a_source(
     settings: Settings,
 ) -> None:
-    chain = QAChain(settings, ScriptedChat(fail=True), Retriever(settings), condense=False)
+    chain = QAChain(settings, FakeChat(fail=True), Retriever(settings), condense=False)
     events = list(chain.stream(QUESTION, KB, top_k=1))
     announced = next(e for e in events if isinstance(e, SourcesEvent)).sources
     done = next(e for e in events if isinstance(e, DoneEvent))
@@ -78,7 +78,7 @@ def test_the_table_after_the_matching_chunk_is_quoted_and_becomes_a_source(
 
 
 def test_neighbours_are_the_chunks_before_and_after_with_their_leads(settings: Settings) -> None:
-    chain = QAChain(settings, ScriptedChat(fail=True), Retriever(settings), condense=False)
+    chain = QAChain(settings, FakeChat(fail=True), Retriever(settings), condense=False)
     intro = next(s for s in chain.ask(QUESTION, KB, top_k=1).sources if "对比如下" in s.text)
     nearby = adjacent_chunks(settings, [intro])
     texts = [s.text for s in nearby.sources]
