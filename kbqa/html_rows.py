@@ -45,8 +45,7 @@ def html_rows(text: str, lead: str = "") -> list[Row]:
     offset = len(joined) - len(text)
     rows: list[Row] = []
     header: list[str] | None = None
-    carried: dict[int, tuple[str, int]] = {}
-    """Column → (value, rows left) for cells with rowspan."""
+    carried: dict[int, tuple[str, int]] = {}  # column → (value, rows left) of rowspan cells
     previous_end = 0
     for start, end in _row_spans(joined):
         opens_table = bool(_TABLE.search(joined, previous_end, start))
