@@ -248,6 +248,15 @@ def test_console_script_usage_errors_are_one_line(
     assert message in done.stderr
 
 
+def test_console_script_shows_a_group_s_help_once(tmp_path: Path) -> None:
+    kbqa_bin = Path(sys.executable).parent / "kbqa"
+    env = {**os.environ, "KBQA_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([str(kbqa_bin), "kb"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stdout.count("Usage: kbqa kb") == 1
+    assert "delete" in done.stdout and done.stderr == ""
+
+
 def test_kb_delete_takes_kb_option(tmp_path: Path, docs: Path) -> None:
     home = tmp_path / "home"
     kbqa(home, "ingest", str(docs / "guide.md"), "--kb", "gone")

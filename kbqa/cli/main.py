@@ -54,9 +54,11 @@ def run() -> None:
         sys.exit(130)
     except USAGE_ERRORS as e:
         message = e.format_message() if hasattr(e, "format_message") else str(e)
-        context = getattr(e, "ctx", None)
-        if not message and context is not None:  # a command group without its command
-            stdout.print(context.get_help(), markup=False, highlight=False)
+        if type(e).__name__ == "NoArgsIsHelpError":  # a command group without its command
+            # Its message is the group's help. Typer's rich help prints itself while the error
+            # is built and leaves the message empty: printing it again would show it twice.
+            if message:
+                stdout.print(message, markup=False, highlight=False)
         else:
             stderr.print(f"error: {message}", markup=False, highlight=False)
         sys.exit(getattr(e, "exit_code", EXIT_USAGE))
