@@ -52,8 +52,8 @@ def test_no_two_classes_share_a_name() -> None:
     assert twice == {}
 
 
-# Module-level functions that nothing calls, left for the people changing their modules when
-# this test was widened from ingest and storage to every package; drop an entry with its function.
+# Module-level functions that nothing calls, in modules whose owners decide their fate, with
+# why each stays; drop an entry with its function.
 UNUSED_FOR_NOW: dict[str, str] = {
     "kbqa/chatglm/kernels.py gemv_best_configs": "the autotuner's picks for a benchmark record "
     "that no benchmark writes (bench sweeps the configurations into kernels.TUNED)",
