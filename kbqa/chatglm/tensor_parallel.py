@@ -25,10 +25,12 @@ on the CPU; NCCL on CUDA, rank r on cuda:r, NVLink multicast off) and returns ra
 
 from __future__ import annotations
 
+import multiprocessing.process
 import multiprocessing.queues
 import os
 import pickle
 import queue
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -153,6 +155,21 @@ def shard(model: ChatGLM2Model, rank: int, world: int) -> None:
 # -- the launcher --------------------------------------------------------------------------
 
 
+POLL_S = 1.0
+"""How often the parent looks for a rank that died without reporting (killed, out of memory)."""
+
+
+def _raise_if_died(
+    processes: Sequence[multiprocessing.process.BaseProcess],
+    results: multiprocessing.queues.Queue[tuple[int, bool, Any]],
+) -> None:
+    """Raise if a rank ended with a failure status and nothing of it is left to read."""
+    dead = {rank: p.exitcode for rank, p in enumerate(processes) if p.exitcode not in (None, 0)}
+    if dead and results.empty():
+        codes = ", ".join(f"rank {rank}: exit status {code}" for rank, code in dead.items())
+        raise RuntimeError(f"tensor-parallel rank ended without reporting ({codes})")
+
+
 def _worker(
     rank: int,
     world: int,
@@ -165,6 +182,9 @@ def _worker(
     """One rank: join the group through the parent's store, run `work`, report, leave."""
     try:
         if backend == "nccl":
+            # NVLink SHARP multicast (NVLS) stays off: it needs a fabric-manager set-up these
+            # hosts lack. Set here, in the rank, so the caller's environment is left as it was.
+            os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
             torch.cuda.set_device(rank)
         store = dist.TCPStore("127.0.0.1", port, world + 1, is_master=False)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world)
@@ -214,8 +234,6 @@ def launch(
         raise ValueError(f"world must be at least 1, got {world}")
     if backend is None:
         backend = "nccl" if torch.cuda.device_count() >= world else "gloo"
-    # NVLink SHARP multicast (NVLS) stays off: it needs fabric-manager set-up these hosts lack.
-    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     # The parent holds the rendezvous store on a port the OS picks, so no port can be taken
     # between choosing and binding it; the ranks connect to it as clients.
     store = dist.TCPStore("127.0.0.1", 0, world + 1, is_master=True, wait_for_workers=False)
@@ -234,13 +252,19 @@ def launch(
     finished = False
     try:
         result: Any = None
-        for _ in range(world):
+        deadline = time.monotonic() + timeout_s
+        reported = 0
+        while reported < world:
             try:
-                rank, ok, value = results.get(timeout=timeout_s)
+                rank, ok, value = results.get(timeout=POLL_S)
             except queue.Empty:
-                raise TimeoutError(
-                    f"tensor-parallel ranks still running after {timeout_s}s"
-                ) from None
+                _raise_if_died(processes, results)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"tensor-parallel ranks still running after {timeout_s}s"
+                    ) from None
+                continue
+            reported += 1
             if not ok:
                 raise RuntimeError(_failures(results, {rank: value}, world))
             if rank == 0:

@@ -3,6 +3,9 @@ prefill and decode through the KV cache; the head/group split and the launcher's
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -83,6 +86,19 @@ def _fails(rank: int, world: int) -> None:
 def test_a_failing_rank_is_reported_and_every_process_ends() -> None:
     with pytest.raises(RuntimeError, match=r"(?s)rank 1 failed.*ArithmeticError: rank one breaks"):
         launch(_fails, 2, backend="gloo", timeout_s=120)
+
+
+def _dies(rank: int, world: int) -> None:
+    if rank == 1:
+        os._exit(3)  # killed or out of memory: no traceback, nothing reported
+    threading.Event().wait()  # rank 0 is busy for ever (its collective would notice the peer)
+
+
+def test_a_rank_that_dies_without_reporting_is_noticed_before_the_timeout() -> None:
+    # The timeout only bounds a hang: if the dead rank went unnoticed, this would wait it out
+    # and raise TimeoutError instead.
+    with pytest.raises(RuntimeError, match=r"rank 1: exit status 3"):
+        launch(_dies, 2, backend="gloo", timeout_s=300)
 
 
 def test_shard_refuses_a_prefix_model() -> None:
