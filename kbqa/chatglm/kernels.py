@@ -194,11 +194,13 @@ TUNED: dict[tuple[int, int, int], tuple[int, int, int, int, int]] = {
     (16, 4096, 4096): (16, 1024, 4, 1, 3),
     (16, 4096, 13696): (16, 512, 4, 2, 3),
     (16, 65024, 4096): (8, 512, 4, 1, 3),
-    # int4: many rows per program for the short outputs, with K split over 8 programs
-    (4, 4608, 4096): (16, 1024, 4, 1, 3),
+    # int4: many rows per program for the short outputs, with K split over 8 programs; qkv,
+    # dense and 4h→h from bench/chatglm_engine_gemv_gpu.py's sweep (H100, 2026-12-07: one
+    # decode step's GEMVs 2,444 → 2,327 µs, the engine's 1-stream decode 412 → 421 tok/s)
+    (4, 4608, 4096): (8, 1024, 4, 1, 2),
     (4, 13696, 4096): (16, 1024, 4, 1, 3),
-    (4, 4096, 4096): (64, 256, 4, 8, 3),
-    (4, 4096, 13696): (64, 256, 4, 8, 3),
+    (4, 4096, 4096): (64, 512, 4, 8, 2),
+    (4, 4096, 13696): (16, 2048, 4, 2, 2),
 }
 
 # The int4 GEMV where it stores its result rather than adding it into the residual stream
