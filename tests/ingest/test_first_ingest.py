@@ -72,6 +72,9 @@ def _first_ingest_caught_midway(tmp_path: Path) -> tuple[subprocess.Popen[str], 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a test run started in the background (`cmd &` in a script)
+        # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + HANG_GUARD_S
     while not kb_dir.exists():
@@ -80,6 +83,10 @@ def _first_ingest_caught_midway(tmp_path: Path) -> tuple[subprocess.Popen[str], 
             raise AssertionError(process.communicate())
         time.sleep(0.05)
     return process, home
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_first_ingest_interrupted_by_sigint_leaves_no_kb(tmp_path: Path) -> None:
