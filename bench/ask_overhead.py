@@ -158,7 +158,7 @@ def timed(fn: Callable[[], Any], reps: int) -> tuple[float, float]:
 
 
 def build(tmp: Path, counter: str) -> tuple[Any, InstantChat]:
-    from ingest.pipeline import ingest_paths
+    from kbqa.ingest.pipeline import ingest_paths
     from kbqa.settings import load_settings
 
     counting = SentencePieceCounter(train_tokenizer(tmp / "sp.model"))
@@ -190,10 +190,10 @@ def stage_times(settings: Any, model: InstantChat, reps: int) -> dict[str, tuple
     from kbqa.prompting import detect_language, fixed_cost, pack_context, qa_messages
     from kbqa.relevance import dense_weight, query_terms, with_relevance
     from kbqa.retrieval import Retriever
-    from storage import db
-    from storage.fusion import fuse
-    from storage.rows import load_chunks
-    from storage.search import keyword_search
+    from kbqa.storage import db
+    from kbqa.storage.fusion import fuse
+    from kbqa.storage.rows import load_chunks
+    from kbqa.storage.search import keyword_search
 
     retriever = Retriever(settings)
     chain = QAChain(settings, model, retriever)

@@ -34,7 +34,7 @@ SETS = ("zh_dev.jsonl", "zh_heldout.jsonl")
 
 
 def ingest(home: Path, kb: str, docs: Path, backend: str) -> tuple[Any, int, float]:
-    from ingest.pipeline import ingest_paths
+    from kbqa.ingest.pipeline import ingest_paths
     from kbqa.settings import load_settings
 
     settings = load_settings(home, overrides={"embedding": {"backend": backend}})
@@ -47,7 +47,7 @@ def ingest(home: Path, kb: str, docs: Path, backend: str) -> tuple[Any, int, flo
 
 def queries_by(backend: str, cache_dir: Path) -> Callable[..., Any]:
     """kbqa.retrieval's get_embedder, with `backend` for the queries."""
-    from storage.embeddings import get_embedder
+    from kbqa.storage.embeddings import get_embedder
 
     def get(model: str, device: str = "cpu", batch_size: int = 32, *_: Any) -> Any:
         return get_embedder(model, device, batch_size, backend, cache_dir)

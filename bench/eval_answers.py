@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log", type=Path, help="write per-question results (JSON lines) here")
     args = parser.parse_args(argv)
 
-    from ingest.pipeline import ingest_paths
+    from kbqa.ingest.pipeline import ingest_paths
 
     with tempfile.TemporaryDirectory(prefix="kbqa-eval-") as tmp:
         home = args.home or Path(tmp) / "home"

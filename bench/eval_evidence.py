@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> None:
             if isinstance(logged.get("generated"), str) and not logged.get("zh"):
                 earlier[logged["id"]] = logged["generated"]
 
-    from ingest.pipeline import ingest_paths
     from kbqa.chain import QAChain
+    from kbqa.ingest.pipeline import ingest_paths
     from kbqa.prompting import detect_language
-    from storage.kb import KnowledgeBase
+    from kbqa.storage.kb import KnowledgeBase
 
     with tempfile.TemporaryDirectory(prefix="kbqa-evidence-") as tmp:
         overrides: dict[str, Any] = {
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def chinese_answerable(path: Path) -> list[dict[str, Any]]:
     """The cases of a question set that have facts and a question in Chinese."""
-    from storage.keyword import has_cjk
+    from kbqa.storage.keyword import has_cjk
 
     cases = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return [c for c in cases if c.get("facts") and has_cjk(c["question"])]

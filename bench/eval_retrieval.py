@@ -120,7 +120,7 @@ class EmbeddingCache:
                 self.vectors = dict(zip(stored["keys"].tolist(), stored["vectors"], strict=True))
 
     def install(self) -> None:
-        from storage.embeddings import Embedder
+        from kbqa.storage.embeddings import Embedder
 
         original = Embedder.embed
         cache = self
@@ -150,7 +150,7 @@ class EmbeddingCache:
 
 
 def build_kbqa(home: Path, corpus: Corpus, sizes: tuple[int, int] | None = None) -> Search:
-    from ingest.pipeline import ingest_paths
+    from kbqa.ingest.pipeline import ingest_paths
     from kbqa.relevance import relevance_of
     from kbqa.retrieval import Retriever
     from kbqa.settings import load_settings
@@ -172,7 +172,7 @@ def build_kbqa(home: Path, corpus: Corpus, sizes: tuple[int, int] | None = None)
 
 def kb_chunks(home: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
     from kbqa.settings import load_settings
-    from storage.kb import KnowledgeBase
+    from kbqa.storage.kb import KnowledgeBase
 
     texts: list[tuple[str, str]] = []
     vectors = []
@@ -186,8 +186,8 @@ def kb_chunks(home: Path) -> tuple[list[tuple[str, str]], np.ndarray]:
 def storage_variants(home: Path) -> dict[str, Search]:
     """Ablations on the same KB: dense only, keyword only, storage fusion (no relevance sort)."""
     from kbqa.settings import load_settings
-    from storage.embeddings import get_embedder
-    from storage.kb import KnowledgeBase
+    from kbqa.storage.embeddings import get_embedder
+    from kbqa.storage.kb import KnowledgeBase
 
     kb = KnowledgeBase.open(load_settings(home).kbs_dir, "eval")
     embedder = get_embedder("default")
@@ -219,7 +219,7 @@ def build_langchain(corpus: Corpus, size: int) -> tuple[Search, list[tuple[str, 
     from langchain_core.embeddings import Embeddings
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-    from storage.embeddings import get_embedder
+    from kbqa.storage.embeddings import get_embedder
 
     embedder = get_embedder("default")
 

@@ -53,7 +53,7 @@ class Row:
 
 
 def _is_zh(text: str) -> bool:
-    from storage.keyword import has_cjk
+    from kbqa.storage.keyword import has_cjk
 
     return has_cjk(text)
 
@@ -76,7 +76,7 @@ def load_questions(path: Path) -> list[dict[str, Any]]:
 
 
 def build(work: Path, rebuild: bool) -> Any:
-    from ingest.pipeline import ingest_paths
+    from kbqa.ingest.pipeline import ingest_paths
     from kbqa.settings import load_settings
 
     home = work / "home"

@@ -8,7 +8,7 @@ evaluation's KB (bench/eval_retrieval.py; a KB this small stays on the exact ind
 plus noise, keeping the clustered shape of real text embeddings) and `--size` random unit
 vectors (uniform on the sphere: the hardest case for a graph index). Queries are the
 evaluation's questions embedded by the model (200 random unit vectors for the random set).
-Both indexes are storage.vector_index.VectorIndex with the parameters KBs use.
+Both indexes are kbqa.storage.vector_index.VectorIndex with the parameters KBs use.
 """
 
 from __future__ import annotations
@@ -26,18 +26,18 @@ from eval_retrieval import EmbeddingCache, build_kbqa, kb_chunks
 from retrieval_corpus import write_corpus
 from retrieval_questions import QUESTIONS
 
-from storage.embeddings import get_embedder
+from kbqa.storage.embeddings import get_embedder
 
 EF_SEARCH = (96, 256, 512)
-"""efSearch values tried; KBs use storage.vector_index.HNSW_EF_SEARCH (96, or 2k if larger)."""
+"""efSearch values tried; KBs use kbqa.storage.vector_index.HNSW_EF_SEARCH (96, or 2k if larger)."""
 
 
 def recall_at_10(
     vectors: np.ndarray, queries: np.ndarray
 ) -> tuple[float, list[tuple[float, float]]]:
     """HNSW build seconds, then (recall@10 against exact search, ms per query) per efSearch."""
-    from storage import vector_index
-    from storage.vector_index import VectorIndex
+    from kbqa.storage import vector_index
+    from kbqa.storage.vector_index import VectorIndex
 
     ids = np.arange(len(vectors), dtype=np.int64)
     flat = VectorIndex.build("flat", vectors.shape[1], ids, vectors)

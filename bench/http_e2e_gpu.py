@@ -244,7 +244,7 @@ def stage_profile(settings: Any, chat: Any, dry_run: bool) -> dict[str, Any]:
                 break
         events.close()
 
-    from storage.embeddings import Embedder
+    from kbqa.storage.embeddings import Embedder
 
     on_cpu = Embedder(embedder.name, device="cpu")
     stages = {
@@ -268,8 +268,8 @@ def serve(args: argparse.Namespace) -> None:
     import torch
     import uvicorn
 
-    from ingest.pipeline import ingest_paths
     from kbqa.chatglm import ChatGLM2Tokenizer
+    from kbqa.ingest.pipeline import ingest_paths
     from kbqa.llm.chatglm2_batched import BatchedChatGLM2Chat
     from kbqa.server.app import create_app
     from kbqa.settings import load_settings

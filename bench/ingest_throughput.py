@@ -170,16 +170,16 @@ class StageTimer:
 
 @contextlib.contextmanager
 def stages() -> Iterator[StageTimer]:
-    import ingest.pipeline as pipeline
-    from storage.embeddings import Embedder
-    from storage.kb import KnowledgeBase
+    import kbqa.ingest.pipeline as pipeline
+    from kbqa.storage.embeddings import Embedder
+    from kbqa.storage.kb import KnowledgeBase
 
     timer = StageTimer()
     timer.wrap(pipeline, "collect_files", "walk")
     timer.wrap(pipeline, "_hash_file", "hash")
     timer.wrap(pipeline, "load_document", "parse")
     with contextlib.suppress(ImportError):
-        from ingest.isolation import FileParser
+        from kbqa.ingest.isolation import FileParser
 
         timer.wrap(FileParser, "load", "parse")
     timer.wrap(pipeline, "split_sections", "split")
@@ -206,7 +206,7 @@ def load_average() -> str:
 
 
 def run(name: str, folder: Path, home: Path, backend: str) -> dict[str, Any]:
-    from ingest.pipeline import ingest_paths
+    from kbqa.ingest.pipeline import ingest_paths
     from kbqa.settings import EmbeddingSettings, load_settings
 
     # The setting is absent before it existed (a "before" run on an older tree: torch only).
@@ -254,7 +254,7 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
     from kbqa.settings import load_settings
-    from storage.embeddings import get_embedder
+    from kbqa.storage.embeddings import get_embedder
 
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False

@@ -27,9 +27,9 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ingest.loaders import load_document
-from ingest.loaders.pdf import load_pdf
-from ingest.types import LoadOptions
+from kbqa.ingest.loaders import load_document
+from kbqa.ingest.loaders.pdf import load_pdf
+from kbqa.ingest.types import LoadOptions
 
 FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
 A4_INCHES = (8.27, 11.69)

@@ -29,15 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ocr_bench import accuracy, degrade, ocr_file, page_texts, render
 
-import ingest.ocr as ocr
-from ingest.loaders.pdf import load_pdf
-from ingest.types import LoadOptions
+import kbqa.ingest.ocr as ocr
+from kbqa.ingest.loaders.pdf import load_pdf
+from kbqa.ingest.types import LoadOptions
 
 VARIANTS = [(200, 1600, True), (200, 1600, False), (200, 1280, False), (150, 1280, False)]
 
 
 class _Engine:
-    """RapidOCR with the variant's detection size and classifier switch, as ingest.ocr calls it."""
+    """RapidOCR with the variant's detection size and classifier switch, as kbqa.ingest.ocr calls
+    it."""
 
     def __init__(self, det: int, cls: bool) -> None:
         from rapidocr_onnxruntime import RapidOCR

@@ -1,5 +1,5 @@
-"""What parsing in worker processes costs (ingest.isolation): the same small files loaded in the
-calling process and through a warm worker, and what starting a worker costs.
+"""What parsing in worker processes costs (kbqa.ingest.isolation): the same small files loaded in
+the calling process and through a warm worker, and what starting a worker costs.
 
     python bench/parse_isolation.py [--files 300]
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import docx
 
-from ingest.isolation import FileParser, WorkerPool
-from ingest.loaders import load_document
-from ingest.types import LoadOptions
+from kbqa.ingest.isolation import FileParser, WorkerPool
+from kbqa.ingest.loaders import load_document
+from kbqa.ingest.types import LoadOptions
 
 MAX_BYTES = 50 * 2**20
 

@@ -37,12 +37,12 @@ from retrieval_corpus import write_corpus
 from retrieval_questions import QUESTIONS
 from storage_bench import grow, percentile, synthetic_texts
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.settings import load_settings
-from storage.embeddings import get_embedder
-from storage.kb import KnowledgeBase
-from storage.places import kbs_dir_with_database
-from storage.types import ChunkRecord, DocumentUpsert
+from kbqa.storage.embeddings import get_embedder
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.places import kbs_dir_with_database
+from kbqa.storage.types import ChunkRecord, DocumentUpsert
 
 
 def load() -> str:

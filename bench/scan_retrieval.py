@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ocr_bench import FONT, MARGIN_INCHES, POINT_SIZE, _wrap, degrade, render
 from PIL import ImageFont
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.retrieval import Retriever
 from kbqa.settings import load_settings
 

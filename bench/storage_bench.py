@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval_corpus import Corpus, write_corpus
 from retrieval_questions import QUESTIONS
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.settings import load_settings
-from storage.embeddings import get_embedder
-from storage.kb import KnowledgeBase
-from storage.types import ChunkRecord, DocumentUpsert
+from kbqa.storage.embeddings import get_embedder
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.types import ChunkRecord, DocumentUpsert
 
 BATCH = 1000  # chunks per synced document while growing the KB
 _SENTENCE = re.compile(r"[^。！？.!?\n]+[。！？.!?]?")

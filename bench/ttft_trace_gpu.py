@@ -198,8 +198,8 @@ def serve(args: argparse.Namespace) -> None:
     import torch
     import uvicorn
 
-    from ingest.pipeline import ingest_paths
     from kbqa.chatglm import ChatGLM2Tokenizer
+    from kbqa.ingest.pipeline import ingest_paths
     from kbqa.llm.chatglm2_batched import BatchedChatGLM2Chat
     from kbqa.server.app import create_app
     from kbqa.settings import load_settings

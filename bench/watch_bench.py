@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ingest.pipeline import ingest_paths
-from ingest.watch import Sync, watch_paths
+from kbqa.ingest.pipeline import ingest_paths
+from kbqa.ingest.watch import Sync, watch_paths
 from kbqa.retrieval import Retriever
 from kbqa.settings import load_settings
 

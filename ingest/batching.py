@@ -13,8 +13,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from storage.embeddings import Embedder
-from storage.types import DocumentUpsert, Vectors
+from kbqa.storage.embeddings import Embedder
+from kbqa.storage.types import DocumentUpsert, Vectors
 
 GROUP_CHUNKS = 256
 """Chunks embedded together: 8 batches of 32, enough for batches of like length; a file's

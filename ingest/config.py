@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from storage.config import StorageConfig
+from kbqa.storage.config import StorageConfig
 
 
 class EmbeddingOptions(Protocol):

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from storage.config import StorageConfig, delete_kb, open_kb
-from storage.errors import KBNotFound, StorageError
-from storage.names import validate_kb_name
+from kbqa.storage.config import StorageConfig, delete_kb, open_kb
+from kbqa.storage.errors import KBNotFound, StorageError
+from kbqa.storage.names import validate_kb_name
 
 log = logging.getLogger("kbqa.ingest")
 

@@ -46,9 +46,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ingest.config import IngestConfig, IngestOptions
-from ingest.loaders import load_document
-from ingest.types import IngestUsageError, LoadError, LoadOptions, ParseLimits, Section
+from kbqa.ingest.config import IngestConfig, IngestOptions
+from kbqa.ingest.loaders import load_document
+from kbqa.ingest.types import IngestUsageError, LoadError, LoadOptions, ParseLimits, Section
 
 IN_PROCESS: frozenset[str] = frozenset({".txt", ".md", ".markdown"})
 """Extensions parsed in the calling process (see the module docstring)."""
@@ -72,7 +72,7 @@ _PR_SET_PDEATHSIG = 1
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 # The fork server imports the loaders (and this module's own imports) once, for every worker.
-_CONTEXT.set_forkserver_preload(["ingest.isolation"])
+_CONTEXT.set_forkserver_preload(["kbqa.ingest.isolation"])
 
 
 class ParseStopped(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import zipfile
 
-from ingest.types import LoadError, ParseLimits
+from kbqa.ingest.types import LoadError, ParseLimits
 
 TOO_LARGE = "too_large"
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ingest.types import LoadError
+from kbqa.ingest.types import LoadError
 
 MAX_PIXELS = 64_000_000
 """Images (and images inside PDF pages) above this are refused: decompression bombs."""

@@ -14,20 +14,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ingest.batching import NO_VECTORS, EmbedQueue
-from ingest.config import IngestConfig
-from ingest.first_ingest import discard_if_left_empty
-from ingest.isolation import FileParser, parse_limits
-from ingest.loaders import SUPPORTED_EXTENSIONS
-from ingest.splitter import embed_text, split_sections
-from ingest.types import IngestUsageError, LoadError, LoadOptions
-from ingest.walk import WalkProblem, classify, walk
-from storage.config import create_kb, open_kb
-from storage.embeddings import DEFAULT_EMBEDDING, Embedder, get_embedder
-from storage.errors import EmbeddingMismatch, KBNotFound
-from storage.kb import KnowledgeBase
-from storage.names import validate_kb_name, validate_new_kb_name
-from storage.types import ChunkRecord, DocumentInfo, DocumentUpsert
+from kbqa.ingest.batching import NO_VECTORS, EmbedQueue
+from kbqa.ingest.config import IngestConfig
+from kbqa.ingest.first_ingest import discard_if_left_empty
+from kbqa.ingest.isolation import FileParser, parse_limits
+from kbqa.ingest.loaders import SUPPORTED_EXTENSIONS
+from kbqa.ingest.splitter import embed_text, split_sections
+from kbqa.ingest.types import IngestUsageError, LoadError, LoadOptions
+from kbqa.ingest.walk import WalkProblem, classify, walk
+from kbqa.storage.config import create_kb, open_kb
+from kbqa.storage.embeddings import DEFAULT_EMBEDDING, Embedder, get_embedder
+from kbqa.storage.errors import EmbeddingMismatch, KBNotFound
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.names import validate_kb_name, validate_new_kb_name
+from kbqa.storage.types import ChunkRecord, DocumentInfo, DocumentUpsert
 
 
 @dataclass
@@ -197,7 +197,7 @@ def ingest_paths(
     """Sync `paths` into KB `kb_name` (created on first use) and report what changed.
 
     `parser` loads the files (the server's shares its warm workers and carries a job's Stop);
-    by default the run has one of its own (see ingest.isolation).
+    by default the run has one of its own (see kbqa.ingest.isolation).
     """
     if parser is None:
         with FileParser.for_run(settings) as own:
@@ -236,7 +236,7 @@ def ingest_paths(
                 upserts.append(upsert)
                 progress.file_done(upsert.source, status, len(upsert.chunks))
 
-            # Files' chunks are embedded together (ingest.batching): small files fill batches.
+            # Files' chunks are embedded together (kbqa.ingest.batching): small files fill batches.
             queue = EmbedQueue(embedder, embedded, getattr(progress, "chunks_embedded", None))
             for candidate in candidates:
                 options = _load_options(settings, progress, candidate.source)

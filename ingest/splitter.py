@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from ingest.tables import TableSection
-from ingest.types import Chunk, Section
+from kbqa.ingest.tables import TableSection
+from kbqa.ingest.types import Chunk, Section
 
 # Boundary strengths, strongest first in preference.
 PARAGRAPH, SENTENCE, LINE, CLAUSE, NONE = 4, 3, 2, 1, 0

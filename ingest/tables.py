@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ingest.types import Section
+from kbqa.ingest.types import Section
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from watchfiles import Change, DefaultFilter, watch
 
-from ingest.config import IngestConfig
-from ingest.pipeline import IngestReport, Progress, ingest_paths
-from ingest.types import IngestUsageError
-from storage.errors import StorageError
+from kbqa.ingest.config import IngestConfig
+from kbqa.ingest.pipeline import IngestReport, Progress, ingest_paths
+from kbqa.ingest.types import IngestUsageError
+from kbqa.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 

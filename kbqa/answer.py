@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kbqa.relevance import relevance_of
-from storage.types import SearchHit
+from kbqa.storage.types import SearchHit
 
 Basis = Literal["answer", "question"]
 """What evidence was chosen for: supporting the answer's sentences, or (the answer had no

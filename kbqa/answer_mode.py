@@ -31,9 +31,9 @@ from kbqa.evidence import (
     ranked_evidence,
 )
 from kbqa.neighbours import Nearby
+from kbqa.prompts import load_template
 from kbqa.sentences import split_sentences
 from kbqa.settings import AnswerSettings
-from prompts import load_template
 
 REPLACED_NOTE = (
     "── 生成的回答没有文档依据，以下内容摘自文档 / "

@@ -47,10 +47,10 @@ from kbqa.prompting import (
     remembering,
     retrieval_query,
 )
+from kbqa.prompts import TemplateError, fill, load_template
 from kbqa.retrieval import Retriever
 from kbqa.settings import Settings
-from prompts import TemplateError, fill, load_template
-from storage.fusion import reads_chinese
+from kbqa.storage.fusion import reads_chinese
 
 REFUSAL = {
     "zh": "知识库中没有找到相关信息。",

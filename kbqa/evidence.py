@@ -44,9 +44,9 @@ from kbqa.glossary import english_for
 from kbqa.html_rows import html_rows
 from kbqa.relevance import query_terms
 from kbqa.sentences import is_table_row, split_sentences
+from kbqa.storage.keyword import has_cjk
+from kbqa.storage.types import Vectors
 from kbqa.value_kinds import missing_kinds
-from storage.keyword import has_cjk
-from storage.types import Vectors
 
 MIN_SUPPORT = 0.5
 """Default score a sentence needs to count as supporting a claim (answer.min_support)."""

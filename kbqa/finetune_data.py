@@ -21,9 +21,9 @@ from kbqa.chatglm.train import Example
 from kbqa.errors import UsageError
 from kbqa.jsonlines import BadLine, json_objects, read_lines
 from kbqa.prompting import check_history, detect_language, pack_context
+from kbqa.prompts import TemplateError, fill, load_template
 from kbqa.retrieval import Retriever
 from kbqa.settings import Settings
-from prompts import TemplateError, fill, load_template
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 ROUND_MARGIN = 16

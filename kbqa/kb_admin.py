@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ingest.first_ingest import sweep_abandoned
+from kbqa.ingest.first_ingest import sweep_abandoned
 from kbqa.settings import Settings
-from storage.config import check_kb as check_kb  # `kbqa kb check`: the one damage check
-from storage.config import create_kb, open_kb
-from storage.errors import KBDamaged, StorageError
-from storage.kb import KnowledgeBase
-from storage.names import validate_kb_name
-from storage.pg_pool import is_database_url, redact
-from storage.places import kbs_dir_with_database
-from storage.types import ChunkRecord, DocumentInfo
+from kbqa.storage.config import check_kb as check_kb  # `kbqa kb check`: the one damage check
+from kbqa.storage.config import create_kb, open_kb
+from kbqa.storage.errors import KBDamaged, StorageError
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.names import validate_kb_name
+from kbqa.storage.pg_pool import is_database_url, redact
+from kbqa.storage.places import kbs_dir_with_database
+from kbqa.storage.types import ChunkRecord, DocumentInfo
 
 
 def list_kbs(settings: Settings) -> list[dict[str, Any]]:

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from kbqa.errors import UsageError
-from storage.errors import InvalidKBName
-from storage.names import validate_kb_name
+from kbqa.storage.errors import InvalidKBName
+from kbqa.storage.names import validate_kb_name
 
 Scope = Literal["read", "write", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)

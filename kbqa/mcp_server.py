@@ -31,8 +31,8 @@ from kbqa.keys import Access
 from kbqa.llm.errors import LLMUnavailable
 from kbqa.retrieval import Retriever, hit_json
 from kbqa.settings import Settings
-from storage.errors import StorageError
-from storage.kb import KnowledgeBase
+from kbqa.storage.errors import StorageError
+from kbqa.storage.kb import KnowledgeBase
 
 Answering = Callable[[Callable[[threading.Event], dict[str, Any]]], Awaitable[dict[str, Any]]]
 """Runs `fn(cancel)` where answers are generated (the server's generation gate, or a thread)."""

@@ -18,10 +18,10 @@ from itertools import pairwise
 
 from kbqa.answer import Source
 from kbqa.settings import Settings
-from storage.config import open_kb
-from storage.errors import StorageError
-from storage.kb import KnowledgeBase
-from storage.types import ChunkRecord
+from kbqa.storage.config import open_kb
+from kbqa.storage.errors import StorageError
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.types import ChunkRecord
 
 AROUND = 3
 """Neighbours are read for this many of the best sources (the first ones given)."""

@@ -15,8 +15,8 @@ from functools import lru_cache
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from kbqa.errors import InputTooLong, UsageError
-from prompts import fill
-from storage.types import SearchHit
+from kbqa.prompts import fill
+from kbqa.storage.types import SearchHit
 
 TokenCounter = Callable[[str], int]
 History = list[tuple[str, str]]

@@ -32,7 +32,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-from storage.keyword import STOPWORDS, has_cjk
+from kbqa.storage.keyword import STOPWORDS, has_cjk
 
 _LATIN_WORD = re.compile(r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z0-9]*(?:[._\-+][A-Za-z0-9]+)*")
 """A Latin word, not the unit of a number (the GB of 24GB)."""

@@ -6,7 +6,7 @@
   embeddings, clipped to 0..1 (or a reranker's score where one is configured).
 - `dense_weight` is 1, except 0.5 for a question containing Chinese (or Japanese) characters
   searched with an embedding whose name does not mark it as Chinese-capable
-  (storage.fusion.reads_chinese), such as the bundled all-MiniLM-L6-v2: it is English-only, and
+  (kbqa.storage.fusion.reads_chinese), such as the bundled all-MiniLM-L6-v2: it is English-only, and
   on such questions its cosines are noise (off-topic Chinese questions reach ~0.47 on a
   Chinese README, answerable ones score no higher).
 - `lexical` is the weighted share of the question's terms that occur in the chunk (its text,
@@ -79,10 +79,10 @@ from functools import lru_cache
 from pathlib import PurePosixPath
 
 from kbqa.question_names import question_names
+from kbqa.storage.fusion import reads_chinese
+from kbqa.storage.keyword import STOPWORDS, has_cjk
+from kbqa.storage.types import SearchHit
 from kbqa.value_kinds import held_kinds, missing_kinds
-from storage.fusion import reads_chinese
-from storage.keyword import STOPWORDS, has_cjk
-from storage.types import SearchHit
 
 CJK_DENSE_WEIGHT = 0.5
 CROSS_LANGUAGE_SHARE = 0.5

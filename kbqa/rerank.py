@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from kbqa.errors import ConfigError
 from kbqa.relevance import RELEVANCE, lexical_score
 from kbqa.settings import Settings
-from storage.types import SearchHit
+from kbqa.storage.types import SearchHit
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder

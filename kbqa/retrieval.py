@@ -26,12 +26,12 @@ from kbqa.relevance import (
 )
 from kbqa.rerank import rerank_hits
 from kbqa.settings import Settings
-from storage.config import open_kb
-from storage.embeddings import Embedder, EmbeddingUnavailable, get_embedder
-from storage.errors import InvalidKBName, KBNotFound, StorageError
-from storage.kb import KnowledgeBase
-from storage.names import validate_kb_name
-from storage.types import SearchHit, Vectors
+from kbqa.storage.config import open_kb
+from kbqa.storage.embeddings import Embedder, EmbeddingUnavailable, get_embedder
+from kbqa.storage.errors import InvalidKBName, KBNotFound, StorageError
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.names import validate_kb_name
+from kbqa.storage.types import SearchHit, Vectors
 
 _MIN_PER_KB = 30
 """Hits taken from each KB before the merge: re-ranking by relevance needs spares. With 12 (15

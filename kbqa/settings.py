@@ -86,7 +86,7 @@ class IngestSettings(_Section):
     `parse_memory`."""
     loader_plugins: list[str] = []
     """Python modules imported before parsing (in the parse workers too); each may replace the
-    loader of a supported extension with `ingest.loaders.register_loader(ext, loader)`.
+    loader of a supported extension with `kbqa.ingest.loaders.register_loader(ext, loader)`.
     In the environment: a comma-separated list."""
 
     @field_validator("loader_plugins", mode="before")
@@ -265,8 +265,8 @@ class WatchFolder(_Section):
     @field_validator("kb")
     @classmethod
     def _kb_name(cls, value: str) -> str:
-        from storage.errors import InvalidKBName
-        from storage.names import validate_kb_name
+        from kbqa.storage.errors import InvalidKBName
+        from kbqa.storage.names import validate_kb_name
 
         try:
             return validate_kb_name(value)
@@ -346,7 +346,7 @@ class Settings(_Section):
     @property
     def kbs_dir(self) -> Path:
         """The KBs folder, carrying `storage.database` to every KnowledgeBase call."""
-        from storage.places import kbs_dir_with_database
+        from kbqa.storage.places import kbs_dir_with_database
 
         return kbs_dir_with_database(self.home / "kbs", self.storage.database)
 

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from storage import db
-from storage.errors import StorageError
-from storage.vector_index import IndexFileError, index_path, read_index
+from kbqa.storage import db
+from kbqa.storage.errors import StorageError
+from kbqa.storage.vector_index import IndexFileError, index_path, read_index
 
 if TYPE_CHECKING:
-    from storage.store import Store
+    from kbqa.storage.store import Store
 
 _EXAMPLES = 3
 _BATCH = 10_000

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from storage.errors import KBDamaged
-from storage.kb import KnowledgeBase
+from kbqa.storage.errors import KBDamaged
+from kbqa.storage.kb import KnowledgeBase
 
 
 class StorageOptions(Protocol):
@@ -34,7 +34,8 @@ class StorageConfig(Protocol):
 
     @property
     def kbs_dir(self) -> Path:
-        """The KBs folder, carrying `storage.database` (storage.places.kbs_dir_with_database)."""
+        """The KBs folder, carrying `storage.database`
+        (kbqa.storage.places.kbs_dir_with_database)."""
         ...
 
     @property

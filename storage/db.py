@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from storage.errors import KBDamaged
+from kbqa.storage.errors import KBDamaged
 
 DB_FILE = "kb.sqlite"
 SCHEMA_VERSION = 1

@@ -1,6 +1,6 @@
 """What a KB needs from its dense-vector backend (FAISS file cache or Milvus collection).
 
-Either backend is derived from the vectors in the KB's database (storage.store): `current`
+Either backend is derived from the vectors in the KB's database (kbqa.storage.store): `current`
 hands out the index that matches a generation read inside the caller's transaction,
 `committed` brings it forward
 after a commit (the caller holds the KB write lock), `clear` forgets it when the KB closes.
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from storage.types import Vectors
+from kbqa.storage.types import Vectors
 
 if TYPE_CHECKING:
-    from storage.store import Store
+    from kbqa.storage.store import Store
 
 Ids = npt.NDArray[np.int64]
 

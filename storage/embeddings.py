@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from storage.types import Vectors
+from kbqa.storage.types import Vectors
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -247,7 +247,7 @@ def _onnx_or_none(
     if cache_dir is None:
         log.warning("embedding: no cache folder for the ONNX export; using PyTorch")
         return None
-    from storage.onnx_embedding import OnnxUnavailable, onnx_forward
+    from kbqa.storage.onnx_embedding import OnnxUnavailable, onnx_forward
 
     try:
         return onnx_forward(model, source, cache_dir)

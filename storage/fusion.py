@@ -28,7 +28,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from storage.keyword import has_cjk
+from kbqa.storage.keyword import has_cjk
 
 RANK_CONSTANT = 60
 CJK_DENSE_WEIGHT = 0.25

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from storage.errors import KBDamaged
-from storage.lock import WriteLock
-from storage.types import Vectors
-from storage.vector_index import (
+from kbqa.storage.errors import KBDamaged
+from kbqa.storage.lock import WriteLock
+from kbqa.storage.types import Vectors
+from kbqa.storage.vector_index import (
     IndexFileError,
     IndexKind,
     VectorIndex,
@@ -32,7 +32,7 @@ from storage.vector_index import (
 )
 
 if TYPE_CHECKING:
-    from storage.store import Store
+    from kbqa.storage.store import Store
 
 log = logging.getLogger(__name__)
 

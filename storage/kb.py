@@ -23,32 +23,32 @@ from types import TracebackType
 
 import numpy as np
 
-from storage import db, pg_kb, pg_schema, rows
-from storage.check import check_kb
-from storage.dense import DenseCache
-from storage.errors import EmbeddingMismatch, KBDamaged, KBExists, KBNotFound, StorageError
-from storage.fusion import dense_weight_for
-from storage.index_cache import IndexCache
-from storage.lock import WriteLock
-from storage.milvus_client import default_uri, new_collection_name
-from storage.milvus_index import (
+from kbqa.storage import db, pg_kb, pg_schema, rows
+from kbqa.storage.check import check_kb
+from kbqa.storage.dense import DenseCache
+from kbqa.storage.errors import EmbeddingMismatch, KBDamaged, KBExists, KBNotFound, StorageError
+from kbqa.storage.fusion import dense_weight_for
+from kbqa.storage.index_cache import IndexCache
+from kbqa.storage.lock import WriteLock
+from kbqa.storage.milvus_client import default_uri, new_collection_name
+from kbqa.storage.milvus_index import (
     META_KEY,
     MilvusVectors,
     create_kb_collection,
     drop_kb_collection,
 )
-from storage.names import (
+from kbqa.storage.names import (
     kb_directory,
     refuse_lookalike,
     validate_kb_name,
     validate_new_kb_name,
 )
-from storage.places import database_of
-from storage.search import hybrid_search
-from storage.sqlite_store import SqliteStore
-from storage.store import Store, read_valid_meta
-from storage.types import ChunkRecord, DocumentInfo, DocumentUpsert, KBInfo, SearchHit, Vectors
-from storage.vector_index import VectorIndex, resolve_kind, write_index
+from kbqa.storage.places import database_of
+from kbqa.storage.search import hybrid_search
+from kbqa.storage.sqlite_store import SqliteStore
+from kbqa.storage.store import Store, read_valid_meta
+from kbqa.storage.types import ChunkRecord, DocumentInfo, DocumentUpsert, KBInfo, SearchHit, Vectors
+from kbqa.storage.vector_index import VectorIndex, resolve_kind, write_index
 
 LOCK_FILE = ".lock"
 # Hidden work directories of create/delete; ones this old were left by a killed process.
@@ -307,7 +307,7 @@ class KnowledgeBase:
     ) -> list[SearchHit]:
         """Hybrid search. `sources` (relative sources or absolute paths) filters before the cut.
 
-        dense_weight None = automatic (see storage.fusion): 1.0, or 0.25 for CJK queries when
+        dense_weight None = automatic (see kbqa.storage.fusion): 1.0, or 0.25 for CJK queries when
         the KB's embedding model is not Chinese-capable.
         """
         query = self._unit_query(query_vector)

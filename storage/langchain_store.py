@@ -25,9 +25,9 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
-from storage.errors import KBNotFound
-from storage.kb import KnowledgeBase
-from storage.types import ChunkRecord, DocumentUpsert, SearchHit
+from kbqa.storage.errors import KBNotFound
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.types import ChunkRecord, DocumentUpsert, SearchHit
 
 SYNTHETIC_PREFIX = "langchain:"
 

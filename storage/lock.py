@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from storage.errors import KBBusy
+from kbqa.storage.errors import KBBusy
 
 POLL_SECONDS = 0.05
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from storage.errors import StorageError
+from kbqa.storage.errors import StorageError
 
 DEFAULT_LITE_FILE = "milvus.db"
 _NOISY_LOGGERS = ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer")

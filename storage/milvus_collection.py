@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from storage.errors import KBDamaged
-from storage.rows import IN_JSON
-from storage.types import Vectors
-from storage.vector_index import HNSW_EF_CONSTRUCTION, HNSW_M, IndexKind
+from kbqa.storage.errors import KBDamaged
+from kbqa.storage.rows import IN_JSON
+from kbqa.storage.types import Vectors
+from kbqa.storage.vector_index import HNSW_EF_CONSTRUCTION, HNSW_M, IndexKind
 
 GENERATION_PROPERTY = "kbqa.generation"
 VARCHAR_MAX = 65_535  # Milvus' largest VARCHAR, in bytes

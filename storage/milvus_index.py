@@ -4,7 +4,7 @@ SQLite stays the KB's source of truth (documents, chunks, vectors, the keyword i
 sync, delete, keyword search and `check` behave exactly as with FAISS; only the k-NN runs
 in Milvus. The collection is named when the KB is created (kept in its meta) and holds one
 row per chunk with its document's `source` and `path`, so a `sources` filter is evaluated by
-Milvus before the k cut (see storage.milvus_collection).
+Milvus before the k cut (see kbqa.storage.milvus_collection).
 
 Consistency: the collection's `kbqa.generation` stamp names the SQLite generation its rows
 reflect. Milvus is only written under the KB write lock, and the stamp goes last. A collection
@@ -28,16 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from storage import db
-from storage.dense import Ids
-from storage.errors import StorageError
-from storage.lock import WriteLock
-from storage.milvus_client import acquire, milvus_errors, release
-from storage.milvus_collection import Collection
-from storage.sqlite_store import SqliteStore
-from storage.store import Store
-from storage.types import Vectors
-from storage.vector_index import HNSW_EF_SEARCH, IndexKind, resolve_kind
+from kbqa.storage import db
+from kbqa.storage.dense import Ids
+from kbqa.storage.errors import StorageError
+from kbqa.storage.lock import WriteLock
+from kbqa.storage.milvus_client import acquire, milvus_errors, release
+from kbqa.storage.milvus_collection import Collection
+from kbqa.storage.sqlite_store import SqliteStore
+from kbqa.storage.store import Store
+from kbqa.storage.types import Vectors
+from kbqa.storage.vector_index import HNSW_EF_SEARCH, IndexKind, resolve_kind
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def source_filter(sources: Sequence[str]) -> str:
 
 
 class MilvusIndex:
-    """One KB's collection as hybrid search uses it (see storage.dense.DenseIndex)."""
+    """One KB's collection as hybrid search uses it (see kbqa.storage.dense.DenseIndex)."""
 
     def __init__(self, collection: Collection, uri: str, kind: IndexKind, exists: bool) -> None:
         self._collection = collection
@@ -99,7 +99,7 @@ class MilvusIndex:
 
 
 class MilvusVectors:
-    """Keeps a KB's Milvus collection in step with SQLite (see storage.dense.DenseCache)."""
+    """Keeps a KB's Milvus collection in step with SQLite (see kbqa.storage.dense.DenseCache)."""
 
     def __init__(
         self,
@@ -287,7 +287,7 @@ class MilvusVectors:
 
 
 def _sqlite(store: Store) -> sqlite3.Connection:
-    """Milvus KBs keep their rows in SQLite (storage.kb refuses them with a database URL)."""
+    """Milvus KBs keep their rows in SQLite (kbqa.storage.kb refuses them with a database URL)."""
     if not isinstance(store, SqliteStore):
         raise StorageError("a milvus knowledge base keeps its rows in SQLite")
     return store.conn

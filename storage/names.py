@@ -18,7 +18,7 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-from storage.errors import InvalidKBName, KBExists
+from kbqa.storage.errors import InvalidKBName, KBExists
 
 MAX_NAME_LENGTH = 64
 _PUNCTUATION = frozenset("_-.")

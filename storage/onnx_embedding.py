@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from storage.types import Vectors
+from kbqa.storage.types import Vectors
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

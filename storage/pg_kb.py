@@ -1,10 +1,10 @@
-"""The lifecycle of KBs kept in PostgreSQL (create, open, list, delete); see storage.kb.
+"""The lifecycle of KBs kept in PostgreSQL (create, open, list, delete); see kbqa.storage.kb.
 
-The rows are in the database (storage.pg_schema, storage.pg_store); each host keeps only a
+The rows are in the database (kbqa.storage.pg_schema, kbqa.storage.pg_store); each host keeps only a
 cache folder `<kbs_dir>/.postgresql/<uid>/` with the FAISS index files it derived, stamped
 with their generation like a SQLite KB's. A commit made on another host is a generation this
 host has no file for, so its next search rebuilds the index from the vectors in the database.
-The write lock is an advisory lock in the database (storage.pg_lock), shared by all hosts;
+The write lock is an advisory lock in the database (kbqa.storage.pg_lock), shared by all hosts;
 the cache folder's own flock only orders this host's processes writing index files.
 """
 
@@ -15,13 +15,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage import pg_schema
-from storage.errors import KBDamaged, StorageError
-from storage.index_cache import IndexCache
-from storage.lock import WriteLock
-from storage.pg_lock import AdvisoryLock
-from storage.pg_store import PostgresStore
-from storage.store import Store, read_valid_meta
+from kbqa.storage import pg_schema
+from kbqa.storage.errors import KBDamaged, StorageError
+from kbqa.storage.index_cache import IndexCache
+from kbqa.storage.lock import WriteLock
+from kbqa.storage.pg_lock import AdvisoryLock
+from kbqa.storage.pg_store import PostgresStore
+from kbqa.storage.store import Store, read_valid_meta
 
 CACHE_DIR = ".postgresql"
 """Hidden (KB names cannot start with '.'), so it never lists as a SQLite KB."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from storage import pg_pool
-from storage.lock import POLL_SECONDS
+from kbqa.storage import pg_pool
+from kbqa.storage.lock import POLL_SECONDS
 
 if TYPE_CHECKING:
     import psycopg
@@ -20,7 +20,7 @@ LOCK_CLASS = 0x6B627161  # "kbqa": the first key of every kbqa advisory lock (in
 
 
 class AdvisoryLock:
-    """A storage.lock.ProcessLock on key (LOCK_CLASS, `key`) of the database at `url`."""
+    """A kbqa.storage.lock.ProcessLock on key (LOCK_CLASS, `key`) of the database at `url`."""
 
     def __init__(self, url: str, key: int) -> None:
         self._url = url

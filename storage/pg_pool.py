@@ -3,7 +3,7 @@
 psycopg is an optional dependency (the `postgres` extra), imported only when a database URL
 is configured. Every KB of the process borrows from the same pool for a transaction at a time,
 and the write lock of a KB keeps one connection for as long as it is held (see
-storage.pg_lock). Broken connections (the server restarted) are checked and replaced when
+kbqa.storage.pg_lock). Broken connections (the server restarted) are checked and replaced when
 borrowed, so work resumes once the server is back.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from storage.errors import DatabaseUnavailable, StorageError
+from kbqa.storage.errors import DatabaseUnavailable, StorageError
 
 if TYPE_CHECKING:
     import psycopg
@@ -62,7 +62,7 @@ def _open_pool(url: str) -> ConnectionPool[Any]:
         ) from exc
 
     def configure(conn: psycopg.Connection[Any]) -> None:
-        # Transactions are explicit (BEGIN … COMMIT in storage.pg_store), as with SQLite.
+        # Transactions are explicit (BEGIN … COMMIT in kbqa.storage.pg_store), as with SQLite.
         conn.autocommit = True
 
     return ConnectionPool(

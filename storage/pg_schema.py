@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from storage import pg_pool
-from storage.errors import KBExists, KBNotFound
-from storage.pg_lock import LOCK_CLASS
+from kbqa.storage import pg_pool
+from kbqa.storage.errors import KBExists, KBNotFound
+from kbqa.storage.pg_lock import LOCK_CLASS
 
 if TYPE_CHECKING:
     import psycopg

@@ -1,4 +1,4 @@
-"""`Store` over one KB's schema in a shared PostgreSQL database (storage.pg_schema).
+"""`Store` over one KB's schema in a shared PostgreSQL database (kbqa.storage.pg_schema).
 
 Each `snapshot()` or `write()` borrows a pooled connection for its transaction: a snapshot is
 REPEATABLE READ (one consistent view, like a SQLite read transaction), a write is one
@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from storage import pg_pool
-from storage.errors import KBDamaged, StorageError
-from storage.keyword import fts_match_expression, tokenize
-from storage.pg_schema import REQUIRED_TABLES, schema_name
-from storage.rows import ChunkRow, PreparedDocument, StoredChunk, stored_chunk
-from storage.store import ChunkFields, DocumentRow
-from storage.types import DocumentInfo, Vectors
+from kbqa.storage import pg_pool
+from kbqa.storage.errors import KBDamaged, StorageError
+from kbqa.storage.keyword import fts_match_expression, tokenize
+from kbqa.storage.pg_schema import REQUIRED_TABLES, schema_name
+from kbqa.storage.rows import ChunkRow, PreparedDocument, StoredChunk, stored_chunk
+from kbqa.storage.store import ChunkFields, DocumentRow
+from kbqa.storage.types import DocumentInfo, Vectors
 
 if TYPE_CHECKING:
     import psycopg
@@ -47,7 +47,7 @@ FROM q JOIN postings p ON p.term = q.term CROSS JOIN s
 {where}
 GROUP BY p.id ORDER BY score DESC, p.id LIMIT %(n)s
 """
-_MAX_TERMS = 64  # as storage.keyword.fts_match_expression
+_MAX_TERMS = 64  # as kbqa.storage.keyword.fts_match_expression
 
 
 class PostgresStore:

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage.db import chunk_checksum, dump_metadata
-from storage.errors import EmbeddingMismatch, KBDamaged, StorageError
-from storage.keyword import tokenize
-from storage.types import DocumentUpsert, SearchHit, Vectors
+from kbqa.storage.db import chunk_checksum, dump_metadata
+from kbqa.storage.errors import EmbeddingMismatch, KBDamaged, StorageError
+from kbqa.storage.keyword import tokenize
+from kbqa.storage.types import DocumentUpsert, SearchHit, Vectors
 
 # A JSON array bound to one parameter: no limit on the number of values, unlike `IN (?, ?, …)`.
 IN_JSON = "IN (SELECT value FROM json_each(?))"

@@ -1,7 +1,7 @@
 """Hybrid search over one KB snapshot: dense k-NN + BM25 keyword search, fused.
 
-`keyword_search` is the SQLite (FTS5) half of storage.sqlite_store; `hybrid_search` works on
-any storage.store.Store.
+`keyword_search` is the SQLite (FTS5) half of kbqa.storage.sqlite_store; `hybrid_search` works on
+any kbqa.storage.store.Store.
 
 Runs inside the caller's read transaction, with the FAISS index that matches its generation,
 so the ids FAISS returns always resolve to the rows of that same snapshot. A Milvus collection
@@ -17,14 +17,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from storage.dense import DenseIndex
-from storage.fusion import dense_weight_for, fuse
-from storage.keyword import fts_match_expression
-from storage.rows import IN_JSON
-from storage.types import SearchHit, Vectors
+from kbqa.storage.dense import DenseIndex
+from kbqa.storage.fusion import dense_weight_for, fuse
+from kbqa.storage.keyword import fts_match_expression
+from kbqa.storage.rows import IN_JSON
+from kbqa.storage.types import SearchHit, Vectors
 
 if TYPE_CHECKING:
-    from storage.store import Store
+    from kbqa.storage.store import Store
 
 # Chunks of the documents a `sources` list names, by relative source or by absolute path.
 SOURCE_FILTER = (

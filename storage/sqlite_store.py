@@ -1,7 +1,7 @@
 """`Store` over one SQLite file per KB (`<kb>/kb.sqlite`, WAL mode): the default database.
 
-The SQL lives in storage.db (schema, meta), storage.rows (documents and chunks) and
-storage.search (FTS5 keyword search); this class binds them to the KB's one connection.
+The SQL lives in kbqa.storage.db (schema, meta), kbqa.storage.rows (documents and chunks) and
+kbqa.storage.search (FTS5 keyword search); this class binds them to the KB's one connection.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from storage import db, rows
-from storage.errors import KBDamaged
-from storage.rows import IN_JSON, ChunkRow, PreparedDocument, StoredChunk
-from storage.search import SOURCE_FILTER, keyword_search
-from storage.store import ChunkFields, DocumentRow
-from storage.types import DocumentInfo, Vectors
+from kbqa.storage import db, rows
+from kbqa.storage.errors import KBDamaged
+from kbqa.storage.rows import IN_JSON, ChunkRow, PreparedDocument, StoredChunk
+from kbqa.storage.search import SOURCE_FILTER, keyword_search
+from kbqa.storage.store import ChunkFields, DocumentRow
+from kbqa.storage.types import DocumentInfo, Vectors
 
 _CHUNK_FIELDS = "chunk_id, position, text, page, heading, embed_text, metadata"
 

@@ -1,4 +1,4 @@
-"""The seam between a KB's logic (storage.kb) and the database that holds it.
+"""The seam between a KB's logic (kbqa.storage.kb) and the database that holds it.
 
 A `Store` is one KB's rows: meta, documents, chunks with their vectors and checksums, the
 generation counter and the keyword index. Two implement it: `SqliteStore` (one file per KB,
@@ -19,10 +19,10 @@ from typing import Protocol
 
 import numpy as np
 
-from storage import db
-from storage.errors import KBDamaged
-from storage.rows import ChunkRow, PreparedDocument, StoredChunk
-from storage.types import DocumentInfo, Vectors
+from kbqa.storage import db
+from kbqa.storage.errors import KBDamaged
+from kbqa.storage.rows import ChunkRow, PreparedDocument, StoredChunk
+from kbqa.storage.types import DocumentInfo, Vectors
 
 DocumentRow = tuple[str, str, str, str, str, int, float]
 """(doc_id, path, root, source, content_hash, size, mtime)"""

@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from storage.types import Vectors
+from kbqa.storage.types import Vectors
 
 IndexKind = Literal["flat", "hnsw"]
 Ids = npt.NDArray[np.int64]

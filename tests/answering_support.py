@@ -30,7 +30,7 @@ def shared_home() -> Path:
     global _home
     with _lock:
         if _home is None:
-            from ingest.pipeline import ingest_paths
+            from kbqa.ingest.pipeline import ingest_paths
 
             home = Path(tempfile.mkdtemp(prefix="kbqa-answering-"))
             atexit.register(shutil.rmtree, home, True)

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from postgres_server import PostgresServer, find_binaries
+
+
+# Import names: ingest/, storage/ and prompts/ are kbqa.ingest, kbqa.storage and kbqa.prompts
+# (symlinked under kbqa/). The repository root is on sys.path here, so their bare names would
+# load the same files a second time as other modules (two KnowledgeBase classes, a monkeypatch
+# target string in the bare form patching a copy nobody uses): refuse them.
+class _RefuseBareNames(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname.partition(".")[0] in ("ingest", "storage", "prompts"):
+            raise ImportError(f"import kbqa.{fullname}, not {fullname}", name=fullname)
+        return None
+
+
+sys.meta_path.insert(0, _RefuseBareNames())
 
 # Bilingual lines written for these tests. No emoji and few rare characters on purpose: those
 # must go through SentencePiece's byte fallback, which the streaming tests exercise. One line
@@ -76,7 +92,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     """The URL of a new, empty database of the session's cluster (one per test)."""
-    from storage import pg_pool
+    from kbqa.storage import pg_pool
 
     url = postgres_server.create_database()
     yield url

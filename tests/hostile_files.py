@@ -1,6 +1,7 @@
 """Hostile files made at test time: each small on disk, huge or endless once parsed.
 
-Shared by the ingest and the HTTP tests of the parse limits (ingest.isolation, ingest.limits).
+Shared by the ingest and the HTTP tests of the parse limits (kbqa.ingest.isolation,
+kbqa.ingest.limits).
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ import threading
 
 from hostile_files import CRASH_JSON, STUCK_JSON
 
-from ingest.loaders import register_loader
-from ingest.loaders.jsondoc import load_json
-from ingest.types import LoadOptions, Section
+from kbqa.ingest.loaders import register_loader
+from kbqa.ingest.loaders.jsondoc import load_json
+from kbqa.ingest.types import LoadOptions, Section
 
 
 def _load(data: bytes, options: LoadOptions) -> list[Section]:

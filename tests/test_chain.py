@@ -20,7 +20,7 @@ from kbqa.llm.default import DefaultChat
 from kbqa.llm.factory import estimate_tokens
 from kbqa.retrieval import Retriever
 from kbqa.settings import Settings
-from storage.kb import KnowledgeBase
+from kbqa.storage.kb import KnowledgeBase
 from tests.answering_support import prompt_text, settings_for, shared_home
 from tests.fake_chat import FakeChat
 
@@ -99,11 +99,11 @@ def test_several_kbs_are_searched_and_merged() -> None:
 def test_the_question_is_embedded_once_per_distinct_model(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_for()
     # A third KB whose embedding is the same MiniLM named by its directory: another model name.
-    from storage.embeddings import default_model_dir, get_embedder
+    from kbqa.storage.embeddings import default_model_dir, get_embedder
 
     model_dir = str(default_model_dir())
     if "ops2" not in KnowledgeBase.list_names(settings.kbs_dir):
-        from ingest.pipeline import ingest_paths
+        from kbqa.ingest.pipeline import ingest_paths
 
         ingest_paths(
             settings, "ops2", [Path(__file__).parent / "data/answering/ops"], embedding=model_dir

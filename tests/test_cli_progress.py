@@ -9,8 +9,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ingest.pipeline import ingest_paths
 from kbqa.cli.progress import IngestProgress, ingest_rates
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.settings import load_settings
 
 

@@ -48,7 +48,7 @@ BRIDGE = "青石桥全长多少米？"
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ingest.pipeline import ingest_paths
+    from kbqa.ingest.pipeline import ingest_paths
 
     home = tmp_path_factory.mktemp("evidence-home")
     docs = tmp_path_factory.mktemp("evidence-docs")

@@ -43,23 +43,23 @@ def test_ingest_importing_the_settings_is_reported_even_inside_a_function(tmp_pa
         {
             "kbqa/settings.py": "",
             "ingest/pipeline.py": (
-                "import storage.kb\n\n\ndef run():\n    from kbqa.settings import Settings\n"
+                "import kbqa.storage.kb\n\n\ndef run():\n    from kbqa.settings import Settings\n"
             ),
             "storage/kb.py": "",
         },
     )
-    assert _reported(root) == [("ingest/pipeline.py", 5, "ingest.pipeline", "kbqa.settings")]
+    assert _reported(root) == [("ingest/pipeline.py", 5, "kbqa.ingest.pipeline", "kbqa.settings")]
 
 
 def test_storage_may_not_import_ingest_but_ingest_may_import_storage(tmp_path: Path) -> None:
     root = _tree(
         tmp_path,
         {
-            "storage/kb.py": "from ingest import pipeline\n",
-            "ingest/pipeline.py": "from storage.kb import KnowledgeBase\n",
+            "storage/kb.py": "from kbqa.ingest import pipeline\n",
+            "ingest/pipeline.py": "from kbqa.storage.kb import KnowledgeBase\n",
         },
     )
-    assert _reported(root) == [("storage/kb.py", 1, "storage.kb", "ingest.pipeline")]
+    assert _reported(root) == [("storage/kb.py", 1, "kbqa.storage.kb", "kbqa.ingest.pipeline")]
 
 
 def test_nothing_below_the_front_ends_imports_them(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from kbqa.cli import app
 from kbqa.kb_admin import migrate_kb
 from kbqa.settings import Settings, load_settings
-from storage.kb import KnowledgeBase
-from storage.types import ChunkRecord, DocumentUpsert
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.types import ChunkRecord, DocumentUpsert
 
 DIM = 24
 WORDS = ["显存", "驱动", "量化", "知识库", "python3.9", "CUDA", "driver", "install"]

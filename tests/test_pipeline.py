@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ingest.pipeline import IngestUsageError, ingest_paths
+from kbqa.ingest.pipeline import IngestUsageError, ingest_paths
 from kbqa.kb_admin import check_kb, list_documents, remove_document
 from kbqa.settings import Settings, load_settings
-from storage.errors import EmbeddingMismatch, InvalidKBName
+from kbqa.storage.errors import EmbeddingMismatch, InvalidKBName
 
 
 @pytest.fixture

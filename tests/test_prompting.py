@@ -15,8 +15,8 @@ from kbqa.prompting import (
     pack_context,
     retrieval_query,
 )
-from prompts import TemplateError, fill, load_template
-from storage.types import SearchHit
+from kbqa.prompts import TemplateError, fill, load_template
+from kbqa.storage.types import SearchHit
 
 
 def hit(text: str, source: str = "a.md", page: int | None = None) -> SearchHit:

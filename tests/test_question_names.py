@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.question_names import Names, question_names
 from kbqa.relevance import ABSENT_NAME_FACTOR, lexical_score, relevance, relevance_of
 from kbqa.retrieval import Retriever
 from kbqa.settings import load_settings
-from storage.types import SearchHit
+from kbqa.storage.types import SearchHit
 
 
 def hit(text: str, source: str = "readme.md") -> SearchHit:

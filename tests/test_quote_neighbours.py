@@ -43,7 +43,7 @@ QUESTION = "生成 3000 个字符时，青鸟引擎平均每秒能输出多少�
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    from ingest.pipeline import ingest_paths
+    from kbqa.ingest.pipeline import ingest_paths
 
     home = tmp_path_factory.mktemp("neighbours-home")
     docs = tmp_path_factory.mktemp("neighbours-docs")

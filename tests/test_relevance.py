@@ -18,7 +18,7 @@ from kbqa.relevance import (
     relevance_of,
     with_relevance,
 )
-from storage.types import SearchHit
+from kbqa.storage.types import SearchHit
 
 
 def hit(

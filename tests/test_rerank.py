@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from ingest.pipeline import ingest_paths
 from kbqa.errors import ConfigError
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.relevance import RELEVANCE
 from kbqa.rerank import RERANK, Reranker, RerankerUnavailable, get_reranker, passage
 from kbqa.retrieval import Retriever
 from kbqa.settings import Settings, load_settings
-from storage.types import SearchHit
+from kbqa.storage.types import SearchHit
 
 _DOCS = {
     "install.md": "# 安装\n\n先安装 GPU 驱动 450.80.02，再 pip install kbqa。\n",

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.retrieval import Retriever
-from storage.kb import KnowledgeBase
+from kbqa.storage.kb import KnowledgeBase
 from tests.answering_support import settings_for
 
 

@@ -22,7 +22,7 @@ def _sources() -> Iterator[tuple[Path, ast.Module]]:
 
 
 def test_kbs_are_opened_created_and_deleted_only_through_storage_config() -> None:
-    # kbqa and ingest call storage.config.open_kb/create_kb/delete_kb, which turn the settings
+    # kbqa and ingest call kbqa.storage.config.open_kb/create_kb/delete_kb, which turn the settings
     # into KnowledgeBase.open/create/delete's arguments (the CLI and the server each wrote
     # delete's out); within storage, the LangChain store has its own.
     calls = [
@@ -36,12 +36,12 @@ def test_kbs_are_opened_created_and_deleted_only_through_storage_config() -> Non
         and isinstance(node.func.value, ast.Name)
         and node.func.value.id == "KnowledgeBase"
     ]
-    assert calls == [], "use storage.config.open_kb/create_kb/delete_kb instead"
+    assert calls == [], "use kbqa.storage.config.open_kb/create_kb/delete_kb instead"
 
 
 def test_no_two_classes_share_a_name() -> None:
     # One name per concept: a class and its JSON shape get different names (the hit
-    # storage.types.SearchHit and its HTTP body kbqa.server.schemas.SearchResult), so that a
+    # kbqa.storage.types.SearchHit and its HTTP body kbqa.server.schemas.SearchResult), so that a
     # reader who meets a name knows which of the two it is.
     defined: dict[str, list[str]] = {}
     for path, tree in _sources():
@@ -64,7 +64,7 @@ UNUSED_FOR_NOW: dict[str, str] = {
 
 def test_every_module_level_function_and_class_is_used() -> None:
     # A name written once in all the Python of the repository is defined and never used
-    # (ingest.pipeline.FileProblem was). Decorated functions are used by their decorator;
+    # (kbqa.ingest.pipeline.FileProblem was). Decorated functions are used by their decorator;
     # `__getattr__` and other dunders by Python.
     everything = "\n".join(
         path.read_text(encoding="utf-8")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.relevance import MISSING_KIND_FACTOR, lexical_score, relevance, relevance_of
 from kbqa.retrieval import Retriever
 from kbqa.settings import load_settings
+from kbqa.storage.types import SearchHit
 from kbqa.value_kinds import asked_kinds, missing_kinds
-from storage.types import SearchHit
 
 
 def kinds(question: str) -> list[str]:

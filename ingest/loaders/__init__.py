@@ -5,19 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ingest.limits import TOO_LARGE, check_archive
-from ingest.loaders import longtail
-from ingest.loaders.delimited import load_csv
-from ingest.loaders.encoding import read_text
-from ingest.loaders.excel import load_xlsx
-from ingest.loaders.html import load_html
-from ingest.loaders.image import load_image
-from ingest.loaders.jsondoc import load_json, load_jsonl
-from ingest.loaders.pdf import load_pdf
-from ingest.loaders.slides import load_pptx
-from ingest.loaders.text import load_markdown, load_txt
-from ingest.loaders.word import load_docx
-from ingest.types import LoadError, LoadOptions, Section, UnsupportedFormat
+from kbqa.ingest.limits import TOO_LARGE, check_archive
+from kbqa.ingest.loaders import longtail
+from kbqa.ingest.loaders.delimited import load_csv
+from kbqa.ingest.loaders.encoding import read_text
+from kbqa.ingest.loaders.excel import load_xlsx
+from kbqa.ingest.loaders.html import load_html
+from kbqa.ingest.loaders.image import load_image
+from kbqa.ingest.loaders.jsondoc import load_json, load_jsonl
+from kbqa.ingest.loaders.pdf import load_pdf
+from kbqa.ingest.loaders.slides import load_pptx
+from kbqa.ingest.loaders.text import load_markdown, load_txt
+from kbqa.ingest.loaders.word import load_docx
+from kbqa.ingest.types import LoadError, LoadOptions, Section, UnsupportedFormat
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -56,7 +56,7 @@ _LOADERS: dict[str, Loader] = {
 } | dict.fromkeys(IMAGE_EXTENSIONS, load_image)
 LONG_TAIL_EXTENSIONS: frozenset[str] = frozenset(longtail.available())
 """What the `unstructured` extra reads here (.epub .odt .rtf .rst .org .eml .msg, .doc .ppt
-with LibreOffice); empty without it. See ingest.loaders.longtail."""
+with LibreOffice); empty without it. See kbqa.ingest.loaders.longtail."""
 _LOADERS |= {ext: longtail.loader(module) for ext, module in longtail.available().items()}
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(_LOADERS)
 ZIP_BASED: frozenset[str] = frozenset({".docx", ".xlsx", ".pptx", ".epub", ".odt"})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import io
 
-from ingest.loaders.encoding import decode_text_file
-from ingest.tables import TableSection, format_table
-from ingest.types import LoadError, Section
+from kbqa.ingest.loaders.encoding import decode_text_file
+from kbqa.ingest.tables import TableSection, format_table
+from kbqa.ingest.types import LoadError, Section
 
 _DELIMITERS = ",;\t|"
 _SNIFF_CHARS = 16384

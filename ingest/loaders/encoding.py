@@ -11,7 +11,7 @@ import unicodedata
 
 import charset_normalizer
 
-from ingest.types import LoadError
+from kbqa.ingest.types import LoadError
 
 # Longest BOM first: the UTF-32-LE BOM begins with the UTF-16-LE one.
 _BOMS = (

@@ -17,8 +17,8 @@ from typing import Any
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
 
-from ingest.tables import TableSection, format_table
-from ingest.types import LoadError, Section
+from kbqa.ingest.tables import TableSection, format_table
+from kbqa.ingest.types import LoadError, Section
 
 # A formula element in a worksheet part: `<f>…</f>`, `<f t="shared" …/>` (also matches
 # `<formula>` of conditional formats: a false alarm only costs reading the formulas).

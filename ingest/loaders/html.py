@@ -8,9 +8,9 @@ import re
 from bs4 import BeautifulSoup, NavigableString, Tag
 from bs4.element import Comment, Doctype, ProcessingInstruction
 
-from ingest.loaders.encoding import decode_text_file
-from ingest.tables import TableSection, format_row
-from ingest.types import LoadError, Section
+from kbqa.ingest.loaders.encoding import decode_text_file
+from kbqa.ingest.tables import TableSection, format_row
+from kbqa.ingest.types import LoadError, Section
 
 _DROPPED = frozenset({"script", "style", "nav", "noscript", "template", "head", "svg", "iframe"})
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}

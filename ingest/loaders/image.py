@@ -7,9 +7,9 @@ import warnings
 
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from ingest.limits import pixels_error
-from ingest.ocr import recognize
-from ingest.types import LoadError, LoadOptions, Section
+from kbqa.ingest.limits import pixels_error
+from kbqa.ingest.ocr import recognize
+from kbqa.ingest.types import LoadError, LoadOptions, Section
 
 
 def load_image(data: bytes, options: LoadOptions) -> list[Section]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ingest.loaders.encoding import decode_text_file
-from ingest.tables import TableSection, format_value
-from ingest.types import LoadError, Section
+from kbqa.ingest.loaders.encoding import decode_text_file
+from kbqa.ingest.tables import TableSection, format_value
+from kbqa.ingest.types import LoadError, Section
 
 
 def load_json(data: bytes) -> list[Section]:

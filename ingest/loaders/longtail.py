@@ -25,8 +25,8 @@ from typing import Any
 
 from bs4 import BeautifulSoup
 
-from ingest.tables import TableSection, format_table
-from ingest.types import LoadError, LoadOptions, Section
+from kbqa.ingest.tables import TableSection, format_table
+from kbqa.ingest.types import LoadError, LoadOptions, Section
 
 PANDOC_FORMATS = {".epub": "epub", ".odt": "odt", ".rtf": "rtf", ".rst": "rst", ".org": "org"}
 MAIL_FORMATS = {".eml": "email", ".msg": "msg"}

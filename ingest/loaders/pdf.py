@@ -1,7 +1,7 @@
 """PDF page by page: the text layer (pypdf) where a page has one, OCR where it has none.
 
 One Section per page that has text, pages numbered from 1; a scanned page is rendered with
-pypdfium2 at the configured DPI and read by OCR (ingest.ocr), so mixed documents keep both.
+pypdfium2 at the configured DPI and read by OCR (kbqa.ingest.ocr), so mixed documents keep both.
 Ruled tables on text pages become TableSections of header-labelled rows (pdf_tables).
 """
 
@@ -14,10 +14,10 @@ import re
 from pypdf import PdfReader
 from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
 
-from ingest.limits import check_pages
-from ingest.loaders.pdf_ocr import ScanReader
-from ingest.loaders.pdf_tables import TableFinder
-from ingest.types import LoadError, LoadOptions, Section
+from kbqa.ingest.limits import check_pages
+from kbqa.ingest.loaders.pdf_ocr import ScanReader
+from kbqa.ingest.loaders.pdf_tables import TableFinder
+from kbqa.ingest.types import LoadError, LoadOptions, Section
 
 _CJK = r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]"
 # A line break between two Chinese characters is a wrap inside a sentence, not a space.

@@ -1,4 +1,5 @@
-"""OCR of the PDF pages that have no text layer: rendered with pypdfium2, read by ingest.ocr."""
+"""OCR of the PDF pages that have no text layer: rendered with pypdfium2, read by
+kbqa.ingest.ocr."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import logging
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
-from ingest.ocr import MAX_PIXELS, MAX_SIDE, recognize
-from ingest.types import LoadOptions
+from kbqa.ingest.ocr import MAX_PIXELS, MAX_SIDE, recognize
+from kbqa.ingest.types import LoadOptions
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import pdfplumber
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
-from ingest.tables import TableSection, format_table
+from kbqa.ingest.tables import TableSection, format_table
 
 log = logging.getLogger(__name__)
 

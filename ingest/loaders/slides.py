@@ -16,8 +16,8 @@ from pptx.shapes.base import BaseShape
 from pptx.shapes.group import GroupShape
 from pptx.slide import Slide
 
-from ingest.tables import TableSection, format_table
-from ingest.types import LoadError, Section
+from kbqa.ingest.tables import TableSection, format_table
+from kbqa.ingest.types import LoadError, Section
 
 # Office writes password-protected OOXML files as OLE compound files, not zips (as are .ppt).
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-from ingest.loaders.encoding import decode_text_file
-from ingest.tables import TableSection, format_table
-from ingest.types import Section
+from kbqa.ingest.loaders.encoding import decode_text_file
+from kbqa.ingest.tables import TableSection, format_table
+from kbqa.ingest.types import Section
 
 # Every pattern here runs in time linear in its line: Markdown is parsed in the ingesting
-# process (see ingest.isolation), so a hostile line must not cost its length squared. The
+# process (see kbqa.ingest.isolation), so a hostile line must not cost its length squared. The
 # closing #s of an ATX heading are therefore cut in Python (_atx_title), not by a lazy group.
 _ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*))?$")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")

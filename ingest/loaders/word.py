@@ -12,8 +12,8 @@ from docx.oxml.ns import qn
 from docx.table import Table
 from docx.text.paragraph import Paragraph
 
-from ingest.tables import TableSection, format_table
-from ingest.types import LoadError, Section
+from kbqa.ingest.tables import TableSection, format_table
+from kbqa.ingest.types import LoadError, Section
 
 # English and Chinese Word name their built-in heading styles "Heading 1" / "标题 1".
 _HEADING_STYLE = re.compile(r"^(?:heading|标题)\s*(\d)$", re.I)

@@ -110,11 +110,11 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Errors a user can cause become one line on stderr and an exit status, never a traceback."""
-    from ingest.pipeline import IngestUsageError
     from kbqa.errors import KBQAError
+    from kbqa.ingest.pipeline import IngestUsageError
     from kbqa.llm.errors import LLMUnavailable
-    from storage.embeddings import EmbeddingUnavailable
-    from storage.errors import (
+    from kbqa.storage.embeddings import EmbeddingUnavailable
+    from kbqa.storage.errors import (
         EmbeddingMismatch,
         InvalidKBName,
         KBDamaged,

@@ -27,14 +27,14 @@ def config_show(
     json_out: JsonOption = False, home: HomeOption = None, config: ConfigOption = None
 ) -> None:
     """Print the effective settings (file + environment overrides)."""
-    from ingest.loaders import LONG_TAIL_EXTENSIONS, SUPPORTED_EXTENSIONS
+    from kbqa.ingest.loaders import LONG_TAIL_EXTENSIONS, SUPPORTED_EXTENSIONS
 
     with command(home, config, json_out) as run:
         data = run.settings.model_dump(mode="json")
         if data["server"]["api_key"]:
             data["server"]["api_key"] = "***"
         if data["storage"]["database"]:
-            from storage.pg_pool import redact
+            from kbqa.storage.pg_pool import redact
 
             data["storage"]["database"] = redact(data["storage"]["database"])
         formats = {

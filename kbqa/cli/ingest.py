@@ -1,4 +1,4 @@
-"""`kbqa ingest PATH...`: sync files and folders into a knowledge base (see ingest.pipeline).
+"""`kbqa ingest PATH...`: sync files and folders into a knowledge base (see kbqa.ingest.pipeline).
 
 With --watch the command keeps syncing afterwards (kbqa.cli.watch).
 """
@@ -50,8 +50,8 @@ def ingest(
     config: ConfigOption = None,
 ) -> None:
     """Add new files, replace changed ones and remove vanished ones from a knowledge base."""
-    from ingest.pipeline import ingest_paths
     from kbqa.cli.progress import IngestProgress
+    from kbqa.ingest.pipeline import ingest_paths
 
     with command(home, config, json_out) as run:
         with _ingest_failure_json(kb, json_out):

@@ -63,8 +63,8 @@ def kb_delete(
     config: ConfigOption = None,
 ) -> None:
     """Delete a knowledge base and everything stored in it."""
-    from storage.config import delete_kb
-    from storage.names import validate_kb_name
+    from kbqa.storage.config import delete_kb
+    from kbqa.storage.names import validate_kb_name
 
     if (name is None) == (kb is None):
         raise fail("give the knowledge base either as NAME or as --kb NAME")

@@ -22,7 +22,7 @@ def mcp(kb: KbsOption = None, home: HomeOption = None, config: ConfigOption = No
     without, it sees them all and `default` is the default.
     """
     from kbqa.mcp_server import run_stdio
-    from storage.names import validate_kb_name
+    from kbqa.storage.names import validate_kb_name
 
     with command(home, config) as run:
         settings = run.settings

@@ -60,7 +60,7 @@ class TerminalBar:
 
 
 class IngestProgress(TerminalBar):
-    """Implements ingest.pipeline.Progress; draws nothing when disabled (pipes, --json).
+    """Implements kbqa.ingest.pipeline.Progress; draws nothing when disabled (pipes, --json).
 
     The line: files done/total, files/s, chunks embedded, chunks/s, the file last done (or the
     page being read), the time spent and an ETA (see ingest_rates).

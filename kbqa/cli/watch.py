@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ingest.watch import Sync, WatchedFolderGone, watch_paths
 from kbqa.cli.common import EXIT_OK, EXIT_PARTIAL, print_json, stderr, stdout
+from kbqa.ingest.watch import Sync, WatchedFolderGone, watch_paths
 from kbqa.settings import Settings
 
 

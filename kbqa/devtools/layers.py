@@ -7,8 +7,8 @@ draws it): a module may import modules of the layers below its own, and of its o
 except in the foundations, where a package imports only the peers PEERS names.
 
 Units are module-name prefixes (`kbqa.server` covers `kbqa.server.app`); the longest prefix
-that matches a module decides its unit. Renaming a package (`ingest` to `kbqa.ingest`) means
-renaming it here, in one place.
+that matches a module decides its unit. The folders ingest/, storage/ and prompts/
+are read under their import names, kbqa.ingest … (IMPORT_NAMES).
 """
 
 from __future__ import annotations
@@ -63,18 +63,28 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Know nothing of kbqa's application code. `kbqa` itself is the namespace package's own
     # __init__ (it imports nothing); a kbqa module missing from the rows above falls here too,
     # so it may import nothing until it is given its layer.
-    ("foundations", ("ingest", "storage", "prompts", "kbqa.chatglm", "kbqa")),
+    ("foundations", ("kbqa.ingest", "kbqa.storage", "kbqa.prompts", "kbqa.chatglm", "kbqa")),
 )
 
 ISOLATED = "foundations"
 """The layer whose packages import one another only as PEERS allows."""
 
 PEERS: dict[str, tuple[str, ...]] = {
-    "ingest": ("storage",),  # the pipeline writes what it reads into a KB
+    "kbqa.ingest": ("kbqa.storage",),  # the pipeline writes what it reads into a KB
 }
 
 PACKAGES: tuple[str, ...] = ("kbqa", "ingest", "storage", "prompts")
-"""The top-level import packages whose source is checked (repository folders of those names)."""
+"""The repository folders whose source is checked."""
+
+IMPORT_NAMES: dict[str, str] = {
+    "kbqa": "kbqa",
+    "ingest": "kbqa.ingest",
+    "storage": "kbqa.storage",
+    "prompts": "kbqa.prompts",
+}
+"""Each folder's import name. ingest/, storage/ and prompts/ are installed as subpackages of
+kbqa (and linked under kbqa/ in the repository; the walk does not follow links, so each file is
+read once, under its import name)."""
 
 
 @dataclass(frozen=True)
@@ -117,8 +127,10 @@ def allowed(importer: str, imported: str) -> str | None:
 
 
 def module_name(root: Path, path: Path) -> str:
-    """`kbqa/server/app.py` -> `kbqa.server.app`; a package's __init__ is the package."""
+    """`kbqa/server/app.py` -> `kbqa.server.app`, `storage/kb.py` -> `kbqa.storage.kb`; a
+    package's __init__ is the package."""
     parts = list(path.relative_to(root).with_suffix("").parts)
+    parts[:1] = IMPORT_NAMES.get(parts[0], parts[0]).split(".")
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -142,14 +154,24 @@ def imports(root: Path, path: Path) -> Iterator[tuple[int, str]]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            # `from storage.keyword import a, b` is one import of storage.keyword.
+            # `from kbqa.storage.keyword import a, b` is one import of kbqa.storage.keyword.
             named = {f"{base}.{alias.name}" for alias in node.names}
             for target in sorted({m if _exists(root, m) else base for m in named}):
                 yield node.lineno, target
 
 
+def _source_path(root: Path, module: str) -> Path:
+    """Where `module` lies under `root`, less its suffix: `kbqa.storage.kb` -> storage/kb."""
+    parts = module.split(".")
+    for folder, name in IMPORT_NAMES.items():
+        prefix = name.split(".")
+        if folder != name and parts[: len(prefix)] == prefix:
+            return root.joinpath(folder, *parts[len(prefix) :])
+    return root.joinpath(*parts)
+
+
 def _exists(root: Path, module: str) -> bool:
-    path = root.joinpath(*module.split("."))
+    path = _source_path(root, module)
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 

@@ -38,7 +38,7 @@ from kbqa.keys import Scope as KeyScope
 from kbqa.server.errors import ApiError, error_response
 from kbqa.server.ratelimit import FailureLimiter
 from kbqa.settings import Settings
-from storage.kb import KnowledgeBase
+from kbqa.storage.kb import KnowledgeBase
 
 log = logging.getLogger("kbqa.server")
 

@@ -17,11 +17,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ingest.pipeline import IngestUsageError
 from kbqa.errors import KBQAError, NotFound
+from kbqa.ingest.pipeline import IngestUsageError
 from kbqa.llm.errors import LLMUnavailable
-from storage.embeddings import EmbeddingUnavailable
-from storage.errors import (
+from kbqa.storage.embeddings import EmbeddingUnavailable
+from kbqa.storage.errors import (
     DatabaseUnavailable,
     EmbeddingMismatch,
     InvalidKBName,

@@ -16,7 +16,7 @@ second, so `GET /v1/jobs/{id}` answers after a restart too, from any server shar
 
 Jobs for one KB run one after another; jobs for different KBs run side by side, so a stuck or
 slow job never delays another KB's upload. Files are parsed by the server's warm worker
-processes (ingest.isolation): a parse past `ingest.parse_timeout_s` or `ingest.parse_memory_mb`
+processes (kbqa.ingest.isolation): a parse past `ingest.parse_timeout_s` or `ingest.parse_memory_mb`
 is killed and its file fails alone; an upload job still running `server.job_timeout_s` after
 it started is stopped and fails with `job_timeout`, storing nothing.
 
@@ -49,16 +49,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol
 
-from ingest.isolation import DEADLINE, FileParser, ParseStopped, Stop, WorkerPool
-from ingest.loaders import SUPPORTED_EXTENSIONS
-from ingest.pipeline import IngestReport, ingest_paths
+from kbqa.ingest.isolation import DEADLINE, FileParser, ParseStopped, Stop, WorkerPool
+from kbqa.ingest.loaders import SUPPORTED_EXTENSIONS
+from kbqa.ingest.pipeline import IngestReport, ingest_paths
 from kbqa.kb_admin import list_documents
 from kbqa.server.errors import ApiError, api_error_for
 from kbqa.server.job_store import ACTIVE_STATES, Job, JobKind, JobStore, OwnerLock
 from kbqa.server.pg_jobs import PgJobStore, PgOwnerLock
 from kbqa.settings import Settings
-from storage.errors import InvalidKBName, KBNotFound
-from storage.names import validate_kb_name
+from kbqa.storage.errors import InvalidKBName, KBNotFound
+from kbqa.storage.names import validate_kb_name
 
 log = logging.getLogger("kbqa.server")
 

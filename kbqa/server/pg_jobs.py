@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from kbqa.server.job_store import ACTIVE_STATES, COLUMNS, Job, job_from_row, job_row
-from storage import pg_pool
-from storage.errors import StorageError
+from kbqa.storage import pg_pool
+from kbqa.storage.errors import StorageError
 
 log = logging.getLogger("kbqa.server")
 

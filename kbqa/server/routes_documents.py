@@ -27,7 +27,7 @@ from kbqa.server.routes_kbs import KbPath
 from kbqa.server.schemas import DocumentChunk, DocumentDetail, DocumentMeta
 from kbqa.server.state import SettingsDep
 from kbqa.settings import Settings
-from storage.types import ChunkRecord, DocumentInfo
+from kbqa.storage.types import ChunkRecord, DocumentInfo
 
 router = APIRouter(
     tags=["knowledge bases"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES

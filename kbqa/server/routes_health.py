@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from ingest.loaders import SUPPORTED_EXTENSIONS
+from kbqa.ingest.loaders import SUPPORTED_EXTENSIONS
 from kbqa.server.errors import ERROR_RESPONSES, ApiError
 from kbqa.server.schemas import Health, QueueStatus
 from kbqa.server.state import ServerState, StateDep

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Path, Query, UploadFile
 
-from ingest.pipeline import open_or_create_kb
+from kbqa.ingest.pipeline import open_or_create_kb
 from kbqa.kb_admin import list_documents, list_kbs, remove_document
 from kbqa.server.auth import (
     AccessDep,
@@ -45,9 +45,11 @@ from kbqa.server.schemas import (
 )
 from kbqa.server.state import RetrieverDep, SettingsDep, StateDep
 from kbqa.settings import Settings
-from storage import config as storage_config  # a module: handler names are OpenAPI operation ids
-from storage.errors import KBExists, KBNotFound
-from storage.kb import KnowledgeBase
+from kbqa.storage import (
+    config as storage_config,  # a module: handler names are OpenAPI operation ids
+)
+from kbqa.storage.errors import KBExists, KBNotFound
+from kbqa.storage.kb import KnowledgeBase
 
 router = APIRouter(
     tags=["knowledge bases"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES

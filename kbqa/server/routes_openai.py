@@ -49,7 +49,7 @@ from kbqa.server.schemas import (
 from kbqa.server.state import ServerState, StateDep
 from kbqa.server.streaming import SSE_RESPONSE, error_message, event_stream, generate, sse
 from kbqa.server.usage import Metered, metered
-from storage.kb import KnowledgeBase
+from kbqa.storage.kb import KnowledgeBase
 
 KB_MODEL = "kbqa"
 

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from storage.errors import InvalidKBName
-from storage.names import validate_kb_name
+from kbqa.storage.errors import InvalidKBName
+from kbqa.storage.names import validate_kb_name
 
 MAX_KBS_PER_REQUEST = 16
 MAX_HISTORY_TURNS = 100
@@ -35,7 +35,7 @@ KbName = Annotated[
     Field(
         description="1 to 64 letters or digits of any script, '_', '-', '.'; not starting with '.'",
         # The schema can only approximate "letters and digits of any script"; the server
-        # applies the exact rule (storage.names) and answers 422 to anything else.
+        # applies the exact rule (kbqa.storage.names) and answers 422 to anything else.
         json_schema_extra={"pattern": r"^[\w-][\w.-]*$", "minLength": 1, "maxLength": 64},
     ),
 ]
@@ -293,7 +293,7 @@ class SearchRequest(_Request):
 
 
 class SearchResult(BaseModel):
-    """One hit of `POST /v1/kbs/{kb}/search` (storage.types.SearchHit, as JSON)."""
+    """One hit of `POST /v1/kbs/{kb}/search` (kbqa.storage.types.SearchHit, as JSON)."""
 
     chunk_id: str
     doc_id: str

@@ -1,6 +1,6 @@
 """Watched folders (`server.watch`): each one kept in sync with its KB while the server runs.
 
-One thread per folder follows ingest.watch.change_bursts, the same loop as `kbqa ingest
+One thread per folder follows kbqa.ingest.watch.change_bursts, the same loop as `kbqa ingest
 --watch`; every sync (the first one at start, then one after each burst of changes) is a job of
 kind "watch" run by the JobManager, queued with the uploads, so `GET /v1/jobs/{id}` and
 `GET /v1/jobs?kind=watch` report it like an upload's ingest.
@@ -16,7 +16,7 @@ import logging
 import threading
 from concurrent.futures import CancelledError
 
-from ingest.watch import WatchedFolderGone, change_bursts
+from kbqa.ingest.watch import WatchedFolderGone, change_bursts
 from kbqa.server.jobs import JobManager
 from kbqa.settings import Settings, WatchFolder
 

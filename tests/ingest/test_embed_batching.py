@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import ingest.pipeline
-from ingest.pipeline import ingest_paths
+import kbqa.ingest.pipeline
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.settings import Settings, load_settings
-from storage.embeddings import Embedder
+from kbqa.storage.embeddings import Embedder
 
 NOTES = [
     "Backups of the Harbor cluster are kept for {n} days before they are deleted.",
@@ -69,13 +69,13 @@ def embed_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every file the pipeline hashes (reads whole)."""
     paths: list[Path] = []
-    original = ingest.pipeline._hash_file
+    original = kbqa.ingest.pipeline._hash_file
 
     def spy(path: Path, max_bytes: int) -> str:
         paths.append(path)
         return original(path, max_bytes)
 
-    monkeypatch.setattr(ingest.pipeline, "_hash_file", spy)
+    monkeypatch.setattr(kbqa.ingest.pipeline, "_hash_file", spy)
     return paths
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.loaders import read_text
-from ingest.types import LoadError
+from kbqa.ingest.loaders import read_text
+from kbqa.ingest.types import LoadError
 
 CHINESE = "Aurora 内部知识库安装指南：INT4 量化后显存需求约 6 GB，驱动不低于 450.80.02。"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.kb_admin import list_documents, list_kbs
 from kbqa.settings import Settings, load_settings
-from storage.kb import KnowledgeBase
+from kbqa.storage.kb import KnowledgeBase
 
 REPO = Path(__file__).resolve().parents[2]
 HANG_GUARD_S = 600  # only ends a run that hangs; a passing one waits a few seconds

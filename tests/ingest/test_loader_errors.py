@@ -11,8 +11,8 @@ import pytest
 from ingest_documents import MAX_BYTES, docx_bytes, pdf_bytes, xlsx_bytes
 from reportlab.lib.pdfencrypt import StandardEncryption
 
-from ingest.loaders import load_document
-from ingest.types import LoadError, LoadOptions, UnsupportedFormat
+from kbqa.ingest.loaders import load_document
+from kbqa.ingest.types import LoadError, LoadOptions, UnsupportedFormat
 
 
 def error_of(path: Path, max_bytes: int = MAX_BYTES) -> str:

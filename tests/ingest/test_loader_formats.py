@@ -8,9 +8,9 @@ from pathlib import Path
 from ingest_documents import MAX_BYTES, docx_bytes, pdf_bytes, xlsx_bytes
 from reportlab.lib.pdfencrypt import StandardEncryption
 
-from ingest.loaders import LONG_TAIL_EXTENSIONS, SUPPORTED_EXTENSIONS, load_document
-from ingest.tables import TableSection
-from ingest.types import LoadOptions, Section
+from kbqa.ingest.loaders import LONG_TAIL_EXTENSIONS, SUPPORTED_EXTENSIONS, load_document
+from kbqa.ingest.tables import TableSection
+from kbqa.ingest.types import LoadOptions, Section
 
 
 def load(path: Path) -> list[Section]:

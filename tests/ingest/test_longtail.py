@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from ingest.loaders import LONG_TAIL_EXTENSIONS, SUPPORTED_EXTENSIONS, load_document
-from ingest.pipeline import ingest_paths
-from ingest.tables import TableSection
-from ingest.types import LoadError
+from kbqa.ingest.loaders import LONG_TAIL_EXTENSIONS, SUPPORTED_EXTENSIONS, load_document
+from kbqa.ingest.pipeline import ingest_paths
+from kbqa.ingest.tables import TableSection
+from kbqa.ingest.types import LoadError
 from kbqa.kb_admin import list_documents
 from kbqa.settings import load_settings
 
@@ -148,7 +148,7 @@ socket.socket.connect = refuse
 socket.socket.connect_ex = refuse
 socket.create_connection = refuse
 socket.getaddrinfo = refuse
-from ingest.loaders import load_document
+from kbqa.ingest.loaders import load_document
 texts = {p: "\\n".join(s.text for s in load_document(Path(p), max_bytes=2**24))
          for p in sys.argv[1:]}
 print(json.dumps({"attempts": attempts, "texts": texts}))
@@ -180,7 +180,7 @@ class Hide:
             raise ModuleNotFoundError(name)
 
 sys.meta_path.insert(0, Hide())
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.settings import load_settings
 report = ingest_paths(load_settings(sys.argv[2]), "plain", [Path(sys.argv[1])])
 print(json.dumps(report.to_json()))

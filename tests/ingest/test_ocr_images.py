@@ -11,8 +11,8 @@ from ingest_documents import MAX_BYTES
 from ocr_documents import FONT_PATH, image_bytes, text_image
 from PIL import Image, ImageDraw, ImageFont
 
-from ingest.loaders import load_document
-from ingest.types import LoadError, LoadOptions, Section
+from kbqa.ingest.loaders import load_document
+from kbqa.ingest.types import LoadError, LoadOptions, Section
 
 LINES = ["扫描件里的知识库问答。", "Scanned pages answer 42 questions."]
 

@@ -12,8 +12,8 @@ from PIL import Image
 from reportlab.lib.utils import ImageReader
 from reportlab.pdfgen import canvas
 
-from ingest.loaders import load_document
-from ingest.types import LoadError, LoadOptions, Section
+from kbqa.ingest.loaders import load_document
+from kbqa.ingest.types import LoadError, LoadOptions, Section
 
 
 def load(path: Path, options: LoadOptions | None = None) -> list[Section]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ocr_documents import image_bytes, scanned_pdf_bytes, text_image
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.settings import load_settings
-from storage.kb import KnowledgeBase
+from kbqa.storage.kb import KnowledgeBase
 
 
 class RecordingProgress:

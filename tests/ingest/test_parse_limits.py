@@ -1,5 +1,5 @@
 """Bounded work per file: hostile files fail alone, with an error code and the setting named,
-and the rest of the run is ingested (ingest.limits, ingest.isolation)."""
+and the rest of the run is ingested (kbqa.ingest.limits, kbqa.ingest.isolation)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import pytest
 from hostile_files import CRASH_JSON, STUCK_JSON, blank_pdf, docx_bomb, png_bomb
 from typer.testing import CliRunner
 
-from ingest import isolation
-from ingest.isolation import FileParser, ParseStopped, Stop, WorkerPool
-from ingest.loaders import load_document
-from ingest.pipeline import ingest_paths
-from ingest.types import LoadError, LoadOptions, ParseLimits
 from kbqa.cli import app
+from kbqa.ingest import isolation
+from kbqa.ingest.isolation import FileParser, ParseStopped, Stop, WorkerPool
+from kbqa.ingest.loaders import load_document
+from kbqa.ingest.pipeline import ingest_paths
+from kbqa.ingest.types import LoadError, LoadOptions, ParseLimits
 from kbqa.settings import load_settings
 
 PLUGIN = {"loader_plugins": ["stuck_loader"]}
@@ -191,8 +191,8 @@ def test_a_killed_ingest_leaves_no_parse_worker_behind(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from ingest.isolation import WorkerPool\n"
-        "from ingest.types import LoadOptions\n"
+        "from kbqa.ingest.isolation import WorkerPool\n"
+        "from kbqa.ingest.types import LoadOptions\n"
         "if __name__ == '__main__':\n"
         "    pool = WorkerPool(memory_mb=512, plugins=['stuck_loader'])\n"
         "    pool.parse(Path(sys.argv[1]), max_bytes=2**20, options=LoadOptions(), timeout_s=600)\n"

@@ -9,9 +9,9 @@ from reportlab.lib import colors
 from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate, Table, TableStyle
 
-from ingest.loaders import load_document
-from ingest.tables import TableSection
-from ingest.types import Section
+from kbqa.ingest.loaders import load_document
+from kbqa.ingest.tables import TableSection
+from kbqa.ingest.types import Section
 
 
 def report_pdf(*, ruled: bool) -> bytes:

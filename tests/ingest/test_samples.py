@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.loaders import SUPPORTED_EXTENSIONS, load_document
-from ingest.splitter import split_sections
+from kbqa.ingest.loaders import SUPPORTED_EXTENSIONS, load_document
+from kbqa.ingest.splitter import split_sections
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 

@@ -10,9 +10,9 @@ import pytest
 from ingest_documents import MAX_BYTES
 from pptx.util import Inches
 
-from ingest.loaders import load_document
-from ingest.tables import TableSection
-from ingest.types import LoadError, Section
+from kbqa.ingest.loaders import load_document
+from kbqa.ingest.tables import TableSection
+from kbqa.ingest.types import LoadError, Section
 
 
 def deck_bytes() -> bytes:

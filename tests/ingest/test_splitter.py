@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from ingest.splitter import embed_text, is_mostly_chinese, split_sections
-from ingest.tables import TableSection
-from ingest.types import Chunk, Section
+from kbqa.ingest.splitter import embed_text, is_mostly_chinese, split_sections
+from kbqa.ingest.tables import TableSection
+from kbqa.ingest.types import Chunk, Section
 
 ZH = (
     "Aurora 内部知识库是一个本地问答系统。它支持中文和英文文档，可以完全离线运行！"

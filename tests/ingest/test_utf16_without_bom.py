@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from ingest_documents import MAX_BYTES, docx_bytes, pdf_bytes
 
-from ingest.loaders import load_document, read_text
-from ingest.loaders.encoding import bomless_utf16
-from ingest.splitter import split_sections
-from ingest.tables import TableSection
-from ingest.types import Chunk, LoadError, Section
+from kbqa.ingest.loaders import load_document, read_text
+from kbqa.ingest.loaders.encoding import bomless_utf16
+from kbqa.ingest.splitter import split_sections
+from kbqa.ingest.tables import TableSection
+from kbqa.ingest.types import Chunk, LoadError, Section
 
 ENGLISH = (
     "Aurora is a local question answering system.\n"

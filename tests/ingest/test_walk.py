@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ingest.pipeline import ingest_paths
 from kbqa.cli import app
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.kb_admin import list_documents
 from kbqa.settings import Settings, load_settings
 

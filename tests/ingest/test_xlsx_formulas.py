@@ -15,7 +15,7 @@ from pathlib import Path
 import openpyxl
 from ingest_documents import MAX_BYTES
 
-from ingest.loaders import load_document
+from kbqa.ingest.loaders import load_document
 
 SHEET = "xl/worksheets/sheet1.xml"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from server_helpers import LiveServer, make_home, server_settings, start_server, write_documents
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.server.app import create_app
 
 

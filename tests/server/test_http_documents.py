@@ -25,7 +25,7 @@ from server_helpers import (
     write_documents,
 )
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from tests.fake_chat import FakeChat
 
 KEY = "viewer-test-key"

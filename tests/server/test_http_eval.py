@@ -17,7 +17,7 @@ from server_helpers import (
     write_documents,
 )
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.server.app import create_app
 from kbqa.settings import load_settings
 from tests.fake_chat import FakeChat

@@ -32,7 +32,7 @@ from server_helpers import (
     write_documents,
 )
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.kb_admin import check_kb, list_documents
 from kbqa.server.job_store import Job, JobStore, OwnerLock
 from kbqa.server.jobs import INTERRUPTED_MESSAGES

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from server_helpers import LiveServer, wait_for_job
 
-from storage.embeddings import Embedder
+from kbqa.storage.embeddings import Embedder
 from tests.waiting import HANG_GUARD_S
 
 

@@ -24,13 +24,13 @@ from server_helpers import (
 )
 from starlette.routing import Mount
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.kb_admin import list_documents, list_kbs
 from kbqa.keys import FULL_ACCESS, SCOPES, KeyStore
 from kbqa.server.auth import Authenticator, flat_routes
 from kbqa.server.errors import ApiError
 from kbqa.settings import load_settings
-from storage.kb import KnowledgeBase
+from kbqa.storage.kb import KnowledgeBase
 from tests.fake_chat import FakeChat
 
 SETUP_KEY = "setup-admin-key-from-the-environment"

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 from server_helpers import make_home, serve_with_model, wait_for_job
 
-from ingest.loaders import SUPPORTED_EXTENSIONS
+from kbqa.ingest.loaders import SUPPORTED_EXTENSIONS
 from tests.fake_chat import FakeChat
 
 RST = """Pump maintenance

@@ -26,7 +26,7 @@ from server_helpers import (
     write_documents,
 )
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from tests.fake_chat import FakeChat
 
 EXAMPLES = 8

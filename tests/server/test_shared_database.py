@@ -15,7 +15,7 @@ import pytest
 from postgres_server import PostgresServer
 from server_helpers import free_port, kbqa, wait_for_job, wait_until_serving
 
-from storage.pg_lock import LOCK_CLASS
+from kbqa.storage.pg_lock import LOCK_CLASS
 from tests.waiting import wait_for
 
 Hosts = list[str]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from storage_helpers import DIM
 
-from storage.kb import KnowledgeBase
-from storage.places import kbs_dir_with_database
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.places import kbs_dir_with_database
 
 # Every test that uses the `kb` fixture (or asks for `backend`) runs on each backend, so the
 # two cannot drift apart. `@pytest.mark.backends("faiss")` narrows a test to the ones named.
@@ -47,8 +47,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def milvus_lite() -> None:
     """Skip (with the reason) where Milvus Lite cannot start on this machine."""
-    from storage.errors import StorageError
-    from storage.milvus_client import acquire, release
+    from kbqa.storage.errors import StorageError
+    from kbqa.storage.milvus_client import acquire, release
 
     with tempfile.TemporaryDirectory() as folder:
         uri = str(Path(folder) / "probe.db")

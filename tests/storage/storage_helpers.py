@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from kbqa.settings import StorageSettings
-from storage.types import ChunkRecord, DocumentUpsert, Vectors
+from kbqa.storage.types import ChunkRecord, DocumentUpsert, Vectors
 
 DIM = 16
 
@@ -51,7 +51,7 @@ def random_doc(
 
 @dataclass(frozen=True)
 class KBsAt:
-    """The storage settings of a home whose KBs are in `kbs_dir` (storage.config reads them):
+    """The storage settings of a home whose KBs are in `kbs_dir` (kbqa.storage.config reads them):
     the defaults, as `kbqa kb check` has them without a config file."""
 
     kbs_dir: Path

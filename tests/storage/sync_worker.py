@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from storage_helpers import make_doc, unit_vectors
 
-from storage import index_cache, rows
-from storage.kb import KnowledgeBase
-from storage.keyword import tokenize
-from storage.pg_store import PostgresStore
-from storage.places import kbs_dir_with_database
-from storage.types import DocumentUpsert
+from kbqa.storage import index_cache, rows
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.keyword import tokenize
+from kbqa.storage.pg_store import PostgresStore
+from kbqa.storage.places import kbs_dir_with_database
+from kbqa.storage.types import DocumentUpsert
 
 BIG_DIM = 32
 

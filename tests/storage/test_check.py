@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from storage_helpers import DIM, KBsAt, random_doc, unit_vectors
 
-from storage.config import check_kb
-from storage.errors import KBDamaged
-from storage.kb import KnowledgeBase
+from kbqa.storage.config import check_kb
+from kbqa.storage.errors import KBDamaged
+from kbqa.storage.kb import KnowledgeBase
 
 # Edits the SQLite file by hand; test_check_postgres.py edits the PostgreSQL rows.
 pytestmark = pytest.mark.databases("sqlite")
@@ -126,7 +126,7 @@ def test_index_with_extra_ids(built: Path) -> None:
 
 
 def test_index_vectors_differ(built: Path, rng: np.random.Generator) -> None:
-    from storage.vector_index import VectorIndex, read_index, write_index
+    from kbqa.storage.vector_index import VectorIndex, read_index, write_index
 
     index = read_index(built / "index.2.faiss")
     ids = index.ids()

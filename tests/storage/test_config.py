@@ -1,4 +1,4 @@
-"""storage.config: the one way a KB is opened, created, checked and deleted from settings."""
+"""kbqa.storage.config: the one way a KB is opened, created, checked and deleted from settings."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from storage_helpers import DIM, KBsAt
 
 from kbqa.settings import StorageSettings
-from storage.config import check_kb, create_kb, delete_kb, open_kb
-from storage.errors import KBNotFound
+from kbqa.storage.config import check_kb, create_kb, delete_kb, open_kb
+from kbqa.storage.errors import KBNotFound
 
 
 def test_a_kb_lives_and_goes_as_configured(kbs_dir: Path) -> None:

@@ -17,8 +17,8 @@ import pytest
 from storage_helpers import unit_vectors
 from sync_worker import BIG_DIM, big_sync_arguments, initial_documents
 
-from storage.kb import KnowledgeBase
-from storage.places import database_of, kbs_dir_with_database
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.places import database_of, kbs_dir_with_database
 
 WORKER = Path(__file__).with_name("sync_worker.py")
 REPO = Path(__file__).resolve().parents[2]

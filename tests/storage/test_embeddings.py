@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from storage.embeddings import Embedder, _direct_queries, _load, get_embedder, resolve_model
+from kbqa.storage.embeddings import Embedder, _direct_queries, _load, get_embedder, resolve_model
 
 QUERIES = ["How long are Harbor backups kept?", "公司的年假有多少天？", "", "word " * 600]
 

@@ -1,4 +1,4 @@
-"""The dense weight of CJK queries follows the KB's embedding model (storage.fusion)."""
+"""The dense weight of CJK queries follows the KB's embedding model (kbqa.storage.fusion)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 from storage_helpers import DIM, make_doc, unit_vectors
 
-from storage.fusion import CJK_DENSE_WEIGHT, RANK_CONSTANT, dense_weight_for, fuse, reads_chinese
-from storage.kb import KnowledgeBase
+from kbqa.storage.fusion import (
+    CJK_DENSE_WEIGHT,
+    RANK_CONSTANT,
+    dense_weight_for,
+    fuse,
+    reads_chinese,
+)
+from kbqa.storage.kb import KnowledgeBase
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from storage_helpers import make_doc, random_doc, unit_vectors
 
-from storage.kb import KnowledgeBase
-from storage.vector_index import read_index
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.vector_index import read_index
 
 DIM = 32
 

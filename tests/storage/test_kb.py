@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from storage_helpers import DIM, KBsAt, make_doc, random_doc, unit_vectors
 
-from storage.config import check_kb
-from storage.errors import (
+from kbqa.storage.config import check_kb
+from kbqa.storage.errors import (
     EmbeddingMismatch,
     InvalidKBName,
     KBBusy,
@@ -19,8 +19,8 @@ from storage.errors import (
     KBNotFound,
     StorageError,
 )
-from storage.kb import KnowledgeBase
-from storage.types import ChunkRecord
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.types import ChunkRecord
 
 
 @pytest.mark.databases("sqlite")  # the SQLite layout: test_postgres_kb.py

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from storage.keyword import fts_match_expression, tokenize
+from kbqa.storage.keyword import fts_match_expression, tokenize
 
 
 def test_chinese_is_segmented_with_subwords_and_stopwords_dropped() -> None:

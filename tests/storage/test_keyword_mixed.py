@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from storage_helpers import make_doc, random_doc, unit_vectors
 
-from storage.kb import KnowledgeBase
-from storage.keyword import tokenize
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.keyword import tokenize
 
 
 @pytest.mark.parametrize(

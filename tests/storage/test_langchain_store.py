@@ -10,8 +10,8 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 from storage_helpers import make_doc
 
-from storage.kb import KnowledgeBase
-from storage.langchain_store import KBVectorStore
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.langchain_store import KBVectorStore
 
 
 class TestKBVectorStoreStandard(VectorStoreIntegrationTests):

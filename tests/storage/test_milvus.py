@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from storage_helpers import DIM, KBsAt, make_doc, random_doc, unit_vectors
 
-from storage.config import check_kb
-from storage.errors import KBDamaged, StorageError
-from storage.kb import KnowledgeBase
-from storage.milvus_client import acquire, default_uri, new_collection_name, release
-from storage.milvus_collection import Collection
-from storage.milvus_index import META_KEY, source_filter
-from storage.types import SearchHit
+from kbqa.storage.config import check_kb
+from kbqa.storage.errors import KBDamaged, StorageError
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.milvus_client import acquire, default_uri, new_collection_name, release
+from kbqa.storage.milvus_collection import Collection
+from kbqa.storage.milvus_index import META_KEY, source_filter
+from kbqa.storage.types import SearchHit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,8 +139,8 @@ def test_writer_killed_between_commit_and_milvus_update(kbs_dir: Path) -> None:
         import numpy as np
         from pathlib import Path
         from storage_helpers import random_doc
-        from storage.kb import KnowledgeBase
-        from storage.milvus_collection import Collection
+        from kbqa.storage.kb import KnowledgeBase
+        from kbqa.storage.milvus_collection import Collection
 
         Collection.insert_from_db = lambda *args: os._exit(9)  # after the deletes
         kb = KnowledgeBase.open(Path(sys.argv[1]), "m")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.errors import InvalidKBName, KBExists
-from storage.kb import KnowledgeBase
-from storage.names import validate_kb_name, validate_new_kb_name
+from kbqa.storage.errors import InvalidKBName, KBExists
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.names import validate_kb_name, validate_new_kb_name
 
 
 @pytest.mark.parametrize(

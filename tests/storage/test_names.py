@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from storage.errors import InvalidKBName, StorageError
-from storage.names import validate_kb_name
+from kbqa.storage.errors import InvalidKBName, StorageError
+from kbqa.storage.names import validate_kb_name
 
 
 @pytest.mark.parametrize("name", ["default", "知识库_1", "kb-2.v1", "a", "x" * 64, "ÄÖü", "a.b"])

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage import embeddings, onnx_embedding
-from storage.embeddings import Embedder, get_embedder, resolve_model
+from kbqa.storage import embeddings, onnx_embedding
+from kbqa.storage.embeddings import Embedder, get_embedder, resolve_model
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

@@ -19,12 +19,12 @@ import pytest
 from postgres_server import PostgresServer, find_binaries
 from storage_helpers import DIM, KBsAt, make_doc, random_doc, unit_vectors
 
-from storage import pg_pool
-from storage.config import check_kb
-from storage.errors import KBBusy, KBDamaged, KBExists, KBNotFound, StorageError
-from storage.kb import KnowledgeBase
-from storage.pg_lock import LOCK_CLASS
-from storage.places import kbs_dir_with_database
+from kbqa.storage import pg_pool
+from kbqa.storage.config import check_kb
+from kbqa.storage.errors import KBBusy, KBDamaged, KBExists, KBNotFound, StorageError
+from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.pg_lock import LOCK_CLASS
+from kbqa.storage.places import kbs_dir_with_database
 
 pytestmark = pytest.mark.databases("postgresql")
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from storage_helpers import DIM, make_doc, random_doc, unit_vectors
 
-from storage.fusion import fuse
-from storage.kb import KnowledgeBase
+from kbqa.storage.fusion import fuse
+from kbqa.storage.kb import KnowledgeBase
 
 TEXTS = [
     "ChatGLM2-6B 在 INT4 量化下需要约 6GB 显存。",

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import kbqa.server
-from ingest.loaders import LONG_TAIL_EXTENSIONS, SUPPORTED_EXTENSIONS
+from kbqa.ingest.loaders import LONG_TAIL_EXTENSIONS, SUPPORTED_EXTENSIONS
 
 UPLOAD_JS = Path(kbqa.server.__file__).parent / "static" / "upload.js"
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from web_helpers import Server, expect
 
-from ingest.loaders import LONG_TAIL_EXTENSIONS, SUPPORTED_EXTENSIONS
+from kbqa.ingest.loaders import LONG_TAIL_EXTENSIONS, SUPPORTED_EXTENSIONS
 
 
 @pytest.mark.skipif(not LONG_TAIL_EXTENSIONS, reason="the unstructured extra is not installed")

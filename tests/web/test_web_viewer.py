@@ -24,7 +24,7 @@ from web_helpers import (
     start_server,
 )
 
-from ingest.pipeline import ingest_paths
+from kbqa.ingest.pipeline import ingest_paths
 from kbqa.settings import load_settings
 from tests.server.server_helpers import wait_for_job
 

@@ -8,7 +8,7 @@ import { setAttr, setText } from "./i18n.js";
 // The server's loaders (ingest/loaders): other files are refused before anything is sent.
 // The server lists what it reads in GET /healthz (`formats`: the `unstructured` extra adds
 // some); until it has answered, the core loaders', which tests/web/test_upload_types.py keeps
-// equal to ingest.loaders.SUPPORTED_EXTENSIONS without the long tail.
+// equal to kbqa.ingest.loaders.SUPPORTED_EXTENSIONS without the long tail.
 export const SUPPORTED_EXTENSIONS = [
   ".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".pptx", ".csv", ".xlsx", ".json",
   ".jsonl", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp",
