@@ -52,16 +52,6 @@ def test_no_two_classes_share_a_name() -> None:
     assert twice == {}
 
 
-# Module-level functions that nothing calls, in modules whose owners decide their fate, with
-# why each stays; drop an entry with its function.
-UNUSED_FOR_NOW: dict[str, str] = {
-    "kbqa/chatglm/kernels.py gemv_best_configs": "the autotuner's picks for a benchmark record "
-    "that no benchmark writes (bench sweeps the configurations into kernels.TUNED)",
-    "kbqa/chatglm/kernels.py int4_matmul_best_configs": "the same for the int4 matmul",
-    "kbqa/chatglm/batching.py wait_all": "waits on several requests at once; nothing does",
-}
-
-
 def test_every_module_level_function_and_class_is_used() -> None:
     # A name written once in all the Python of the repository is defined and never used
     # (kbqa.ingest.pipeline.FileProblem was). Decorated functions are used by their decorator;
@@ -81,4 +71,4 @@ def test_every_module_level_function_and_class_is_used() -> None:
         and not (node.name.startswith("__") and node.name.endswith("__"))
         and written[node.name] == 1
     ]
-    assert [where for where in unused if where not in UNUSED_FOR_NOW] == []
+    assert unused == []

@@ -27,7 +27,6 @@ Each `Request` is a thread-safe token stream: iterate it from any thread, or pas
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -637,12 +636,3 @@ class BatchEngine:
                 self.max_batch, vocab, dtype=torch.bool, device=self.model.device
             )
         return self._seen
-
-
-def wait_all(requests: Iterable[Request], timeout: float | None = None) -> None:
-    """Block until every request has finished (errors are left on the requests)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    for request in requests:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        with contextlib.suppress(Exception):
-            request.result(left)

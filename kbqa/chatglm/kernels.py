@@ -266,12 +266,6 @@ def gemv(
         tuner[lambda meta: (m, triton.cdiv(n, meta["BN"]), meta["SPLIT"])](*args, **flags)
 
 
-def gemv_best_configs() -> dict[str, str]:
-    """What the autotuner picked, by key (for the benchmark's record)."""
-    picked = {**_gemv_autotuned.cache, **_gemv_accum_autotuned.cache}
-    return {str(key): str(config) for key, config in picked.items()}
-
-
 # --------------------------------------------------------------------------------------------
 # Row-wise RMSNorm and SwiGLU (for more rows than the GEMV takes), int4 dequant for prefill.
 
@@ -518,9 +512,3 @@ def int4_linear(
         *args, **flags
     )
     return out
-
-
-def int4_matmul_best_configs() -> dict[str, str]:
-    """What the autotuner picked for the tiled int4 matmul, by key (for the benchmark)."""
-    picked = {**_int4_matmul_tuned.cache, **_int4_matmul_accum_tuned.cache}
-    return {str(key): str(config) for key, config in picked.items()}
