@@ -30,7 +30,7 @@ from kbqa.answer_mode import Outcome, extract, extracts_first, review
 from kbqa.errors import ConfigError, UsageError
 from kbqa.evidence import SentenceEncoder
 from kbqa.llm.factory import model_token_budget, token_counter
-from kbqa.neighbours import adjacent_chunks
+from kbqa.neighbours import adjacent_chunks, with_further
 from kbqa.prompting import (
     HISTORY_SHARE,
     MESSAGE_OVERHEAD,
@@ -57,6 +57,8 @@ REFUSAL = {
     "en": "The knowledge base does not contain information about this.",
 }
 CONDENSE_MAX_TOKENS = 96
+FURTHER_HITS = 12
+"""Hits searched for when quoting: sentences of those past the sources compete too."""
 STOP = ["\n资料：", "\n问题：", "\nPassages:", "\nQuestion:"]
 """The bundled templates' section headings: a small model that starts to echo the prompt
 stops there instead of repeating the passages."""
@@ -72,6 +74,9 @@ class _Prepared:
     """None = refuse without calling the model."""
     label: str = ""
     """Text shown before the model's answer (the not-from-the-KB label)."""
+    query: str = ""
+    focus: str | None = None
+    """What was searched for (kbqa.retrieval.Retriever.search's query and focus)."""
 
 
 class QAChain:
@@ -152,6 +157,7 @@ class QAChain:
             # A quote may come from the chunk next to a source (the table after its
             # introduction): quoted before the sources are announced, so that they include it.
             nearby = adjacent_chunks(self.settings, prepared.sources)
+            nearby = with_further(nearby, self._further(prepared, names))
             quoted = extract(
                 question, prepared.lang, prepared.sources, self._encoder, nearby=nearby
             )
@@ -285,7 +291,18 @@ class QAChain:
         if not packed:  # the first chunk could not be cut to fit: nothing to answer from
             return _Prepared(lang, [], None)
         sources = [Source.from_hit(i, hit) for i, hit in enumerate(packed, start=1)]
-        return _Prepared(lang, sources, qa_messages(template, context, question, turns))
+        messages = qa_messages(template, context, question, turns)
+        return _Prepared(lang, sources, messages, query=query, focus=focus)
+
+    def _further(self, prepared: _Prepared, kbs: list[str]) -> list[Source]:
+        """Relevant hits past the sources, for quoting: the retriever's top few often hold
+        the question's words in an introduction while the sentence with the value sits in a
+        chunk it ranked lower (a model gets only top_k passages; a quote can look further)."""
+        own = {s.chunk_id for s in prepared.sources}
+        hits = self.retriever.search(prepared.query, kbs, FURTHER_HITS, focus=prepared.focus)
+        return [
+            Source.from_hit(0, h) for h in self.retriever.relevant(hits) if h.chunk_id not in own
+        ]
 
     def _encoder(self, kb: str) -> SentenceEncoder:
         """KB `kb`'s embedding model, for evidence (already loaded: it searched the KB)."""

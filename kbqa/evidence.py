@@ -528,11 +528,15 @@ hours, a price, memory, a version…) that it holds none of: "显存要占多少
 sentence with the GB figure, not by the one that introduces the table."""
 
 
-_ASKS_FIGURE = re.compile(r"多少|几(?:个|位|种|倍|天|小时|秒|分钟|次|年)|\bhow (?:many|much)\b")
+_ASKS_FIGURE = re.compile(
+    r"多少|几(?:个|位|种|倍|天|小时|秒|分钟|次|年)|多(?:大|长|高|快|久|重)"
+    r"|\bhow (?:many|much|big|large|long|fast)\b"
+)
 NO_FIGURE_SHARE = 0.5
 """Score kept by a sentence without a number of its own (one the question does not already
 hold) when the question asks "多少" / "how many": "生成 2000 个字符的平均速度对比如下" introduces
-the answer; the table row after it, with 44.62, is the answer."""
+the answer; the table row after it, with 44.62, is the answer. "参数规模有多大" asks for a figure
+too: "具有 62 亿参数", not "模型规模较小"."""
 
 
 _FIGURE = re.compile(r"(?<![a-z\d.])\d+(?:[.,:]\d+)*")

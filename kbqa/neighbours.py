@@ -40,6 +40,14 @@ class Nearby:
     table's header row is)."""
 
 
+def with_further(nearby: Nearby, further: Sequence[Source]) -> Nearby:
+    """`nearby` with `further` candidates added (hits that retrieval ranked below the sources
+    given to the model), those not already among them, each once."""
+    known = {s.chunk_id for s in nearby.sources}
+    extra = [s for s in further if s.chunk_id not in known]
+    return replace(nearby, sources=[*nearby.sources, *extra])
+
+
 def adjacent_chunks(settings: Settings, sources: Sequence[Source], around: int = AROUND) -> Nearby:
     """The chunks just before and just after each of the first `around` sources in its
     document, not already among `sources`, each once."""

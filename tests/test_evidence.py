@@ -400,3 +400,17 @@ def test_a_sentence_is_read_under_its_heading_and_document() -> None:
     ]
     best, _ = rank_for_question("Lark 在 GSM8K 上的准确率是多少？", sources, lambda kb: None)[0]
     assert best.position == 1
+
+
+def test_how_big_asks_for_a_figure() -> None:
+    from kbqa.evidence import rank_for_question
+
+    text = (
+        "由于 ChatGLM-6B 模型规模较小，且模型受概率随机性因素影响，无法保证输出内容的准确性。"
+        "ChatGLM-6B 是一个开源的、支持中英双语的对话语言模型，具有 62 亿参数。"
+    )
+    sources = [Source(1, "a", "d", "zh/chatglm/README.md", None, None, text, 0.6, KB)]
+    best, _ = rank_for_question("ChatGLM-6B 这个模型的参数规模有多大？", sources, lambda kb: None)[
+        0
+    ]
+    assert "62 亿" in text[best.start : best.end]

@@ -129,3 +129,31 @@ def test_a_chinese_question_finds_the_english_words_of_its_terms() -> None:
 def test_a_hyphenated_name_matches_its_unhyphenated_spelling() -> None:
     row = "Quantization: Qwen-7B-Chat (Int4); MMLU: 55.1; CEval (val): 59.2"
     assert Sentence.of(0, row, 0, len(row)).has_key("c-eval")
+
+
+FAQ = """# 青鸟引擎常见问题
+
+青鸟引擎的默认端口可以在配置文件里修改，修改后需要重启服务才会生效。
+"""
+DEPLOY = """# 部署
+
+启动后，青鸟引擎在 8731 端口上提供服务，可以用浏览器打开。
+"""
+
+
+def test_a_hit_ranked_past_the_sources_is_quoted_and_becomes_a_source(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from kbqa.ingest.pipeline import ingest_paths
+
+    docs = tmp_path_factory.mktemp("further-docs")
+    (docs / "faq.md").write_text(FAQ, encoding="utf-8")
+    (docs / "deploy.md").write_text(DEPLOY, encoding="utf-8")
+    assert not ingest_paths(settings, "notes", [docs]).failed
+    chain = QAChain(settings, FakeChat(fail=True), Retriever(settings), condense=False)
+    done = chain.ask("青鸟引擎的默认端口是多少？", "notes", top_k=1)
+    # Retrieval ranks the FAQ first (it names the engine); the port is in the deployment
+    # notes, a hit the model would not have been given, quoted and cited as source [2].
+    assert [s.source.rsplit("/", 1)[-1] for s in done.sources] == ["faq.md", "deploy.md"]
+    assert "8731" in done.answer and "[2]" in done.answer
+    assert "8731" not in done.sources[0].text
