@@ -539,6 +539,19 @@ the answer; the table row after it, with 44.62, is the answer. "参数规模有�
 too: "具有 62 亿参数", not "模型规模较小"."""
 
 
+_ASKS_INSTALL = re.compile(
+    r"装(?:哪个|哪些|什么)|安装(?:哪个|哪些|什么)|需要(?:额外)?安装|得先装|要先装"
+    r"|\bwhich (?:package|library|dependency)\b|\bwhat (?:package|to install)\b|\binstall what\b"
+)
+_INSTALLS = re.compile(
+    r"安装|\binstall|\b(?:pip3?|conda|npm|yarn|brew|cargo|apt(?:-get)?) (?:add|get)\b"
+)
+NO_INSTALL_SHARE = MISSING_KIND_SHARE
+"""Score kept by a sentence that installs nothing (no "安装", "install", `pip install …`) when
+the question asks what to install: "使用需安装 paddlepaddle-tiny，`pip install …==1.6.1`", not
+"目前 paddle 模式支持 jieba v0.40 及以上版本", which shares more of its words."""
+
+
 _FIGURE = re.compile(r"(?<![a-z\d.])\d+(?:[.,:]\d+)*")
 """A number, units glued on or not ("6gb", "7b"), but not the tail of a name ("int4", "bf16")."""
 
@@ -561,6 +574,7 @@ def _ranking(
     match = _DEFINITION.match(fold(question))
     subject = (match.group("en") or match.group("zh")).strip() if match else ""
     figure = _numbers(fold(question)) if _ASKS_FIGURE.search(fold(question)) else None
+    install = bool(_ASKS_INSTALL.search(fold(question)))
     ranked = []
     for j, sentence in enumerate(sentences):
         source = sources[sentence.position]
@@ -571,6 +585,8 @@ def _ranking(
         score = float(row[j]) * prior * MISSING_KIND_SHARE ** missing_kinds(question, held)
         if figure is not None and not (_numbers(held) - figure):
             score *= NO_FIGURE_SHARE
+        if install and not _INSTALLS.search(held):
+            score *= NO_INSTALL_SHARE
         if subject and folded.startswith(subject) and _DEFINES.match(folded, len(subject)):
             score += DEFINITION_BONUS
         ranked.append((quoted, score))

@@ -414,3 +414,16 @@ def test_how_big_asks_for_a_figure() -> None:
         0
     ]
     assert "62 亿" in text[best.start : best.end]
+
+
+def test_a_question_about_what_to_install_prefers_a_sentence_that_installs() -> None:
+    from kbqa.evidence import rank_for_question
+
+    text = (
+        "同时支持词性标注。灰鹭模式使用需安装 heron-lite，`pip install heron-lite==2.3.1`。"
+        "目前灰鹭模式支持 kestrel v1.2 及以上版本。"
+    )
+    sources = [Source(1, "a", "d", "zh/kestrel/README.md", None, None, text, 0.6, KB)]
+    question = "想试试 kestrel 的灰鹭模式，得先装哪个包、什么版本？"
+    best, _ = rank_for_question(question, sources, lambda kb: None)[0]
+    assert "heron-lite==2.3.1" in text[best.start : best.end]
