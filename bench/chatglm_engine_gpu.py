@@ -123,11 +123,61 @@ def logits_error(model: ChatGLM2, vocab: int) -> dict[str, float]:
     }
 
 
+def long_run(
+    model: ChatGLM2,
+    p8k: list[int],
+    short: float,
+    tensors: dict[int, torch.Tensor],
+    variant: str | None,
+    args: argparse.Namespace,
+    device: str,
+) -> dict[str, Any]:
+    """The long prompt's first token and peak memory, with the tree's chunking, or (variant
+    "CHUNK:COLUMNS", this tree only) chunks of CHUNK tokens with the MLP over COLUMNS
+    intermediate features at a time."""
+    one_stream(model, p8k, 2, device)  # warm: the chunks (and the steps' cache)
+    if variant is not None:
+        from kbqa.chatglm.generate import steps_for
+
+        steps: Any = steps_for(model, len(p8k) + 2)
+        chunk, columns = (int(v) for v in variant.split(":"))
+        steps.chunk, steps.mlp_columns = chunk, columns
+        one_stream(model, p8k, 2, device)  # warm: this chunk's shapes
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    long = one_stream(model, p8k, 2, device)["first_token_ms"]
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
+    ratio = (long / args.long) / (short / 2048)
+    found: dict[str, Any] = {
+        f"prefill_{args.long}_ms": long,
+        "per_token_ratio": round(ratio, 3),
+        "peak_gb": round(peak / 1e9, 4),
+    }
+    if device == "cuda":
+        # What the peak is made of: what stays allocated after the run besides the model's
+        # tensors (the KV cache, graphs' buffers, cuBLAS workspaces), by block size; the
+        # rest of the peak was the prefill's activations.
+        after = torch.cuda.memory_allocated()
+        found["allocated_after_gb"] = round(after / 1e9, 4)
+        found["transient_mb"] = round((peak - after) / 1e6, 1)
+        sizes: dict[str, int] = {}
+        for segment in torch.cuda.memory_snapshot():
+            for block in segment["blocks"]:
+                if block["state"] != "active_allocated" or block["address"] in tensors:
+                    continue
+                mb = f"{block['size'] / 1e6:.1f}MB"
+                sizes[mb] = sizes.get(mb, 0) + 1
+        found["other_blocks"] = dict(sorted(sizes.items(), key=lambda kv: -float(kv[0][:-2])))
+    return found
+
+
 def use_sweep(path: str) -> dict[str, Any]:
     """Put the winners of a sweep (bench/chatglm_engine_gemv_gpu.py, same machine) into this
     tree's tables of launch configurations where they beat today's by 2 % or more, so that
     the numbers below are what the engine gives with them."""
-    from kbqa.chatglm import kernels
+    from kbqa.chatglm import attn_kernels, kernels
 
     with open(path) as f:
         swept = json.load(f)
@@ -135,11 +185,13 @@ def use_sweep(path: str) -> dict[str, Any]:
     for name, found in swept.items():
         if not isinstance(found, dict) or not found.get("best") or "table" not in found:
             continue
+        unit = "us" if "us" in found["best"] else "ms"  # GEMVs in µs, attention in ms
         now = found.get("now")
-        if now is not None and found["best"]["us"] > 0.98 * now["us"]:
+        if now is not None and found["best"][unit] > 0.98 * now[unit]:
             continue
         table, key = found["table"]
-        getattr(kernels, table)[tuple(key)] = tuple(found["best"]["cfg"])
+        module = kernels if hasattr(kernels, table) else attn_kernels
+        getattr(module, table)[tuple(key)] = tuple(found["best"]["cfg"])
         used[name] = found["best"]["cfg"]
     return used
 
@@ -159,7 +211,8 @@ def measure(label: str, quantize: str | None, args: argparse.Namespace, out: str
         return {"runs": runs, "best_tok_s": max(r["tok_s"] for r in runs[1:]),
                 "prefill_ms": min(r["first_token_ms"] for r in runs[1:])}  # fmt: skip
 
-    section(f"{name}.generate_1_stream", single, out)
+    if not args.skip_streams:
+        section(f"{name}.generate_1_stream", single, out)
 
     def engine() -> dict[str, Any]:
         found: dict[str, Any] = {}
@@ -175,7 +228,8 @@ def measure(label: str, quantize: str | None, args: argparse.Namespace, out: str
             eng.close()
         return found
 
-    section(f"{name}.engine", engine, out)
+    if not args.skip_streams:
+        section(f"{name}.engine", engine, out)
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -185,23 +239,18 @@ def measure(label: str, quantize: str | None, args: argparse.Namespace, out: str
         p2 = prompt(2048, 3, vocab)
         one_stream(model, p2, 2, device)  # warm: 2,048 tokens in one piece
         short = min(one_stream(model, p2, 2, device)["first_token_ms"] for _ in range(2))
-        one_stream(model, p8k, 2, device)  # warm: the chunks
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        long = one_stream(model, p8k, 2, device)["first_token_ms"]
-        peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else 0.0
-        ratio = (long / args.long) / (short / 2048)
-        # What the peak is made of: what stays allocated after the run (weights, the KV
-        # cache, graphs' buffers) and the model's own tensors; the rest was transient.
-        after = torch.cuda.memory_allocated() / 1e9 if device == "cuda" else 0.0
+        found: dict[str, Any] = {"prefill_2048_ms": short}
         tensors = {t.data_ptr(): t for t in model.state_dict(keep_vars=True).values()}
-        weights = sum(t.numel() * t.element_size() for t in tensors.values()) / 1e9
-        return {"prefill_2048_ms": short, f"prefill_{args.long}_ms": long,
-                "per_token_ratio": round(ratio, 3), "peak_gb": round(peak, 3),
-                "allocated_after_gb": round(after, 3),
-                "model_tensors_gb": round(weights, 3)}  # fmt: skip
+        weights = sum(t.numel() * t.element_size() for t in tensors.values())
+        found["model_tensors_gb"] = round(weights / 1e9, 3)
+        for variant in [None, *(args.chunks or [])]:
+            key = "default" if variant is None else variant
+            try:
+                found[key] = long_run(model, p8k, short, tensors, variant, args, device)
+            except Exception:
+                found[key] = {"error": traceback.format_exc()[-800:]}
+            gc.collect()
+        return found
 
     if not args.skip_long:
         section(f"{name}.long_prompt", long_prompt, out)
@@ -233,11 +282,17 @@ def main() -> None:
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--skip-warm-up", action="store_true")
     parser.add_argument("--skip-long", action="store_true", help="no 8k-token prompt")
-    parser.add_argument("--tuned", help="a GEMV sweep's JSON whose winners to launch with")
+    parser.add_argument("--skip-streams", action="store_true", help="no decode rates")
+    parser.add_argument(
+        "--tuned", nargs="*", help="sweeps' JSON (GEMV, attention) whose winners to launch with"
+    )
+    parser.add_argument(
+        "--chunks", nargs="*", help="long-prompt variants CHUNK:COLUMNS (this tree only)"
+    )
     args = parser.parse_args()
     R["label"] = args.label
-    if args.tuned:
-        R["tuned_from_sweep"] = use_sweep(args.tuned)
+    for path in args.tuned or []:
+        R.setdefault("tuned_from_sweep", {}).update(use_sweep(path))
     package = Path(sys.modules["kbqa.chatglm"].__file__ or "")
     R["package"] = os.path.relpath(package, Path.cwd())  # which tree was timed
     R["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

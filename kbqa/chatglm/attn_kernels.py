@@ -275,15 +275,22 @@ def _attn_prefill_kernel(
     tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=i_ok[:, None])
 
 
+# Launch configuration (BM, BT, warps, stages) by (head_dim, element bits): query rows and
+# keys per step. bench/chatglm_engine_attn_gpu.py sweeps it for chatglm2-6b's chunks.
+ATTN_PREFILL_TUNED: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+ATTN_PREFILL_DEFAULT = (64, 64, 4, 2)
+
+
 def attn_prefill(q: Tensor, k_cache: Tensor, v_cache: Tensor, first: int, out: Tensor) -> None:
     """q [S, >= N * D] (row stride any, head h at columns h*D..), caches [G, slots, D]; queries
     sit in slots first..first+S-1 and see slots 0..their own. out [S, N * D]."""
     seq = q.shape[0]
     groups, _, head_dim = k_cache.shape
     heads = out.shape[1] // head_dim
-    block = 64
-    _attn_prefill_kernel[(triton.cdiv(seq, block), heads)](
+    bits = q.element_size() * 8
+    bm, bt, warps, stages = ATTN_PREFILL_TUNED.get((head_dim, bits), ATTN_PREFILL_DEFAULT)
+    _attn_prefill_kernel[(triton.cdiv(seq, bm), heads)](
         q, k_cache, v_cache, out, seq, first, q.stride(0), k_cache.stride(0), k_cache.stride(1),
-        head_dim**-0.5 * 1.4426950408889634, HPG=heads // groups, D=head_dim, BM=block, BT=64,
-        IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2,
+        head_dim**-0.5 * 1.4426950408889634, HPG=heads // groups, D=head_dim, BM=bm, BT=bt,
+        IEEE=q.dtype == torch.float32, num_warps=warps, num_stages=stages,
     )  # fmt: skip

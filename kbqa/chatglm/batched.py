@@ -5,6 +5,7 @@ than ~250; and `capture`, the one CUDA-graph helper (prefill_graphs.py uses it t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,7 @@ def capture(run: Callable[[], Tensor], pool: Any) -> Graph:
     set-up must not happen inside a capture. It must write only what the replay will write
     again (the same cache slots), so that the warm-up changes nothing.
     """
-    side = torch.cuda.Stream()
+    side = _side_stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         run()
@@ -55,6 +56,20 @@ def capture(run: Callable[[], Tensor], pool: Any) -> Graph:
     with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         out = run()
     return Graph(graph, out)
+
+
+_local = threading.local()
+
+
+def _side_stream() -> Any:
+    """This thread's stream for the runs before captures. One, not one per capture: cuBLAS
+    keeps a workspace (8 MB here) for every stream it has run on, for the process's life, and
+    the 8k prefill's memory goal has ~60 MB to spare."""
+    device = torch.cuda.current_device()
+    streams: dict[int, Any] = _local.__dict__.setdefault("streams", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream()
+    return streams[device]
 
 
 class DecodeStep:

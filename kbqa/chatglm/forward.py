@@ -30,6 +30,12 @@ from kbqa.chatglm.triton_use import with_fallback
 # prefill, not once per block (1,024-row blocks: 2,000 tokens in 53–56 ms against 48 ms
 # before, bench/RESULTS.md).
 MLP_ROWS = 2048
+# A chunk of a long prompt (generate.py) instead runs its MLP in blocks of this many of the
+# ffn_hidden_size intermediate features: [rows, 2F] gate/up is never whole, so a chunk can be
+# long (1,024 rows) within fp16's 8k memory goal, and the weights are still read once per
+# chunk (block c: gate and up from rows c and F + c of h_to_4h, then columns c of 4h_to_h,
+# added into the residual stream). A multiple of 8 (int4 words); chatglm2-6b's F/4.
+MLP_COLUMNS = 3424
 
 
 class SlotCache:
@@ -53,7 +59,9 @@ class SlotCache:
         # One row never pads (nor needs a row to prefill padded prompts in: it is its own).
         self.scratch = max_batch if max_batch > 1 else 0
         rows = max_batch + 1 if max_batch > 1 else 1
-        shape = (cfg.num_layers, rows, cfg.kv_groups, self.slots, cfg.kv_channels)
+        # A tensor-parallel rank keeps only its own key/value groups (tensor_parallel.py).
+        groups = model.transformer.encoder.blocks()[0].self_attention.n_group
+        shape = (cfg.num_layers, rows, groups, self.slots, cfg.kv_channels)
         # Zeros, not empty: masked slots still enter attention as 0 × value, and a NaN left in
         # uninitialised memory would turn that into NaN.
         self.k = torch.zeros(shape, dtype=model.dtype, device=model.device)
@@ -129,7 +137,7 @@ class Forward:
         self.dtype = model.dtype
         # The residual stream: fp32 for fp16/bf16 models (float64 stays float64).
         self.stream_dtype = torch.promote_types(model.dtype, torch.float32)
-        self.heads = cfg.num_attention_heads
+        self.heads = t.encoder.blocks()[0].self_attention.n_head  # a tensor-parallel rank's own
         self.head_dim = cfg.kv_channels
         self.vocab = cfg.padded_vocab_size
         self.embed = t.embedding.word_embeddings.weight.detach()  # [V, H]
@@ -158,11 +166,16 @@ class Forward:
         return with_fallback(lambda: self.prefill(segments), self.device, "prefill")
 
     def prefill(
-        self, segments: Sequence[Segment], picked: Tensor | None = None, mlp_rows: int = MLP_ROWS
+        self,
+        segments: Sequence[Segment],
+        picked: Tensor | None = None,
+        mlp_rows: int = MLP_ROWS,
+        mlp_columns: int | None = None,
     ) -> Tensor | None:
         """Run the segments' tokens as one block; fp32 logits [n, V] of the rows of the block
         in `picked` (on the device), by default the last of each segment that asks for logits
-        (None when none does)."""
+        (None when none does). The MLP runs over mlp_rows rows at a time, and with
+        mlp_columns over that many intermediate features at a time (see MLP_COLUMNS)."""
         cache, n = self.cache, self.heads
         ids = torch.cat([s.ids for s in segments])  # [T]
         device = ids.device
@@ -186,7 +199,7 @@ class Forward:
                 )
             return y
 
-        x = self._layers(ids, pos, rows, attend, mlp_rows)  # [T, H]
+        x = self._layers(ids, pos, rows, attend, mlp_rows, mlp_columns)  # [T, H]
         if picked is None:
             last = [b - 1 for s, (_, b) in zip(segments, bounds, strict=True) if s.logits]
             if not last:
@@ -206,10 +219,16 @@ class Forward:
             k, v = cache.k[i], cache.v[i]
             return fused.attention_decode(qkv, k, v, pos, cache.prefix, self.heads, n_keys)
 
-        return self._logits(self._layers(tokens, pos, write_rows, attend, tokens.numel()))
+        return self._logits(self._layers(tokens, pos, write_rows, attend, tokens.numel(), None))
 
     def _layers(
-        self, ids: Tensor, pos: Tensor, rows: Tensor, attend: Attend, mlp_rows: int
+        self,
+        ids: Tensor,
+        pos: Tensor,
+        rows: Tensor,
+        attend: Attend,
+        mlp_rows: int,
+        mlp_columns: int | None,
     ) -> Tensor:
         """The transformer layers over tokens ids [T] at positions pos [T] of cache rows
         rows [T] → the residual stream [T, H] after the last layer."""
@@ -225,10 +244,29 @@ class Forward:
             del y
             for r0 in range(0, x.shape[0], mlp_rows):  # the MLP in row blocks: [rows, 2F] is big
                 part = x[r0 : r0 + mlp_rows]
-                act = fused.linear(layer.h_to_4h, part, norm=layer.norm2, glu=True)  # [rows, F]
-                fused.linear(layer.h4_to_h, act, add_to=part)
-                del act
+                ffn = layer.h4_to_h.in_features
+                if mlp_columns is None or mlp_columns >= ffn:
+                    act = fused.linear(layer.h_to_4h, part, norm=layer.norm2, glu=True)  # [rows, F]
+                    fused.linear(layer.h4_to_h, act, add_to=part)
+                    del act
+                else:
+                    self._mlp_in_columns(layer, part, mlp_columns)
         return x
+
+    def _mlp_in_columns(self, layer: _Layer, part: Tensor, columns: int) -> None:
+        """The MLP added into part [rows, H] (the residual stream) over `columns` of its F
+        intermediate features at a time: silu(gate) * up is elementwise per feature, and
+        4h_to_h's product is the sum of its column blocks' products."""
+        ffn = layer.h4_to_h.in_features
+        h = fused.rmsnorm(part, layer.norm2, self.dtype)  # [rows, H], normalised once
+        for c0 in range(0, ffn, columns):
+            c1 = min(c0 + columns, ffn)
+            gate = fused.linear(layer.h_to_4h.rows(c0, c1), h)  # [rows, c]
+            up = fused.linear(layer.h_to_4h.rows(ffn + c0, ffn + c1), h)
+            act = F.silu(gate, inplace=True).mul_(up)  # as F.silu(gate) * up rounds
+            del up
+            fused.linear(layer.h4_to_h.columns(c0, c1), act, add_to=part)
+            del act, gate
 
     def _logits(self, hidden: Tensor) -> Tensor:
         """hidden [n, H] (the residual stream) → fp32 logits [n, V]."""

@@ -19,15 +19,17 @@ and apply SwiGLU in fp32 without rounding in between.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kbqa.chatglm.model import RMSNorm, apply_rotary
+from kbqa.chatglm.parallel_linear import RowParallelLinear
 from kbqa.chatglm.quantize import QuantizedLinear, dequantize_weight
 from kbqa.chatglm.triton_use import kernels_run_on
 
@@ -63,9 +65,14 @@ class LinearWeights:
     in_features: int
     out_features: int
     dtype: torch.dtype
+    all_reduce: bool = False
+    """A row-parallel weight (tensor_parallel.py): products are summed over the ranks."""
 
     @classmethod
     def of(cls, module: nn.Module, dtype: torch.dtype) -> LinearWeights:
+        if isinstance(module, RowParallelLinear):
+            bias = module.bias.detach() if module.bias is not None else None
+            return replace(cls.of(module.local, dtype), bias=bias, all_reduce=True)
         if isinstance(module, QuantizedLinear):
             bias = module.bias.detach() if module.bias is not None else None
             weight = module.weight
@@ -84,6 +91,33 @@ class LinearWeights:
     def packed(self) -> bool:
         """int4 weights as whole int32 words (what the int4 kernels read)."""
         return self.bits == 4 and self.weight.dtype == torch.int32
+
+    def rows(self, start: int, stop: int) -> LinearWeights:
+        """Output features start..stop-1 as weights of their own (views: nothing copied)."""
+        return LinearWeights(
+            self.weight[start:stop],
+            self.scale[start:stop] if self.scale is not None else None,
+            self.bias[start:stop] if self.bias is not None else None,
+            self.bits, self.in_features, stop - start, self.dtype,
+        )  # fmt: skip
+
+    def columns(self, start: int, stop: int) -> LinearWeights:
+        """Input features start..stop-1 (start a multiple of 8): y over them is a part of the
+        whole product, so the bias goes with the part from column 0 only. Float and int8
+        weights are views; int4 words are copied (the kernels read whole rows of words)."""
+        if start % 8:
+            raise ValueError(f"a column block starts at a multiple of 8, not {start}")
+        weight = self.weight
+        if self.packed:
+            weight = weight[:, start // 8 : -(-stop // 8)].contiguous()
+        elif self.bits == 4:
+            weight = weight[:, start // 2 : -(-stop // 2)]  # the checkpoint's bytes
+        else:
+            weight = weight[:, start:stop]
+        bias = self.bias if start == 0 else None
+        return LinearWeights(
+            weight, self.scale, bias, self.bits, stop - start, self.out_features, self.dtype
+        )
 
     def dequantized(self, rows: slice, dtype: torch.dtype) -> Tensor:
         """Rows of the weight as floats [rows, K]."""
@@ -127,10 +161,16 @@ def linear(
     [gate; up] of y become silu(gate) * up. Returns y [M, N] ([M, N/2]) in out_dtype (default
     the model dtype); with add_to (the residual stream [M, N]) adds y into it in place and
     returns it."""
+    if lw.all_reduce:
+        return _row_parallel(lw, x, add_to, out_dtype)
     kernels = triton_for(x)
     rows = x.shape[0]
     fused_add = add_to is None or add_to.dtype == torch.float32  # atomics add into fp32
-    if kernels is not None and rows <= GEMV_MAX_ROWS and fused_add and (lw.bits != 4 or lw.packed):
+    # A column block of a float or int8 weight is a strided view, which only cuBLAS and the
+    # dequantization read (forward.py splits a long prefill's MLP so).
+    whole_rows = lw.weight.is_contiguous()
+    gemv_ok = whole_rows and (lw.bits != 4 or lw.packed)
+    if kernels is not None and rows <= GEMV_MAX_ROWS and fused_add and gemv_ok:
         if add_to is None:
             width = lw.out_features // 2 if glu else lw.out_features
             add_to_or_out = torch.empty(rows, width, dtype=out_dtype or lw.dtype, device=x.device)
@@ -154,6 +194,24 @@ def linear(
     return y if out_dtype is None else y.to(out_dtype)
 
 
+def _row_parallel(
+    lw: LinearWeights, x: Tensor, add_to: Tensor | None, out_dtype: torch.dtype | None
+) -> Tensor:
+    """A row-parallel linear: this rank's partial product, summed over the ranks by one
+    all-reduce, then the bias once. Into the residual stream the partial products are summed
+    in its dtype (fp32), as one process adds its whole product."""
+    local = replace(lw, bias=None, all_reduce=False)
+    if add_to is None:
+        y = linear(local, x, out_dtype=out_dtype)
+        dist.all_reduce(y)
+        return y if lw.bias is None else y + lw.bias.to(y.dtype)
+    part = linear(local, x, add_to=torch.zeros_like(add_to))  # [M, N]
+    dist.all_reduce(part)
+    if lw.bias is not None:
+        part += lw.bias
+    return add_to.add_(part)
+
+
 def _matmul(
     lw: LinearWeights, h: Tensor, kernels: ModuleType | None, add_to: Tensor | None
 ) -> Tensor:
@@ -164,7 +222,7 @@ def _matmul(
         if kernels is not None:
             from kbqa.chatglm import batched_kernels  # imported where the kernels run
 
-            if rows <= batched_kernels.SKINNY_MAX_ROWS:
+            if rows <= batched_kernels.SKINNY_MAX_ROWS and lw.weight.is_contiguous():
                 return batched_kernels.skinny_linear(h, lw.weight, lw.bias, add_to)
         return F.linear(h, lw.weight, lw.bias)
     if kernels is not None and lw.packed and rows <= kernels.INT4_MATMUL_MAX_ROWS:

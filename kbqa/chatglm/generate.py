@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from kbqa.chatglm.batched import DecodeStep
-from kbqa.chatglm.forward import Forward, Segment, SlotCache
+from kbqa.chatglm.forward import MLP_COLUMNS, Forward, Segment, SlotCache
 from kbqa.chatglm.fused import triton_for
 from kbqa.chatglm.model import ChatGLM2Model
 from kbqa.chatglm.prefill_graphs import MAX_TOKENS as GRAPHED_PROMPT_TOKENS
@@ -28,14 +28,15 @@ from kbqa.chatglm.prefill_graphs import PrefillGraphs
 from kbqa.chatglm.sampling import SamplingParams, sample_rows
 
 CACHE_ROUNDING = 256  # cache lengths are rounded up so that nearby requests reuse one cache
-# Prompts longer than the prefill graphs take go in chunks of this many tokens with the MLP in
-# blocks of MLP_ROWS rows, so that activations stay ~35 MB and 8k tokens of fp16 fit in
-# 12.8 GB with the weights (12.49 GB) and the cache (0.23 GB): measured on an H100
-# (bench/RESULTS.md), 512/256 peaked at 12.806 GB, 256/128 at 12.789 GB. Quantized weights
-# are dequantized for every matmul, so they take longer chunks and the MLP whole (their
-# memory has room: 4 GB of weights).
-PREFILL_CHUNK, MLP_ROWS = 256, 128
-QUANTIZED_PREFILL_CHUNK = 1024
+# Prompts longer than the prefill graphs take go in chunks of this many tokens, each chunk's
+# MLP in blocks of forward.MLP_COLUMNS intermediate features, so that activations stay ~40 MB
+# and 8k tokens of fp16 fit in 12.8 GB with the weights (12.49 GB) and the cache (0.24 GB).
+# Every chunk reads all the weights once: 256-token chunks (the MLP in 128-row blocks, so its
+# weights twice) made an 8k prompt cost 4.07x per token what a 2k one does, on an H100
+# (bench/RESULTS.md). Quantized weights are dequantized once per chunk, so they take longer
+# chunks (their memory has room: 4 GB of weights).
+PREFILL_CHUNK = 1024
+QUANTIZED_PREFILL_CHUNK = 2048
 
 
 class Steps(Protocol):
@@ -75,7 +76,7 @@ class EngineSteps:
             self.graphs = PrefillGraphs(self.forward, max_tokens=GRAPHED_PROMPT_TOKENS)
         quantized = self.forward.layers[0].qkv.bits != 16
         self.chunk = QUANTIZED_PREFILL_CHUNK if quantized else PREFILL_CHUNK
-        self.mlp_rows = QUANTIZED_PREFILL_CHUNK if quantized else MLP_ROWS
+        self.mlp_columns = MLP_COLUMNS
 
     def prefill(self, ids: Tensor) -> Tensor:
         seq = ids.numel()
@@ -83,11 +84,14 @@ class EngineSteps:
             logits = self.graphs(ids, 0)
             if logits is not None:
                 return logits
-        chunk = seq if seq <= GRAPHED_PROMPT_TOKENS else self.chunk
+        if seq <= GRAPHED_PROMPT_TOKENS:  # whole, as the graphs would (their MLP one block)
+            found = self.forward.prefill([Segment(ids, 0, 0, logits=True)])
+            assert found is not None
+            return found[0]
         found = None
-        for c0 in range(0, seq, chunk):
-            piece = Segment(ids[c0 : c0 + chunk], c0, 0, logits=c0 + chunk >= seq)
-            found = self.forward.prefill([piece], mlp_rows=chunk if chunk == seq else self.mlp_rows)
+        for c0 in range(0, seq, self.chunk):
+            piece = Segment(ids[c0 : c0 + self.chunk], c0, 0, logits=c0 + self.chunk >= seq)
+            found = self.forward.prefill([piece], mlp_rows=self.chunk, mlp_columns=self.mlp_columns)
         assert found is not None
         return found[0]
 

@@ -25,10 +25,16 @@ def rel(a: Tensor, b: Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def steps_error(quantize: str | None, pre_seq_len: int | None = None, chunk: int = 64) -> float:
+def steps_error(
+    quantize: str | None,
+    pre_seq_len: int | None = None,
+    chunk: int = 64,
+    mlp_columns: int | None = None,
+) -> float:
     """Largest relative logits error of the engine with one row (generate's EngineSteps)
     against the eager model over a prefill in chunks of `chunk` (the MLP in blocks of half
-    that) and STEPS decode steps (float32, tiny config)."""
+    that, and of mlp_columns intermediate features) and STEPS decode steps (float32, tiny
+    config)."""
     torch.manual_seed(0)
     config = {**CONFIG, "pre_seq_len": pre_seq_len}
     model = ChatGLM2.from_config(config, quantize=quantize)
@@ -45,7 +51,7 @@ def steps_error(quantize: str | None, pre_seq_len: int | None = None, chunk: int
     got = None
     for c0 in range(0, PROMPT, chunk):
         piece = Segment(ids[c0 : min(c0 + chunk, PROMPT)], c0, 0, logits=True)
-        got = steps.forward.prefill([piece], mlp_rows=chunk // 2)
+        got = steps.forward.prefill([piece], mlp_rows=chunk // 2, mlp_columns=mlp_columns)
     assert got is not None
     found = [got[0]] + [steps.decode(ids[p], p).clone() for p in range(PROMPT, PROMPT + STEPS)]
     return max(rel(g, e) for g, e in zip(found, expected, strict=True))

@@ -23,6 +23,14 @@ def test_fast_steps_equal_the_eager_model(quantize: str | None) -> None:
     assert steps_error(quantize) < 1e-5
 
 
+@pytest.mark.parametrize("quantize", [None, "int4", "int8"])
+def test_fast_steps_with_the_mlp_in_column_blocks_equal_the_eager_model(
+    quantize: str | None,
+) -> None:
+    # 80 tokens in chunks of 79 and 1; the MLP over 40, 40 and 16 of its 96 features.
+    assert steps_error(quantize, chunk=79, mlp_columns=40) < 1e-5
+
+
 def test_fast_steps_see_the_ptuning_prefix_in_the_cache() -> None:
     assert steps_error(None, pre_seq_len=3, chunk=40) < 1e-5
 

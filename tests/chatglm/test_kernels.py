@@ -67,6 +67,15 @@ def test_fast_path_steps(quantize: str | None, pre_seq_len: int | None) -> None:
 
 
 @interpreted
+@pytest.mark.parametrize(("quantize", "chunk"), [(None, 79), ("int4", 32)])
+def test_fast_path_steps_with_the_mlp_in_column_blocks(quantize: str | None, chunk: int) -> None:
+    """A long prompt's chunks run their MLP over 40 of the 96 intermediate features at a
+    time: gate/up rows of h_to_4h and column blocks of 4h_to_h (int4 words copied) through
+    the kernels, a last chunk of one row through the GEMV."""
+    assert steps_error(quantize, chunk=chunk, mlp_columns=40) < 1e-5
+
+
+@interpreted
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_int4_matmul_matches_the_dequantized_weights(dtype: torch.dtype) -> None:
     """kernels.int4_linear at the GEMV's row counts (1, 2) and the tiled kernel's (3; 17 over
