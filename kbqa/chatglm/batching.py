@@ -544,10 +544,10 @@ class BatchEngine:
             holder = next((s for s in self._prefilling if s.row == row), None)
             if holder is not None:  # a younger prompt holds that row: they swap rows
                 scratch = self.cache.scratch
-                self.cache.move(holder.row, scratch, holder.length)
+                self._copy_row(holder.row, scratch, holder.length)
                 vacated = seq.row
                 self._move(seq, row)
-                self.cache.move(scratch, vacated, holder.length)
+                self._copy_row(scratch, vacated, holder.length)
                 holder.row = vacated
                 self.stats.row_swaps += 1
             else:
@@ -624,10 +624,15 @@ class BatchEngine:
         self._running = sorted(survivors, key=lambda s: s.row)
 
     def _move(self, seq: _Seq, row: int) -> None:
-        self.cache.move(seq.row, row, seq.length)
+        self._copy_row(seq.row, row, seq.length)
         if self._seen is not None:
             self._seen[row] = self._seen[seq.row]
         seq.row = row
+
+    def _copy_row(self, src: int, dst: int, length: int) -> None:
+        """Copy a cache row for the scheduler (a tensor-parallel engine's rank 0 also has its
+        other ranks copy theirs: parallel_engine.py)."""
+        self.cache.move(src, dst, length)
 
     def _seen_rows(self) -> Tensor:
         if self._seen is None:

@@ -34,6 +34,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,26 +46,12 @@ from torch import Tensor, nn
 from kbqa.chatglm.chatglm2 import ChatGLM2
 from kbqa.chatglm.config import ChatGLM2Config
 from kbqa.chatglm.model import ChatGLM2Model, SelfAttention
+from kbqa.chatglm.parallel_linear import RowParallelLinear
 from kbqa.chatglm.quantize import QuantizedLinear
 
 T = TypeVar("T")
 # How long the launcher waits, after one rank failed, for the others' reports.
 FAILURE_GRACE_S = 10.0
-
-
-class RowParallelLinear(nn.Module):
-    """A row-parallel linear: this rank's input columns, then the sum over ranks (the one
-    all-reduce of its block half); the bias, replicated, is added once after the sum."""
-
-    def __init__(self, local: nn.Module, bias: Tensor | None) -> None:
-        super().__init__()
-        self.local: nn.Module = local
-        self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.local(x)  # [B, S, hidden]: this rank's partial sum
-        dist.all_reduce(y)
-        return y if self.bias is None else y + self.bias
 
 
 def _rows(linear: nn.Linear | QuantizedLinear, rows: Tensor) -> nn.Linear | QuantizedLinear:
@@ -181,13 +168,7 @@ def _worker(
 ) -> None:
     """One rank: join the group through the parent's store, run `work`, report, leave."""
     try:
-        if backend == "nccl":
-            # NVLink SHARP multicast (NVLS) stays off: it needs a fabric-manager set-up these
-            # hosts lack. Set here, in the rank, so the caller's environment is left as it was.
-            os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-            torch.cuda.set_device(rank)
-        store = dist.TCPStore("127.0.0.1", port, world + 1, is_master=False)
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+        join_group(rank, world, backend, port, world_size=world + 1)
         try:
             result = work(rank, world, *args)
         finally:
@@ -197,6 +178,34 @@ def _worker(
         results.put((rank, True, pickle.dumps(result) if rank == 0 else None))
     except BaseException:  # reported to the parent, which raises it with the rank's traceback
         results.put((rank, False, traceback.format_exc()))
+
+
+def join_group(
+    rank: int,
+    world: int,
+    backend: str,
+    port: int,
+    timeout: timedelta | None = None,
+    store: dist.TCPStore | None = None,
+    *,
+    world_size: int | None = None,
+) -> torch.device:
+    """Join the default process group as `rank` of `world` through the TCP store on `port`
+    (a client of it, or `store` itself for the process that holds it; world_size: the store's
+    clients, default `world`); returns this rank's device (cuda:rank with NCCL, else the CPU).
+    timeout bounds every collective of the group (torch's default when None)."""
+    device = torch.device("cpu")
+    if backend == "nccl":
+        # NVLink SHARP multicast (NVLS) stays off: it needs a fabric-manager set-up these
+        # hosts lack. Set in the rank, so that a launching parent's environment is left as it was.
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
+    if store is None:
+        store = dist.TCPStore("127.0.0.1", port, world_size or world, is_master=False)
+    options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, **options)
+    return device
 
 
 def _failures(

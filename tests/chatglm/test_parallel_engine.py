@@ -1,0 +1,77 @@
+"""The batching engine over two tensor-parallel ranks (gloo, the CPU): this process is rank 0,
+as a server is, and rank 1 a process it starts. Concurrent requests get the tokens the
+one-process engine gives them, and a rank that dies fails the requests with an error naming
+it rather than hanging them."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from kbqa.chatglm.batching import BatchEngine
+from kbqa.chatglm.parallel_engine import RankLost, start
+from kbqa.chatglm.tensor_parallel import ParallelModel
+
+# float64: the all-reduced partial sums round in another order than one process's sums; in
+# float64 that cannot move a greedy choice between the tiny random model's logits.
+SPEC = ParallelModel(config="tiny", seed=7, dtype=torch.float64)
+# Three rows for four requests: one waits and takes a row another left (a row copy on every
+# rank); 5-token prefill chunks cut prompts while others decode; look-ahead decode steps run on
+# tokens still on the device (broadcast to rank 1 without being read back).
+ENGINE: dict[str, Any] = {"max_batch": 3, "max_seq": 64, "prefill_chunk": 5, "look_ahead": True}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model's matrices are too small to split
+    yield
+    torch.set_num_threads(threads)
+
+
+def _prompts() -> list[list[int]]:
+    g = torch.Generator().manual_seed(3)
+    return [torch.randint(3, 65024, (n,), generator=g).tolist() for n in (9, 3, 14, 6)]
+
+
+def test_two_ranks_give_every_request_the_one_process_tokens() -> None:
+    jobs = list(zip(_prompts(), [8, 3, 6, 10], strict=True))  # (prompt, new tokens)
+    with BatchEngine(SPEC.build(torch.device("cpu")), **ENGINE) as alone:
+        requests = [alone.submit(p, max_new_tokens=n, stop_ids=[]) for p, n in jobs]
+        want = [r.result(timeout=60) for r in requests]
+
+    engine = start(SPEC.build(torch.device("cpu")), SPEC, 2, **ENGINE)
+    try:
+        engine.start()
+        requests = [engine.submit(p, max_new_tokens=n, stop_ids=[]) for p, n in jobs]
+        got = [r.result(timeout=60) for r in requests]
+        assert engine.stats.max_running == 3  # they did share the decode steps
+        assert engine.stats.steps_ahead > 0
+    finally:
+        engine.close()
+    assert got == want
+    assert [p.exitcode for p in engine.followers.processes] == [0]  # told to stop, it left
+
+
+def test_a_rank_that_dies_fails_the_requests_with_an_error_naming_it() -> None:
+    engine = start(SPEC.build(torch.device("cpu")), SPEC, 2, **ENGINE)
+    try:
+        engine.start()
+        request = engine.submit(_prompts()[0], max_new_tokens=50, stop_ids=[])
+        next(iter(request))  # generating on both ranks
+        rank1 = engine.followers.processes[0]
+        assert rank1.pid is not None
+        os.kill(rank1.pid, signal.SIGKILL)
+        with pytest.raises(RankLost, match=r"rank 1 \(exit status -9\) ended"):
+            request.result(timeout=60)
+        assert request.finish_reason == "error"
+        with pytest.raises(RankLost, match="restart the server"):
+            engine.submit([5, 6], max_new_tokens=2)
+        assert not engine.ready
+    finally:
+        engine.close()  # returns: nothing waits for the dead rank
