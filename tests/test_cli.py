@@ -264,3 +264,33 @@ def test_kb_delete_takes_kb_option(tmp_path: Path, docs: Path) -> None:
     assert code == 0
     assert json.loads(out) == {"deleted": "gone"}
     assert json.loads(kbqa(home, "kb", "list", "--json")[1])["kbs"] == []
+
+
+@pytest.mark.parametrize("command", [["search", "x"], ["ask", "x"], ["chat"], ["eval", "q.jsonl"]])
+@pytest.mark.parametrize(
+    ("k", "bound"), [("0", "greater than or equal to 1"), ("101", "less than or equal to 100")]
+)
+def test_every_top_k_option_takes_1_to_100(
+    tmp_path: Path, command: list[str], k: str, bound: str
+) -> None:
+    code, _, err = kbqa(tmp_path / "home", *command, "-k", k)
+    assert code == 2
+    words = " ".join(err.replace("│", " ").split())  # rich wraps the message in a box
+    assert f"Invalid value for '-k' / '--top-k': Input should be {bound}" in words
+
+
+def test_search_shows_5_hits_without_k_whatever_retrieval_top_k_is(tmp_path: Path) -> None:
+    home, folder = tmp_path / "home", tmp_path / "animals"
+    folder.mkdir()
+    for animal in ["cats", "dogs", "owls", "foxes", "bees", "eels", "yaks"]:
+        (folder / f"{animal}.md").write_text(f"# {animal}\n\nThe {animal} live near the lake.\n")
+    assert kbqa(home, "ingest", str(folder))[0] == 0
+    (home / "config.toml").write_text("[retrieval]\ntop_k = 2\n")
+
+    def hits(*k: str) -> int:
+        code, out, _ = kbqa(home, "search", "who lives near the lake", "--json", *k)
+        assert code == 0
+        return len(json.loads(out)["results"])
+
+    assert hits() == 5  # search's own default, as POST /v1/kbs/{kb}/search has
+    assert hits("-k", "3") == 3

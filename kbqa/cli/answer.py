@@ -27,6 +27,7 @@ from kbqa.cli.common import (
     HomeOption,
     JsonOption,
     KbsOption,
+    TopKOption,
     command,
     fail,
     print_json,
@@ -39,12 +40,6 @@ if TYPE_CHECKING:
     from kbqa.answer import Answer, Source
     from kbqa.chain import QAChain
 
-TopKOption = Annotated[
-    int | None,
-    typer.Option(
-        "-k", "--top-k", min=1, max=100, help="Chunks to retrieve (default retrieval.top_k)."
-    ),
-]
 EVIDENCE_HEADINGS = {
     "answer": "Sources (« » supports the answer):",
     "question": "Sources (« » best matches the question):",

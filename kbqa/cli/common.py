@@ -43,6 +43,18 @@ KbsOption = Annotated[
     list[str] | None,
     typer.Option("--kb", help="Knowledge base name; repeat to use several."),
 ]
+# None = the command's default: retrieval.top_k for ask, chat and eval; search keeps its own
+# 5 (as POST /v1/kbs/{kb}/search does), which predates the setting's default of 4.
+TopKOption = Annotated[
+    int | None,
+    typer.Option(
+        "-k",
+        "--top-k",
+        min=1,
+        max=100,
+        help="Chunks to retrieve (default retrieval.top_k; search: 5).",
+    ),
+]
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)

@@ -12,10 +12,14 @@ from kbqa.cli.common import (
     HomeOption,
     JsonOption,
     KbsOption,
+    TopKOption,
     command,
     fail,
     stdout,
 )
+
+SEARCH_TOP_K = 5
+"""Hits shown without -k: search's own default, the same as POST /v1/kbs/{kb}/search's."""
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +30,7 @@ def register(app: typer.Typer) -> None:
 def search(
     query: Annotated[str | None, typer.Argument(help="What to look for.")] = None,
     kb: KbsOption = None,
-    top_k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=100)] = 5,
+    top_k: TopKOption = None,
     queries: Annotated[
         Path | None, typer.Option("--queries", help="A file with one query per line.")
     ] = None,
@@ -45,7 +49,7 @@ def search(
         for text in _read_queries(queries) if queries else [query or ""]:
             if not text.strip():
                 raise fail("the query is empty")
-            hits = retriever.search(text, kbs, top_k)
+            hits = retriever.search(text, kbs, top_k or SEARCH_TOP_K)
             run.show({"query": text, "results": [hit_json(hit) for hit in hits]}, _print_hits)
 
 
