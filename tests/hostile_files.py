@@ -7,9 +7,11 @@ kbqa.ingest.limits).
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zipfile
 import zlib
+from pathlib import Path
 
 from pypdf import PdfWriter
 
@@ -36,6 +38,12 @@ STUCK_JSON = b'{"stuck": true}\n'
 """What makes tests/stuck_loader.py's JSON loader hang forever…"""
 CRASH_JSON = b'{"crash": true}\n'
 """…and what makes it kill its own process."""
+
+
+def held_json(release: Path) -> bytes:
+    """A JSON file that tests/stuck_loader.py parses only once `release` exists: a parse the
+    test ends when it chooses, so that what happens meanwhile needs no measured time."""
+    return json.dumps({"hold_until": str(release)}).encode() + b"\n"
 
 
 def docx_bomb(megabytes: int) -> bytes:
