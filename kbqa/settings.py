@@ -168,6 +168,25 @@ class ChatGLM2Settings(_Section):
     """Sequences decoded together; each holds a KV-cache row of max_seq positions."""
     max_seq: int = Field(default=0, ge=0, le=32768)
     """Positions per KV-cache row; 0 = llm.context_tokens + llm.max_new_tokens."""
+    tensor_parallel: int = Field(default=1, ge=1, le=16)
+    """Ranks of tensor parallelism for the batching engine (`kbqa serve --tensor-parallel N`):
+    each holds 1/N of every layer, rank r on cuda:r over NCCL (gloo with device `cpu`); the
+    server is rank 0 and starts the others. 1 = one device."""
+
+    @model_validator(mode="after")
+    def _tensor_parallel_alone(self) -> ChatGLM2Settings:
+        if self.tensor_parallel > 1:
+            if self.devices:
+                raise ValueError(
+                    "tensor_parallel > 1 and devices (a layer split) exclude each other"
+                )
+            if not self.batching:
+                raise ValueError("tensor_parallel > 1 needs batching = true (the batching engine)")
+            if self.ptuning_checkpoint:
+                raise ValueError("tensor_parallel > 1 does not take a P-tuning checkpoint")
+            if self.device not in ("cuda", "cpu"):
+                raise ValueError("tensor_parallel > 1 needs device cuda (rank r on cuda:r) or cpu")
+        return self
 
     @field_validator("devices", mode="before")
     @classmethod
