@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from kbqa.ingest.pipeline import ingest_paths
 from kbqa.kb_admin import list_documents, list_kbs
 from kbqa.settings import Settings, load_settings
 from kbqa.storage.kb import KnowledgeBase
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 HANG_GUARD_S = 600  # only ends a run that hangs; a passing one waits a few seconds
@@ -76,12 +76,16 @@ def _first_ingest_caught_midway(tmp_path: Path) -> tuple[subprocess.Popen[str], 
         # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
         preexec_fn=_default_sigint,
     )
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not kb_dir.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(process.communicate())
-        time.sleep(0.05)
+    try:
+        wait_for(
+            lambda: kb_dir.exists() or process.poll() is not None,
+            "the ingest creates its KB or ends",
+            HANG_GUARD_S,
+        )
+        assert kb_dir.exists(), "the ingest ended before it created its KB"
+    except AssertionError as e:
+        process.kill()
+        raise AssertionError(e, process.communicate()) from None
     return process, home
 
 

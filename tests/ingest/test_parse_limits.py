@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from kbqa.ingest.loaders import load_document
 from kbqa.ingest.pipeline import ingest_paths
 from kbqa.ingest.types import LoadError, LoadOptions, ParseLimits
 from kbqa.settings import load_settings
+from tests.waiting import wait_for
 
 PLUGIN = {"loader_plugins": ["stuck_loader"]}
 
@@ -209,10 +209,7 @@ def test_a_killed_ingest_leaves_no_parse_worker_behind(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.wait()
-    deadline = time.monotonic() + 60
-    while not all(gone(pid) for pid in family):
-        assert time.monotonic() < deadline, "a parse worker outlived the killed process"
-        time.sleep(0.1)
+    wait_for(lambda: all(gone(pid) for pid in family), "the parse workers exit with the process")
 
 
 def processes() -> dict[int, tuple[int, str]]:
@@ -231,15 +228,14 @@ def processes() -> dict[int, tuple[int, str]]:
 
 def wait_for_worker(pid: int) -> set[int]:
     """The processes under `pid` once one of them (a parse worker) is a grandchild."""
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
+
+    def family() -> set[int]:
         table = processes()
         children = {p for p, (parent, _) in table.items() if parent == pid}
         workers = {p for p, (parent, _) in table.items() if parent in children}
-        if workers:
-            return children | workers
-        time.sleep(0.2)
-    raise AssertionError("no parse worker started")
+        return children | workers if workers else set()
+
+    return wait_for(family, "a parse worker starts", timeout=180)
 
 
 def gone(pid: int) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -56,18 +55,14 @@ async def test_admits_concurrency_plus_queue_then_refuses() -> None:
 
 async def test_one_generation_at_a_time_in_admission_order() -> None:
     gate = GenerationGate(concurrency=1, queue_size=4, timeout_s=10)
-    order: list[str] = []
-    running = 0
-    most = 0
+    names = [f"r{i}" for i in range(5)]
+    started: list[str] = []
+    finish = {name: threading.Event() for name in names}
 
     def work(name: str) -> Callable[[threading.Event], str]:
         def fn(cancel: threading.Event) -> str:
-            nonlocal running, most
-            running += 1
-            most = max(most, running)
-            time.sleep(0.02)  # widens the window a broken gate would overlap in; not asserted
-            order.append(name)
-            running -= 1
+            started.append(name)
+            assert finish[name].wait(HANG_GUARD_S), "the test never let it finish"
             return name
 
         return fn
@@ -76,9 +71,17 @@ async def test_one_generation_at_a_time_in_admission_order() -> None:
         async with gate.admit() as ticket:
             return await ticket.call(work(name))
 
-    results = await asyncio.gather(*(run(f"r{i}") for i in range(5)))
-    assert results == [f"r{i}" for i in range(5)]
-    assert order == results and most == 1
+    def held_with_the_rest_waiting(i: int) -> Callable[[], bool]:
+        return lambda: len(started) > i and gate.waiting == len(names) - 1 - i
+
+    answers = asyncio.gather(*(run(name) for name in names))
+    for i, name in enumerate(names):
+        # The i-th generation is held while the ones after it wait at the gate: a gate that
+        # let a second through would have started it by now.
+        await until(held_with_the_rest_waiting(i))
+        assert started == names[: i + 1] and gate.running == 1
+        finish[name].set()
+    assert await answers == names
 
 
 async def test_a_consumer_that_stops_cancels_and_keeps_the_slot_until_the_worker_stops() -> None:

@@ -28,8 +28,9 @@ def ask_until_answered(
     question = f"How much does the Zephyr-9 widget weigh, asks asker {asker}?"
     stream = asker % 2 == 0
     statuses: list[int] = []
+    deadline = time.monotonic() + HANG_GUARD_S  # bounds a hang only: the retries are not counted
     with server.client() as client:
-        for _ in range(400):
+        while time.monotonic() < deadline:
             with client.stream(
                 "POST", "/v1/ask", json={"question": question, "stream": stream}
             ) as response:

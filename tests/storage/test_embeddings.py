@@ -4,13 +4,13 @@ that arrive together share one forward pass."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from kbqa.storage.embeddings import Embedder, _direct_queries, _load, get_embedder, resolve_model
+from tests.waiting import wait_for
 
 QUERIES = ["How long are Harbor backups kept?", "公司的年假有多少天？", "", "word " * 600]
 
@@ -45,10 +45,7 @@ def _overlapping(embedder: Embedder, texts: list[str]) -> list[object]:
     with embedder._lock:  # the model is busy (a document batch, say)
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 30
-        while len(embedder._waiting) < len(texts):
-            assert time.monotonic() < deadline, "the queries did not queue up"
-            time.sleep(0.005)
+        wait_for(lambda: len(embedder._waiting) >= len(texts), "the queries queue up")
     for t in threads:
         t.join(60)
     return results
