@@ -22,6 +22,7 @@ from kbqa.llm.chatglm2 import ChatGLM2Chat
 from kbqa.llm.chatglm2_batched import BatchedChatGLM2Chat
 from kbqa.llm.factory import build_chat_model, context_window, generation_concurrency
 from kbqa.settings import ChatGLM2Settings, LLMSettings, load_settings
+from tests.waiting import wait_for
 
 Parts = tuple[ChatGLM2, ChatGLM2Tokenizer]
 QUESTIONS = ["Hello", "你好", "What is a knowledge base?", "Hey", "请回答", "Round two"]
@@ -91,10 +92,7 @@ def test_concurrent_calls_share_steps_and_answer_as_alone(
     users = [threading.Thread(target=ask, args=(i,)) for i in range(len(QUESTIONS))]
     for user in users:
         user.start()
-    for _ in range(500):
-        if engine.waiting == len(QUESTIONS):
-            break
-        threading.Event().wait(0.01)
+    wait_for(lambda: engine.waiting == len(QUESTIONS), "every question waits for the engine")
     with engine:
         for user in users:
             user.join(timeout=60)
@@ -127,11 +125,7 @@ def test_stop_strings_usage_and_early_stop(parts: Parts, plain: ChatGLM2Chat) ->
             break  # the consumer leaves: its request leaves the batch
     engine = chat.engine
     assert engine is not None
-    for _ in range(500):
-        if engine.running == 0 and engine.waiting == 0:
-            break
-        threading.Event().wait(0.01)
-    assert engine.running == 0 and engine.waiting == 0
+    wait_for(lambda: engine.running == 0 and engine.waiting == 0, "the left request is gone")
     chat.close()
 
 
