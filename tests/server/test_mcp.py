@@ -20,12 +20,13 @@ from mcp.client.streamable_http import streamable_http_client
 from server_helpers import (
     REPO,
     LiveServer,
-    kbqa,
     make_home,
     serve_with_model,
     write_documents,
 )
+from typer.testing import CliRunner
 
+from kbqa.cli import app
 from kbqa.ingest.pipeline import ingest_paths
 from kbqa.keys import KeyStore
 from kbqa.settings import load_settings
@@ -195,11 +196,12 @@ def test_stdio_ask_matches_kbqa_ask_json(mcp_home: Path) -> None:
 
     kbs, answer = anyio.run(scenario)
     assert [kb["name"] for kb in kbs["kbs"]] == ["default"]  # --kb limits what it serves
-    process = kbqa(
-        "ask", QUESTION, "--json", "--home", str(mcp_home), "--kb", "default", **QUICK_ENV
+    # The command in this process (its embedding model is loaded already): one subprocess is
+    # the stdio server the test is about, a second would only load the same models again.
+    asked = CliRunner().invoke(
+        app, ["ask", QUESTION, "--json", "--home", str(mcp_home), "--kb", "default"], env=QUICK_ENV
     )
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err
-    expected = json.loads(out)
+    assert asked.exit_code == 0, asked.stderr
+    expected = json.loads(asked.stdout)
     assert answer["sources"] and "evidence" in answer["sources"][0]
     assert without_timings(answer) == without_timings(expected)
