@@ -158,8 +158,9 @@ class ChatGLM2Settings(_Section):
     """Torch device ChatGLM2 runs on."""
     devices: list[str] = []
     """Split the layers over these devices instead (`["cuda:0", "cuda:1"]`; env: comma-separated),
-    balanced by bytes; generation then runs the eager model, one stream at a time, when they
-    are distinct devices. Empty = `device`."""
+    balanced by bytes, each layer's KV cache with it; over distinct GPUs the batching engine
+    runs without CUDA graphs (and with batching off, generation runs the eager model). Empty =
+    `device`."""
     ptuning_checkpoint: str = ""
     """Directory written by `kbqa finetune` (P-Tuning v2 prefix); empty = none."""
     batching: bool = True
@@ -203,11 +204,6 @@ class ChatGLM2Settings(_Section):
             if not _TORCH_DEVICE.fullmatch(device):
                 raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:N, mps, xpu:N)")
         return value
-
-    @property
-    def split_over_devices(self) -> bool:
-        """Whether the layers go to several distinct devices (no batching engine then)."""
-        return len(set(self.devices)) > 1
 
 
 class DefaultLLMSettings(_Section):

@@ -81,7 +81,8 @@ class DecodeStep:
     ) -> None:
         self.forward = forward
         self.cache: SlotCache = forward.cache
-        on_cuda = model.device.type == "cuda"
+        # A graph is captured on one device: a model split over several runs eagerly.
+        on_cuda = model.device.type == "cuda" and len({d for d, _ in model.layer_split}) < 2
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs and on_cuda
         # Static inputs that graphs read: rows are tokens, positions and write rows [3, R].
         self.inputs = torch.zeros(3, self.cache.max_batch, dtype=torch.long, device=model.device)

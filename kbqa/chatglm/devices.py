@@ -6,7 +6,9 @@ encoder, and the rotary table) sit on the first device, the final norm and the o
 the last. The ranges are balanced by parameter bytes in the final layout (quantized layers
 count their packed bytes). The eager model hands the hidden states over where a layer's device
 differs from the previous one's, and keeps each layer's KV cache on that layer's device
-(model.py); its logits come back on the input's device, so that sampling needs no change.
+(model.py); its logits come back on the input's device, so that sampling needs no change. The
+batching engine's fast forward does the same (forward.py, `SlotCache.ranges`), without CUDA
+graphs where the devices differ (a graph is captured on one device).
 """
 
 from __future__ import annotations
@@ -192,6 +194,6 @@ def log_split(model: ChatGLM2Model, device_map: DeviceMap) -> None:
     log.info("ChatGLM2 split over %d devices: %s", len(parts), "; ".join(parts))
     if device_map.spans_devices:
         log.info(
-            "ChatGLM2 on several devices: generation runs the eager model (model.py); the fast "
-            "engine and the batching engine take a model on one device"
+            "ChatGLM2 on several devices: the batching engine runs it without CUDA graphs, "
+            "single-stream generate() runs the eager model (model.py)"
         )

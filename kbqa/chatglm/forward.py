@@ -44,6 +44,10 @@ class SlotCache:
     allocated once, so its memory is bounded by max_batch × max_seq.
 
     With P-tuning every row holds the prefix in slots 0..P-1; position p lives in slot P + p.
+
+    A model split over devices (devices.py) keeps each layer's keys and values on that layer's
+    device: one such pair of tensors per layer range, `ranges`; `k` and `v` are the first
+    range's, the whole cache on one device.
     """
 
     def __init__(self, model: ChatGLM2Model, max_batch: int, max_seq: int) -> None:
@@ -64,13 +68,23 @@ class SlotCache:
         shape = (cfg.num_layers, rows, groups, self.slots, cfg.kv_channels)
         # Zeros, not empty: masked slots still enter attention as 0 × value, and a NaN left in
         # uninitialised memory would turn that into NaN.
-        self.k = torch.zeros(shape, dtype=model.dtype, device=model.device)
-        self.v = torch.zeros(shape, dtype=model.dtype, device=model.device)
+        split = model.layer_split or ((model.device, range(cfg.num_layers)),)
+        self.ranges: list[tuple[range, Tensor, Tensor]] = []  # (layers, k, v) per range
+        for device, layers in split:
+            part = (len(layers), *shape[1:])
+            k = torch.zeros(part, dtype=model.dtype, device=device)
+            self.ranges.append((layers, k, torch.zeros_like(k)))
+        _, self.k, self.v = self.ranges[0]
+        self._by_layer = [(k[j], v[j]) for r, k, v in self.ranges for j in range(len(r))]
         self.write_prefix(model)
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        return sum(2 * k.numel() * k.element_size() for _, k, _ in self.ranges)
+
+    def layer(self, i: int) -> tuple[Tensor, Tensor]:
+        """Layer i's keys and values [rows, G, slots, D] (views), on its device."""
+        return self._by_layer[i]
 
     def write_prefix(self, model: ChatGLM2Model) -> None:
         """Copy the P-tuning prefix keys/values into slots 0..P-1 of every row."""
@@ -79,16 +93,19 @@ class SlotCache:
             return
         with torch.no_grad():
             prefix = encoder().to(self.k.dtype)  # [L, 2, G, P, D]
-        self.k[:, :, :, : self.prefix] = prefix[:, 0].unsqueeze(1)  # over [L, R, G, P, D]
-        self.v[:, :, :, : self.prefix] = prefix[:, 1].unsqueeze(1)
+        for layers, k, v in self.ranges:
+            part = prefix[layers.start : layers.stop].to(k.device)
+            k[:, :, :, : self.prefix] = part[:, 0].unsqueeze(1)  # over [L, R, G, P, D]
+            v[:, :, :, : self.prefix] = part[:, 1].unsqueeze(1)
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` positions (and the prefix) of row src into row dst."""
         if src == dst:
             return
         end = self.prefix + length
-        self.k[:, dst, :, :end] = self.k[:, src, :, :end]
-        self.v[:, dst, :, :end] = self.v[:, src, :, :end]
+        for _, k, v in self.ranges:
+            k[:, dst, :, :end] = k[:, src, :, :end]
+            v[:, dst, :, :end] = v[:, src, :, :end]
 
 
 @dataclass(frozen=True)
@@ -142,6 +159,9 @@ class Forward:
         self.vocab = cfg.padded_vocab_size
         self.embed = t.embedding.word_embeddings.weight.detach()  # [V, H]
         self.rope = t.rope  # [seq_length, D/4, 2] fp32
+        # A split model's layers read the table on their own devices (devices.py).
+        self.ropes = {device: t.rope.to(device) for device, _ in model.layer_split}
+        self.ropes[self.rope.device] = self.rope
         self.final_norm = Norm.of(t.encoder.final_layernorm)
         self.output = LinearWeights.of(t.output_layer, self.dtype)
         self.layers: list[_Layer] = []
@@ -191,12 +211,11 @@ class Forward:
         )  # [T]
 
         def attend(qkv: Tensor, i: int) -> Tensor:
-            y = torch.empty(qkv.shape[0], n * self.head_dim, dtype=qkv.dtype, device=device)
+            y = torch.empty(qkv.shape[0], n * self.head_dim, dtype=qkv.dtype, device=qkv.device)
+            k, v = cache.layer(i)
             for s, (a, b) in zip(segments, bounds, strict=True):
                 first = cache.prefix + s.start  # cache slot of the segment's first token
-                y[a:b] = fused.attention_prefill(
-                    qkv[a:b], cache.k[i, s.row], cache.v[i, s.row], n, first
-                )
+                y[a:b] = fused.attention_prefill(qkv[a:b], k[s.row], v[s.row], n, first)
             return y
 
         x = self._layers(ids, pos, rows, attend, mlp_rows, mlp_columns)  # [T, H]
@@ -205,7 +224,7 @@ class Forward:
             if not last:
                 return None
             picked = torch.tensor(last, device=device)
-        return self._logits(x[picked])
+        return self._logits(x[picked.to(x.device)])
 
     def decode(self, tokens: Tensor, pos: Tensor, write_rows: Tensor, n_keys: int) -> Tensor:
         """One token for each of B batch rows → fp32 logits [B, V].
@@ -216,8 +235,9 @@ class Forward:
         cache = self.cache
 
         def attend(qkv: Tensor, i: int) -> Tensor:
-            k, v = cache.k[i], cache.v[i]
-            return fused.attention_decode(qkv, k, v, pos, cache.prefix, self.heads, n_keys)
+            k, v = cache.layer(i)
+            here = pos.to(qkv.device)  # a split model's later layers are on other devices
+            return fused.attention_decode(qkv, k, v, here, cache.prefix, self.heads, n_keys)
 
         return self._logits(self._layers(tokens, pos, write_rows, attend, tokens.numel(), None))
 
@@ -235,9 +255,12 @@ class Forward:
         cache = self.cache
         x = F.embedding(ids, self.embed).to(self.stream_dtype)  # [T, H]
         for i, layer in enumerate(self.layers):
+            device = layer.qkv.weight.device
+            if x.device != device:  # the next layer range of a split model (devices.py)
+                x, pos, rows = x.to(device), pos.to(device), rows.to(device)
             qkv = fused.linear(layer.qkv, x, norm=layer.norm1)  # [T, (N + 2G) * D]
-            k, v = cache.k[i], cache.v[i]
-            fused.rope_cache(qkv, self.rope, pos, rows, k, v, cache.prefix, self.heads)
+            k, v = cache.layer(i)
+            fused.rope_cache(qkv, self.ropes[device], pos, rows, k, v, cache.prefix, self.heads)
             y = attend(qkv, i)  # [T, N * D]
             del qkv  # drop activations as soon as they are used: the 8k budget is tight
             fused.linear(layer.dense, y, add_to=x)
@@ -269,5 +292,7 @@ class Forward:
             del act, gate
 
     def _logits(self, hidden: Tensor) -> Tensor:
-        """hidden [n, H] (the residual stream) → fp32 logits [n, V]."""
-        return fused.linear(self.output, hidden, norm=self.final_norm, out_dtype=torch.float32)
+        """hidden [n, H] (the residual stream) → fp32 logits [n, V], on the first device
+        (where sampling runs) whichever device a split model's output layer is on."""
+        logits = fused.linear(self.output, hidden, norm=self.final_norm, out_dtype=torch.float32)
+        return logits.to(self.device)

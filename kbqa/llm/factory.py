@@ -33,9 +33,7 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
                 "llm.backend is chatglm2 but llm.chatglm2.path is empty "
                 "(set it to a chatglm2-6b or chatglm2-6b-int4 folder)"
             )
-        # The batching engine takes a model on one device: a layer split over several runs
-        # one generation at a time, eagerly (the loader logs it).
-        if llm.chatglm2.batching and not llm.chatglm2.split_over_devices:
+        if llm.chatglm2.batching:
             from kbqa.llm.chatglm2_batched import BatchedChatGLM2Chat
 
             return BatchedChatGLM2Chat.from_settings(llm.chatglm2, llm)
@@ -58,7 +56,7 @@ def generation_concurrency(settings: Settings) -> int:
     if settings.llm.backend == "openai":
         return settings.llm.openai.concurrency
     chatglm2 = settings.llm.chatglm2
-    if settings.llm.backend == "chatglm2" and chatglm2.batching and not chatglm2.split_over_devices:
+    if settings.llm.backend == "chatglm2" and chatglm2.batching:
         return chatglm2.max_batch
     return 1
 

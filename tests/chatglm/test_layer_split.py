@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kbqa.chatglm import ChatGLM2
+from kbqa.chatglm.batching import BatchEngine
 from kbqa.chatglm.devices import DeviceMap, balance, parse_devices
 from kbqa.chatglm.load import save_pretrained
 
@@ -127,6 +128,33 @@ def test_split_random_model_equals_the_unsplit_one(
     _same_logits(split, whole)
 
 
+@pytest.mark.parametrize("prefix", [None, 4], ids=["plain", "prefix"])
+def test_the_batching_engine_over_a_split_model_gives_the_unsplit_tokens(
+    prefix: int | None,
+) -> None:
+    """Each layer's rows of the engine's KV cache on its own range's device, a P-tuning prefix
+    in every range's rows; two rows for three requests (one waits, a row is copied into
+    another), prompts cut into 5-token prefill chunks."""
+    config = {**SPLIT, "pre_seq_len": prefix}
+    prompts = [[5, 9, 200, 3, 77, 12, 8], [40, 41], [7, 6, 5, 4, 3, 2, 1, 9, 8, 7, 6]]
+
+    def tokens(devices: list[str] | None) -> tuple[list[list[int]], BatchEngine]:
+        torch.manual_seed(3)
+        model = ChatGLM2.from_config(config, dtype=torch.float64, devices=devices)
+        with BatchEngine(model, max_batch=2, max_seq=40, prefill_chunk=5) as engine:
+            # The first ends first: the second's row moves into row 0, the third takes row 1.
+            jobs = zip(prompts, [3, 8, 6], strict=True)
+            requests = [engine.submit(p, max_new_tokens=n, stop_ids=[]) for p, n in jobs]
+            return [r.result(timeout=60) for r in requests], engine
+
+    want, _ = tokens(None)
+    got, engine = tokens(["cpu", "cpu", "cpu"])
+    assert got == want
+    ranges = [layers for _, layers in engine.model.layer_split]
+    assert len(ranges) == 3 and [layers for layers, _, _ in engine.cache.ranges] == ranges
+    assert engine.stats.max_running == 2
+
+
 def test_device_map_over_two_cards() -> None:
     """What goes where over two real devices (a map built by hand: no second device here), and
     the check generate() makes to run such a model eagerly."""
@@ -147,12 +175,10 @@ def test_devices_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("KBQA_LLM__CHATGLM2__DEVICES", "cuda:0, cuda:1")
     settings = load_settings(tmp_path, overrides={"llm": {"backend": "chatglm2"}})
     assert settings.llm.chatglm2.devices == ["cuda:0", "cuda:1"]
-    # Two distinct devices: no batching engine, one generation at a time.
-    assert settings.llm.chatglm2.split_over_devices
-    assert generation_concurrency(settings) == 1
-    monkeypatch.setenv("KBQA_LLM__CHATGLM2__DEVICES", "cuda:0,cuda:0")
-    same = load_settings(tmp_path, overrides={"llm": {"backend": "chatglm2"}})
-    assert generation_concurrency(same) == same.llm.chatglm2.max_batch
+    # The batching engine takes a split model: max_batch generations at once.
+    assert generation_concurrency(settings) == settings.llm.chatglm2.max_batch
+    off = {"llm": {"backend": "chatglm2", "chatglm2": {"batching": False}}}
+    assert generation_concurrency(load_settings(tmp_path, overrides=off)) == 1
     monkeypatch.setenv("KBQA_LLM__CHATGLM2__DEVICES", "cuda:0,gpu1")
     with pytest.raises(SettingsError, match=r"llm\.chatglm2\.devices.*unknown device 'gpu1'"):
         load_settings(tmp_path)
