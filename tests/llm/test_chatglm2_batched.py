@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from kbqa.chatglm import ChatGLM2, ChatGLM2Tokenizer, PromptTooLong
 from kbqa.chatglm.batching import BatchEngine
-from kbqa.chatglm.config import PRESETS
-from kbqa.chatglm.load import save_pretrained
 from kbqa.llm.chatglm2 import ChatGLM2Chat
 from kbqa.llm.chatglm2_batched import BatchedChatGLM2Chat
 from kbqa.llm.factory import build_chat_model, context_window, generation_concurrency
@@ -28,28 +24,15 @@ Parts = tuple[ChatGLM2, ChatGLM2Tokenizer]
 QUESTIONS = ["Hello", "你好", "What is a knowledge base?", "Hey", "请回答", "Round two"]
 
 
-@pytest.fixture(scope="module")
-def parts(sp_model_path: Path) -> Parts:
-    tokenizer = ChatGLM2Tokenizer(sp_model_path)
-    torch.manual_seed(0)
-    config = {**PRESETS["tiny"], "padded_vocab_size": tokenizer.vocab_size}
-    return ChatGLM2.from_config(config, device="cpu", dtype=torch.float32), tokenizer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Params:
     parts: Parts
 
     @pytest.fixture(autouse=True)
-    def _use_tiny(self, parts: Parts) -> None:
-        self.parts = parts
+    def _use_tiny(self, tiny_parts: Parts) -> None:
+        self.parts = tiny_parts
 
     @property
     def chat_model_class(self) -> type[BatchedChatGLM2Chat]:
@@ -74,16 +57,18 @@ class TestBatchedChatStandardIntegration(_Params, ChatModelIntegrationTests):
 
 
 @pytest.fixture
-def plain(parts: Parts) -> ChatGLM2Chat:
-    return ChatGLM2Chat(chatglm=parts[0], tokenizer=parts[1], max_tokens=24)
+def plain(tiny_parts: Parts) -> ChatGLM2Chat:
+    return ChatGLM2Chat(chatglm=tiny_parts[0], tokenizer=tiny_parts[1], max_tokens=24)
 
 
 def test_concurrent_calls_share_steps_and_answer_as_alone(
-    parts: Parts, plain: ChatGLM2Chat
+    tiny_parts: Parts, plain: ChatGLM2Chat
 ) -> None:
     alone = [plain.invoke(q).content for q in QUESTIONS]
-    engine = BatchEngine(parts[0], max_batch=4, max_seq=256)  # started below, once all wait
-    chat = BatchedChatGLM2Chat(chatglm=parts[0], tokenizer=parts[1], max_tokens=24, engine=engine)
+    engine = BatchEngine(tiny_parts[0], max_batch=4, max_seq=256)  # started below, once all wait
+    chat = BatchedChatGLM2Chat(
+        chatglm=tiny_parts[0], tokenizer=tiny_parts[1], max_tokens=24, engine=engine
+    )
     answers: dict[int, Any] = {}
 
     def ask(i: int) -> None:
@@ -100,8 +85,8 @@ def test_concurrent_calls_share_steps_and_answer_as_alone(
     assert engine.stats.max_running == 4  # four decoded together, two waited for a row
 
 
-async def test_async_calls_batch_too(parts: Parts, plain: ChatGLM2Chat) -> None:
-    chat = BatchedChatGLM2Chat(chatglm=parts[0], tokenizer=parts[1], max_tokens=24)
+async def test_async_calls_batch_too(tiny_parts: Parts, plain: ChatGLM2Chat) -> None:
+    chat = BatchedChatGLM2Chat(chatglm=tiny_parts[0], tokenizer=tiny_parts[1], max_tokens=24)
     alone = [plain.invoke(q).content for q in QUESTIONS[:4]]
     results = await asyncio.gather(*(chat.ainvoke(q) for q in QUESTIONS[:4]))
     assert [r.content for r in results] == alone
@@ -110,8 +95,8 @@ async def test_async_calls_batch_too(parts: Parts, plain: ChatGLM2Chat) -> None:
     chat.close()
 
 
-def test_stop_strings_usage_and_early_stop(parts: Parts, plain: ChatGLM2Chat) -> None:
-    chat = BatchedChatGLM2Chat(chatglm=parts[0], tokenizer=parts[1], max_tokens=24)
+def test_stop_strings_usage_and_early_stop(tiny_parts: Parts, plain: ChatGLM2Chat) -> None:
+    chat = BatchedChatGLM2Chat(chatglm=tiny_parts[0], tokenizer=tiny_parts[1], max_tokens=24)
     full = str(plain.invoke("Hello").content)
     stop = full[len(full) // 2 :][:2]
     cut = chat.invoke("Hello", stop=[stop])
@@ -129,9 +114,9 @@ def test_stop_strings_usage_and_early_stop(parts: Parts, plain: ChatGLM2Chat) ->
     chat.close()
 
 
-def test_the_prompt_must_fit_a_cache_row(parts: Parts) -> None:
+def test_the_prompt_must_fit_a_cache_row(tiny_parts: Parts) -> None:
     chat = BatchedChatGLM2Chat(
-        chatglm=parts[0], tokenizer=parts[1], max_tokens=8, context_tokens=40, max_batch=2
+        chatglm=tiny_parts[0], tokenizer=tiny_parts[1], max_tokens=8, context_tokens=40, max_batch=2
     )
     assert chat.context_window == 48 == context_window(chat)
     with pytest.raises(PromptTooLong):
@@ -139,16 +124,8 @@ def test_the_prompt_must_fit_a_cache_row(parts: Parts) -> None:
     chat.close()
 
 
-@pytest.fixture
-def checkpoint(tmp_path: Path, parts: Parts, sp_model_path: Path) -> Path:
-    folder = tmp_path / "chatglm2-tiny"
-    save_pretrained(parts[0], folder)
-    (folder / "tokenizer.model").write_bytes(sp_model_path.read_bytes())
-    return folder
-
-
-def test_settings_choose_the_batched_model(checkpoint: Path, tmp_path: Path) -> None:
-    chatglm2 = {"path": str(checkpoint), "dtype": "fp32", "device": "cpu", "max_batch": 3}
+def test_settings_choose_the_batched_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    chatglm2 = {"path": str(tiny_checkpoint), "dtype": "fp32", "device": "cpu", "max_batch": 3}
     llm = {"backend": "chatglm2", "max_new_tokens": 6, "context_tokens": 300, "chatglm2": chatglm2}
     settings = load_settings(home=tmp_path, overrides={"llm": llm})
     chat = build_chat_model(settings)

@@ -1,9 +1,7 @@
-"""ChatGLM2Chat on the tiny random ChatGLM2 and a SentencePiece model trained at test time.
+"""ChatGLM2Chat on the tiny random ChatGLM2 and a SentencePiece model trained at test time
+(tests/llm/conftest.py).
 
-The standard langchain-tests suites run first; our own tests follow. The tiny preset is used
-with its vocabulary cut to the trained tokenizer's size: with the preset's 65,024 rows a
-random model would mostly pick ids that no piece of a 500-piece tokenizer stands for, and so
-answer with empty text.
+The standard langchain-tests suites run first; our own tests follow.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from kbqa.chatglm import ChatGLM2, ChatGLM2Tokenizer, PromptTooLong
 from kbqa.chatglm.config import PRESETS
-from kbqa.chatglm.load import save_pretrained
 from kbqa.llm import ChatGLM2Chat, LLMUnavailable, chatglm2
 from kbqa.llm.chatglm2 import model_lock
 from kbqa.llm.turns import messages_to_turns
@@ -40,23 +37,7 @@ from tests.waiting import HANG_GUARD_S
 Parts = tuple[ChatGLM2, ChatGLM2Tokenizer]
 
 
-@pytest.fixture(scope="session")
-def tiny_parts(sp_model_path: Path) -> Parts:
-    tokenizer = ChatGLM2Tokenizer(sp_model_path)
-    torch.manual_seed(0)
-    config = {**PRESETS["tiny"], "padded_vocab_size": tokenizer.vocab_size}
-    model = ChatGLM2.from_config(config, device="cpu", dtype=torch.float32)
-    return model, tokenizer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # The tiny model's matrices are too small to split across threads; with the default
-    # threads a loaded 2-core machine stalls for seconds per call.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _TinyParams:
@@ -330,14 +311,6 @@ def test_tokenizer_larger_than_model_is_refused(tiny_parts: Parts) -> None:
 
 
 @pytest.fixture
-def checkpoint(tmp_path: Path, tiny_parts: Parts, sp_model_path: Path) -> Path:
-    folder = tmp_path / "chatglm2-tiny"
-    save_pretrained(tiny_parts[0], folder)
-    (folder / "tokenizer.model").write_bytes(sp_model_path.read_bytes())
-    return folder
-
-
-@pytest.fixture
 def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the checkpoint was loaded before validation failed")
@@ -348,39 +321,39 @@ def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("no_loading")
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "int4", "int8"])
 def test_gpu_dtype_without_cuda_fails_before_loading(
-    checkpoint: Path, dtype: str, monkeypatch: pytest.MonkeyPatch
+    tiny_checkpoint: Path, dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(LLMUnavailable, match="CUDA is not available; use dtype fp32 on cpu"):
-        ChatGLM2Chat.from_path(checkpoint, dtype=dtype, device="cuda")  # type: ignore[arg-type]
+        ChatGLM2Chat.from_path(tiny_checkpoint, dtype=dtype, device="cuda")  # type: ignore[arg-type]
 
 
 @pytest.mark.usefixtures("no_loading")
-def test_bad_paths_fail_before_loading(checkpoint: Path, tmp_path: Path) -> None:
+def test_bad_paths_fail_before_loading(tiny_checkpoint: Path, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(LLMUnavailable, match=str(missing)):
         ChatGLM2Chat.from_path(missing, dtype="fp32", device="cpu")
     with pytest.raises(LLMUnavailable, match=r"llm.chatglm2.path"):
         ChatGLM2Chat.from_settings(ChatGLM2Settings(device="cpu", dtype="fp32"), LLMSettings())
     with pytest.raises(LLMUnavailable, match=r"P-tuning checkpoint folder .*nowhere"):
-        ChatGLM2Chat.from_path(checkpoint, "fp32", "cpu", ptuning_checkpoint=missing)
-    (checkpoint / "tokenizer.model").unlink()
+        ChatGLM2Chat.from_path(tiny_checkpoint, "fp32", "cpu", ptuning_checkpoint=missing)
+    (tiny_checkpoint / "tokenizer.model").unlink()
     with pytest.raises(LLMUnavailable, match=r"no tokenizer.model"):
-        ChatGLM2Chat.from_path(checkpoint, dtype="fp32", device="cpu")
-    (checkpoint / "config.json").unlink()
+        ChatGLM2Chat.from_path(tiny_checkpoint, dtype="fp32", device="cpu")
+    (tiny_checkpoint / "config.json").unlink()
     with pytest.raises(LLMUnavailable, match=r"no config.json or tokenizer.model"):
-        ChatGLM2Chat.from_path(checkpoint, dtype="fp32", device="cpu")
+        ChatGLM2Chat.from_path(tiny_checkpoint, dtype="fp32", device="cpu")
 
 
-def test_broken_weights_give_a_one_line_error(checkpoint: Path) -> None:
-    (checkpoint / "pytorch_model.bin").write_bytes(b"not a checkpoint")
+def test_broken_weights_give_a_one_line_error(tiny_checkpoint: Path) -> None:
+    (tiny_checkpoint / "pytorch_model.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(LLMUnavailable, match="cannot load ChatGLM2") as err:
-        ChatGLM2Chat.from_path(checkpoint, dtype="fp32", device="cpu")
+        ChatGLM2Chat.from_path(tiny_checkpoint, dtype="fp32", device="cpu")
     assert "\n" not in str(err.value)
 
 
-def test_from_settings_loads_and_answers(checkpoint: Path, tiny_parts: Parts) -> None:
-    settings = ChatGLM2Settings(path=str(checkpoint), dtype="fp32", device="cpu")
+def test_from_settings_loads_and_answers(tiny_checkpoint: Path, tiny_parts: Parts) -> None:
+    settings = ChatGLM2Settings(path=str(tiny_checkpoint), dtype="fp32", device="cpu")
     llm = LLMSettings(max_new_tokens=6, temperature=0.0, top_p=0.7, context_tokens=512)
     chat = ChatGLM2Chat.from_settings(settings, llm)
     assert (chat.max_new_tokens, chat.top_p, chat.context_tokens) == (6, 0.7, 512)
@@ -389,8 +362,8 @@ def test_from_settings_loads_and_answers(checkpoint: Path, tiny_parts: Parts) ->
     assert chat.invoke("Hello").content == reference.invoke("Hello").content
 
 
-def test_int8_on_cpu_loads(checkpoint: Path) -> None:
-    chat = ChatGLM2Chat.from_path(checkpoint, dtype="int8", device="cpu", max_tokens=4)
+def test_int8_on_cpu_loads(tiny_checkpoint: Path) -> None:
+    chat = ChatGLM2Chat.from_path(tiny_checkpoint, dtype="int8", device="cpu", max_tokens=4)
     assert chat.chatglm.config.quantization_bit == 8
     assert chat.invoke("Hello").usage_metadata is not None
 
