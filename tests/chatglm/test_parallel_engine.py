@@ -5,8 +5,11 @@ it rather than hanging them."""
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
 import signal
+from array import array
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 import torch
 
 from kbqa.chatglm.batching import BatchEngine
-from kbqa.chatglm.parallel_engine import RankLost, start
+from kbqa.chatglm.parallel_engine import Op, RankLost, follow, start
 from kbqa.chatglm.tensor_parallel import ParallelModel
 
 # float64: the all-reduced partial sums round in another order than one process's sums; in
@@ -75,3 +78,25 @@ def test_a_rank_that_dies_fails_the_requests_with_an_error_naming_it() -> None:
         assert not engine.ready
     finally:
         engine.close()  # returns: nothing waits for the dead rank
+
+
+def test_a_rank_follows_until_told_to_stop_or_rank_0_is_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The rank side alone (no group needed for calls without token ids): it runs the calls in
+    order, logs a call that fails and takes the next (rank 0 failed it too), returns True on
+    STOP, and False when rank 0's end closes the pipe, as when the server process exits."""
+    engine = BatchEngine(SPEC.build(torch.device("cpu")), max_batch=2, max_seq=16)
+    engine.cache.k[:, 0, :, :3] = 1.0  # row 0 holds 3 positions
+    for ends_with_stop in (True, False):
+        ours, theirs = multiprocessing.Pipe()
+        ours.send_bytes(array("q", [Op.COPY_ROW, 0, 7, 3]).tobytes())  # no row 7: fails
+        ours.send_bytes(array("q", [Op.COPY_ROW, 0, 1, 3]).tobytes())
+        if ends_with_stop:
+            ours.send_bytes(array("q", [Op.STOP]).tobytes())
+        ours.close()
+        with caplog.at_level(logging.ERROR, logger="kbqa.chatglm"):
+            assert follow(engine, theirs) is ends_with_stop
+        assert "tensor-parallel call COPY_ROW failed" in caplog.text
+        assert torch.equal(engine.cache.k[:, 1, :, :3], engine.cache.k[:, 0, :, :3])
+        engine.cache.k[:, 1] = 0.0
