@@ -88,9 +88,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--set", type=Path, help="a kbqa eval question set (JSON lines)")
     parser.add_argument("--kb", default="zh-eval", help="the KB --set is asked of")
+    parser.add_argument(
+        "--misses",
+        type=Path,
+        help="with --set: write each question's outcome here (JSON lines: question, shown "
+        "answer, top evidence); never for a blind set",
+    )
     args = parser.parse_args(argv)
     if args.set is not None:
-        print(json.dumps(evaluate_set(args.set, args.home, args.kb)))
+        print(json.dumps(evaluate_set(args.set, args.home, args.kb, args.misses)))
         return
     earlier: dict[str, str] = {}
     if args.replay is not None:
@@ -158,8 +164,11 @@ def chinese_answerable(path: Path) -> list[dict[str, Any]]:
     return [c for c in cases if c.get("facts") and has_cjk(c["question"])]
 
 
-def evaluate_set(path: Path, home: Path | None, kb: str) -> dict[str, Any]:
-    """Aggregates of the answers shown with the defaults on `path`'s Chinese answerable cases."""
+def evaluate_set(
+    path: Path, home: Path | None, kb: str, misses: Path | None = None
+) -> dict[str, Any]:
+    """Aggregates of the answers shown with the defaults on `path`'s Chinese answerable cases;
+    `misses`: where to write each case's outcome (for sets that may be read)."""
     from kbqa.chain import QAChain
     from kbqa.evaluation.metrics import contains_fact
 
@@ -167,9 +176,11 @@ def evaluate_set(path: Path, home: Path | None, kb: str) -> dict[str, Any]:
     chain.warm_up([kb])
     answered = correct = top_of_correct = reached = top_of_reached = 0
     cases = chinese_answerable(path)
+    outcomes: list[dict[str, Any]] = []
     for case in cases:
         answer = chain.ask(case["question"], [kb], case.get("history") or [])
         if answer.refused:
+            outcomes.append({"id": case.get("id"), "question": case["question"], "refused": True})
             continue
 
         def has_facts(text: str, facts: list[str] = case["facts"]) -> bool:
@@ -177,10 +188,29 @@ def evaluate_set(path: Path, home: Path | None, kb: str) -> dict[str, Any]:
 
         top_ok = has_facts(top_evidence(answer.sources))
         answered += 1
-        if has_facts(answer.answer):
+        ok = has_facts(answer.answer)
+        fact_reached = any(has_facts(s.text) for s in answer.sources)
+        if ok:
             correct, top_of_correct = correct + 1, top_of_correct + top_ok
-        if any(has_facts(s.text) for s in answer.sources):
+        if fact_reached:
             reached, top_of_reached = reached + 1, top_of_reached + top_ok
+        outcomes.append(
+            {
+                "id": case.get("id"),
+                "question": case["question"],
+                "facts": case["facts"],
+                "refused": False,
+                "correct": ok,
+                "top_ok": top_ok,
+                "fact_in_sources": fact_reached,
+                "answer": answer.answer,
+                "top_evidence": top_evidence(answer.sources),
+            }
+        )
+    if misses is not None:
+        misses.write_text(
+            "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in outcomes), encoding="utf-8"
+        )
     return {
         "questions": len(cases),
         "answered": answered,

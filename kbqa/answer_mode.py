@@ -1,7 +1,7 @@
 """Which answer is shown: the model's, or sentences quoted from the sources (`answer.mode`).
 
     extract   never call the model: the sentences that best match the question (one to
-              three, source order, each followed by its [n]) under a label saying they are
+              three, best first, each followed by its [n]) under a label saying they are
               quoted from the documents
     generate  the model's answer, with evidence (kbqa.evidence)
     auto      extract at once where the model cannot be trusted with the question (the bundled
@@ -92,10 +92,13 @@ def extract(
     nearby = nearby or Nearby()
     if ranked is None:
         ranked = _rank(question, sources, nearby, encoder_for)
+    # Markup is never quoted, so it is no evidence either: the top evidence sentence is the
+    # first line of the answer.
+    ranked = [(sentence, score) for sentence, score in ranked if not _markup(sentence.folded)]
     chosen = _quotes(ranked) or _first_sentence(sources)
     sources, ranked, chosen = _with_quoted_neighbours(sources, nearby.sources, ranked, chosen)
-    found = ranked_evidence(ranked, sources)
-    chosen.sort(key=lambda s: (s.position, s.start))  # the documents' own order reads best
+    found = ranked_evidence(ranked, sources, floor=0.0)
+    # Best first: the reader sees the best-supported sentence before the others.
     lines = [
         f"{_quote(s.shown or sources[s.position].text[s.start : s.end])} "
         f"[{sources[s.position].index}]"
@@ -176,7 +179,8 @@ def invented_references(text: str, sources: Sequence[Source]) -> list[str]:
 
 
 def _quotes(ranked: Ranked) -> list[Sentence]:
-    ranked = [(sentence, score) for sentence, score in ranked if not _markup(sentence.folded)]
+    """The best sentence and up to two more within QUOTE_SHARE of it, best first; `ranked`
+    holds no markup."""
     if not ranked or ranked[0][1] <= 0:
         return []
     floor = QUOTE_SHARE * ranked[0][1]

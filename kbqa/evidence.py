@@ -465,12 +465,15 @@ def _answer_evidence(
     return _by_source([(sentences[j], score) for j, score in best.items()], sources, "answer")
 
 
-def ranked_evidence(ranked: Ranked, sources: Sequence[Source]) -> Found:
+def ranked_evidence(
+    ranked: Ranked, sources: Sequence[Source], floor: float = QUESTION_FLOOR
+) -> Found:
     """Question evidence from a ranking: the best sentence and those within QUESTION_SHARE
-    of it, at most PER_SOURCE a source."""
+    of it, at most PER_SOURCE a source, none under `floor` (0 where the sentences are quoted
+    as the answer: what is shown is evidence, however weakly it matched)."""
     if not ranked or ranked[0][1] <= 0:
         return Found([[] for _ in sources], None, ranked=ranked)
-    floor = max(QUESTION_FLOOR, QUESTION_SHARE * ranked[0][1])
+    floor = max(floor, QUESTION_SHARE * ranked[0][1])
     kept = [(s, score) for s, score in ranked if score >= floor]
     return Found(_by_source(kept, sources, "question"), "question", ranked=ranked)
 

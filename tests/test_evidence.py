@@ -427,3 +427,34 @@ def test_a_question_about_what_to_install_prefers_a_sentence_that_installs() -> 
     question = "想试试 kestrel 的灰鹭模式，得先装哪个包、什么版本？"
     best, _ = rank_for_question(question, sources, lambda kb: None)[0]
     assert "heron-lite==2.3.1" in text[best.start : best.end]
+
+
+def test_quotes_are_shown_best_first_and_the_first_is_the_top_evidence() -> None:
+    from kbqa.answer_mode import extract
+
+    # The same statement in two documents; the more relevant source (retrieval's score) is
+    # given second, so the documents' order and the best-first order differ.
+    sources = [
+        Source(1, "a", "d1", "ferry.md", None, None, "青石渡轮由县里的船工驾驶！", 0.5, KB),
+        Source(2, "b", "d2", "bridge.md", None, None, "青石渡轮由县里的船工驾驶。", 0.9, KB),
+    ]
+    out = extract("青石渡轮由谁驾驶？", "zh", sources, lambda kb: None)
+    lines = out.answer.splitlines()[1:]
+    assert [line[-3:] for line in lines] == ["[2]", "[1]"]
+    top = max((e for s in out.sources for e in s.evidence or ()), key=lambda e: e.score)
+    assert lines[0].startswith(top.text)
+
+
+def test_a_weakly_matching_quote_is_still_its_own_evidence() -> None:
+    from kbqa.answer_mode import extract
+
+    # Most of the question's words are nowhere in the source: the quote's score is low, yet
+    # what is shown must be highlighted as the evidence it is.
+    text = "青石桥横跨清河，桥面由本地开采的青石铺成。\n检修时需要大概 30 名工人，历时 12 天。"
+    sources = [Source(1, "c", "d", "bridge.md", None, None, text, 0.6, KB)]
+    question = "要是没有起重机的话，在冬天修青石桥大概得准备多少工人？"
+    out = extract(question, "zh", sources, lambda kb: None)
+    evidence = out.sources[0].evidence or ()
+    assert evidence and all(e.score < 0.15 for e in evidence)
+    shown = out.answer.splitlines()[1:]
+    assert [line.rsplit(" [", 1)[0] for line in shown] == [e.text for e in evidence]
