@@ -7,7 +7,6 @@ API key, so every request but the 401 checks sends it.
 
 from __future__ import annotations
 
-import io
 import re
 import tracemalloc
 import urllib.parse
@@ -27,24 +26,12 @@ from server_helpers import (
 
 from kbqa.ingest.pipeline import ingest_paths
 from tests.fake_chat import FakeChat
+from tests.ingest.ingest_documents import pdf_bytes
 
 KEY = "viewer-test-key"
 HOSTILE_NAME = 'evil "quote"; x=1\\ \r\n<img src=x onerror=y>文档 😀.txt'
 """Quotes, `;`, a backslash, CR/LF, markup, CJK and an emoji: legal in a Linux file name."""
 BIG_BYTES = 30 * 1024 * 1024
-
-
-def pdf_bytes(pages: list[str]) -> bytes:
-    """A PDF with one line of text on each page (reportlab, made here)."""
-    from reportlab.pdfgen import canvas
-
-    buffer = io.BytesIO()
-    pdf = canvas.Canvas(buffer)
-    for line in pages:
-        pdf.drawString(72, 720, line)
-        pdf.showPage()
-    pdf.save()
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +41,7 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServe
     (folder / HOSTILE_NAME).write_text("The hostile file names a teal heron.\n", encoding="utf-8")
     for name in ("big.txt", "gone.txt", "swapped.txt", "removed.txt"):
         (folder / name).write_text(f"{name} holds a few words about herons.\n", encoding="utf-8")
-    (folder / "pages.pdf").write_bytes(pdf_bytes(["First page: herons.", "Second page: teal."]))
+    (folder / "pages.pdf").write_bytes(pdf_bytes([["First page: herons."], ["Second page: teal."]]))
     report = ingest_paths(server_settings(home), "default", [folder])
     assert not report.failed, report.failed
     server = serve_with_model(home, FakeChat(), api_key=KEY)

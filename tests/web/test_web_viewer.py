@@ -7,7 +7,6 @@ points, so the page's conversion to UTF-16 is what is checked.
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from web_helpers import (
 
 from kbqa.ingest.pipeline import ingest_paths
 from kbqa.settings import load_settings
+from tests.ingest.ingest_documents import pdf_bytes
 from tests.server.server_helpers import wait_for_job
 
 pytestmark = pytest.mark.browser
@@ -164,19 +164,6 @@ def test_evidence_marked_in_sources_and_viewer(
     expect(dialog.get_by_role("button", name="Open original")).to_be_disabled()
 
 
-def pdf_bytes(pages: list[str]) -> bytes:
-    """A PDF with one line of text on each page (reportlab, made here)."""
-    from reportlab.pdfgen import canvas
-
-    buffer = io.BytesIO()
-    pdf = canvas.Canvas(buffer)
-    for line in pages:
-        pdf.drawString(72, 720, line)
-        pdf.showPage()
-    pdf.save()
-    return buffer.getvalue()
-
-
 def test_pdf_is_grouped_by_page_and_opens_at_the_cited_page(server: Server, new_page: Any) -> None:
     pages = [
         "Tomato seedlings want a sunny windowsill and water every second morning.",
@@ -185,7 +172,7 @@ def test_pdf_is_grouped_by_page_and_opens_at_the_cited_page(server: Server, new_
     ]
     with httpx.Client(base_url=server.url, timeout=60) as client:
         assert client.post("/v1/kbs", json={"name": "web-pdf"}).status_code == 201
-        files = [("files", ("specs.pdf", pdf_bytes(pages), "application/pdf"))]
+        files = [("files", ("specs.pdf", pdf_bytes([[line] for line in pages]), "application/pdf"))]
         job_id = client.post("/v1/kbs/web-pdf/documents", files=files).json()["job_id"]
         job = wait_for_job(client, job_id)
         assert job["state"] == "done" and job["result"]["added"] == 1, job
