@@ -64,6 +64,8 @@ START_TIMEOUT_S = 1800.0
 """How long the ranks may take to load and shard the model (a 6B checkpoint from a slow disk)."""
 STOP_WAIT_S = 10.0
 """How long a rank has to leave after rank 0 told it to stop, before it is ended."""
+READY = "ready"
+"""The first word of a rank's report once it can follow (anything else is its traceback)."""
 
 
 class Op(enum.IntEnum):
@@ -355,10 +357,16 @@ def _rank_main(
     except BaseException:
         pipe.send_bytes(traceback.format_exc().encode())
         return
-    pipe.send_bytes(b"")  # ready
+    pipe.send_bytes(f"{READY} {device} {_memory(engine)}".encode())
     if follow(engine, pipe):
         dist.destroy_process_group()
     # else rank 0 is gone: leaving the group would wait for it
+
+
+def _memory(engine: BatchEngine) -> str:
+    """A rank's bytes on its device: its slice of the weights and its KV cache, in GiB."""
+    weights = sum(t.numel() * t.element_size() for t in engine.model.state_dict().values())
+    return f"{weights / 2**30:.2f} GiB weights + {engine.cache.nbytes / 2**30:.2f} GiB KV cache"
 
 
 # -- rank 0 ----------------------------------------------------------------------------------
@@ -406,13 +414,17 @@ def start(
         _while_alive(
             processes, lambda: join_group(0, world, backend, store.port, COLLECTIVE_TIMEOUT, store)
         )
-        _wait_ready(processes, pipes)
+        reports = _wait_ready(processes, pipes)
     except BaseException:
         end_processes(processes, 0)
         if dist.is_initialized():
             dist.destroy_process_group()
         raise
-    return ParallelBatchEngine(model, Followers(processes, pipes), **options)
+    engine = ParallelBatchEngine(model, Followers(processes, pipes), **options)
+    reports.insert(0, f"{model.device} {_memory(engine)}")
+    ranks = "; ".join(f"rank {rank} on {report}" for rank, report in enumerate(reports))
+    log.info("ChatGLM2 over %d tensor-parallel ranks (%s): %s", world, backend, ranks)
+    return engine
 
 
 def _while_alive(
@@ -444,8 +456,10 @@ def _while_alive(
 
 def _wait_ready(
     processes: Sequence[multiprocessing.process.BaseProcess], pipes: Sequence[Connection]
-) -> None:
-    """Wait for every rank's report: empty when it is ready, else its traceback."""
+) -> list[str]:
+    """Wait for every rank's report: READY with its device and memory, else its traceback.
+    Returns the devices and memory of ranks 1..N-1."""
+    found: dict[int, str] = {}
     waiting = dict(zip(pipes, range(1, len(pipes) + 1), strict=True))
     sentinels = {p.sentinel: rank for rank, p in enumerate(processes, start=1)}
     while waiting:
@@ -458,8 +472,10 @@ def _wait_ready(
                 report = pipe.recv_bytes().decode()
             except EOFError:
                 report = "ended without a report"
-            if report:
+            if not report.startswith(f"{READY} "):
                 raise RuntimeError(f"tensor-parallel rank {rank} failed:\n{report}")
+            found[rank] = report.removeprefix(f"{READY} ")
         for rank in [sentinels[item] for item in ready if item in sentinels]:
             code = processes[rank - 1].exitcode
             raise RuntimeError(f"tensor-parallel rank {rank} ended (exit status {code})")
+    return [found[rank] for rank in sorted(found)]

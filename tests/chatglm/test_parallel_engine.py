@@ -11,10 +11,12 @@ import os
 import signal
 from array import array
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from kbqa.chatglm.batching import BatchEngine
 from kbqa.chatglm.parallel_engine import Op, RankLost, follow, start
@@ -42,13 +44,19 @@ def _prompts() -> list[list[int]]:
     return [torch.randint(3, 65024, (n,), generator=g).tolist() for n in (9, 3, 14, 6)]
 
 
-def test_two_ranks_give_every_request_the_one_process_tokens() -> None:
+def test_two_ranks_give_every_request_the_one_process_tokens(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     jobs = list(zip(_prompts(), [8, 3, 6, 10], strict=True))  # (prompt, new tokens)
     with BatchEngine(SPEC.build(torch.device("cpu")), **ENGINE) as alone:
         requests = [alone.submit(p, max_new_tokens=n, stop_ids=[]) for p, n in jobs]
         want = [r.result(timeout=60) for r in requests]
 
-    engine = start(SPEC.build(torch.device("cpu")), SPEC, 2, **ENGINE)
+    with caplog.at_level(logging.INFO, logger="kbqa.chatglm"):
+        engine = start(SPEC.build(torch.device("cpu")), SPEC, 2, **ENGINE)
+    # Each rank's memory at start: half the layers' weights, half the KV groups.
+    assert "ChatGLM2 over 2 tensor-parallel ranks (gloo): rank 0 on cpu " in caplog.text
+    assert "; rank 1 on cpu " in caplog.text and "GiB KV cache" in caplog.text
     try:
         engine.start()
         requests = [engine.submit(p, max_new_tokens=n, stop_ids=[]) for p, n in jobs]
@@ -62,10 +70,11 @@ def test_two_ranks_give_every_request_the_one_process_tokens() -> None:
 
 
 def test_a_rank_that_dies_fails_the_requests_with_an_error_naming_it() -> None:
-    engine = start(SPEC.build(torch.device("cpu")), SPEC, 2, **ENGINE)
+    # Room for 500 new tokens: the request is still generating when the kill lands.
+    engine = start(SPEC.build(torch.device("cpu")), SPEC, 2, **{**ENGINE, "max_seq": 512})
     try:
         engine.start()
-        request = engine.submit(_prompts()[0], max_new_tokens=50, stop_ids=[])
+        request = engine.submit(_prompts()[0], max_new_tokens=500, stop_ids=[])
         next(iter(request))  # generating on both ranks
         rank1 = engine.followers.processes[0]
         assert rank1.pid is not None
@@ -78,6 +87,16 @@ def test_a_rank_that_dies_fails_the_requests_with_an_error_naming_it() -> None:
         assert not engine.ready
     finally:
         engine.close()  # returns: nothing waits for the dead rank
+
+
+def test_a_rank_that_cannot_load_the_model_fails_the_start_with_its_error(
+    tmp_path: Path,
+) -> None:
+    missing = ParallelModel(path=tmp_path / "no-checkpoint", dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"(?s)tensor-parallel rank 1 failed:.*no-checkpoint"):
+        start(SPEC.build(torch.device("cpu")), missing, 2, **ENGINE)
+    assert not dist.is_initialized()  # this process left the group: a later start can join
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("kbqa-tp")]
 
 
 def test_a_rank_follows_until_told_to_stop_or_rank_0_is_gone(
