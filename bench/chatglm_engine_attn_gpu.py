@@ -46,9 +46,9 @@ def launch(q: Tensor, k: Tensor, v: Tensor, first: int, out: Tensor, cfg: Config
     bm, bt, warps, stages = cfg
     seq = q.shape[0]
     attn_kernels._attn_prefill_kernel[(triton.cdiv(seq, bm), HEADS)](
-        q, k, v, out, seq, first, q.stride(0), k.stride(0), k.stride(1),
+        q, k, v, out, seq, first, q, q.stride(0), k.stride(0), k.stride(1),
         D**-0.5 * 1.4426950408889634, HPG=HEADS // GROUPS, D=D, BM=bm, BT=bt, IEEE=False,
-        num_warps=warps, num_stages=stages,
+        FIRST_IN_MEMORY=False, num_warps=warps, num_stages=stages,
     )  # fmt: skip
 
 

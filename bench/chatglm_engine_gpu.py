@@ -133,15 +133,19 @@ def long_run(
     device: str,
 ) -> dict[str, Any]:
     """The long prompt's first token and peak memory, with the tree's chunking, or (variant
-    "CHUNK:COLUMNS", this tree only) chunks of CHUNK tokens with the MLP over COLUMNS
-    intermediate features at a time."""
+    "CHUNK:COLUMNS[:eager]", this tree only) chunks of CHUNK tokens with the MLP over COLUMNS
+    intermediate features at a time, as CUDA graphs (ChunkGraphs) or eagerly."""
     one_stream(model, p8k, 2, device)  # warm: the chunks (and the steps' cache)
     if variant is not None:
         from kbqa.chatglm.generate import steps_for
+        from kbqa.chatglm.prefill_graphs import ChunkGraphs
 
         steps: Any = steps_for(model, len(p8k) + 2)
-        chunk, columns = (int(v) for v in variant.split(":"))
-        steps.chunk, steps.mlp_columns = chunk, columns
+        chunk, columns, *how = variant.split(":")
+        steps.chunk, steps.mlp_columns = int(chunk), int(columns)
+        steps.chunks = None
+        if how != ["eager"] and device == "cuda":
+            steps.chunks = ChunkGraphs(steps.forward, int(chunk), 0, int(columns))
         one_stream(model, p8k, 2, device)  # warm: this chunk's shapes
     gc.collect()
     if device == "cuda":
@@ -161,6 +165,9 @@ def long_run(
         # rest of the peak was the prefill's activations.
         after = torch.cuda.memory_allocated()
         found["allocated_after_gb"] = round(after / 1e9, 4)
+        # A graph's activations live in its memory pool, reserved and not counted as
+        # allocated while it replays: the reserved peak (after empty_cache) counts them.
+        found["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 1e9, 4)
         found["transient_mb"] = round((peak - after) / 1e6, 1)
         sizes: dict[str, int] = {}
         for segment in torch.cuda.memory_snapshot():

@@ -231,7 +231,8 @@ def _attn_prefill_kernel(
     v_ptr: tl.tensor,
     out_ptr: tl.tensor,
     seq: tl.tensor,
-    first: tl.tensor,  # cache slot of query 0
+    first: tl.tensor,  # cache slot of query 0 (or, with FIRST_IN_MEMORY, at first_ptr)
+    first_ptr: tl.tensor,
     stride_q: tl.tensor,
     stride_g: tl.tensor,
     stride_t: tl.tensor,
@@ -241,10 +242,13 @@ def _attn_prefill_kernel(
     BM: tl.constexpr,
     BT: tl.constexpr,
     IEEE: tl.constexpr,
+    FIRST_IN_MEMORY: tl.constexpr,  # read from device memory: one CUDA graph for every chunk
 ) -> None:
     block = tl.program_id(0)
     head = tl.program_id(1)
     group = head // HPG
+    if FIRST_IN_MEMORY:
+        first = tl.load(first_ptr).to(tl.int32)
     i = block * BM + tl.arange(0, BM)  # [BM] query rows
     i_ok = i < seq
     d = tl.arange(0, D)
@@ -281,16 +285,21 @@ ATTN_PREFILL_TUNED: dict[tuple[int, int], tuple[int, int, int, int]] = {}
 ATTN_PREFILL_DEFAULT = (64, 64, 4, 2)
 
 
-def attn_prefill(q: Tensor, k_cache: Tensor, v_cache: Tensor, first: int, out: Tensor) -> None:
+def attn_prefill(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, first: int | Tensor, out: Tensor
+) -> None:
     """q [S, >= N * D] (row stride any, head h at columns h*D..), caches [G, slots, D]; queries
-    sit in slots first..first+S-1 and see slots 0..their own. out [S, N * D]."""
+    sit in slots first..first+S-1 and see slots 0..their own (first: an int, or a tensor [1]
+    on the device, read there). out [S, N * D]."""
     seq = q.shape[0]
     groups, _, head_dim = k_cache.shape
     heads = out.shape[1] // head_dim
     bits = q.element_size() * 8
     bm, bt, warps, stages = ATTN_PREFILL_TUNED.get((head_dim, bits), ATTN_PREFILL_DEFAULT)
     _attn_prefill_kernel[(triton.cdiv(seq, bm), heads)](
-        q, k_cache, v_cache, out, seq, first, q.stride(0), k_cache.stride(0), k_cache.stride(1),
-        head_dim**-0.5 * 1.4426950408889634, HPG=heads // groups, D=head_dim, BM=bm, BT=bt,
-        IEEE=q.dtype == torch.float32, num_warps=warps, num_stages=stages,
+        q, k_cache, v_cache, out, seq, first if isinstance(first, int) else 0,
+        first if isinstance(first, Tensor) else q, q.stride(0), k_cache.stride(0),
+        k_cache.stride(1), head_dim**-0.5 * 1.4426950408889634, HPG=heads // groups, D=head_dim,
+        BM=bm, BT=bt, IEEE=q.dtype == torch.float32, FIRST_IN_MEMORY=isinstance(first, Tensor),
+        num_warps=warps, num_stages=stages,
     )  # fmt: skip

@@ -226,6 +226,26 @@ class Forward:
             picked = torch.tensor(last, device=device)
         return self._logits(x[picked.to(x.device)])
 
+    def prefill_at(
+        self, ids: Tensor, start: Tensor, row: int, mlp_columns: int | None = None
+    ) -> Tensor:
+        """One piece of a prompt, ids [S], at positions start..start+S-1 of cache row `row`,
+        `start` a tensor [1] on the device: fp32 logits [1, V] of its last token. Nothing
+        depends on the position on the host, so one CUDA graph of it serves every chunk of a
+        long prompt (prefill_graphs.ChunkGraphs). Attention goes to our kernel even for the
+        first chunk (SDPA would need the position on the host)."""
+        seq = ids.numel()
+        pos = start + torch.arange(seq, device=ids.device)  # [S]
+        rows = torch.full((seq,), row, device=ids.device)  # [S]
+        first = start + self.cache.prefix  # [1] cache slot of the first token
+
+        def attend(qkv: Tensor, i: int) -> Tensor:
+            k, v = self.cache.layer(i)
+            return fused.attention_prefill(qkv, k[row], v[row], self.heads, first)
+
+        x = self._layers(ids, pos, rows, attend, seq, mlp_columns)  # [S, H]
+        return self._logits(x[seq - 1 :])
+
     def decode(self, tokens: Tensor, pos: Tensor, write_rows: Tensor, n_keys: int) -> Tensor:
         """One token for each of B batch rows → fp32 logits [B, V].
 

@@ -325,7 +325,7 @@ def attention_decode(
 
 
 def attention_prefill(
-    qkv: Tensor, k_cache: Tensor, v_cache: Tensor, heads: int, first: int
+    qkv: Tensor, k_cache: Tensor, v_cache: Tensor, heads: int, first: int | Tensor
 ) -> Tensor:
     """Causal attention of S queries at cache slots first..first+S-1 over slots 0..first+S-1.
 
@@ -333,16 +333,21 @@ def attention_prefill(
     row). Returns [S, N * D]. A whole prompt (first 0) goes to flash attention through SDPA;
     a chunk after others (or after a P-tuning prefix) to our kernel, which reads the cache in
     place (SDPA's lower-right causal mask with GQA falls back to materialised scores here:
-    268 MB for a 512-token chunk at 8k).
+    268 MB for a 512-token chunk at 8k). `first` may be a tensor [1] on the device, which the
+    kernel reads there (a CUDA graph of a chunk then serves every position; forward.py).
     """
     seq = qkv.shape[0]
     d = k_cache.shape[2]
-    total = first + seq
     kernels = triton_for(qkv)
-    if kernels is not None and first > 0:
+    in_memory = isinstance(first, Tensor)
+    if kernels is not None and (in_memory or first > 0):
         out = torch.empty(seq, heads * d, dtype=qkv.dtype, device=qkv.device)
+        if isinstance(first, Tensor):
+            first = first.to(qkv.device)  # a split model's later layers (devices.py)
         kernels.attn_prefill(qkv, k_cache, v_cache, first, out)
         return out
+    first = int(first)  # the torch ops: positions on the host (no graphs here)
+    total = first + seq
     q = qkv[:, : heads * d].view(1, seq, heads, d).transpose(1, 2)  # [1, N, S, D]
     k = k_cache[:, :total].unsqueeze(0)  # [1, G, T, D]
     v = v_cache[:, :total].unsqueeze(0)

@@ -24,7 +24,7 @@ from kbqa.chatglm.forward import MLP_COLUMNS, Forward, Segment, SlotCache
 from kbqa.chatglm.fused import triton_for
 from kbqa.chatglm.model import ChatGLM2Model
 from kbqa.chatglm.prefill_graphs import MAX_TOKENS as GRAPHED_PROMPT_TOKENS
-from kbqa.chatglm.prefill_graphs import PrefillGraphs
+from kbqa.chatglm.prefill_graphs import ChunkGraphs, PrefillGraphs
 from kbqa.chatglm.sampling import SamplingParams, sample_rows
 
 CACHE_ROUNDING = 256  # cache lengths are rounded up so that nearby requests reuse one cache
@@ -72,11 +72,14 @@ class EngineSteps:
         self.forward = Forward(model, self.cache)
         self.decoder = DecodeStep(model, self.forward)
         self.graphs: PrefillGraphs | None = None
-        if self.decoder.cuda_graphs:
-            self.graphs = PrefillGraphs(self.forward, max_tokens=GRAPHED_PROMPT_TOKENS)
         quantized = self.forward.layers[0].qkv.bits != 16
         self.chunk = QUANTIZED_PREFILL_CHUNK if quantized else PREFILL_CHUNK
         self.mlp_columns = MLP_COLUMNS
+        # Whole chunks of a long prompt as one graph replay each (captured when first needed).
+        self.chunks: ChunkGraphs | None = None
+        if self.decoder.cuda_graphs:
+            self.graphs = PrefillGraphs(self.forward, max_tokens=GRAPHED_PROMPT_TOKENS)
+            self.chunks = ChunkGraphs(self.forward, self.chunk, 0, self.mlp_columns)
 
     def prefill(self, ids: Tensor) -> Tensor:
         seq = ids.numel()
@@ -88,12 +91,21 @@ class EngineSteps:
             found = self.forward.prefill([Segment(ids, 0, 0, logits=True)])
             assert found is not None
             return found[0]
-        found = None
+        logits = None
         for c0 in range(0, seq, self.chunk):
-            piece = Segment(ids[c0 : c0 + self.chunk], c0, 0, logits=c0 + self.chunk >= seq)
-            found = self.forward.prefill([piece], mlp_rows=self.chunk, mlp_columns=self.mlp_columns)
-        assert found is not None
-        return found[0]
+            piece = ids[c0 : c0 + self.chunk]
+            chunks = self.chunks
+            if chunks is not None and chunks.enabled and piece.numel() == chunks.size:
+                logits = chunks(piece, c0)
+                if logits is not None:
+                    continue
+            segment = Segment(piece, c0, 0, logits=c0 + self.chunk >= seq)
+            found = self.forward.prefill(
+                [segment], mlp_rows=self.chunk, mlp_columns=self.mlp_columns
+            )
+            logits = found[0] if found is not None else None
+        assert logits is not None
+        return logits
 
     def decode(self, token: Tensor, pos: int) -> Tensor:
         return self.decoder(token.view(1), [pos])[0]

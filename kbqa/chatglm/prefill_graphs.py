@@ -117,3 +117,60 @@ class PrefillGraphs:
         logits = self.forward.prefill([segment], picked=self._last)
         assert logits is not None
         return logits
+
+
+class ChunkGraphs:
+    """Chunks of a long prompt, `size` tokens at any position of cache row `row`, through one
+    CUDA graph of `Forward.prefill_at` (captured on first use; eagerly with `capture=False`):
+    the chunk's ids and first position are static device buffers. Eagerly a chunk is ~1,000
+    launches from Python, which on an H200 took ~58 ms for 1,024 tokens whatever the chunk's
+    length, against ~25 ms of GPU work (bench/RESULTS.md)."""
+
+    def __init__(
+        self,
+        forward: Forward,
+        size: int,
+        row: int = 0,
+        mlp_columns: int | None = None,
+        *,
+        capture: bool = True,
+    ) -> None:
+        self.forward = forward
+        self.size = size
+        self.row = row
+        self.mlp_columns = mlp_columns
+        self.capture = capture
+        self.enabled = True
+        """False once a capture or replay failed: chunks run eagerly from then on."""
+        device = forward.cache.k.device
+        self._ids = torch.zeros(size, dtype=torch.long, device=device)
+        self._start = torch.zeros(1, dtype=torch.long, device=device)
+        self._graph: Graph | None = None
+
+    def __call__(self, piece: Tensor, start: int) -> Tensor | None:
+        """Prefill piece, ids [size], at positions start.. of the row: fp32 logits [V] of its
+        last token, or None when graphs failed here (then off; the caller runs it eagerly,
+        rewriting whatever was written)."""
+        if piece.numel() != self.size:
+            raise ValueError(f"a chunk of {piece.numel()} tokens, not {self.size}")
+        self._ids.copy_(piece)
+        self._start.fill_(start)
+        try:
+            logits = self._run()
+        except Exception:  # a capture that fails (memory, a kernel): the eager path stays
+            log.exception("graphed prefill chunk failed; chunks prefill eagerly from now on")
+            self.enabled = False
+            self._graph = None
+            return None
+        return logits[0].clone()
+
+    def _run(self) -> Tensor:
+        def chunk() -> Tensor:
+            return self.forward.prefill_at(self._ids, self._start, self.row, self.mlp_columns)
+
+        if not self.capture:
+            return chunk()
+        if self._graph is None:
+            self._graph = capture(chunk, None)
+        self._graph.graph.replay()
+        return self._graph.out

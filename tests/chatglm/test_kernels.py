@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from fast_checks import gemv_error, steps_error
+from fast_checks import CONFIG, PROMPT, gemv_error, steps_error
 from naive_chatglm import randomize
 
 from kbqa.chatglm import ChatGLM2, triton_use
@@ -73,6 +73,21 @@ def test_fast_path_steps_with_the_mlp_in_column_blocks(quantize: str | None, chu
     time: gate/up rows of h_to_4h and column blocks of 4h_to_h (int4 words copied) through
     the kernels, a last chunk of one row through the GEMV."""
     assert steps_error(quantize, chunk=chunk, mlp_columns=40) < 1e-5
+
+
+@interpreted
+def test_chunks_at_a_position_read_on_the_device_match_the_eager_model() -> None:
+    """Forward.prefill_at, what a chunk's CUDA graph runs: the prefill attention kernel reads
+    the chunk's first slot from device memory (FIRST_IN_MEMORY), the first chunk too."""
+    torch.manual_seed(4)
+    model = ChatGLM2.from_config(CONFIG)
+    ids = torch.randint(0, CONFIG["padded_vocab_size"], (PROMPT,))
+    model.setup_caches(1, 256)
+    want = model(ids.view(1, -1), torch.arange(PROMPT))[0, -1].float()
+    forward = Forward(model, SlotCache(model, 1, 256))
+    for c0 in range(0, PROMPT, 40):
+        got = forward.prefill_at(ids[c0 : c0 + 40], torch.tensor([c0]), 0, mlp_columns=40)
+    assert float((got[0] - want).norm() / want.norm()) < 1e-5
 
 
 @interpreted
