@@ -222,6 +222,7 @@ class Forward:
         if picked is None:
             last = [b - 1 for s, (_, b) in zip(segments, bounds, strict=True) if s.logits]
             if not last:
+                _make_current(self.device)
                 return None
             picked = torch.tensor(last, device=device)
         return self._logits(x[picked.to(x.device)])
@@ -278,6 +279,7 @@ class Forward:
             device = layer.qkv.weight.device
             if x.device != device:  # the next layer range of a split model (devices.py)
                 x, pos, rows = x.to(device), pos.to(device), rows.to(device)
+                _make_current(device)
             qkv = fused.linear(layer.qkv, x, norm=layer.norm1)  # [T, (N + 2G) * D]
             k, v = cache.layer(i)
             fused.rope_cache(qkv, self.ropes[device], pos, rows, k, v, cache.prefix, self.heads)
@@ -315,4 +317,14 @@ class Forward:
         """hidden [n, H] (the residual stream) → fp32 logits [n, V], on the first device
         (where sampling runs) whichever device a split model's output layer is on."""
         logits = fused.linear(self.output, hidden, norm=self.final_norm, out_dtype=torch.float32)
+        _make_current(self.device)
         return logits.to(self.device)
+
+
+def _make_current(device: torch.device) -> None:
+    """Make `device` the current CUDA device if it is not. Triton launches a kernel on the
+    current device whatever its tensors' device, so a pass of a model split over GPUs makes
+    each range's device current in turn, and the first one again at its end (where the
+    caller's work, sampling and its events, goes on)."""
+    if device.type == "cuda" and torch.cuda.current_device() != device.index:
+        torch.cuda.set_device(device)
