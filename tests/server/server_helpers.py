@@ -161,6 +161,31 @@ def kbqa(*args: str, output: IO[str] | None = None, **env: str) -> subprocess.Po
     )
 
 
+NO_LLM = {"KBQA_LLM__BACKEND": "openai", "KBQA_LLM__OPENAI__BASE_URL": "http://127.0.0.1:9/v1"}
+"""The environment of a `kbqa serve` that only ingests and searches: its LLM is never called."""
+
+
+def llm_of(upstream: LiveServer) -> dict[str, str]:
+    """The environment of a `kbqa serve` whose LLM is `upstream`'s model, through its OpenAI
+    route (a real model would cost a subprocess seconds to load)."""
+    return {
+        "KBQA_LLM__BACKEND": "openai",
+        "KBQA_LLM__OPENAI__BASE_URL": f"{upstream.url}/v1",
+        "KBQA_LLM__OPENAI__MODEL": "echo-test",
+        "KBQA_LLM__OPENAI__MAX_RETRIES": "0",
+    }
+
+
+def kbqa_serve(
+    home: Path, output: IO[str] | None = None, **env: str
+) -> tuple[subprocess.Popen[str], str]:
+    """`kbqa serve` of `home` in a process of its own on a free loopback port, and its URL;
+    wait_until_serving tells when it answers."""
+    port = free_port()
+    process = kbqa("serve", "--home", str(home), "--port", str(port), output=output, **env)
+    return process, f"http://127.0.0.1:{port}"
+
+
 def wait_until_serving(process: subprocess.Popen[str], url: str) -> None:
     def up() -> bool:
         if process.poll() is not None:

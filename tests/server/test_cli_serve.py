@@ -18,8 +18,9 @@ import httpx
 import pytest
 from server_helpers import (
     LiveServer,
-    free_port,
     kbqa,
+    kbqa_serve,
+    llm_of,
     serve_with_model,
     sse_events,
     wait_until_serving,
@@ -74,22 +75,10 @@ def read_until(process: subprocess.Popen[str], marker: str) -> list[str]:
 def test_serve_on_loopback_answers_then_shuts_down_cleanly(
     docs_home: Path, upstream: LiveServer, upstream_model: FakeChat
 ) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = kbqa(
-        "serve",
-        "--home",
-        str(docs_home),
-        "--port",
-        str(port),
-        KBQA_LLM__BACKEND="openai",
-        KBQA_LLM__OPENAI__BASE_URL=f"{upstream.url}/v1",
-        KBQA_LLM__OPENAI__MODEL="echo-test",
-        KBQA_LLM__OPENAI__MAX_RETRIES="0",
-    )
+    process, url = kbqa_serve(docs_home, **llm_of(upstream))
     try:
         wait_until_serving(process, url)
-        assert listening_on(port) == {"0100007F"}  # 127.0.0.1 and nothing else
+        assert listening_on(httpx.URL(url).port) == {"0100007F"}  # 127.0.0.1 and nothing else
         chat = httpx.post(f"{url}/", json={"prompt": SHORT, "history": []}, timeout=60)
         assert chat.status_code == 200 and "bakery" in chat.json()["response"]
 

@@ -25,8 +25,8 @@ from server_helpers import (
     QUICK_LLM,
     REPO,
     LiveServer,
-    free_port,
-    kbqa,
+    kbqa_serve,
+    llm_of,
     make_home,
     start_server,
     wait_for_job,
@@ -209,24 +209,15 @@ def gone(pid: int) -> bool:
 
 
 def test_sigterm_stops_a_stuck_parse_and_exits(live: LiveServer, tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     home = tmp_path / "home"
     log = (tmp_path / "serve.log").open("w")
-    process = kbqa(
-        "serve",
-        "--home",
-        str(home),
-        "--port",
-        str(port),
-        output=log,
+    process, url = kbqa_serve(
+        home,
+        log,
         PYTHONPATH=str(REPO / "tests"),  # where the stuck_loader plugin lives
         KBQA_INGEST__LOADER_PLUGINS="stuck_loader",
         KBQA_INGEST__PARSE_TIMEOUT_S="600",  # only SIGTERM can end the parse
-        KBQA_LLM__BACKEND="openai",
-        KBQA_LLM__OPENAI__BASE_URL=f"{live.url}/v1",
-        KBQA_LLM__OPENAI__MODEL="echo-test",
-        KBQA_LLM__OPENAI__MAX_RETRIES="0",
+        **llm_of(live),
     )
     try:
         wait_until_serving(process, url)

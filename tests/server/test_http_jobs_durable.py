@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 from server_helpers import (
+    NO_LLM,
     LiveServer,
-    free_port,
-    kbqa,
+    kbqa_serve,
     make_home,
     serve_with_model,
     server_settings,
@@ -71,20 +71,9 @@ def serving(home: Path, **server: Any) -> Iterator[LiveServer]:
 @contextmanager
 def serve_process(home: Path, log: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`kbqa serve` on `home` in a process of its own (openai backend, never called)."""
-    port = free_port()
     with log.open("a") as output:
-        process = kbqa(
-            "serve",
-            "--home",
-            str(home),
-            "--port",
-            str(port),
-            output=output,
-            KBQA_LLM__BACKEND="openai",
-            KBQA_LLM__OPENAI__BASE_URL="http://127.0.0.1:9/v1",
-        )
+        process, url = kbqa_serve(home, output, **NO_LLM)
         try:
-            url = f"http://127.0.0.1:{port}"
             wait_until_serving(process, url)
             yield process, url
         finally:

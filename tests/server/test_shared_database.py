@@ -13,7 +13,7 @@ import httpx
 import psycopg
 import pytest
 from postgres_server import PostgresServer
-from server_helpers import free_port, kbqa, wait_for_job, wait_until_serving
+from server_helpers import NO_LLM, kbqa, kbqa_serve, wait_for_job, wait_until_serving
 
 from kbqa.storage.pg_lock import LOCK_CLASS
 from tests.waiting import wait_for
@@ -22,21 +22,8 @@ Hosts = list[str]
 
 
 def _serve(home: Path, database: str, log: Path) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    output = log.open("a")
-    process = kbqa(
-        "serve",
-        "--home",
-        str(home),
-        "--port",
-        str(port),
-        output=output,
-        KBQA_STORAGE__DATABASE=database,
-        KBQA_LLM__BACKEND="openai",  # never called: these tests search and ingest only
-        KBQA_LLM__OPENAI__BASE_URL="http://127.0.0.1:9/v1",
-    )
-    output.close()
-    return process, f"http://127.0.0.1:{port}"
+    with log.open("a") as output:
+        return kbqa_serve(home, output, KBQA_STORAGE__DATABASE=database, **NO_LLM)
 
 
 @pytest.fixture(scope="module")
