@@ -1,20 +1,40 @@
-"""Real documents of every format, built in memory for the ingest tests to write to disk."""
+"""Real documents of every format, built in memory for the ingest tests to write to disk, and
+the real loader that reads them back."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from pathlib import Path
 
+import pytest
 from reportlab.lib.pdfencrypt import StandardEncryption
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfgen import canvas
+
+from kbqa.ingest.loaders import load_document
+from kbqa.ingest.types import LoadError, LoadOptions, Section
 
 # A CID font known to reportlab without font files, so PDFs can carry Chinese text.
 _CJK_FONT = "STSong-Light"
 pdfmetrics.registerFont(UnicodeCIDFont(_CJK_FONT))
 
 MAX_BYTES = 50 * 2**20
+
+
+def load(path: Path, options: LoadOptions | None = None) -> list[Section]:
+    """The sections the real loader reads from `path`."""
+    return load_document(path, max_bytes=MAX_BYTES, options=options)
+
+
+def error_of(path: Path, options: LoadOptions | None = None, max_bytes: int = MAX_BYTES) -> str:
+    """The LoadError the real loader gives for `path`, checked to be one line, as users see it."""
+    with pytest.raises(LoadError) as caught:
+        load_document(path, max_bytes=max_bytes, options=options)
+    message = str(caught.value)
+    assert message and "\n" not in message, "errors are one line"
+    return message
 
 
 def pdf_bytes(pages: Sequence[Sequence[str]], encrypt: StandardEncryption | None = None) -> bytes:

@@ -8,19 +8,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from ingest_documents import MAX_BYTES, docx_bytes, pdf_bytes, xlsx_bytes
+from ingest_documents import MAX_BYTES, docx_bytes, error_of, pdf_bytes, xlsx_bytes
 from reportlab.lib.pdfencrypt import StandardEncryption
 
 from kbqa.ingest.loaders import load_document
 from kbqa.ingest.types import LoadError, LoadOptions, UnsupportedFormat
-
-
-def error_of(path: Path, max_bytes: int = MAX_BYTES) -> str:
-    with pytest.raises(LoadError) as caught:
-        load_document(path, max_bytes=max_bytes)
-    message = str(caught.value)
-    assert message and "\n" not in message, "errors are one line"
-    return message
 
 
 @pytest.mark.parametrize("name", ["a.txt", "a.md", "a.html", "a.pdf", "a.docx", "a.csv", "a.json"])
@@ -58,11 +50,14 @@ def test_huge_file_is_refused_before_reading(tmp_path: Path) -> None:
     path = tmp_path / "huge.txt"
     with path.open("wb") as file:
         file.truncate(80 * 2**20)  # sparse: no 80 MB written
-    assert error_of(path, 50 * 2**20) == "file is 80.0 MB, over the 50 MB limit"
+    assert error_of(path, max_bytes=50 * 2**20) == "file is 80.0 MB, over the 50 MB limit"
 
 
 def test_small_limit_is_reported_in_bytes(write) -> None:
-    assert error_of(write("a.txt", "x" * 20), 10) == "file is 20 bytes, over the 10 bytes limit"
+    assert (
+        error_of(write("a.txt", "x" * 20), max_bytes=10)
+        == "file is 20 bytes, over the 10 bytes limit"
+    )
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from ingest_documents import MAX_BYTES, docx_bytes, pdf_bytes, xlsx_bytes
+from ingest_documents import MAX_BYTES, docx_bytes, load, pdf_bytes, xlsx_bytes
 from reportlab.lib.pdfencrypt import StandardEncryption
 
 from kbqa.ingest.loaders import LONG_TAIL_EXTENSIONS, SUPPORTED_EXTENSIONS, load_document
 from kbqa.ingest.tables import TableSection
 from kbqa.ingest.types import LoadOptions, Section
-
-
-def load(path: Path) -> list[Section]:
-    return load_document(path, max_bytes=MAX_BYTES)
 
 
 def test_supported_extensions() -> None:

@@ -4,27 +4,15 @@ with one clear line."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
-from ingest_documents import MAX_BYTES
+from ingest_documents import error_of, load
 from ocr_documents import FONT_PATH, image_bytes, text_image
 from PIL import Image, ImageDraw, ImageFont
 
-from kbqa.ingest.loaders import load_document
-from kbqa.ingest.types import LoadError, LoadOptions, Section
+from kbqa.ingest.types import LoadOptions, Section
 
 LINES = ["扫描件里的知识库问答。", "Scanned pages answer 42 questions."]
-
-
-def load(path: Path, options: LoadOptions | None = None) -> list[Section]:
-    return load_document(path, max_bytes=MAX_BYTES, options=options)
-
-
-def error_of(path: Path, options: LoadOptions | None = None) -> str:
-    with pytest.raises(LoadError) as caught:
-        load(path, options)
-    return str(caught.value)
 
 
 @pytest.mark.parametrize(("name", "fmt"), [("scan.png", "PNG"), ("photo.JPG", "JPEG")])

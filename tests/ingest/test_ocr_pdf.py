@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
-import pytest
-from ingest_documents import MAX_BYTES
+from ingest_documents import error_of, load
 from ocr_documents import mixed_pdf_bytes, scanned_pdf_bytes, text_image
 from PIL import Image
 from reportlab.lib.utils import ImageReader
 from reportlab.pdfgen import canvas
 
-from kbqa.ingest.loaders import load_document
-from kbqa.ingest.types import LoadError, LoadOptions, Section
-
-
-def load(path: Path, options: LoadOptions | None = None) -> list[Section]:
-    return load_document(path, max_bytes=MAX_BYTES, options=options)
-
-
-def error_of(path: Path, options: LoadOptions | None = None) -> str:
-    with pytest.raises(LoadError) as caught:
-        load(path, options)
-    return str(caught.value)
+from kbqa.ingest.types import LoadOptions, Section
 
 
 def test_mixed_pdf_keeps_the_text_layer_and_reads_the_scan(write) -> None:

@@ -9,12 +9,11 @@ import io
 import json
 import random
 import zipfile
-from pathlib import Path
 
 import pytest
-from ingest_documents import MAX_BYTES, docx_bytes, pdf_bytes
+from ingest_documents import docx_bytes, error_of, load, pdf_bytes
 
-from kbqa.ingest.loaders import load_document, read_text
+from kbqa.ingest.loaders import read_text
 from kbqa.ingest.loaders.encoding import bomless_utf16
 from kbqa.ingest.splitter import split_sections
 from kbqa.ingest.tables import TableSection
@@ -37,18 +36,8 @@ TEXTS = {"english": ENGLISH, "chinese": CHINESE, "mixed": MIXED, "cjk-only": CJK
 CODECS = ["utf-16-le", "utf-16-be"]
 
 
-def load(path: Path) -> list[Section]:
-    return load_document(path, max_bytes=MAX_BYTES)
-
-
 def chunks(sections: list[Section]) -> list[Chunk]:
     return split_sections(sections, chunk_size=4000, chunk_size_zh=4000, chunk_overlap=0)
-
-
-def error_of(path: Path) -> str:
-    with pytest.raises(LoadError) as caught:
-        load(path)
-    return str(caught.value)
 
 
 @pytest.mark.parametrize("codec", CODECS)
