@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import traceback
 from typing import Any
 
 import torch
@@ -109,15 +110,27 @@ def main() -> None:
     results: dict[str, Any] = {"args": vars(args)}
     if on_gpu:
         results["gpus"] = [torch.cuda.get_device_name(i) for i in range(args.tp)]
-    results[f"tp{args.tp}"] = run(args.tp, spec, device, args)
-    results["one_gpu"] = run(1, spec, device, args)
+    # Each part on its own: one that fails (NCCL, memory) is recorded and the next still runs,
+    # so that a single call on a lent machine brings back what it can.
+    for name, world in ((f"tp{args.tp}", args.tp), ("one_gpu", 1)):
+        try:
+            results[name] = run(world, spec, device, args)
+        except Exception:
+            results[name] = {"error": traceback.format_exc()[-3000:]}
+            print(results[name]["error"], flush=True)
+        _write(results, args.out)
     tp, one = results[f"tp{args.tp}"], results["one_gpu"]
-    for streams, goal in ((args.streams, 1.6), (1, 1.3)):
-        key = f"streams_{streams}_tok_s"
-        results[f"goal_{streams}_streams_ratio"] = [round(tp[key] / one[key], 3), goal]
-    results["greedy_tokens_agree"] = tp["greedy_tokens"] == one["greedy_tokens"]
+    if "error" not in tp and "error" not in one:
+        for streams, goal in ((args.streams, 1.6), (1, 1.3)):
+            key = f"streams_{streams}_tok_s"
+            results[f"goal_{streams}_streams_ratio"] = [round(tp[key] / one[key], 3), goal]
+        results["greedy_tokens_agree"] = tp["greedy_tokens"] == one["greedy_tokens"]
     print(json.dumps({k: v for k, v in results.items() if k.startswith(("goal", "greedy"))}))
-    with open(args.out, "w") as f:
+    _write(results, args.out)
+
+
+def _write(results: dict[str, Any], path: str) -> None:
+    with open(path, "w") as f:
         json.dump(results, f, indent=1, default=str)
 
 
