@@ -216,11 +216,14 @@ def _whole(needle: str, haystack: str) -> bool:
     Chinese characters around it are no part of it: "原版Qwen-7B" holds "qwen-7b"."""
     if has_cjk(needle):
         return needle in haystack
+    # A word may end a hyphenated name ("hmm" in "--no-hmm"); a number or an option may not
+    # ("7b" is no part of "qwen-7b", "-d" none of "--d").
+    joins = "_" if needle.isalpha() and len(needle) >= 3 else "_-"
     at = haystack.find(needle)
     while at >= 0:
         before = haystack[at - 1] if at else " "
         after = haystack[at + len(needle)] if at + len(needle) < len(haystack) else " "
-        if not (_latin(before) or before in "_-") and not (_latin(after) or after == "_"):
+        if not (_latin(before) or before in joins) and not (_latin(after) or after == "_"):
             return True
         at = haystack.find(needle, at + 1)
     return False
@@ -555,6 +558,25 @@ the question asks what to install: "使用需安装 paddlepaddle-tiny，`pip ins
 "目前 paddle 模式支持 jieba v0.40 及以上版本", which shares more of its words."""
 
 
+_ASKS_OPTION = re.compile(
+    r"(?:哪|什么|几)[一两二三几]?[个种些项]?\s*(?:长|短)?(?:选项|参数|开关|标志|配置项|flag)"
+    r"|\b(?:which|what) (?:command[- ]line )?(?:option|flag|switch|argument|parameter)s?\b"
+)
+_PARAMETER = re.compile(
+    r"(?<![\w-])--?[a-z][\w-]*|(?<![\w.])[a-z][a-z0-9]*(?:_[a-z0-9]+)+(?![\w.])|(?<![\w.])[a-z_]+="
+)
+"""A command-line option (-c, --lock-secs), a snake_case name (use_logn_attn), a keyword
+argument (errors=): what a question asking "which option / 哪个参数" is answered with."""
+NO_OPTION_SHARE = MISSING_KIND_SHARE
+"""Score kept by a sentence that names no option or parameter (none the question does not
+already hold, in the sentence or the option line it describes) when the question asks which
+one: "训练时需要指定 `--history_column` 为…", not "如需要使用多轮对话数据…，可以提供聊天历史"."""
+
+
+def _parameters(folded: str) -> frozenset[str]:
+    return frozenset(p.rstrip("=") for p in _PARAMETER.findall(folded))
+
+
 _FIGURE = re.compile(r"(?<![a-z\d.])\d+(?:[.,:]\d+)*")
 """A number, units glued on or not ("6gb", "7b"), but not the tail of a name ("int4", "bf16")."""
 
@@ -578,11 +600,14 @@ def _ranking(
     subject = (match.group("en") or match.group("zh")).strip() if match else ""
     figure = _numbers(fold(question)) if _ASKS_FIGURE.search(fold(question)) else None
     install = bool(_ASKS_INSTALL.search(fold(question)))
+    options = _parameters(fold(question)) if _ASKS_OPTION.search(fold(question)) else None
     ranked = []
     for j, sentence in enumerate(sentences):
         source = sources[sentence.position]
         prior = 0.9 + 0.1 * source.score
-        quoted = _with_list(sentences, j, texts)
+        quoted = _with_list(sentences, j, texts, source.text)
+        if options is not None:
+            quoted = _with_option_line(quoted, source.text)
         folded = sentence.folded
         held = folded if quoted is sentence else fold(source.text[quoted.start : quoted.end])
         score = float(row[j]) * prior * MISSING_KIND_SHARE ** missing_kinds(question, held)
@@ -590,6 +615,8 @@ def _ranking(
             score *= NO_FIGURE_SHARE
         if install and not _INSTALLS.search(held):
             score *= NO_INSTALL_SHARE
+        if options is not None and not (_parameters(held) - options):
+            score *= NO_OPTION_SHARE
         if subject and folded.startswith(subject) and _DEFINES.match(folded, len(subject)):
             score += DEFINITION_BONUS
         ranked.append((quoted, score))
@@ -597,16 +624,44 @@ def _ranking(
     return ranked
 
 
-def _with_list(sentences: Sequence[Sentence], j: int, texts: Sequence[str]) -> Sentence:
+_FENCE = re.compile(r"\s*```[^\n]*\n")
+CODE_BLOCK_CHARS = 400
+"""A code block introduced by a colon is quoted whole up to this length."""
+
+
+def _with_list(sentences: Sequence[Sentence], j: int, texts: Sequence[str], text: str) -> Sentence:
     """Sentence j, extended over the next two sentences of its source when it ends in a
-    colon ("支持三种分词模式：" says nothing without the modes that follow)."""
+    colon ("支持三种分词模式：" says nothing without the modes that follow), or over the code
+    block it introduces ("需要指定 `evaluate.sh` 中的参数：" and the block's option lines).
+    `text`: the sentence's source text."""
     sentence = sentences[j]
     if not texts[j].endswith((":", "：")):
         return sentence
     following = [s for s in sentences[j + 1 : j + 3] if s.position == sentence.position]
     if not following:
         return sentence
-    return replace(sentence, end=following[-1].end)
+    end = following[-1].end
+    fence = None if sentence.shown else _FENCE.match(text, sentence.end)
+    if fence is not None:
+        close = text.find("```", fence.end())
+        close = len(text) if close < 0 else close
+        if close - fence.end() <= CODE_BLOCK_CHARS:
+            end = max(end, len(text[:close].rstrip()))
+    return replace(sentence, end=end)
+
+
+_OPTION_LINE = re.compile(r"[ \t]*-{1,2}[A-Za-z][\w-]*(?:[ ,=][^\n]*)?\n")
+
+
+def _with_option_line(sentence: Sentence, text: str) -> Sentence:
+    """`sentence` from the option line it describes, where it sits in that option's
+    paragraph ("-c, --create\\n默认情况下…。此选项强制 mandb 删除以前的数据库…"): asked which
+    option does something, the quote must show the option, not only what it does."""
+    start = text.rfind("\n\n", 0, sentence.start) + 1  # the paragraph (0 when none before)
+    line = _OPTION_LINE.match(text, start + (text[start : start + 1] == "\n"))
+    if line is None or line.end() > sentence.start or sentence.start - line.start() > 400:
+        return sentence
+    return replace(sentence, start=line.start() + len(line.group()) - len(line.group().lstrip()))
 
 
 def _by_source(

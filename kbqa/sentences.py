@@ -35,6 +35,8 @@ _ABBREVIATIONS = frozenset(
 _MARKER = re.compile(r"(?:[-*+•·>]+|#{1,6}|\d{1,3}[.)、]|[(（]\d{1,3}[)）])\s+")
 """A list marker, quote mark or Markdown heading at the start of a line: not part of a sentence."""
 _WORD_CHAR = re.compile(r"[^\W_]")
+_OPTION_START = re.compile(r"-{1,2}[A-Za-z][\w-]*(?:[ ,=]|$)")
+"""A line that starts with a command-line option: the next entry of an option list."""
 
 
 def _ends_sentence(text: str, start: int, match: re.Match[str]) -> bool:
@@ -88,6 +90,8 @@ def _soft_wrap(text: str, match: re.Match[str]) -> bool:
     mid_sentence = previous[-1:].islower() and following[:1].islower()
     if _MARKER.match(previous) and not (indented or mid_sentence or _CONTINUED.search(previous)):
         return False  # a list item goes on indented, or after a comma or mid-sentence
+    if _OPTION_START.match(following):
+        return False  # the next option of a command's help ("-n, --no-hmm  不使用…")
     return not (_MARKER.match(following + " ") or following.startswith(("#", "|")))
 
 

@@ -458,3 +458,57 @@ def test_a_weakly_matching_quote_is_still_its_own_evidence() -> None:
     assert evidence and all(e.score < 0.15 for e in evidence)
     shown = out.answer.splitlines()[1:]
     assert [line.rsplit(" [", 1)[0] for line in shown] == [e.text for e in evidence]
+
+
+VAULT_OPTIONS = (
+    "-c, --create\n默认情况下，vault 会更新已有的索引。"
+    "此选项强制 vault 删除旧的索引并重新生成，不再尝试更新。\n\n"
+    "-q, --quiet\n不显示进度信息。\n\n"
+    "万一索引损坏，vault 会在启动时提示，并说明损坏的索引所在的目录。"
+)
+
+
+def test_asked_which_option_the_quote_shows_the_option_it_describes() -> None:
+    from kbqa.answer_mode import extract
+
+    # The sentence that says what the option does is its second; the option is on the line
+    # above the first. The last sentence matches the question's words as well and names none.
+    sources = [Source(1, "c", "d", "man/vault.8.md", "选项", None, VAULT_OPTIONS, 0.6, KB)]
+    question = "vault 的索引损坏了，要用哪个选项让它删除旧的索引重新生成？"
+    first = extract(question, "zh", sources, lambda kb: None).answer.splitlines()[1]
+    assert first.startswith("-c, --create") and "删除旧的索引并重新生成" in first
+
+
+def test_a_colon_introducing_a_code_block_is_quoted_with_the_block() -> None:
+    from kbqa.answer_mode import extract
+
+    text = (
+        "推理时需要同时加载原模型以及训练好的前缀，因此需要指定 `evaluate.sh` 中的参数：\n\n"
+        "```shell\n--model_name_or_path kestrel/base\n--prefix_checkpoint $CHECKPOINT\n```\n\n"
+        "之后运行 `bash evaluate.sh` 即可。"
+    )
+    sources = [Source(1, "c", "d", "ptuning/README.md", None, None, text, 0.6, KB)]
+    question = "推理时用什么参数加载训练好的前缀？"
+    assert "--prefix_checkpoint" in extract(question, "zh", sources, lambda kb: None).answer
+
+
+def test_each_option_of_a_help_text_is_its_own_sentence() -> None:
+    text = (
+        "可选参数:\n"
+        "  -p [DELIM], --pos [DELIM]\n"
+        "                        启用词性标注；如果指定 DELIM，词语和词性之间\n"
+        "                        用它分隔\n"
+        "  -n, --no-hmm          不使用隐含马尔可夫模型\n"
+        "  -q, --quiet           不输出载入信息"
+    )
+    sentences = [text[s:e] for s, e in split_sentences(text)]
+    assert sentences[-2] == "-n, --no-hmm          不使用隐含马尔可夫模型"
+    assert sentences[-3].endswith("用它分隔") and sentences[-1].startswith("-q, --quiet")
+
+
+def test_a_word_key_is_found_at_the_end_of_a_hyphenated_option() -> None:
+    from kbqa.evidence import Sentence
+
+    line = "-n, --no-hmm 不使用隐含马尔可夫模型"
+    assert Sentence.of(0, line, 0, len(line)).has_key("hmm")
+    assert not Sentence.of(0, "qwen-7b", 0, 7).has_key("7b")

@@ -157,3 +157,17 @@ def test_a_hit_ranked_past_the_sources_is_quoted_and_becomes_a_source(
     assert [s.source.rsplit("/", 1)[-1] for s in done.sources] == ["faq.md", "deploy.md"]
     assert "8731" in done.answer and "[2]" in done.answer
     assert "8731" not in done.sources[0].text
+
+
+def test_a_chinese_question_finds_an_english_option_description() -> None:
+    from kbqa.answer_mode import extract
+
+    text = (
+        "-l, --lock-secs SEC\nLock account for SEC seconds after failed login.\n\n"
+        "-r, --reset\n重置登录失败计数。\n\n"
+        "-t, --time DAYS\n显示最近 DAYS 天内的登录失败记录。"
+    )
+    sources = [Source(1, "c", "d", "man/faillog.8.md", "选项", None, text, 0.6, KB)]
+    question = "faillog 要设置登录失败后把账号锁定若干秒，用哪个选项？"
+    first = extract(question, "zh", sources, lambda kb: None).answer.splitlines()[1]
+    assert "--lock-secs" in first
