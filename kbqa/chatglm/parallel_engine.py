@@ -137,15 +137,11 @@ class Followers:
 
     def _check(self) -> RankLost | None:
         if self.lost is None:
-            dead = [
-                (rank, p.exitcode)
-                for rank, p in enumerate(self.processes, start=1)
-                if p.exitcode is not None
-            ]
+            dead = [(rank, code) for rank, code in ended(self.processes) if code is not None]
             if dead:
-                ended = ", ".join(f"rank {rank} (exit status {code})" for rank, code in dead)
+                which = ", ".join(f"rank {rank} (exit status {code})" for rank, code in dead)
                 self.lost = RankLost(
-                    f"tensor-parallel {ended} ended; the model cannot run without its slice "
+                    f"tensor-parallel {which} ended; the model cannot run without its slice "
                     "(restart the server)"
                 )
         return self.lost
@@ -169,6 +165,17 @@ class Followers:
                 pipe.send_bytes(array("q", [int(Op.STOP)]).tobytes())
             pipe.close()
         end_processes(self.processes, STOP_WAIT_S)
+
+
+def ended(processes: Sequence[multiprocessing.process.BaseProcess]) -> list[tuple[int, int | None]]:
+    """(rank, exit status) of the rank processes that have ended (ranks from 1). A process's
+    sentinel is ready as soon as its files close, before the kernel has its exit status:
+    joining it waits for that (exitcode alone could still say it runs)."""
+    ready = set(multiprocessing.connection.wait([p.sentinel for p in processes], timeout=0))
+    for process in processes:
+        if process.sentinel in ready:
+            process.join(timeout=STOP_WAIT_S)
+    return [(rank, p.exitcode) for rank, p in enumerate(processes, start=1) if p.sentinel in ready]
 
 
 def end_processes(processes: Sequence[multiprocessing.process.BaseProcess], wait_s: float) -> None:
@@ -461,7 +468,7 @@ def _wait_ready(
     Returns the devices and memory of ranks 1..N-1."""
     found: dict[int, str] = {}
     waiting = dict(zip(pipes, range(1, len(pipes) + 1), strict=True))
-    sentinels = {p.sentinel: rank for rank, p in enumerate(processes, start=1)}
+    sentinels = [p.sentinel for p in processes]
     while waiting:
         ready = multiprocessing.connection.wait([*waiting, *sentinels], timeout=START_TIMEOUT_S)
         if not ready:
@@ -475,7 +482,6 @@ def _wait_ready(
             if not report.startswith(f"{READY} "):
                 raise RuntimeError(f"tensor-parallel rank {rank} failed:\n{report}")
             found[rank] = report.removeprefix(f"{READY} ")
-        for rank in [sentinels[item] for item in ready if item in sentinels]:
-            code = processes[rank - 1].exitcode
+        for rank, code in ended(processes):
             raise RuntimeError(f"tensor-parallel rank {rank} ended (exit status {code})")
     return [found[rank] for rank in sorted(found)]
