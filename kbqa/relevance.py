@@ -57,6 +57,15 @@ text at least as it would score it without (CROSS_LANGUAGE_SHARE × the share of
 terms): a half-translated man page whose chunk holds `usermod` and `-G` but none of the user's
 own Chinese words is the answer, not noise.
 
+Identifiers together: a Chinese question's Latin terms (two or more: names, versions,
+numbers, options) that no passage of SCATTER_WINDOW sentences of the chunk holds all together
+(with the chunk's path and heading) keep SCATTERED_FACTOR (0.8) of the relevance
+(`scattered`). "ChatGLM2-6B-32K 在 INT4 量化下推理最低需要多少显存？" meets ChatGLM2-6B's
+README, which names ChatGLM2-6B-32K in its news and INT4 in its memory table, never in one
+passage: a question made of parts the document holds apart is rarely answered there.
+English questions are left out: all their words are Latin, and a paraphrase spreads them
+(measured: it refused as many answerable English questions as unanswerable ones).
+
 A follow-up searched as "earlier questions + new question" (see kbqa.prompting) scores the
 lexical share only for chunks holding at least one term of the new question itself (see
 `lexical_score`), so changing the subject is not answered from the previous topic's chunks.
@@ -79,6 +88,7 @@ from functools import lru_cache
 from pathlib import PurePosixPath
 
 from kbqa.question_names import question_names
+from kbqa.sentences import split_sentences
 from kbqa.storage.fusion import reads_chinese
 from kbqa.storage.keyword import STOPWORDS, has_cjk
 from kbqa.storage.types import SearchHit
@@ -95,6 +105,10 @@ MISSING_KIND_FACTOR = 0.4
 MIN_IDENTIFIERS = 2
 """Latin terms (names, options, numbers) a Chinese question needs for them alone to score a
 chunk with Chinese text, as they score one without (see `lexical_score`)."""
+SCATTERED_FACTOR = 0.8
+"""Relevance kept by a chunk whose passages hold a Chinese question's identifiers only apart."""
+SCATTER_WINDOW = 5
+"""Sentences of a passage (`scattered`): the sentence, two before and two after it."""
 ABSENT_NAME_FACTOR = 0.5
 """Relevance kept for each name of the question (kbqa.question_names) that no candidate chunk
 of the hit's document holds."""
@@ -120,6 +134,8 @@ _ASCII_ALNUM = re.compile(r"[a-z0-9]")
 _DIGIT = re.compile(r"[0-9]")
 _OPTION = re.compile(r"(?<![\w-])--?[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 """A command-line option (-G, --append): a name as exact as a number (see `query_terms`)."""
+_LATIN_CHAR = r"[^\W_\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
+"""A letter or digit of a word that is not Chinese (or Japanese): what a Latin word ends at."""
 _RUN = re.compile(r"[^\W_]+")
 """A run of letters and digits: what the whole-word test in `_occurs` treats as one word."""
 
@@ -181,8 +197,11 @@ class _Haystack:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.words = frozenset(_RUN.findall(text))
-        self.squashed = frozenset(_squash(word) for word in _WORD.findall(text))
+        # Chinese text writes Latin words without spaces around them ("只用CPU运行"): the
+        # Chinese characters end a word as a space does.
+        latin = _CJK_RUN.sub(" ", text)
+        self.words = frozenset(_RUN.findall(latin))
+        self.squashed = frozenset(_squash(word) for word in _WORD.findall(latin))
         self.stems = frozenset(_stem(word) for word in self.squashed)
         self.chinese = has_cjk(text)
 
@@ -224,12 +243,13 @@ def _found(term: str, haystack: _Haystack) -> float:
 def _occurs(term: str, haystack: _Haystack) -> bool:
     # Whole words only ("int" must not match "print"); a plural also counts.
     if term.startswith("-"):  # an option: as written, "-g" is not in "-gid" nor "5 g"
-        return re.search(rf"(?<![\w-]){re.escape(term)}(?![\w-])", haystack.text) is not None
+        option = rf"(?<!-)(?<!{_LATIN_CHAR}){re.escape(term)}(?!-)(?!{_LATIN_CHAR})"
+        return re.search(option, haystack.text) is not None
     if _RUN.fullmatch(term):  # the same test as the pattern below, on the text's word runs
         words = haystack.words
         found = term in words or f"{term}s" in words or f"{term}es" in words
     else:  # "chatglm2-6b", "450.80.02": spans several runs
-        pattern = rf"(?<![^\W_]){re.escape(term)}(?:s|es)?(?![^\W_])"
+        pattern = rf"(?<!{_LATIN_CHAR}){re.escape(term)}(?:s|es)?(?!{_LATIN_CHAR})"
         found = re.search(pattern, haystack.text) is not None
     if found:
         return True
@@ -314,10 +334,40 @@ def relevance(
     absent = question_names(asked).asked_of(haystack.chinese) - named_nearby
     return (
         score
+        * (SCATTERED_FACTOR if scattered(asked, hit) else 1.0)
         * MISSING_NUMBER_FACTOR ** (missing_numbers(asked, haystack) + missing_names)
         * MISSING_KIND_FACTOR ** missing_kinds(asked, haystack.text, held_nearby)
         * ABSENT_NAME_FACTOR ** len(absent - _names(absent, haystack))
     )
+
+
+def scattered(question: str, hit: SearchHit) -> bool:
+    """Whether a Chinese question's identifiers (its Latin terms, MIN_IDENTIFIERS or more) are
+    never all within one passage of SCATTER_WINDOW sentences of the chunk (see the module
+    docstring); the chunk's path and heading count as part of every passage."""
+    if not has_cjk(question):
+        return False
+    identifiers = [term for term in query_terms(question) if not has_cjk(term)]
+    if len(identifiers) < MIN_IDENTIFIERS:
+        return False
+    return not any(
+        all(_found(term, passage) >= 1 for term in identifiers)
+        for passage in _passages(hit.source, hit.heading or "", hit.text)
+    )
+
+
+@lru_cache(maxsize=2048)
+def _passages(source: str, heading: str, text: str) -> tuple[_Haystack, ...]:
+    # Cached by content, like `_haystack`: a chunk is split once for all the questions.
+    spans = split_sentences(text) or [(0, len(text))]
+    label = f"{source}\n{heading}\n"
+    reach = SCATTER_WINDOW // 2
+    passages = []
+    for i in range(len(spans)):
+        start = spans[max(0, i - reach)][0]
+        end = spans[min(len(spans), i + reach + 1) - 1][1]
+        passages.append(_Haystack(unicodedata.normalize("NFKC", label + text[start:end]).lower()))
+    return tuple(passages)
 
 
 def _names(names: Iterable[str], haystack: _Haystack) -> frozenset[str]:
@@ -349,18 +399,43 @@ def named_documents(question: str, sources: Iterable[str]) -> frozenset[str]:
     """
     parts: set[str] = set()
     for source in sources:
-        for part in PurePosixPath(unicodedata.normalize("NFKC", source).lower()).parts:
-            stem = part.split(".", 1)[0]
-            parts |= {stem, re.split(r"[-_]", stem, maxsplit=1)[0]}
+        parts |= _path_parts(source)
+    return frozenset(term for term in _naming_terms(question) if term in parts)
+
+
+def documents_named(question: str, sources: Iterable[str]) -> list[str]:
+    """The `sources` that the question names by a part of their path (see `named_documents`).
+
+    The retriever searches these too (kbqa.retrieval): "Typer 报错时想全局关掉 Rich 应该设置哪个
+    环境变量？" finds no chunk of typer's English README among its candidates, which the Chinese
+    words fill with man pages about environment variables; it names the README all the same.
+    """
+    terms = _naming_terms(question)
+    if not terms:
+        return []
+    return [source for source in sources if terms & _path_parts(source)]
+
+
+def _naming_terms(question: str) -> frozenset[str]:
+    """The question's terms that can name a document: Latin, no digit, not generic, > 2 letters."""
     return frozenset(
         term
         for term in query_terms(question)
-        if term in parts
-        and term not in _GENERIC_PATH_PARTS
+        if term not in _GENERIC_PATH_PARTS
         and len(term) > 2
         and not _DIGIT.search(term)
         and not has_cjk(term)
     )
+
+
+@lru_cache(maxsize=4096)
+def _path_parts(source: str) -> frozenset[str]:
+    """A source's folders and file stem, and their first words (faiss of faiss-cpu)."""
+    parts: set[str] = set()
+    for part in PurePosixPath(unicodedata.normalize("NFKC", source).lower()).parts:
+        stem = part.split(".", 1)[0]
+        parts |= {stem, re.split(r"[-_]", stem, maxsplit=1)[0]}
+    return frozenset(parts)
 
 
 def kinds_by_document(

@@ -17,6 +17,7 @@ from kbqa.errors import ConfigError, NotFound, UsageError
 from kbqa.question_names import question_names
 from kbqa.relevance import (
     dense_weight,
+    documents_named,
     kinds_by_document,
     named_documents,
     names_held,
@@ -31,13 +32,18 @@ from kbqa.storage.embeddings import Embedder, EmbeddingUnavailable, get_embedder
 from kbqa.storage.errors import InvalidKBName, KBNotFound, StorageError
 from kbqa.storage.kb import KnowledgeBase
 from kbqa.storage.names import validate_kb_name
-from kbqa.storage.types import SearchHit, Vectors
+from kbqa.storage.types import KBInfo, SearchHit, Vectors
 
 _MIN_PER_KB = 30
 """Hits taken from each KB before the merge: re-ranking by relevance needs spares. With 12 (15
 for k = 5), the English chunk answering a Chinese question sat beyond the cut, at fusion rank
 18-24 of bench/eval_zh.py's corpus; 30 (the default `retrieval.candidates`, which caps it)
 brings it in for the cost of scoring 15 more chunks."""
+_NAMED_HITS = 10
+"""Hits searched for within the documents a question names by their path (typer for
+en/packages/typer.md) when the KB-wide search brought none of their chunks."""
+_MAX_NAMED_DOCUMENTS = 8
+"""A name that many documents share (a project's folder) says too little to search them all."""
 
 
 class Retriever:
@@ -50,6 +56,8 @@ class Retriever:
         self._lock = threading.Lock()
         self._embedders: dict[str, Embedder] = {}
         """Embedding models by name, once loaded (get_embedder also keeps them per process)."""
+        self._sources: dict[str, tuple[tuple[int, int], list[str]]] = {}
+        """Each KB's document sources, with the (documents, chunks) counts they were read at."""
 
     def close(self) -> None:
         with self._lock:
@@ -139,23 +147,24 @@ class Retriever:
         opened = [(name, self._open(name)) for name in names]
         vectors: dict[str, Vectors] = {}
         per_kb = min(max(3 * k, _MIN_PER_KB), max(self.settings.retrieval.candidates, k))
+        asked = focus or query
         found: list[tuple[SearchHit, float]] = []
         for name, kb in opened:
-            model = kb.info().embedding
+            info = kb.info()
+            model = info.embedding
             if model not in vectors:
                 vectors[model] = self._embed(model, name, query)
-            try:
-                hits = kb.search(
-                    vectors[model],
-                    query,
-                    per_kb,
-                    candidates=self.settings.retrieval.candidates,
-                )
-            except StorageError as e:
-                raise ConfigError(str(e)) from None
+            hits = self._search_kb(kb, vectors[model], query, per_kb)
+            held = {hit.source for hit in hits}
+            unseen = [
+                s for s in documents_named(asked, self._sources_of(kb, info)) if s not in held
+            ]
+            if 0 < len(unseen) <= _MAX_NAMED_DOCUMENTS:
+                seen = {hit.chunk_id for hit in hits}
+                more = self._search_kb(kb, vectors[model], query, _NAMED_HITS, sources=unseen)
+                hits += [hit for hit in more if hit.chunk_id not in seen]
             weight = dense_weight(query, model)
             found += [(hit, weight) for hit in hits]
-        asked = focus or query
         named = named_documents(asked, {hit.source for hit, _ in found})
         by_document = kinds_by_document(asked, [hit for hit, _ in found])
         names_by_document = names_held(asked, [hit for hit, _ in found])
@@ -175,6 +184,33 @@ class Retriever:
         if self.settings.retrieval.reranker:  # a cross-encoder reorders all the candidates
             merged = rerank_hits(self.settings, query, merged)
         return merged[:k]
+
+    def _search_kb(
+        self,
+        kb: KnowledgeBase,
+        vector: Vectors,
+        query: str,
+        k: int,
+        sources: list[str] | None = None,
+    ) -> list[SearchHit]:
+        try:
+            return kb.search(
+                vector, query, k, candidates=self.settings.retrieval.candidates, sources=sources
+            )
+        except StorageError as e:
+            raise ConfigError(str(e)) from None
+
+    def _sources_of(self, kb: KnowledgeBase, info: KBInfo) -> list[str]:
+        """`kb`'s document sources, read again when its counts of documents or chunks change."""
+        counts = (info.documents, info.chunks)
+        with self._lock:
+            cached = self._sources.get(kb.name)
+        if cached is not None and cached[0] == counts:
+            return cached[1]
+        sources = [document.source for document in kb.documents()]
+        with self._lock:
+            self._sources[kb.name] = (counts, sources)
+        return sources
 
     def min_relevance(self, kb: str) -> float:
         """KB `kb`'s refusal threshold: its calibrated one, else retrieval.min_relevance."""

@@ -10,12 +10,14 @@ from kbqa.relevance import (
     CJK_DENSE_WEIGHT,
     CROSS_LANGUAGE_SHARE,
     MISSING_NUMBER_FACTOR,
+    SCATTERED_FACTOR,
     dense_weight,
     lexical_score,
     named_documents,
     query_terms,
     relevance,
     relevance_of,
+    scattered,
     with_relevance,
 )
 from kbqa.storage.types import SearchHit
@@ -90,7 +92,9 @@ def test_relevance_is_stored_on_the_hit() -> None:
     ("term", "text", "found"),
     [
         ("int", "print(int4)", False),
-        ("int4", "使用int4量化", False),  # inside a run of letters, as the pattern sees it
+        ("int4", "使用int4量化", True),  # Chinese characters end a Latin word as a space does
+        ("cpu", "只用cpu运行", True),
+        ("int4", "使用int4x量化", False),
         ("int4", "使用 int4 量化", True),
         ("backup", "two backups_daily", True),  # "_" ends a word
         ("backup", "backupses", False),
@@ -102,7 +106,8 @@ def test_relevance_is_stored_on_the_hit() -> None:
     ],
 )
 def test_whole_word_matching(term: str, text: str, found: bool) -> None:
-    pattern = rf"(?<![^\W_]){re.escape(term)}(?:s|es)?(?![^\W_])"
+    latin = r"[^\W_\u4e00-\u9fff]"  # a letter or digit that is not Chinese
+    pattern = rf"(?<!{latin}){re.escape(term)}(?:s|es)?(?!{latin})"
     singular = term.endswith("s") and len(term) > 3
     expected = bool(re.search(pattern, text)) or (
         singular and bool(re.search(pattern.replace(re.escape(term), re.escape(term[:-1])), text))
@@ -147,8 +152,9 @@ def test_each_missing_number_costs_a_share_of_the_relevance() -> None:
     chunk = hit("ChatGLM2-6B 在 A100 上每秒生成 44 个 token。")
     lexical = lexical_score(question, chunk)
     rtx = frozenset({"rtx"})  # named by another chunk of the document (not an absent name)
+    # Its identifiers (ChatGLM2-6B, RTX, 4090, token) are not all in one passage either.
     assert relevance(question, chunk, named_nearby=rtx) == pytest.approx(
-        lexical * MISSING_NUMBER_FACTOR
+        lexical * MISSING_NUMBER_FACTOR * SCATTERED_FACTOR
     )
     both = hit("ChatGLM2-6B 在 RTX 4090 上每秒生成 60 个 token。")
     assert relevance(question, both) == 1.0
@@ -205,3 +211,21 @@ def test_a_chinese_question_scores_its_identifiers_on_a_half_translated_chunk() 
     # One Latin term (the product's name) is not enough to score on it alone.
     one = "jieba 的新词发现对人名的召回率能达到多少？"
     assert lexical_score(one, hit("jieba 是一个分词工具。")) == pytest.approx(2 / 8)
+
+
+def test_identifiers_held_apart_cost_a_share_of_the_relevance() -> None:
+    # ChatGLM2-6B's README names ChatGLM2-6B-32K in its news and INT4 in its memory table.
+    question = "ChatGLM2-6B-32K 在 INT4 量化下推理最低需要多少显存？"
+    news = "更新：发布 ChatGLM2-6B-32K，支持 32K 上下文。"
+    filler = "其它内容在这里。" * 3
+    table = "量化等级: INT4; 最低 GPU 显存: 5.1 GB"
+    apart = hit("\n".join([news, *[filler] * 6, table]))
+    together = hit("\n".join([news, table]))
+    assert scattered(question, apart) and not scattered(question, together)
+    assert relevance(question, apart) == pytest.approx(
+        relevance(question, together) * SCATTERED_FACTOR
+    )
+    # The chunk's path and heading belong to every passage; English questions are left out.
+    headed = hit(table, heading="ChatGLM2-6B-32K")
+    assert not scattered(question, headed)
+    assert not scattered("How much memory does ChatGLM2-6B-32K need in INT4?", apart)
