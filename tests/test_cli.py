@@ -10,18 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from kbqa.cli import app
-
-runner = CliRunner()
-
-
-def kbqa(home: Path, *args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, ["--home", str(home), *args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
+from tests.cli_support import kbqa
 
 
 @pytest.fixture

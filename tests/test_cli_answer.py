@@ -8,15 +8,13 @@ import signal
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from kbqa.chain import REFUSAL, QAChain
-from kbqa.cli import app
 from kbqa.retrieval import Retriever
+from tests import cli_support
 from tests.answering_support import settings_for, shared_home
 from tests.fake_chat import FakeChat
 
-runner = CliRunner()
 HARBOR = "How long are Harbor backups kept?"
 
 
@@ -29,8 +27,7 @@ def short_answers(monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def kbqa(*args: str, input: str | None = None) -> tuple[int, str, str]:
-    result = runner.invoke(app, ["--home", str(shared_home()), *args], input=input)
-    return result.exit_code, result.stdout, result.stderr
+    return cli_support.kbqa(shared_home(), *args, input=input)
 
 
 def test_ask_json_refusal_is_the_design_shape() -> None:
@@ -171,15 +168,24 @@ def test_chat_json_prints_answer_objects() -> None:
     assert json.loads(out.strip())["refused"] is True
 
 
-def test_settings_overrides_reach_the_chain(tmp_path: Path) -> None:
+def test_settings_overrides_reach_the_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[chain]\non_no_context = "chat"\n', encoding="utf-8")
     settings = settings_for()
     assert settings.chain.on_no_context == "refuse"
+    # The chain the command builds from its settings, with a model that answers at once: what
+    # is under test is the setting, which the chain reads, not what a model says.
+    model = FakeChat(reply=lambda messages: "红烧肉要先焯水。")
+    monkeypatch.setattr(
+        QAChain, "from_settings", staticmethod(lambda s: QAChain(s, model, Retriever(s)))
+    )
     code, out, err = kbqa("ask", "红烧肉怎么做？", "--kb", "ops", "--json", "--config", str(config))
     assert code == 0, err
     data = json.loads(out)
     assert data["refused"] is False and data["answer"].startswith("（以下回答不是来自知识库")
+    assert data["answer"].endswith("红烧肉要先焯水。") and len(model.calls) == 1
 
 
 def test_streamed_answer_is_printed_stripped(monkeypatch: pytest.MonkeyPatch) -> None:

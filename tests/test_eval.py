@@ -8,19 +8,16 @@ from pathlib import Path
 
 import pytest
 from langchain_core.messages import BaseMessage
-from typer.testing import CliRunner
 
 from kbqa.chain import QAChain
-from kbqa.cli import app
 from kbqa.evaluation.calibration import calibrate
 from kbqa.evaluation.cases import EvalCase, parse_cases, source_matches
 from kbqa.evaluation.metrics import summarise
 from kbqa.evaluation.runner import EvalRecord, Retrieved, cited_sources
 from kbqa.retrieval import Retriever
 from tests.answering_support import DATA, settings_for, shared_home
+from tests.cli_support import kbqa
 from tests.fake_chat import FakeChat
-
-runner = CliRunner()
 
 QUESTIONS = [
     {"id": "fp16", "question": "Lumen-7B 用 FP16 加载要多少显存？", "facts": ["14 GB"],
@@ -50,11 +47,6 @@ def write_questions(path: Path, items: list[object], extra_lines: list[str] = ()
     lines = [json.dumps(item, ensure_ascii=False) for item in items] + list(extra_lines)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def kbqa(home: Path, *args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, ["--home", str(home), *args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_retrieval_only_json_is_the_contract_shape(home: Path, tmp_path: Path) -> None:

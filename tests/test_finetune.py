@@ -10,16 +10,14 @@ from typing import Any
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from kbqa.chatglm import ChatGLM2, ChatGLM2Tokenizer
 from kbqa.chatglm.load import save_pretrained
-from kbqa.cli import app
 from kbqa.finetune_data import Reference, pairs_from_kb, read_pairs, split_holdout
 from kbqa.finetune_eval import exact_match, rouge_l
 from tests.answering_support import settings_for, shared_home
+from tests.cli_support import kbqa
 
-runner = CliRunner()
 TINY = {**ChatGLM2.from_config("tiny").config.to_dict(), "padded_vocab_size": 512}
 PAIRS: list[dict[str, Any]] = [
     {"prompt": "你好", "response": "你好！有什么可以帮你的吗？"},
@@ -43,11 +41,6 @@ def _write(path: Path, items: Sequence[object], extra: Sequence[str] = ()) -> Pa
     lines = [json.dumps(item, ensure_ascii=False) for item in items] + list(extra)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def kbqa(home: Path, *args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, ["--home", str(home), *args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_finetune_writes_a_checkpoint_the_loader_takes(base: Path, tmp_path: Path) -> None:

@@ -7,20 +7,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from kbqa.cli import app
 from kbqa.keys import KeyStore, KeyUsageError
 from kbqa.server.ratelimit import FailureLimiter
-
-runner = CliRunner()
-
-
-def kbqa(home: Path, *args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, ["--home", str(home), *args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
+from tests.cli_support import kbqa
 
 
 def test_create_list_revoke_with_json(tmp_path: Path) -> None:
