@@ -15,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
@@ -34,6 +32,7 @@ from starlette.responses import Response
 from kbqa.llm.errors import LLMUnavailable
 from kbqa.llm.factory import build_chat_model
 from kbqa.settings import load_settings
+from tests.server.server_helpers import serve_in_thread
 from tests.waiting import HANG_GUARD_S, wait_for
 
 pytest.importorskip("langchain_openai", reason="the openai extra is not installed")
@@ -290,17 +289,9 @@ async def _chunks(behaviour: Behaviour) -> AsyncIterator[str]:
 @contextmanager
 def _serving(app: FastAPI) -> Iterator[str]:
     """`app` under uvicorn in a thread on a loopback port; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started or not thread.is_alive(), "the stub server starts")
-    assert server.started, "the stub server did not start"
+    url, server, thread = serve_in_thread(app, 1)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -63,19 +63,28 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
-def start_server(app: FastAPI, settings: Settings) -> LiveServer:
+def serve_in_thread(
+    app: FastAPI, graceful_shutdown_s: int = 5
+) -> tuple[str, uvicorn.Server, threading.Thread]:
+    """`app` under uvicorn in a daemon thread of this process on a free loopback port, once it
+    has started: its URL, the server (set `should_exit` to stop it) and the thread."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=graceful_shutdown_s)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     wait_for(lambda: server.started or not thread.is_alive(), "the test server starts", 300)
     if not server.started:
         raise RuntimeError("the test server did not start")
-    return LiveServer(f"http://127.0.0.1:{port}", app, settings, server, thread)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+def start_server(app: FastAPI, settings: Settings) -> LiveServer:
+    url, server, thread = serve_in_thread(app)
+    return LiveServer(url, app, settings, server, thread)
 
 
 def make_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:

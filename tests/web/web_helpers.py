@@ -11,7 +11,6 @@ Chromium comes from the Debian package at /usr/bin/chromium.
 
 from __future__ import annotations
 
-import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,7 @@ from langchain_core.messages import BaseMessage
 from kbqa.server.app import create_app
 from kbqa.settings import load_settings
 from tests.fake_chat import FakeChat
-from tests.server.server_helpers import wait_for_job
-from tests.waiting import wait_for
+from tests.server.server_helpers import serve_in_thread, wait_for_job
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -113,17 +111,8 @@ def start_server(home: Path, api_key: str = "", answer_mode: str = "generate") -
     overrides = {"server": {"api_key": api_key}, "answer": {"mode": answer_mode}}
     settings = load_settings(home, overrides=overrides)
     model = scripted_chat()
-    app = create_app(settings, chat_model=model)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started or not thread.is_alive(), "the web test server starts")
-    if not server.started:
-        raise RuntimeError("the web test server did not start")
-    return Server(f"http://127.0.0.1:{port}", model, server, thread)
+    url, server, thread = serve_in_thread(create_app(settings, chat_model=model), 2)
+    return Server(url, model, server, thread)
 
 
 def warm_up(server: Server) -> None:
