@@ -27,7 +27,8 @@ from kbqa.evidence import (
     Sentence,
     find_evidence,
     fold,
-    rank_for_question,
+    question_parts,
+    rank_for_questions,
     ranked_evidence,
 )
 from kbqa.neighbours import Nearby
@@ -43,6 +44,9 @@ REPLACED_NOTE = (
 MAX_QUOTES = 3
 QUOTE_SHARE = 0.8
 """Further sentences are quoted when they score at least this share of the best one."""
+PART_SHARE = 0.5
+"""For a question that asks two things ("怎么开启？Windows 上能用吗？"), the best sentence for
+each part is quoted when the whole question scores it at least this share of the best."""
 NEARBY_SHARE = 0.9
 """A sentence of a chunk next to a source counts this share of its score: the source itself
 wins a tie, as retrieval chose it."""
@@ -90,12 +94,15 @@ def extract(
     compete at NEARBY_SHARE of their score; one that is quoted joins the outcome's sources,
     numbered after them."""
     nearby = nearby or Nearby()
+    parts = question_parts(question)
     if ranked is None:
-        ranked = _rank(question, sources, nearby, encoder_for)
+        ranked, *by_part = _rank([question, *parts], sources, nearby, encoder_for)
+    else:
+        by_part = _rank(parts, sources, nearby, encoder_for) if parts else []
     # Markup is never quoted, so it is no evidence either: the top evidence sentence is the
     # first line of the answer.
-    ranked = [(sentence, score) for sentence, score in ranked if not _markup(sentence.folded)]
-    chosen = _quotes(ranked) or _first_sentence(sources)
+    ranked = _words_only(ranked)
+    chosen = _quotes(ranked, [_words_only(r) for r in by_part]) or _first_sentence(sources)
     sources, ranked, chosen = _with_quoted_neighbours(sources, nearby.sources, ranked, chosen)
     found = ranked_evidence(ranked, sources, floor=0.0)
     # Best first: the reader sees the best-supported sentence before the others.
@@ -110,16 +117,27 @@ def extract(
 
 
 def _rank(
-    question: str, sources: Sequence[Source], nearby: Nearby, encoder_for: EncoderFor
-) -> Ranked:
-    """The sentences of `sources` and then `nearby` (positions past the sources'), scored."""
+    questions: Sequence[str], sources: Sequence[Source], nearby: Nearby, encoder_for: EncoderFor
+) -> list[Ranked]:
+    """The sentences of `sources` and then `nearby` (positions past the sources'), scored
+    for each of `questions`."""
     candidates = [*sources, *nearby.sources]
-    ranked = rank_for_question(question, candidates, encoder_for, nearby.leads)
+    rankings = rank_for_questions(questions, candidates, encoder_for, nearby.leads)
     if not nearby.sources:
-        return ranked
+        return rankings
     own = len(sources)
-    ranked = [(s, score * (NEARBY_SHARE if s.position >= own else 1.0)) for s, score in ranked]
-    return sorted(ranked, key=lambda item: item[1], reverse=True)
+    return [
+        sorted(
+            [(s, score * (NEARBY_SHARE if s.position >= own else 1.0)) for s, score in ranked],
+            key=lambda item: item[1],
+            reverse=True,
+        )
+        for ranked in rankings
+    ]
+
+
+def _words_only(ranked: Ranked) -> Ranked:
+    return [(sentence, score) for sentence, score in ranked if not _markup(sentence.folded)]
 
 
 def _with_quoted_neighbours(
@@ -178,9 +196,11 @@ def invented_references(text: str, sources: Sequence[Source]) -> list[str]:
     return invented
 
 
-def _quotes(ranked: Ranked) -> list[Sentence]:
-    """The best sentence and up to two more within QUOTE_SHARE of it, best first; `ranked`
-    holds no markup."""
+def _quotes(ranked: Ranked, by_part: Sequence[Ranked] = ()) -> list[Sentence]:
+    """The best sentence and up to two more within QUOTE_SHARE of it, best first; then, for
+    a question that asks several things (`by_part`: the sentences ranked for each), the best
+    sentence for each part not yet quoted, where the whole question scores it at PART_SHARE
+    of the best or more. No ranking holds markup."""
     if not ranked or ranked[0][1] <= 0:
         return []
     floor = QUOTE_SHARE * ranked[0][1]
@@ -190,6 +210,15 @@ def _quotes(ranked: Ranked) -> list[Sentence]:
             break
         if not any(_overlap(sentence, other) or _same(sentence, other) for other in chosen):
             chosen.append(sentence)
+    whole = {(s.position, s.start, s.end): score for s, score in ranked}
+    for part in by_part:
+        if not part or len(chosen) == MAX_QUOTES:
+            break
+        best = part[0][0]
+        if any(_overlap(best, other) or _same(best, other) for other in chosen):
+            continue
+        if whole.get((best.position, best.start, best.end), 0.0) >= PART_SHARE * ranked[0][1]:
+            chosen.append(best)
     return chosen
 
 

@@ -174,9 +174,18 @@ def _has_term(term: str, folded: str, stems: frozenset[str]) -> bool:
     return _stem(term) in stems
 
 
-_LABEL = re.compile(r"\s*(?:-{1,2}[A-Za-z][\w-]*(?:[ ,=].*)?|#{1,6}\s.*|.{1,60}[:：])\s*")
+_LABEL = re.compile(
+    r"\s*(?:-{1,2}[A-Za-z][\w-]*(?:[ ,=].*)?|#{1,6}\s.*|.{1,60}[:：]|\*\*[^*].{0,118}\*\*"
+    r"|.{1,120}[?？])\s*"
+)
 """A line that names what the lines under it are about: a command-line option ("-s,
---sha-rounds ROUNDS"), a Markdown heading, a short line ending in a colon."""
+--sha-rounds ROUNDS"), a Markdown heading, a short line ending in a colon, a line in bold
+or a question (an FAQ's entry: "**Mac 上加载模型提示 `clang: error: …`**" is the label of the
+answer under it)."""
+_ASKING = re.compile(r".*[?？]|\*\*[^*].*\*\*")
+ASKING_SHARE = 0.5
+"""Score kept by a sentence that asks a question or is a line in bold: an FAQ entry's title
+restates the question (it holds all its words) and answers nothing; the answer is under it."""
 _UNDERLINE = re.compile(r"\s*(?:-{3,}|={3,})\s*")
 LABEL_LINES = 8
 """How many lines above a sentence are searched for its label."""
@@ -489,12 +498,37 @@ def rank_for_question(
 ) -> Ranked:
     """Every sentence of `sources` with its score for `question`, best first. `leads`: by
     chunk id, the text of the chunk before it (a table's caption or header, kbqa.neighbours)."""
+    return rank_for_questions([question], sources, encoder_for, leads)[0]
+
+
+def rank_for_questions(
+    questions: Sequence[str],
+    sources: Sequence[Source],
+    encoder_for: EncoderFor,
+    leads: Mapping[str, str] | None = None,
+) -> list[Ranked]:
+    """`rank_for_question` for each of `questions` (a question and its parts, see
+    `question_parts`) over the same sentences, with one `embed` call."""
     sentences, texts = _sentences(sources, leads or {})
     if not sentences:
-        return []
-    asked = _asked(question, sentences)
-    row = _scores([asked], sentences, texts, sources, encoder_for)[0]
-    return _ranking(question, row, sentences, texts, sources)
+        return [[] for _ in questions]
+    targets = [_asked(question, sentences) for question in questions]
+    rows = _scores(targets, sentences, texts, sources, encoder_for)
+    return [
+        _ranking(question, row, sentences, texts, sources)
+        for question, row in zip(questions, rows, strict=True)
+    ]
+
+
+_PART = re.compile(r"[^?？]+[?？]")
+_WORDS = re.compile(r"[^\W_]")
+
+
+def question_parts(question: str) -> list[str]:
+    """The questions of a question that asks several, each ending in its question mark
+    ("jieba 的多进程并行分词怎么开启？Windows 上能用吗？"); [] for a question that asks one."""
+    parts = [p.strip() for p in _PART.findall(question) if _WORDS.search(p)]
+    return parts if len(parts) >= 2 else []
 
 
 def _asked(question: str, sentences: Sequence[Sentence]) -> _Target:
@@ -617,6 +651,8 @@ def _ranking(
             score *= NO_INSTALL_SHARE
         if options is not None and not (_parameters(held) - options):
             score *= NO_OPTION_SHARE
+        if quoted is sentence and _ASKING.fullmatch(texts[j]):
+            score *= ASKING_SHARE
         if subject and folded.startswith(subject) and _DEFINES.match(folded, len(subject)):
             score += DEFINITION_BONUS
         ranked.append((quoted, score))
@@ -624,6 +660,13 @@ def _ranking(
     return ranked
 
 
+_ANNOUNCES = re.compile(
+    r"(?:如下|下述|下列|(?:以下|下面)的?(?:方法|方式|步骤|命令|代码|示例|设置|配置))[^。！？]{0,12}[。.]?$"
+    r"|\b(?:as follows|the following)\b[^.]{0,30}[.]?$",
+    re.IGNORECASE,
+)
+"""A sentence that announces what follows without a colon ("可以通过下述方法使用魔搭社区。",
+"生成 2000 个字符的平均速度对比如下")."""
 _FENCE = re.compile(r"\s*```[^\n]*\n")
 CODE_BLOCK_CHARS = 400
 """A code block introduced by a colon is quoted whole up to this length."""
@@ -631,22 +674,28 @@ CODE_BLOCK_CHARS = 400
 
 def _with_list(sentences: Sequence[Sentence], j: int, texts: Sequence[str], text: str) -> Sentence:
     """Sentence j, extended over the next two sentences of its source when it ends in a
-    colon ("支持三种分词模式：" says nothing without the modes that follow), or over the code
+    colon or otherwise announces them ("支持三种分词模式：" says nothing without the modes
+    that follow, "可以通过下述方法使用魔搭社区。" without the method), or over the code
     block it introduces ("需要指定 `evaluate.sh` 中的参数：" and the block's option lines).
     `text`: the sentence's source text."""
     sentence = sentences[j]
-    if not texts[j].endswith((":", "：")):
+    if not texts[j].endswith((":", "：")) and not _ANNOUNCES.search(texts[j]):
         return sentence
-    following = [s for s in sentences[j + 1 : j + 3] if s.position == sentence.position]
+    following: list[Sentence] = []
+    for k in range(j + 1, min(j + 3, len(sentences))):
+        if sentences[k].position != sentence.position or _ASKING.fullmatch(texts[k]):
+            break  # another source, or the next FAQ entry's title
+        following.append(sentences[k])
     if not following:
         return sentence
     end = following[-1].end
     fence = None if sentence.shown else _FENCE.match(text, sentence.end)
-    if fence is not None:
+    if fence is not None:  # the whole block, closing fence included
         close = text.find("```", fence.end())
-        close = len(text) if close < 0 else close
-        if close - fence.end() <= CODE_BLOCK_CHARS:
-            end = max(end, len(text[:close].rstrip()))
+        if 0 <= close - fence.end() <= CODE_BLOCK_CHARS:
+            end = max(end, close + 3)
+        elif close < 0 and len(text) - fence.end() <= CODE_BLOCK_CHARS:
+            end = len(text.rstrip())  # the chunk ends inside the block
     return replace(sentence, end=end)
 
 

@@ -512,3 +512,46 @@ def test_a_word_key_is_found_at_the_end_of_a_hyphenated_option() -> None:
     line = "-n, --no-hmm 不使用隐含马尔可夫模型"
     assert Sentence.of(0, line, 0, len(line)).has_key("hmm")
     assert not Sentence.of(0, "qwen-7b", 0, 7).has_key("7b")
+
+
+def test_an_faq_title_is_the_label_of_its_answer_not_the_answer() -> None:
+    from kbqa.answer_mode import extract
+
+    # The bold title restates the question word for word; the fix is two paragraphs under it.
+    text = (
+        "**青鸟引擎启动时提示 `error: port 8731 already in use`**\n\n"
+        "这是因为端口已被其他程序占用，此时服务无法启动。\n\n"
+        "需要在配置文件里换一个端口：\n\n```toml\nport = 8732\n```\n\n"
+        "**青鸟引擎的日志在哪里？**\n\n日志写在 logs 目录下。"
+    )
+    sources = [Source(1, "c", "d", "faq.md", None, "常见问题", text, 0.6, KB)]
+    question = "青鸟引擎启动时提示 port 8731 already in use，要怎么解决？"
+    answer = extract(question, "zh", sources, lambda kb: None).answer
+    assert "port = 8732" in answer and "日志在哪里" not in answer
+
+
+def test_a_question_asking_two_things_is_answered_for_each() -> None:
+    from kbqa.answer_mode import extract
+
+    text = (
+        "渡轮每天早上六点从北码头开出，单程四十分钟。\n\n"
+        "船票可以在码头的售票机上购买，也可以在手机应用里购买。\n\n"
+        "节假日渡轮照常运行，但班次减半。\n\n渡轮上禁止吸烟。"
+    )
+    sources = [Source(1, "c", "d", "ferry.md", None, None, text, 0.6, KB)]
+    answer = extract(
+        "渡轮的船票在哪里购买？节假日还运行吗？", "zh", sources, lambda kb: None
+    ).answer
+    assert "售票机" in answer and "照常运行" in answer and "吸烟" not in answer
+
+
+def test_a_sentence_announcing_a_method_is_quoted_with_it() -> None:
+    from kbqa.answer_mode import extract
+
+    text = (
+        "如果您在官方站点的下载中遇到了问题，可以通过下述方法使用镜像站。\n\n"
+        "```bash\nexport KESTREL_USE_MIRROR=1\n```\n\n镜像站每天同步一次。"
+    )
+    sources = [Source(1, "c", "d", "kestrel/README.md", None, "从镜像站下载", text, 0.6, KB)]
+    question = "官方站点下载老失败，kestrel 怎么改成从镜像站下载？"
+    assert "KESTREL_USE_MIRROR=1" in extract(question, "zh", sources, lambda kb: None).answer
