@@ -2,7 +2,9 @@
 jobs.db, over real HTTP on loopback.
 
 In-thread servers (FakeChat: the model is not under test) share a home with the test; the
-crash and SIGTERM tests run `kbqa serve` as a process of its own so that it can really die.
+crash and SIGTERM tests run `kbqa serve` as a process of its own so that it can really die, and
+hold its ingest mid-embedding (tests/held_embedding.py) so that it dies there, whatever the
+machine's speed.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any
 
 import httpx
 import pytest
+from held_embedding import HOLD_WORD
 from server_helpers import (
     NO_LLM,
+    REPO,
     LiveServer,
     kbqa_serve,
     make_home,
@@ -41,8 +45,10 @@ from tests.fake_chat import FakeChat
 from tests.waiting import wait_for
 
 DAY = 86400.0
-# Enough text that its ingest (model load included) runs for seconds on any machine.
-BIG = "\n\n".join(f"Paragraph {i} tells of lighthouse {i} on the coast." for i in range(1500))
+# Its first embedding batch is held (HOLD_WORD) until the server stops its jobs.
+BIG = "\n\n".join(
+    [HOLD_WORD, *(f"Paragraph {i} tells of lighthouse {i} on the coast." for i in range(200))]
+)
 
 
 def upload(client: httpx.Client, kb: str, *files: tuple[str, bytes]) -> str:
@@ -69,13 +75,22 @@ def serving(home: Path, **server: Any) -> Iterator[LiveServer]:
 
 
 @contextmanager
-def serve_process(home: Path, log: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`kbqa serve` on `home` in a process of its own (openai backend, never called)."""
+def serve_process(home: Path, log: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
+    """`kbqa serve` on `home` in a process of its own (openai backend, never called), holding
+    BIG's embedding; the file that appears once it holds."""
+    held = log.with_suffix(".held")
     with log.open("a") as output:
-        process, url = kbqa_serve(home, output, **NO_LLM)
+        process, url = kbqa_serve(
+            home,
+            output,
+            PYTHONPATH=str(REPO / "tests"),  # where the held_embedding plugin lives
+            KBQA_INGEST__LOADER_PLUGINS="held_embedding",
+            KBQA_TEST_HELD=str(held),
+            **NO_LLM,
+        )
         try:
             wait_until_serving(process, url)
-            yield process, url
+            yield process, url, held
         finally:
             process.kill()
             process.wait()
@@ -114,11 +129,12 @@ def test_a_server_killed_mid_ingest_leaves_its_jobs_failed_interrupted(
     home = home_with_kb(tmp_path_factory, "jobs-crash")
     before = sources(home)
     with (
-        serve_process(home, home.parent / "crash.log") as (process, url),
+        serve_process(home, home.parent / "crash.log") as (process, url, _),
         httpx.Client(base_url=url, timeout=60) as client,
     ):
         running = upload(client, "default", ("lighthouses.txt", BIG.encode()))
         queued = upload(client, "default", ("owls.md", b"# Owls\n\nOwls hunt at night."))
+        # Killed wherever it is: held before its commit, it cannot have finished.
         wait_for(lambda: get_job(client, running)["state"] == "running", "it runs")
         assert get_job(client, queued)["state"] == "queued"
         process.send_signal(signal.SIGKILL)
@@ -150,11 +166,14 @@ def test_sigterm_finishes_the_running_ingest_and_fails_the_queued_job(
 ) -> None:
     home = home_with_kb(tmp_path_factory, "jobs-sigterm")
     before = sources(home)
-    with serve_process(home, home.parent / "sigterm.log") as (process, url):
+    with serve_process(home, home.parent / "sigterm.log") as (process, url, held):
         with httpx.Client(base_url=url, timeout=60) as client:
             running = upload(client, "default", ("lighthouses.txt", BIG.encode()))
             queued = upload(client, "default", ("owls.md", b"# Owls\n\nOwls hunt at night."))
-            wait_for(lambda: get_job(client, running)["state"] == "running", "it runs")
+            # Parsed and embedding: the stop lets it finish its one file (a parse would be
+            # killed); the hold lasts until the server has stopped its jobs, so the queued one
+            # can never start.
+            wait_for(held.exists, "the upload is being embedded")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=300) == 0
 
