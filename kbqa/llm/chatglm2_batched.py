@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,8 @@ from kbqa.chatglm.tensor_parallel import ParallelModel
 from kbqa.llm.chatglm2 import ChatGLM2Chat
 from kbqa.llm.errors import LLMUnavailable
 from kbqa.settings import ChatGLM2Settings, LLMSettings
+
+log = logging.getLogger(__name__)
 
 
 class BatchedChatGLM2Chat(ChatGLM2Chat):
@@ -62,6 +65,8 @@ class BatchedChatGLM2Chat(ChatGLM2Chat):
                 if self.tensor_parallel > 1
                 else BatchEngine(self.chatglm, **options)
             )
+            if self.chatglm.device_map is not None:  # a layer split: so is the engine's cache
+                _log_cache_by_device(engine)
             self.engine = engine.start()
             weakref.finalize(self, engine.close)
         return self
@@ -139,6 +144,17 @@ class BatchedChatGLM2Chat(ChatGLM2Chat):
             yield _unavailable_on_rank_loss(iter(request))
         finally:
             request.cancel()  # a no-op when it finished; else it leaves the batch next step
+
+
+def _log_cache_by_device(engine: BatchEngine) -> None:
+    """One line at start: the bytes of the engine's KV cache on each device (the weights'
+    were logged at load, kbqa/chatglm/devices.py)."""
+    sizes: dict[str, int] = {}
+    for _, k, v in engine.cache.ranges:
+        size = k.numel() * k.element_size() + v.numel() * v.element_size()
+        sizes[str(k.device)] = sizes.get(str(k.device), 0) + size
+    parts = "; ".join(f"{device} {size / 2**30:.2f} GiB" for device, size in sizes.items())
+    log.info("ChatGLM2 batching engine, KV cache by device: %s", parts)
 
 
 def _unavailable_on_rank_loss(tokens: Iterator[int]) -> Iterator[int]:

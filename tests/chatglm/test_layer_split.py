@@ -185,9 +185,13 @@ def test_devices_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_chat_model_from_settings_with_devices(
-    tmp_path: Path, sp_model_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    sp_model_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from kbqa.llm.chatglm2 import ChatGLM2Chat
+    from kbqa.llm.chatglm2_batched import BatchedChatGLM2Chat
     from kbqa.llm.errors import LLMUnavailable
     from kbqa.settings import ChatGLM2Settings, LLMSettings
 
@@ -202,6 +206,14 @@ def test_chat_model_from_settings_with_devices(
     split = ChatGLM2Chat.from_settings(split_settings, llm)
     assert split.chatglm.device_map is not None and whole.chatglm.device_map is None
     assert split.invoke("Hello").content == whole.invoke("Hello").content
+    # What the server runs: the batching engine over the split model, its cache by device.
+    with caplog.at_level(logging.INFO, logger="kbqa.llm"):
+        batched = BatchedChatGLM2Chat.from_settings(split_settings, llm)
+    assert "KV cache by device: cpu " in caplog.text
+    try:
+        assert batched.invoke("Hello").content == whole.invoke("Hello").content
+    finally:
+        batched.close()
     # A listed CUDA device is checked, before loading, like `device` is.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     gpus = ChatGLM2Settings(path=str(tmp_path), dtype="fp32", devices=["cpu", "cuda:1"])
