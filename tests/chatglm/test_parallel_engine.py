@@ -20,7 +20,8 @@ import torch.distributed as dist
 
 from kbqa.chatglm.batching import BatchEngine
 from kbqa.chatglm.parallel_engine import Op, RankLost, follow, start
-from kbqa.chatglm.tensor_parallel import ParallelModel
+from kbqa.chatglm.parallel_linear import RowParallelLinear
+from kbqa.chatglm.tensor_parallel import ParallelModel, shard
 
 # float64: the all-reduced partial sums round in another order than one process's sums; in
 # float64 that cannot move a greedy choice between the tiny random model's logits.
@@ -97,6 +98,31 @@ def test_a_rank_that_cannot_load_the_model_fails_the_start_with_its_error(
         start(SPEC.build(torch.device("cpu")), missing, 2, **ENGINE)
     assert not dist.is_initialized()  # this process left the group: a later start can join
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("kbqa-tp")]
+
+
+def test_int4_slices_go_through_the_fast_forward_as_the_whole_weights() -> None:
+    """The fast forward's row-parallel path on quantized weights (packed int4 columns, their
+    scales), in a group of one rank, where the all-reduce adds nothing: the tokens of the
+    unsharded int4 model, without starting a process."""
+    spec = ParallelModel(config="tiny", seed=7, dtype=torch.float32, quantize="int4")
+    prompts = _prompts()[:2]
+
+    def tokens(sharded: bool) -> list[list[int]]:
+        model = spec.build(torch.device("cpu"))
+        if sharded:
+            shard(model, 0, 1)
+            assert isinstance(
+                model.transformer.encoder.blocks()[0].mlp.dense_4h_to_h, RowParallelLinear
+            )
+        with BatchEngine(model, max_batch=2, max_seq=32) as engine:
+            requests = [engine.submit(p, max_new_tokens=5, stop_ids=[]) for p in prompts]
+            return [r.result(timeout=60) for r in requests]
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        assert tokens(sharded=True) == tokens(sharded=False)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_a_rank_follows_until_told_to_stop_or_rank_0_is_gone(
