@@ -1,8 +1,8 @@
 """A loader plugin for the tests (`ingest.loader_plugins = ["held_embedding"]`) that registers
-no loader: in a `kbqa serve` process it holds the embedding of any batch of texts that holds
-HOLD_WORD until the server stops its jobs (kbqa.server.jobs.JobRunner.shutdown), and touches
-the file named by $KBQA_TEST_HELD once it holds. A test can then kill or stop the server while
-an ingest is, for certain, between its parse and its commit.
+no loader: in a kbqa process it holds the embedding of any batch of texts that holds HOLD_WORD
+until a server stops its jobs (kbqa.server.jobs.JobRunner.shutdown) or the process is
+interrupted, and touches the file named by $KBQA_TEST_HELD once it holds. A test can then kill,
+interrupt or stop the process while an ingest is, for certain, short of its commit.
 
 Parse workers import it too (every plugin is imported there); they embed nothing, and it
 patches nothing in them.

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from held_embedding import HOLD_WORD
 
 from kbqa.ingest.pipeline import ingest_paths
 from kbqa.kb_admin import list_documents, list_kbs
@@ -54,16 +55,23 @@ def test_a_kb_that_existed_keeps_its_contents_when_a_later_ingest_fails(
 
 
 def _first_ingest_caught_midway(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
-    """A `kbqa ingest --json` of 200 files into a new home, once it has created its KB (before
-    the first file is read): the run is then between creating the KB and committing."""
+    """A `kbqa ingest --json` into a new home, once it has created its KB (before the first file
+    is read): the run is then between creating the KB and committing, and stays there, its
+    embedding held (tests/held_embedding.py) until it is stopped."""
     folder = tmp_path / "many"
     folder.mkdir()
-    paragraph = "Aurora stores each knowledge base in its own folder. " * 30
-    for i in range(200):
-        (folder / f"note{i:03}.txt").write_text(f"Note {i}. {paragraph}\n")
+    (folder / "held.txt").write_text(f"{HOLD_WORD}: Aurora stores each KB in its own folder.\n")
+    (folder / "other.txt").write_text("Aurora keeps its settings in config.toml.\n")
     home = tmp_path / "home"
     kb_dir = load_settings(home).kbs_dir / "default"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": str(REPO / "tests"),  # where the held_embedding plugin lives
+        "KBQA_INGEST__LOADER_PLUGINS": "held_embedding",
+        "KBQA_TEST_HELD": str(tmp_path / "held"),
+    }
     command = [sys.executable, "-c", "from kbqa.cli import run; run()"]
     process = subprocess.Popen(
         [*command, "--home", str(home), "ingest", str(folder), "--json"],
