@@ -10,38 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from typer.testing import CliRunner
 
-from kbqa.chatglm import ChatGLM2, ChatGLM2Tokenizer
-from kbqa.chatglm.config import PRESETS
-from kbqa.chatglm.load import save_pretrained
 from kbqa.chatglm.parallel_engine import ParallelBatchEngine
-from kbqa.cli import app
 from kbqa.llm.chatglm2 import ChatGLM2Chat
 from kbqa.llm.chatglm2_batched import BatchedChatGLM2Chat
 from kbqa.llm.errors import LLMUnavailable
 from kbqa.llm.factory import build_chat_model, generation_concurrency
 from kbqa.settings import ChatGLM2Settings, LLMSettings, load_settings
+from tests.cli_support import kbqa
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture
-def checkpoint(tmp_path: Path, sp_model_path: Path) -> Path:
-    tokenizer = ChatGLM2Tokenizer(sp_model_path)
-    torch.manual_seed(5)
-    config = {**PRESETS["tiny"], "padded_vocab_size": tokenizer.vocab_size}
-    folder = tmp_path / "chatglm2-tiny"
-    save_pretrained(ChatGLM2.from_config(config, dtype=torch.float32), folder)
-    (folder / "tokenizer.model").write_bytes(sp_model_path.read_bytes())
-    return folder
-
-
 def test_settings_serve_over_two_ranks_as_one_process_until_a_rank_dies(
-    checkpoint: Path, tmp_path: Path
+    tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    chatglm2: dict[str, Any] = {"path": str(checkpoint), "dtype": "fp32", "device": "cpu"}
+    chatglm2: dict[str, Any] = {"path": str(tiny_checkpoint), "dtype": "fp32", "device": "cpu"}
     chatglm2["max_batch"] = 2
     llm: dict[str, Any] = {"backend": "chatglm2", "max_new_tokens": 6, "context_tokens": 300}
     settings = load_settings(
@@ -90,10 +74,10 @@ def test_serve_refuses_tensor_parallel_it_cannot_run(
     home = tmp_path / "home"
     home.mkdir()
     (home / "config.toml").write_text(_toml(llm))
-    result = CliRunner().invoke(app, ["--home", str(home), "serve", "--tensor-parallel", "2"])
-    assert result.exit_code == 2
-    assert message in " ".join(result.stderr.split())
-    assert "Traceback" not in result.stderr
+    code, _, err = kbqa(home, "serve", "--tensor-parallel", "2")
+    assert code == 2
+    assert message in " ".join(err.split())
+    assert "Traceback" not in err
 
 
 def _toml(llm: dict[str, object]) -> str:
