@@ -35,7 +35,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "kbqa.evidence",
             "kbqa.answer_mode",
             "kbqa.answer",
-            "kbqa.sentences",
             "kbqa.neighbours",
             "kbqa.evaluation",
             "kbqa.finetune",
@@ -54,6 +53,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "kbqa.relevance",
             "kbqa.question_names",
             "kbqa.value_kinds",
+            "kbqa.sentences",  # relevance reads passages by sentence, evidence quotes them
             "kbqa.kb_admin",
             "kbqa.keys",
         ),
