@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from held_embedding import HOLD_WORD
 from postgres_server import PostgresServer
-from server_helpers import NO_LLM, kbqa, kbqa_serve, wait_for_job, wait_until_serving
+from server_helpers import NO_LLM, REPO, kbqa, kbqa_serve, wait_for_job, wait_until_serving
 
 from kbqa.storage.pg_lock import LOCK_CLASS
 from tests.waiting import wait_for
@@ -125,8 +126,8 @@ def test_killing_the_writer_releases_the_lock(
     (a, _, _), homes = hosts
     folder = tmp_path / "many"
     folder.mkdir()
-    for i in range(400):
-        (folder / f"f{i}.txt").write_text(f"Paragraph {i} about tides and harbours. " * 40)
+    # Its embedding is held (tests/held_embedding.py): the ingest holds the lock until killed.
+    (folder / "held.txt").write_text(f"{HOLD_WORD}: neap tides follow the half moon.\n")
     assert httpx.post(f"{a}/v1/kbs", json={"name": "tides"}, timeout=60).status_code == 201
     writer = kbqa(
         "ingest",
@@ -136,6 +137,9 @@ def test_killing_the_writer_releases_the_lock(
         "--home",
         str(homes[2]),
         KBQA_STORAGE__DATABASE=database,
+        PYTHONPATH=str(REPO / "tests"),  # where the held_embedding plugin lives
+        KBQA_INGEST__LOADER_PLUGINS="held_embedding",
+        KBQA_TEST_HELD=str(tmp_path / "held"),
     )
     try:
         wait_for(lambda: _lock_holders(database) == 1, "the CLI ingest holds the KB's lock")
