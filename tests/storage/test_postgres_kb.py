@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -24,8 +25,9 @@ from kbqa.storage.config import check_kb
 from kbqa.storage.errors import KBBusy, KBDamaged, KBExists, KBNotFound, StorageError
 from kbqa.storage.kb import KnowledgeBase
 from kbqa.storage.pg_lock import LOCK_CLASS
+from kbqa.storage.pg_store import PostgresStore
 from kbqa.storage.places import kbs_dir_with_database
-from tests.waiting import HANG_GUARD_S, wait_for
+from tests.waiting import HANG_GUARD_S
 
 pytestmark = pytest.mark.databases("postgresql")
 
@@ -276,12 +278,27 @@ def _writing_backends(url: str) -> int:
 
 
 def test_server_stopped_mid_commit_leaves_nothing_half_written(
-    own_server: PostgresServer, tmp_path: Path, rng: np.random.Generator
+    own_server: PostgresServer,
+    tmp_path: Path,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url = own_server.create_database()
     kbs_dir = kbs_dir_with_database(tmp_path / "kbs", url)
-    big = [random_doc(rng, f"/docs/big{i}.txt", 200) for i in range(40)]
+    big = [random_doc(rng, f"/docs/big{i}.txt", 200) for i in range(3)]
     outcome: list[BaseException | int] = []
+    # The sync's first document is written, then the sync waits there, its transaction open,
+    # until the server is down: the stop lands mid-commit on any machine.
+    written, stopped = threading.Event(), threading.Event()
+    insert = PostgresStore.insert_document
+
+    def insert_then_wait(self: PostgresStore, doc: Any, first_rowid: int) -> list[int]:
+        rowids = insert(self, doc, first_rowid)
+        if not written.is_set():
+            written.set()
+            assert stopped.wait(HANG_GUARD_S), "the test never stopped the server"
+        return rowids
+
     try:
         with KnowledgeBase.create(kbs_dir, "kb", embedding="fake", dim=DIM) as kb:
             kb.sync([random_doc(rng, "/docs/0.txt", 3)], [])
@@ -292,14 +309,14 @@ def test_server_stopped_mid_commit_leaves_nothing_half_written(
                 except BaseException as exc:  # handed to the test's thread
                     outcome.append(exc)
 
+            monkeypatch.setattr(PostgresStore, "insert_document", insert_then_wait)
             writer = threading.Thread(target=ingest)
             writer.start()
-            wait_for(
-                lambda: _writing_backends(url) or not writer.is_alive(), "the sync writes rows"
-            )
-            assert writer.is_alive()
+            assert written.wait(HANG_GUARD_S), "the sync wrote nothing"
+            assert _writing_backends(url) == 1  # its transaction is open, with rows in it
             own_server.stop("immediate")
-            writer.join(timeout=60)
+            stopped.set()
+            writer.join(timeout=HANG_GUARD_S)
             (failed,) = outcome
             assert isinstance(failed, StorageError) and "PostgreSQL at" in str(failed)
             assert "\n" not in str(failed)
