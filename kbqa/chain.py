@@ -58,7 +58,10 @@ REFUSAL = {
 }
 CONDENSE_MAX_TOKENS = 96
 FURTHER_HITS = 12
-"""Hits searched for when quoting: sentences of those past the sources compete too."""
+"""Hits searched for when the answer is quoted: sentences of the relevant ones past the
+sources compete too. One search serves both: with the default retrieval.candidates (30) each KB
+gives the same 30 candidates for k = 4 and for 12, so the first top_k hits are the sources a
+search for top_k would have found."""
 STOP = ["\n资料：", "\n问题：", "\nPassages:", "\nQuestion:"]
 """The bundled templates' section headings: a small model that starts to echo the prompt
 stops there instead of repeating the passages."""
@@ -74,9 +77,8 @@ class _Prepared:
     """None = refuse without calling the model."""
     label: str = ""
     """Text shown before the model's answer (the not-from-the-KB label)."""
-    query: str = ""
-    focus: str | None = None
-    """What was searched for (kbqa.retrieval.Retriever.search's query and focus)."""
+    further: list[Source] | None = None
+    """Where the answer will be quoted: the relevant hits past the sources (index 0)."""
 
 
 class QAChain:
@@ -151,13 +153,12 @@ class QAChain:
         names = [kbs] if isinstance(kbs, str) else list(kbs or ["default"])
         prepared = self._prepare(question, names, pairs, k)
         timings = Timings(retrieval_ms=_ms(started))
-        small = _is_small_default(self.chat_model)
         quoted = None
-        if prepared.sources and extracts_first(self.settings.answer.mode, small, prepared.lang):
+        if prepared.sources and prepared.further is not None:
             # A quote may come from the chunk next to a source (the table after its
             # introduction): quoted before the sources are announced, so that they include it.
-            nearby = adjacent_chunks(self.settings, prepared.sources)
-            nearby = with_further(nearby, self._further(prepared, names))
+            nearby = adjacent_chunks(self.retriever.kb, prepared.sources)
+            nearby = with_further(nearby, prepared.further)
             quoted = extract(
                 question, prepared.lang, prepared.sources, self._encoder, nearby=nearby
             )
@@ -271,8 +272,13 @@ class QAChain:
             query, focus = self._condense(question, history, lang), None
         else:
             query, focus = retrieval_query(history, question), question if history else None
-        hits = self.retriever.search(query, kbs, k, focus=focus)
-        hits = self.retriever.relevant(hits)
+        quoting = extracts_first(
+            self.settings.answer.mode, _is_small_default(self.chat_model), lang
+        )
+        found = self.retriever.search(
+            query, kbs, max(k, FURTHER_HITS) if quoting else k, focus=focus
+        )
+        hits = self.retriever.relevant(found[:k])
         turns = fit_history(
             history,
             self.settings.chain.history_turns,
@@ -292,17 +298,18 @@ class QAChain:
             return _Prepared(lang, [], None)
         sources = [Source.from_hit(i, hit) for i, hit in enumerate(packed, start=1)]
         messages = qa_messages(template, context, question, turns)
-        return _Prepared(lang, sources, messages, query=query, focus=focus)
-
-    def _further(self, prepared: _Prepared, kbs: list[str]) -> list[Source]:
-        """Relevant hits past the sources, for quoting: the retriever's top few often hold
-        the question's words in an introduction while the sentence with the value sits in a
-        chunk it ranked lower (a model gets only top_k passages; a quote can look further)."""
-        own = {s.chunk_id for s in prepared.sources}
-        hits = self.retriever.search(prepared.query, kbs, FURTHER_HITS, focus=prepared.focus)
-        return [
-            Source.from_hit(0, h) for h in self.retriever.relevant(hits) if h.chunk_id not in own
-        ]
+        further = None
+        if quoting:
+            # The retriever's top few often hold the question's words in an introduction
+            # while the sentence with the value sits in a chunk it ranked lower: a model gets
+            # only top_k passages, a quote can look further.
+            own = {s.chunk_id for s in sources}
+            further = [
+                Source.from_hit(0, hit)
+                for hit in self.retriever.relevant(found)
+                if hit.chunk_id not in own
+            ]
+        return _Prepared(lang, sources, messages, further=further)
 
     def _encoder(self, kb: str) -> SentenceEncoder:
         """KB `kb`'s embedding model, for evidence (already loaded: it searched the KB)."""

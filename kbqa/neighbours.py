@@ -7,21 +7,24 @@ the figure asked for is then a neighbour away. Quoting (kbqa.answer_mode.extract
 neighbours' sentences too, and a neighbour that is quoted joins the sources it is cited from.
 
 The KB is read through its public API (`KnowledgeBase.document`: a document's chunks in
-reading order); a KB or document gone meanwhile simply has no neighbours.
+reading order), on the handle the retriever keeps open; a KB or document gone meanwhile simply
+has no neighbours.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 from kbqa.answer import Source
-from kbqa.settings import Settings
-from kbqa.storage.config import open_kb
+from kbqa.errors import ConfigError, NotFound
 from kbqa.storage.errors import StorageError
 from kbqa.storage.kb import KnowledgeBase
 from kbqa.storage.types import ChunkRecord
+
+OpenKB = Callable[[str], KnowledgeBase]
+"""A KB by name, already open and kept open by its owner (kbqa.retrieval.Retriever.kb)."""
 
 AROUND = 3
 """Neighbours are read for this many of the best sources (the first ones given)."""
@@ -48,27 +51,25 @@ def with_further(nearby: Nearby, further: Sequence[Source]) -> Nearby:
     return replace(nearby, sources=[*nearby.sources, *extra])
 
 
-def adjacent_chunks(settings: Settings, sources: Sequence[Source], around: int = AROUND) -> Nearby:
+def adjacent_chunks(open_kb: OpenKB, sources: Sequence[Source], around: int = AROUND) -> Nearby:
     """The chunks just before and just after each of the first `around` sources in its
-    document, not already among `sources`, each once."""
+    document, not already among `sources`, each once. `open_kb`: the KBs, open (this closes
+    none of them)."""
     wanted = list(sources[:around])
     known = {s.chunk_id for s in sources}
     nearby = Nearby()
-    for kb_name in dict.fromkeys(s.kb for s in wanted):
+    for source in wanted:
         try:
-            kb = open_kb(settings, kb_name)
-        except StorageError:
+            chunks = _around(open_kb(source.kb), source)
+        except (NotFound, ConfigError, StorageError):
             continue  # deleted or damaged since it was searched: quote from what was found
-        with kb:
-            for source in (s for s in wanted if s.kb == kb_name):
-                chunks = _around(kb, source)
-                for before, chunk in pairwise(chunks):
-                    if chunk.chunk_id is not None:
-                        nearby.leads.setdefault(chunk.chunk_id, before.text)
-                for chunk in chunks:
-                    if chunk.chunk_id is not None and chunk.chunk_id not in known:
-                        known.add(chunk.chunk_id)
-                        nearby.sources.append(_as_source(source, chunk))
+        for before, chunk in pairwise(chunks):
+            if chunk.chunk_id is not None:
+                nearby.leads.setdefault(chunk.chunk_id, before.text)
+        for chunk in chunks:
+            if chunk.chunk_id is not None and chunk.chunk_id not in known:
+                known.add(chunk.chunk_id)
+                nearby.sources.append(_as_source(source, chunk))
     return nearby
 
 

@@ -114,6 +114,11 @@ class Retriever:
         query_terms("预热 warm-up")
         question_names("预热 warm-up")
 
+    def kb(self, name: str) -> KnowledgeBase:
+        """KB `name`, opened on first use and kept open (not to be closed by the caller);
+        NotFound or ConfigError as for `search`."""
+        return self._open(name)
+
     def embedder_for(self, kb: str) -> Embedder:
         """The embedding model `kb` was built with (loaded once per process)."""
         return self._embedder(self._open(kb).info().embedding, kb)

@@ -5,6 +5,7 @@ after the chunk whose sentence introduces it."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from kbqa.evidence import Sentence, context_of
 from kbqa.neighbours import adjacent_chunks
 from kbqa.retrieval import Retriever
 from kbqa.settings import Settings, load_settings
+from kbqa.storage.types import SearchHit
 from tests.fake_chat import FakeChat
 
 KB = "engine"
@@ -80,7 +82,7 @@ def test_the_table_after_the_matching_chunk_is_quoted_and_becomes_a_source(
 def test_neighbours_are_the_chunks_before_and_after_with_their_leads(settings: Settings) -> None:
     chain = QAChain(settings, FakeChat(fail=True), Retriever(settings), condense=False)
     intro = next(s for s in chain.ask(QUESTION, KB, top_k=1).sources if "对比如下" in s.text)
-    nearby = adjacent_chunks(settings, [intro])
+    nearby = adjacent_chunks(chain.retriever.kb, [intro])
     texts = [s.text for s in nearby.sources]
     assert len(texts) == 2 and "简介" not in texts[0] and "27.31" in texts[1]
     assert all(s.index == 0 and s.doc_id == intro.doc_id for s in nearby.sources)
@@ -108,8 +110,22 @@ def test_a_latin_name_glued_to_chinese_text_is_found() -> None:
 
 def test_a_kb_or_document_gone_meanwhile_has_no_neighbours(settings: Settings) -> None:
     gone = Source(1, "c", "no-such-doc", "gone.md", None, None, "文本。", 0.6, KB)
-    assert adjacent_chunks(settings, [gone]).sources == []
-    assert adjacent_chunks(settings, [replace(gone, kb="no-such-kb")]).sources == []
+    with Retriever(settings) as retriever:
+        assert adjacent_chunks(retriever.kb, [gone]).sources == []
+        assert adjacent_chunks(retriever.kb, [replace(gone, kb="no-such-kb")]).sources == []
+
+
+def test_neighbours_are_read_on_the_retrievers_open_kb(settings: Settings) -> None:
+    # One handle per KB for every answer: the neighbours are read through the KB the
+    # retriever opened to search, and it stays open for the next question.
+    retriever = Retriever(settings)
+    chain = QAChain(settings, FakeChat(fail=True), retriever, condense=False)
+    chain.ask(QUESTION, KB, top_k=1)
+    opened = retriever.kb(KB)
+    nearby = adjacent_chunks(retriever.kb, chain.ask(QUESTION, KB, top_k=1).sources)
+    assert nearby.sources and retriever.kb(KB) is opened
+    assert opened.document(nearby.sources[0].doc_id) is not None  # not closed by the reads
+    retriever.close()
 
 
 def test_a_chinese_question_finds_the_english_words_of_its_terms() -> None:
@@ -171,3 +187,23 @@ def test_a_chinese_question_finds_an_english_option_description() -> None:
     question = "faillog 要设置登录失败后把账号锁定若干秒，用哪个选项？"
     first = extract(question, "zh", sources, lambda kb: None).answer.splitlines()[1]
     assert "--lock-secs" in first
+
+
+class _CountingRetriever(Retriever):
+    """The real retriever, counting its searches."""
+
+    searches = 0
+
+    def search(self, *args: Any, **kwargs: Any) -> list[SearchHit]:
+        self.searches += 1
+        return super().search(*args, **kwargs)
+
+
+def test_a_quoted_answer_searches_once_and_keeps_the_top_k_sources(settings: Settings) -> None:
+    retriever = _CountingRetriever(settings)
+    chain = QAChain(settings, FakeChat(fail=True), retriever, condense=False)
+    done = chain.ask(QUESTION, KB, top_k=1)
+    assert retriever.searches == 1
+    top = retriever.relevant(retriever.search(QUESTION, [KB], 1))
+    assert done.sources[0].chunk_id == top[0].chunk_id
+    retriever.close()
