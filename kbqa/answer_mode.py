@@ -30,6 +30,7 @@ from kbqa.evidence import (
     question_parts,
     rank_for_questions,
     ranked_evidence,
+    with_tail,
 )
 from kbqa.neighbours import Nearby
 from kbqa.prompts import load_template
@@ -103,6 +104,10 @@ def extract(
     # first line of the answer.
     ranked = _words_only(ranked)
     chosen = _quotes(ranked, [_words_only(r) for r in by_part]) or _first_sentence(sources)
+    if ranked and chosen[0] is ranked[0][0]:  # the best quote, with the tail that completes it
+        chosen[0] = with_tail(chosen[0], [*sources, *nearby.sources][chosen[0].position], question)
+        ranked[0] = (chosen[0], ranked[0][1])
+        chosen[1:] = [s for s in chosen[1:] if not _overlap(s, chosen[0])]  # now in the tail
     sources, ranked, chosen = _with_quoted_neighbours(sources, nearby.sources, ranked, chosen)
     found = ranked_evidence(ranked, sources, floor=0.0)
     # Best first: the reader sees the best-supported sentence before the others.

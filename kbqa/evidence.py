@@ -653,11 +653,45 @@ def _ranking(
             score *= NO_OPTION_SHARE
         if quoted is sentence and _ASKING.fullmatch(texts[j]):
             score *= ASKING_SHARE
+
         if subject and folded.startswith(subject) and _DEFINES.match(folded, len(subject)):
             score += DEFINITION_BONUS
         ranked.append((quoted, score))
     ranked.sort(key=lambda item: item[1], reverse=True)
     return ranked
+
+
+TAIL_CHARS = 40
+"""A sentence this short that ends the paragraph of the best quote is quoted with it when it
+holds a word of the question that neither the quote nor its context holds: "其中
+`dataset_info.json` 文件应放置在 `dataset_dir` 目录下。您可以通过修改 `dataset_dir` 参数来使用其他
+目录。默认值为 `./data`。" answers "默认放在哪个目录"."""
+
+
+def with_tail(quoted: Sentence, source: Source, question: str) -> Sentence:
+    """`quoted` (a sentence of `source`, or its extension) up to the end of a short sentence
+    that follows it in its paragraph, at most two sentences on, holding a term of `question`
+    that `quoted` and its context lack; else `quoted` itself."""
+    if quoted.shown:
+        return quoted  # an HTML table row: its cells are its own
+    lacking = [
+        t
+        for t in terms(question)
+        if not (has_cjk(t) and len(t) < 2)
+        and not quoted.has_term(t)
+        and not quoted.context_has_term(t)
+    ]
+    text = source.text
+    following = [(s, e) for s, e in split_sentences(text) if s >= quoted.end][:2]
+    end = quoted.end
+    for start, stop in following:
+        if "\n\n" in text[end:start]:
+            break  # the paragraph ended
+        end = stop
+        after = Sentence.of(quoted.position, text, start, stop)
+        if stop - start <= TAIL_CHARS and any(after.has_term(t) for t in lacking):
+            return replace(quoted, end=stop)
+    return quoted
 
 
 _ANNOUNCES = re.compile(

@@ -457,7 +457,9 @@ def test_a_weakly_matching_quote_is_still_its_own_evidence() -> None:
     evidence = out.sources[0].evidence or ()
     assert evidence and all(e.score < 0.15 for e in evidence)
     shown = out.answer.splitlines()[1:]
-    assert [line.rsplit(" [", 1)[0] for line in shown] == [e.text for e in evidence]
+    assert [line.rsplit(" [", 1)[0] for line in shown] == [
+        " ".join(e.text.split()) for e in evidence
+    ]
 
 
 VAULT_OPTIONS = (
@@ -555,3 +557,20 @@ def test_a_sentence_announcing_a_method_is_quoted_with_it() -> None:
     sources = [Source(1, "c", "d", "kestrel/README.md", None, "从镜像站下载", text, 0.6, KB)]
     question = "官方站点下载老失败，kestrel 怎么改成从镜像站下载？"
     assert "KESTREL_USE_MIRROR=1" in extract(question, "zh", sources, lambda kb: None).answer
+
+
+def test_a_short_sentence_ending_the_paragraph_completes_the_best_quote() -> None:
+    from kbqa.answer_mode import extract
+
+    # The default is the paragraph's last, short sentence, which shares only "默认" with the
+    # question; the next paragraph is not quoted with it.
+    text = (
+        "其中 `catalog.json` 文件应放置在 `catalog_dir` 目录下。"
+        "您可以通过修改 `catalog_dir` 参数来使用其他目录。默认值为 `./catalog`。\n\n"
+        "默认情况下每个条目都需要一个名称。"
+    )
+    sources = [Source(1, "c", "d", "heron/data/README.md", None, None, text, 0.6, KB)]
+    first = extract(
+        "heron 的 catalog.json 默认要放在哪个目录？", "zh", sources, lambda kb: None
+    ).answer.splitlines()[1]
+    assert "`./catalog`" in first and "每个条目" not in first
