@@ -29,12 +29,13 @@ from kbqa.chatglm.sampling import SamplingParams, sample_rows
 
 CACHE_ROUNDING = 256  # cache lengths are rounded up so that nearby requests reuse one cache
 # Prompts longer than the prefill graphs take go in chunks of this many tokens, each chunk's
-# MLP in blocks of forward.MLP_COLUMNS intermediate features, so that activations stay ~40 MB
-# and 8k tokens of fp16 fit in 12.8 GB with the weights (12.49 GB) and the cache (0.24 GB).
-# Every chunk reads all the weights once: 256-token chunks (the MLP in 128-row blocks, so its
-# weights twice) made an 8k prompt cost 4.07x per token what a 2k one does, on an H100
-# (bench/RESULTS.md). Quantized weights are dequantized once per chunk, so they take longer
-# chunks (their memory has room: 4 GB of weights).
+# MLP in blocks of forward.MLP_COLUMNS intermediate features, so that a chunk's activations
+# stay ~43 MB next to fp16's 12.49 GB of weights and 0.24 GB of cache at 8k (the 8k goal of
+# 12.8 GB is still missed by ~60 MB, bench/RESULTS.md). Every chunk reads all the weights
+# once: 256-token chunks (the MLP in 128-row blocks, so its weights twice) made an 8k prompt
+# cost 6.4x per token what a 2k one does, 1,024-token chunks 2.7x (eager, H200). Quantized
+# weights are dequantized once per chunk, so they take longer chunks (their memory has room:
+# 4 GB of weights).
 PREFILL_CHUNK = 1024
 QUANTIZED_PREFILL_CHUNK = 2048
 
