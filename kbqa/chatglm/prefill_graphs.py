@@ -124,7 +124,7 @@ class ChunkGraphs:
     CUDA graph of `Forward.prefill_at` (captured on first use; eagerly with `capture=False`):
     the chunk's ids and first position are static device buffers. Eagerly a chunk is ~1,000
     launches from Python, which on an H200 took ~58 ms for 1,024 tokens whatever the chunk's
-    length, against ~25 ms of GPU work (bench/RESULTS.md)."""
+    length, against an estimated ~25 ms of GPU work (bench/RESULTS.md)."""
 
     def __init__(
         self,
