@@ -62,9 +62,10 @@ _local = threading.local()
 
 
 def _side_stream() -> Any:
-    """This thread's stream for the runs before captures. One, not one per capture: cuBLAS
-    keeps a workspace (8 MB here) for every stream it has run on, for the process's life, and
-    the 8k prefill's memory goal has ~60 MB to spare."""
+    """This thread's stream for the runs before captures. One, not a new one per capture:
+    cuBLAS keeps a workspace (8 MiB here) per thread and stream it has run on, and the 8k
+    prefill's memory goal has ~60 MB to spare (the eighth run's 8k peak still held five such
+    blocks, bench/RESULTS.md)."""
     device = torch.cuda.current_device()
     streams: dict[int, Any] = _local.__dict__.setdefault("streams", {})
     if device not in streams:
