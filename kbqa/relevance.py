@@ -89,6 +89,7 @@ from pathlib import PurePosixPath
 
 from kbqa.question_names import question_names
 from kbqa.sentences import split_sentences
+from kbqa.stemming import stem
 from kbqa.storage.fusion import reads_chinese
 from kbqa.storage.keyword import STOPWORDS, has_cjk
 from kbqa.storage.types import SearchHit
@@ -202,7 +203,7 @@ class _Haystack:
         latin = _CJK_RUN.sub(" ", text)
         self.words = frozenset(_RUN.findall(latin))
         self.squashed = frozenset(_squash(word) for word in _WORD.findall(latin))
-        self.stems = frozenset(_stem(word) for word in self.squashed)
+        self.stems = frozenset(stem(word) for word in self.squashed)
         self.chinese = has_cjk(text)
 
 
@@ -213,14 +214,6 @@ def _squash(word: str) -> str:
     # "C-Eval" and "CEval", "Q-LoRA" and "QLoRA", "P-Tuning" and "PTuning": one name, spelt
     # with or without its hyphen (bench/eval_zh.py: the C-Eval column is headed "CEval").
     return _CONNECTORS.sub("", word)
-
-
-_SUFFIX = re.compile(r"(?:ing|ed|es|e|s)$")
-
-
-def _stem(word: str) -> str:
-    # A name's forms (P-Tune, P-Tuning, P-Tuned): one stem; see `_names`.
-    return _SUFFIX.sub("", word) if len(word) > 4 else word
 
 
 @lru_cache(maxsize=2048)
@@ -377,7 +370,7 @@ def _names(names: Iterable[str], haystack: _Haystack) -> frozenset[str]:
         name
         for name in names
         if (name in haystack.text if has_cjk(name) else _occurs(name, haystack))
-        or _stem(_squash(name)) in haystack.stems
+        or stem(_squash(name)) in haystack.stems
     )
 
 
@@ -433,8 +426,8 @@ def _path_parts(source: str) -> frozenset[str]:
     """A source's folders and file stem, and their first words (faiss of faiss-cpu)."""
     parts: set[str] = set()
     for part in PurePosixPath(unicodedata.normalize("NFKC", source).lower()).parts:
-        stem = part.split(".", 1)[0]
-        parts |= {stem, re.split(r"[-_]", stem, maxsplit=1)[0]}
+        name = part.split(".", 1)[0]
+        parts |= {name, re.split(r"[-_]", name, maxsplit=1)[0]}
     return frozenset(parts)
 
 

@@ -54,6 +54,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "kbqa.question_names",
             "kbqa.value_kinds",
             "kbqa.sentences",  # relevance reads passages by sentence, evidence quotes them
+            "kbqa.stemming",  # one stemmer for relevance and evidence
             "kbqa.kb_admin",
             "kbqa.keys",
         ),
