@@ -65,10 +65,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def patient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A server whose parses run until the test releases them: no deadline can end a held
-    parse before the test has seen what happens while it is held. (The embedding model is
-    loaded once per process, so a second server costs little.)"""
-    server = serve(tmp_path_factory, 600)
+    """A server whose parses run until the test releases them: their deadline is the tests'
+    hang guard, so none can end a held parse before the test has seen what happens while it is
+    held. (The embedding model is loaded once per process, so a second server costs little.)"""
+    server = serve(tmp_path_factory, HANG_GUARD_S)
     yield server
     server.stop()
 
