@@ -607,6 +607,27 @@ already hold, in the sentence or the option line it describes) when the question
 one: "训练时需要指定 `--history_column` 为…", not "如需要使用多轮对话数据…，可以提供聊天历史"."""
 
 
+OPTION_NAMED_BONUS = 1.5
+"""Asked which option does something, a sentence naming an option whose own name holds a word
+of the question (`--no-hmm` for "关掉 HMM", `--lock-secs` for "锁定若干秒" through the glossary)
+scores this much more than one naming some other option (`python -m jieba --help`)."""
+_NAME_PART = re.compile(r"[a-z][a-z0-9]*")
+
+
+def _asked_words(question: str) -> frozenset[str]:
+    """The question's Latin words and the English words of its Chinese ones, stemmed."""
+    found: set[str] = set()
+    for term in terms(question):
+        for word in (*_NAME_PART.findall(term), *english_for(term)):
+            found.add(_stem(word))
+    return frozenset(w for w in found if len(w) >= 3)
+
+
+def _names_asked(option: str, words: frozenset[str]) -> bool:
+    """Whether a part of `option`'s name ("lock" and "secs" of --lock-secs) is among `words`."""
+    return any(_stem(part) in words for part in _NAME_PART.findall(option))
+
+
 def _parameters(folded: str) -> frozenset[str]:
     return frozenset(p.rstrip("=") for p in _PARAMETER.findall(folded))
 
@@ -635,6 +656,7 @@ def _ranking(
     figure = _numbers(fold(question)) if _ASKS_FIGURE.search(fold(question)) else None
     install = bool(_ASKS_INSTALL.search(fold(question)))
     options = _parameters(fold(question)) if _ASKS_OPTION.search(fold(question)) else None
+    asked_words = _asked_words(question) if options is not None else frozenset()
     ranked = []
     for j, sentence in enumerate(sentences):
         source = sources[sentence.position]
@@ -649,8 +671,12 @@ def _ranking(
             score *= NO_FIGURE_SHARE
         if install and not _INSTALLS.search(held):
             score *= NO_INSTALL_SHARE
-        if options is not None and not (_parameters(held) - options):
-            score *= NO_OPTION_SHARE
+        if options is not None:
+            named = _parameters(held) - options
+            if not named:
+                score *= NO_OPTION_SHARE
+            elif any(_names_asked(option, asked_words) for option in named):
+                score *= OPTION_NAMED_BONUS
         if quoted is sentence and _ASKING.fullmatch(texts[j]):
             score *= ASKING_SHARE
 

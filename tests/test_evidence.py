@@ -574,3 +574,21 @@ def test_a_short_sentence_ending_the_paragraph_completes_the_best_quote() -> Non
         "heron 的 catalog.json 默认要放在哪个目录？", "zh", sources, lambda kb: None
     ).answer.splitlines()[1]
     assert "`./catalog`" in first and "每个条目" not in first
+
+
+def test_asked_which_option_an_option_named_by_the_question_wins() -> None:
+    from kbqa.answer_mode import extract
+
+    # Both sentences name an option the question does not hold; only --no-hmm's own name
+    # holds one of its words.
+    text = (
+        "使用: python -m kestrel [options] filename\n\n"
+        "$> python -m kestrel --help\nKestrel command line interface.\n\n"
+        "可选参数:\n"
+        "  -h, --help            显示此帮助信息并退出\n"
+        "  -n, --no-hmm          不使用隐含马尔可夫模型\n"
+        "  -q, --quiet           不输出载入信息"
+    )
+    sources = [Source(1, "c", "d", "kestrel/README.md", None, "命令行分词", text, 0.6, KB)]
+    question = "用 python -m kestrel 在命令行分词时，想关掉 HMM 新词发现该加哪个参数？"
+    assert "--no-hmm" in extract(question, "zh", sources, lambda kb: None).answer
