@@ -521,6 +521,7 @@ def rank_for_questions(
 
 
 _PART = re.compile(r"[^?？]+[?？]")
+MAX_PARTS = 3
 _WORDS = re.compile(r"[^\W_]")
 
 
@@ -528,7 +529,9 @@ def question_parts(question: str) -> list[str]:
     """The questions of a question that asks several, each ending in its question mark
     ("jieba 的多进程并行分词怎么开启？Windows 上能用吗？"); [] for a question that asks one."""
     parts = [p.strip() for p in _PART.findall(question) if _WORDS.search(p)]
-    return parts if len(parts) >= 2 else []
+    # At most the first three: a quote holds three sentences, and each part is one more
+    # scoring pass over every sentence (a pasted list of questions must not cost fifty).
+    return parts[:MAX_PARTS] if len(parts) >= 2 else []
 
 
 def _asked(question: str, sentences: Sequence[Sentence]) -> _Target:

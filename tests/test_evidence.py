@@ -547,6 +547,14 @@ def test_a_question_asking_two_things_is_answered_for_each() -> None:
     assert "售票机" in answer and "照常运行" in answer and "吸烟" not in answer
 
 
+def test_a_question_is_cut_into_at_most_three_parts() -> None:
+    from kbqa.evidence import question_parts
+
+    assert question_parts("渡轮几点开？") == [] and question_parts("？？ ？") == []
+    assert question_parts("渡轮几点开？周末开吗？") == ["渡轮几点开？", "周末开吗？"]
+    assert len(question_parts("渡轮几点开？" * 50)) == 3  # each part is one more scoring pass
+
+
 def test_a_sentence_announcing_a_method_is_quoted_with_it() -> None:
     from kbqa.answer_mode import extract
 
