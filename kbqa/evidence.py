@@ -9,9 +9,10 @@ sources support the answer, or, where nothing does, which best match the questio
 
 - lexical: weighted share of the claim's terms found in the sentence. Terms as
   kbqa.relevance.query_terms finds them (NFKC, lower case, jieba words for Chinese, whole
-  words and identifiers otherwise), English words cut to a crude stem (weighs ~ weigh), plus
-  the character pairs of Chinese terms of three or more characters (分词模式 ~ 三种分词模式),
-  plus the keys below (command-line options such as `-d` are no words to jieba).
+  words and identifiers otherwise), English words cut to a crude stem (kbqa.stemming:
+  weighs ~ weigh), plus the character pairs of Chinese terms of three or more characters
+  (分词模式 ~ 三种分词模式), plus the keys below (command-line options such as `-d` are no
+  words to jieba).
   What a claim adds to the question counts 0.8, the words it repeats from it 0.2: what the
   answer adds is what needs support, and an answer that only repeats the question (or numbers
   its list items "1. 1. 1.") makes no claim at all.
@@ -44,6 +45,7 @@ from kbqa.glossary import english_for
 from kbqa.html_rows import html_rows
 from kbqa.relevance import query_terms
 from kbqa.sentences import is_table_row, split_sentences
+from kbqa.stemming import stem
 from kbqa.storage.keyword import has_cjk
 from kbqa.storage.types import Vectors
 from kbqa.value_kinds import missing_kinds
@@ -86,15 +88,10 @@ _UPPER_WORD = re.compile(r"(?<!\w)[A-Z][A-Z0-9]+(?!\w)")
 _LATIN_RUN = re.compile(r"[a-z0-9]+")
 _SMALL_NUMBER = re.compile(r"\d{1,2}")
 """Alone, not a claim: such numbers also number list items and loops."""
-_STEM = re.compile(r"(?:ing|ed|es|s|ly)$")
 
 
 def fold(text: str) -> str:
     return unicodedata.normalize("NFKC", text).lower()
-
-
-def _stem(word: str) -> str:
-    return _STEM.sub("", word) if len(word) > 4 and word.isalpha() else word
 
 
 def terms(text: str) -> dict[str, float]:
@@ -160,7 +157,7 @@ class Sentence:
 
 
 def _stems(folded: str) -> frozenset[str]:
-    return frozenset(map(_stem, _LATIN_RUN.findall(folded)))
+    return frozenset(map(stem, _LATIN_RUN.findall(folded)))
 
 
 def _has_key(key: str, folded: str) -> bool:
@@ -171,7 +168,7 @@ def _has_key(key: str, folded: str) -> bool:
 def _has_term(term: str, folded: str, stems: frozenset[str]) -> bool:
     if has_cjk(term) or not _LATIN_RUN.fullmatch(term):
         return _whole(term, folded)
-    return _stem(term) in stems
+    return stem(term) in stems
 
 
 _LABEL = re.compile(
@@ -263,14 +260,14 @@ class _Target:
 
 def _claims(answer: str, question: str, count: int) -> list[_Target]:
     """The answer's sentences that say something beyond the question, with their citations."""
-    asked = {_stem(t) for t in terms(question)}
+    asked = {stem(t) for t in terms(question)}
     claims: list[_Target] = []
     for start, end in split_sentences(answer):
         piece = answer[start:end]
         cites = frozenset(int(n) - 1 for n in _CITATION.findall(piece) if 1 <= int(n) <= count)
         text = _CITATION.sub(" ", piece).strip()
         said = terms(text)
-        echo = frozenset(t for t in said if _stem(t) in asked)
+        echo = frozenset(t for t in said if stem(t) in asked)
         if all(t in echo or _SMALL_NUMBER.fullmatch(t) for t in said):
             # An echo of the question, or list numbers ("1. 1. 1.") only: no claim. "[2]" on
             # its own after a sentence belongs to that sentence.
@@ -622,13 +619,13 @@ def _asked_words(question: str) -> frozenset[str]:
     found: set[str] = set()
     for term in terms(question):
         for word in (*_NAME_PART.findall(term), *english_for(term)):
-            found.add(_stem(word))
+            found.add(stem(word))
     return frozenset(w for w in found if len(w) >= 3)
 
 
 def _names_asked(option: str, words: frozenset[str]) -> bool:
     """Whether a part of `option`'s name ("lock" and "secs" of --lock-secs) is among `words`."""
-    return any(_stem(part) in words for part in _NAME_PART.findall(option))
+    return any(stem(part) in words for part in _NAME_PART.findall(option))
 
 
 def _parameters(folded: str) -> frozenset[str]:
