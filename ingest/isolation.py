@@ -368,6 +368,15 @@ def _serve(conn: Connection, path: list[str], plugins: tuple[str, ...], memory_m
     sys.path.extend(entry for entry in path if entry not in sys.path)  # plugins from tests, …
     load_plugins(plugins)
     near_cap = _cap_memory(memory_mb)
+    try:
+        _answer(conn, near_cap, memory_mb)
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the parent went away mid-reply (interrupted, killed): nobody left to tell
+
+
+def _answer(conn: Connection, near_cap: int | None, memory_mb: int) -> None:
+    """Say ready, then parse each (path, max_bytes, options) sent and reply, until the parent
+    closes its end."""
     conn.send(("ready",))
     while True:
         try:

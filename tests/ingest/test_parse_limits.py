@@ -21,7 +21,7 @@ from kbqa.ingest.loaders import load_document
 from kbqa.ingest.pipeline import ingest_paths
 from kbqa.ingest.types import LoadError, LoadOptions, ParseLimits
 from kbqa.settings import load_settings
-from tests.waiting import wait_for
+from tests.waiting import HANG_GUARD_S, wait_for
 
 PLUGIN = {"loader_plugins": ["stuck_loader"]}
 
@@ -241,3 +241,18 @@ def wait_for_worker(pid: int) -> set[int]:
 def gone(pid: int) -> bool:
     state = processes().get(pid)
     return state is None or state[1] == "Z"
+
+
+def test_a_worker_whose_parent_goes_away_mid_reply_exits_quietly(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Ctrl-C ends `kbqa ingest` while a worker is parsing: its reply then meets a closed pipe,
+    # which must end the worker without a traceback on the user's terminal.
+    text = tmp_path / "long.txt"
+    text.write_text("Aurora keeps each knowledge base in its own folder.\n" * 20_000)
+    worker = isolation._Worker(memory_mb=512, plugins=())
+    worker.conn.send((str(text), 10_000_000, LoadOptions()))
+    worker.conn.close()
+    worker.process.join(HANG_GUARD_S)
+    assert worker.process.exitcode == 0
+    assert "Traceback" not in capfd.readouterr().err
