@@ -393,7 +393,7 @@ def named_documents(question: str, sources: Iterable[str]) -> frozenset[str]:
     parts: set[str] = set()
     for source in sources:
         parts |= _path_parts(source)
-    return frozenset(term for term in _naming_terms(question) if term in parts)
+    return frozenset(term for term in naming_terms(question) if term in parts)
 
 
 def documents_named(question: str, sources: Iterable[str]) -> list[str]:
@@ -403,13 +403,13 @@ def documents_named(question: str, sources: Iterable[str]) -> list[str]:
     环境变量？" finds no chunk of typer's English README among its candidates, which the Chinese
     words fill with man pages about environment variables; it names the README all the same.
     """
-    terms = _naming_terms(question)
+    terms = naming_terms(question)
     if not terms:
         return []
     return [source for source in sources if terms & _path_parts(source)]
 
 
-def _naming_terms(question: str) -> frozenset[str]:
+def naming_terms(question: str) -> frozenset[str]:
     """The question's terms that can name a document: Latin, no digit, not generic, > 2 letters."""
     return frozenset(
         term

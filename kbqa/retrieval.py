@@ -21,6 +21,7 @@ from kbqa.relevance import (
     kinds_by_document,
     named_documents,
     names_held,
+    naming_terms,
     query_terms,
     relevance_of,
     with_relevance,
@@ -161,9 +162,10 @@ class Retriever:
                 vectors[model] = self._embed(model, name, query)
             hits = self._search_kb(kb, vectors[model], query, per_kb)
             held = {hit.source for hit in hits}
-            unseen = [
-                s for s in documents_named(asked, self._sources_of(kb, info)) if s not in held
-            ]
+            unseen = []
+            if naming_terms(asked):  # the KB's document list is read only when it can matter
+                listed = documents_named(asked, self._sources_of(kb, info))
+                unseen = [source for source in listed if source not in held]
             if 0 < len(unseen) <= _MAX_NAMED_DOCUMENTS:
                 seen = {hit.chunk_id for hit in hits}
                 more = self._search_kb(kb, vectors[model], query, _NAMED_HITS, sources=unseen)
