@@ -21,9 +21,11 @@ import uvicorn
 from langchain_core.messages import BaseMessage
 
 from kbqa.server.app import create_app
+from kbqa.server.generation import GenerationGate
 from kbqa.settings import load_settings
 from tests.fake_chat import FakeChat
 from tests.server.server_helpers import serve_in_thread, wait_for_job
+from tests.waiting import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -97,6 +99,19 @@ class Server:
     model: FakeChat
     server: uvicorn.Server
     thread: threading.Thread
+    gate: GenerationGate
+
+    def release_stopped_answer(self) -> None:
+        """After the page stopped a held answer: once the server has told that generation to
+        stop, let it go, wait until it has ended, and hold again for the next test. Holding again
+        before the server saw the stop would catch the generation at its next word and keep the
+        one generation slot from every later question."""
+        gate = self.gate
+        wait_for(lambda: gate.stopping == 1 or gate.running == 0, "the server stops the answer")
+        self.model.release()
+        wait_for(lambda: gate.running == 0 and gate.waiting == 0, "the server is idle")
+        self.model.wait_until(lambda model: model.held == 0, "no generation is held")
+        self.model.hold()
 
     def stop(self) -> None:
         self.model.release()  # a generation a failed test left held must not block the exit
@@ -111,8 +126,9 @@ def start_server(home: Path, api_key: str = "", answer_mode: str = "generate") -
     overrides = {"server": {"api_key": api_key}, "answer": {"mode": answer_mode}}
     settings = load_settings(home, overrides=overrides)
     model = scripted_chat()
-    url, server, thread = serve_in_thread(create_app(settings, chat_model=model), 2)
-    return Server(url, model, server, thread)
+    app = create_app(settings, chat_model=model)
+    url, server, thread = serve_in_thread(app, 2)
+    return Server(url, model, server, thread, app.state.kbqa.gate)
 
 
 def warm_up(server: Server) -> None:
