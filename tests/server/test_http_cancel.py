@@ -87,10 +87,12 @@ def assert_cancelled_while_held(server: LiveServer, model: FakeChat) -> None:
 
 
 @pytest.fixture(autouse=True)
-def held_again(slow_model: FakeChat) -> Iterator[None]:
-    """Whatever a test leaves held is let go, and the next test finds the model holding."""
+def held_again(slow: LiveServer, slow_model: FakeChat) -> Iterator[None]:
+    """Whatever a test leaves held is let go and ends, and the next test finds the model holding
+    (holding again while a released answer still runs would catch it at its next word)."""
     yield
     slow_model.release()
+    wait_until_idle(slow)
     slow_model.wait_until(lambda m: m.held == 0, "no generation is held")
     slow_model.hold()
 
