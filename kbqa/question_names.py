@@ -18,7 +18,7 @@ CPU) must not count that way, so only names do, of three sorts:
 
 A lower-case Latin word is left out even in a Chinese question: token, batch size, demo are
 vocabulary a Chinese document may write in Chinese (jieba, usermod, the names of documents, are
-required by kbqa.relevance's `named_documents`).
+required by kbqa.named_documents).
 
 Terms with a digit are left to kbqa.relevance's missing numbers. kbqa.relevance asks whether a
 name occurs in any candidate chunk of the hit's document, not only in the hit: an answer's

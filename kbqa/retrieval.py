@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from kbqa.errors import ConfigError, NotFound, UsageError
+from kbqa.named_documents import documents_named, named_documents, naming_terms
 from kbqa.question_names import question_names
 from kbqa.relevance import (
     dense_weight,
-    documents_named,
     kinds_by_document,
-    named_documents,
     names_held,
-    naming_terms,
     query_terms,
     relevance_of,
     with_relevance,

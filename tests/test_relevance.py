@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from kbqa.named_documents import named_documents
 from kbqa.relevance import (
     CJK_DENSE_WEIGHT,
     CROSS_LANGUAGE_SHARE,
@@ -13,7 +14,6 @@ from kbqa.relevance import (
     SCATTERED_FACTOR,
     dense_weight,
     lexical_score,
-    named_documents,
     query_terms,
     relevance,
     relevance_of,

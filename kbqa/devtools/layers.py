@@ -51,6 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "kbqa.retrieval",
             "kbqa.rerank",
             "kbqa.relevance",
+            "kbqa.named_documents",
             "kbqa.question_names",
             "kbqa.value_kinds",
             "kbqa.sentences",  # relevance reads passages by sentence, evidence quotes them
