@@ -81,9 +81,7 @@ def rope_cache(
     qkv: Tensor, rope: Tensor, pos: Tensor, rows: Tensor, k_cache: Tensor, v_cache: Tensor,
     prefix: int, heads: int,
 ) -> None:  # fmt: skip
-    """qkv [T, (N + 2G) * D] contiguous: rotate its q in place; write rotated k and v into
-    k_cache, v_cache [R, G, slots, D] at row rows[t], slot prefix + pos[t]. rope [T, D/4, 2]
-    fp32."""
+    """fused.rope_cache (its shapes) on the kernel."""
     _, groups, slots, d = k_cache.shape
     _rope_cache_kernel[(qkv.shape[0], heads + 2 * groups)](
         qkv, rope, pos, rows, k_cache, v_cache, prefix, slots, heads, groups, d, num_warps=1
@@ -190,8 +188,7 @@ def attn_decode_rows(
     qkv: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, prefix: int, heads: int,
     n_keys: int,
 ) -> Tensor:  # fmt: skip
-    """qkv [B, (N + 2G) * D] with q rotated; k_cache, v_cache [R >= B, G, slots, D]; pos [B].
-    Row b attends over slots 0..prefix + pos[b] of cache row b (all < n_keys) → [B, N * D]."""
+    """fused.attention_decode (its shapes) on the kernels."""
     batch = qkv.shape[0]
     _, groups, _, head_dim = k_cache.shape
     hpg = heads // groups

@@ -1,13 +1,12 @@
 """The decode step of the fast forward (forward.py) for rows 0..n-1 of a SlotCache, captured
 as CUDA graphs per (batch bucket, key bucket) on CUDA so that a step costs one launch rather
-than ~250; and `capture`, the one CUDA-graph helper (prefill_graphs.py uses it too).
+than ~250; and `Graphs`, the one CUDA-graph helper (prefill_graphs.py uses it too).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
@@ -33,29 +32,53 @@ def key_bucket(n: int, limit: int) -> int:
     return min(-(-n // step) * step, limit)
 
 
-@dataclass
-class Graph:
-    graph: Any  # torch.cuda.CUDAGraph
-    out: Tensor  # rewritten by every replay
+class Graphs:
+    """CUDA graphs of a pass, one per shape key, captured on first use and replayed after, in
+    one memory pool: they never run at once, so their scratch memory can overlap. With
+    capture False the pass runs eagerly (the CPU tests' way)."""
 
+    def __init__(self, capture: bool = True) -> None:
+        self.capture = capture
+        self._graphs: dict[Hashable, tuple[Any, Tensor]] = {}  # (CUDAGraph, its output)
+        self._pool: Any = None  # the graphs' memory pool, once the first is captured
 
-def capture(run: Callable[[], Tensor], pool: Any) -> Graph:
-    """Capture run() as a CUDA graph in memory pool `pool` (None: a new one, `graph.pool()`).
+    def __len__(self) -> int:
+        return len(self._graphs)
 
-    run() is called once on a side stream first: Triton compiles, autotuning and cuBLAS
-    set-up must not happen inside a capture. It must write only what the replay will write
-    again (the same cache slots), so that the warm-up changes nothing.
-    """
-    side = _side_stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    # Graphs of one pool never run at once, so their scratch memory can overlap.
-    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-        out = run()
-    return Graph(graph, out)
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._graphs
+
+    def clear(self) -> None:
+        self._graphs.clear()
+
+    def __call__(self, key: Hashable, run: Callable[[], Tensor]) -> Tensor:
+        """run()'s result: run eagerly, or the graph of `key` replayed (captured if new)."""
+        if not self.capture:
+            return run()
+        if key not in self._graphs:
+            self.add(key, run)
+        graph, out = self._graphs[key]
+        graph.replay()
+        return out  # rewritten by every replay
+
+    def add(self, key: Hashable, run: Callable[[], Tensor]) -> None:
+        """Capture run() as the graph of `key`.
+
+        run() is called once on a side stream first: Triton compiles, autotuning and cuBLAS
+        set-up must not happen inside a capture. It must write only what the replay will write
+        again (the same cache slots), so that the warm-up changes nothing.
+        """
+        side = _side_stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            out = run()
+        if self._pool is None:
+            self._pool = graph.pool()
+        self._graphs[key] = (graph, out)
 
 
 _local = threading.local()
@@ -64,8 +87,7 @@ _local = threading.local()
 def _side_stream() -> Any:
     """This thread's stream for the runs before captures. One, not a new one per capture:
     cuBLAS keeps a workspace (8 MiB here) per thread and stream it has run on, and the 8k
-    prefill's memory goal has ~60 MB to spare (the eighth run's 8k peak still held five such
-    blocks, bench/RESULTS.md)."""
+    prefill's memory goal has ~60 MB to spare (bench/RESULTS.md)."""
     device = torch.cuda.current_device()
     streams: dict[int, Any] = _local.__dict__.setdefault("streams", {})
     if device not in streams:
@@ -87,8 +109,7 @@ class DecodeStep:
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs and on_cuda
         # Static inputs that graphs read: rows are tokens, positions and write rows [3, R].
         self.inputs = torch.zeros(3, self.cache.max_batch, dtype=torch.long, device=model.device)
-        self._graphs: dict[tuple[int, int], Graph] = {}
-        self._pool: Any = None  # the graphs' shared memory pool, once the first is captured
+        self._graphs = Graphs()
 
     @property
     def graphs(self) -> int:
@@ -111,26 +132,14 @@ class DecodeStep:
         else:
             host = torch.tensor([tokens + [0] * pad, positions + [0] * pad, rows])
             self.inputs[:, :bucket].copy_(host, non_blocking=True)
+        tok, pos, rows = self.inputs[:, :bucket]
+
+        def step() -> Tensor:
+            return self.forward.decode(tok, pos, rows, n_keys)
+
+        key, device = (bucket, n_keys), self.cache.k.device
         if not self.cuda_graphs:
-            return self._run(bucket, n_keys)[:n]
-        entry = self._graphs.get((bucket, n_keys))
-        if entry is None:
-            entry = with_fallback(
-                lambda: self._capture(bucket, n_keys), self.cache.k.device, "decode"
-            )
-        entry.graph.replay()
-        return entry.out[:n]
-
-    def _run(self, bucket: int, n_keys: int) -> Tensor:
-        tok, pos, rows = self.inputs[:, :bucket]
-        return with_fallback(
-            lambda: self.forward.decode(tok, pos, rows, n_keys), self.cache.k.device, "decode"
-        )
-
-    def _capture(self, bucket: int, n_keys: int) -> Graph:
-        tok, pos, rows = self.inputs[:, :bucket]
-        entry = capture(lambda: self.forward.decode(tok, pos, rows, n_keys), self._pool)
-        if self._pool is None:
-            self._pool = entry.graph.pool()
-        self._graphs[(bucket, n_keys)] = entry
-        return entry
+            return with_fallback(step, device, "decode")[:n]
+        if key not in self._graphs:  # a capture falls back as a pass does
+            with_fallback(lambda: self._graphs.add(key, step), device, "decode")
+        return self._graphs(key, step)[:n]

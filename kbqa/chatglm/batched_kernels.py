@@ -1,8 +1,6 @@
 """Triton skinny matmul for float weights: y = x · Wᵀ (+ bias) for the few rows of a decode
 step, reading every weight once (cuBLAS's kernels for such shapes reach a little less of the
-memory bandwidth); and int4 weights in the checkpoint's layout unpacked to floats in one pass
-(for P-tuning training's matmuls, prefix_tuning.py). Imported only where the kernels run
-(triton_use.py).
+memory bandwidth). Imported only where the kernels run (triton_use.py).
 """
 # Annotations: see kernels.py (`tl.tensor` for runtime arguments, never `int`).
 
@@ -13,21 +11,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kbqa.chatglm import kernels
-from kbqa.chatglm.quantize import dequantize_weight
 from kbqa.chatglm.triton_use import interpreted
-
-
-def dequant_int4(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
-    """The checkpoint's int4 layout (quantize.py): int8 bytes [N, K/2], even column in the high
-    nibble, and scale [N] → weights [N, K] in dtype, as quantize.dequantize_weight gives."""
-    rows, half = weight.shape
-    if half % 4:  # not whole int32 words (no chatglm2 weight): the torch reference
-        return dequantize_weight(weight, scale, 4, dtype)
-    out = torch.empty(rows, 2 * half, dtype=dtype, device=weight.device)
-    kernels.dequant_int4(weight.view(torch.int32), scale, out)
-    return out
-
 
 # --------------------------------------------------------------------------------------------
 # Skinny matmul: y [M, N] = x [M, K] · W[N, K]ᵀ (+ bias) for the few rows of a decode step.

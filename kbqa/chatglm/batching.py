@@ -3,24 +3,21 @@
 A `BatchEngine` owns a `SlotCache` of max_batch rows × max_seq positions (its memory bound)
 and a loop, on a background thread, that repeats one step:
 
-1. cancelled requests leave; waiting requests take the free rows (oldest first) and start
-   their prefill;
-2. the requests in prefill run up to `prefill_chunk` of their prompt tokens while others are
-   decoding, so that those streams keep flowing (up to `max_prefill_tokens` when none is),
-   oldest first and all in one pass of the fast forward (forward.py); on CUDA a whole prompt of
-   up to 2,048 tokens is instead one CUDA graph replay (prefill_graphs.py), never cut, so
-   running streams pause once for its GPU time (~30 ms at 1.6k tokens on an H100) rather
-   than for several launch-bound chunks; a request whose last piece ran samples its first
-   token and joins the decoding rows;
-3. all decoding rows run one token together (`DecodeStep`: a CUDA graph on CUDA), each samples
-   with its own settings, and those that finish (a stop id, max_new_tokens, cancel) leave. On
-   CUDA the next step is queued on the sampled tokens before they are read back, and used if
-   the same rows decode next (`look_ahead`), so the device does not wait for this thread.
+1. cancelled requests leave; waiting requests take the free rows (oldest first);
+2. the requests in prefill run up to `prefill_chunk` of their prompt tokens while others
+   decode, so that those streams keep flowing (`max_prefill_tokens` when none does), oldest
+   first and in one pass of the fast forward; on CUDA a whole prompt of up to 2,048 tokens is
+   one prefill graph replay instead, never cut (running streams pause once for its GPU time,
+   ~30 ms at 1.6k tokens on an H100, not for several launch-bound chunks); a request whose
+   prompt is done samples its first token and joins the decoding rows;
+3. all decoding rows run one token together (`DecodeStep`), each samples with its own
+   settings, and finished ones leave. On CUDA the next step is queued on the sampled tokens
+   before they are read back (`look_ahead`), so the device does not wait for this thread.
 
-Decoding sequences always occupy cache rows 0..n-1 (row i is batch element i): one that
-leaves is replaced by the last, whose cache row is copied over (tens of µs on a GPU), so a
-step attends over a contiguous block of rows. Requests that find every row taken wait in FIFO
-order; admission control (refusing when too many wait) belongs to the caller.
+Decoding sequences occupy cache rows 0..n-1 (row i is batch element i): one that leaves is
+replaced by the last, whose cache row is copied over, so a step attends over a contiguous
+block of rows. Waiting requests are served in FIFO order; admission control (refusing when
+too many wait) belongs to the caller.
 
 Each `Request` is a thread-safe token stream: iterate it from any thread, or pass `on_token`.
 """
@@ -34,7 +31,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Literal
 
 import torch
@@ -79,7 +75,8 @@ class Request:
         self.submitted_at = time.perf_counter()
         self.finish_reason: FinishReason | None = None
         self.error: BaseException | None = None
-        self._user_cancel = cancel
+        # The caller's cancel as a check: an Event's is_set, or the callable itself.
+        self._user_cancel = cancel.is_set if isinstance(cancel, threading.Event) else cancel
         self._on_token = on_token
         self._cancel = threading.Event()
         self._done = threading.Event()
@@ -92,13 +89,10 @@ class Request:
     def cancelled(self) -> bool:
         if self._cancel.is_set():
             return True
-        user = self._user_cancel
-        if user is None:
+        if self._user_cancel is None:
             return False
-        if isinstance(user, threading.Event):
-            return user.is_set()
         try:
-            return bool(user())
+            return bool(self._user_cancel())
         except Exception:  # the caller's bug, on the engine thread: end this request only
             log.exception("a request's cancel check failed; cancelling it")
             return True
@@ -163,7 +157,6 @@ class _Seq:
 class EngineStats:
     steps: int = 0
     decode_steps: int = 0
-    decode_tokens: int = 0  # tokens produced by decode steps (prefill's first tokens apart)
     prefill_tokens: int = 0
     max_running: int = 0
     row_swaps: int = 0  # a finished prompt took its row from a younger one still prefilling
@@ -294,12 +287,7 @@ class BatchEngine:
     def __enter__(self) -> BatchEngine:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
@@ -408,12 +396,9 @@ class BatchEngine:
                 if not self._waiting:
                     return
                 request = self._waiting.popleft()
-            generator = None
-            if request.params.seed is not None:
-                generator = torch.Generator(device=self.model.device)
-                generator.manual_seed(request.params.seed)
             row = min(set(range(self.max_batch)) - taken)
             taken.add(row)
+            generator = request.params.generator(self.model.device)
             self._prefilling.append(_Seq(request, row, generator))
 
     def _prefill(self) -> None:
@@ -568,7 +553,6 @@ class BatchEngine:
         seen = self._seen[: len(seqs)] if self._seen is not None else None
         tokens = sample_rows(logits, params, seen, [s.generator for s in seqs])  # [n]
         self.stats.decode_steps += 1
-        self.stats.decode_tokens += len(seqs)
         n = len(seqs)
         last = any(len(s.request.tokens) + 1 >= s.request.max_new_tokens for s in seqs)
         if self.look_ahead and not last:
@@ -587,13 +571,11 @@ class BatchEngine:
             values = self._host_tokens[:n].tolist()
         else:
             values = tokens.tolist()
-        finished = [s for s, t in zip(seqs, values, strict=True) if not self._fed(s, t)]
+        for seq in seqs:
+            seq.length += 1  # next_token is now in the cache
+        finished = [s for s, t in zip(seqs, values, strict=True) if not self._accept(s, t)]
         if finished:
             self._retire(finished)
-
-    def _fed(self, seq: _Seq, token: int) -> bool:
-        seq.length += 1  # next_token is now in the cache
-        return self._accept(seq, token)
 
     def _accept(self, seq: _Seq, token: int) -> bool:
         """Hand a sampled token to its request; False when the request is now finished."""

@@ -62,17 +62,15 @@ class SlotCache:
         self.slots = self.prefix + max_seq
         # One row never pads (nor needs a row to prefill padded prompts in: it is its own).
         self.scratch = max_batch if max_batch > 1 else 0
-        rows = max_batch + 1 if max_batch > 1 else 1
         # A tensor-parallel rank keeps only its own key/value groups (tensor_parallel.py).
         groups = model.transformer.encoder.blocks()[0].self_attention.n_group
-        shape = (cfg.num_layers, rows, groups, self.slots, cfg.kv_channels)
         # Zeros, not empty: masked slots still enter attention as 0 × value, and a NaN left in
         # uninitialised memory would turn that into NaN.
         split = model.layer_split or ((model.device, range(cfg.num_layers)),)
         self.ranges: list[tuple[range, Tensor, Tensor]] = []  # (layers, k, v) per range
         for device, layers in split:
-            part = (len(layers), *shape[1:])
-            k = torch.zeros(part, dtype=model.dtype, device=device)
+            shape = (len(layers), self.scratch + 1, groups, self.slots, cfg.kv_channels)
+            k = torch.zeros(shape, dtype=model.dtype, device=device)
             self.ranges.append((layers, k, torch.zeros_like(k)))
         _, self.k, self.v = self.ranges[0]
         self._by_layer = [(k[j], v[j]) for r, k, v in self.ranges for j in range(len(r))]
@@ -156,12 +154,11 @@ class Forward:
         self.stream_dtype = torch.promote_types(model.dtype, torch.float32)
         self.heads = t.encoder.blocks()[0].self_attention.n_head  # a tensor-parallel rank's own
         self.head_dim = cfg.kv_channels
-        self.vocab = cfg.padded_vocab_size
         self.embed = t.embedding.word_embeddings.weight.detach()  # [V, H]
-        self.rope = t.rope  # [seq_length, D/4, 2] fp32
-        # A split model's layers read the table on their own devices (devices.py).
+        # The rotary table [seq_length, D/4, 2] fp32; a split model's layers read it on their
+        # own devices (devices.py).
         self.ropes = {device: t.rope.to(device) for device, _ in model.layer_split}
-        self.ropes[self.rope.device] = self.rope
+        self.ropes[t.rope.device] = t.rope
         self.final_norm = Norm.of(t.encoder.final_layernorm)
         self.output = LinearWeights.of(t.output_layer, self.dtype)
         self.layers: list[_Layer] = []

@@ -1,21 +1,12 @@
 """The ops of the fast forward (forward.py): each runs a Triton kernel where the kernels run
 (triton_use.py; kernels.py) and its plain-torch reference elsewhere, which is also what the
-tests hold the kernels to.
-
-`linear` chooses a weight's kernel by the weight's kind and the number of rows:
-
-| weights | rows | kernel |
-| --- | --- | --- |
-| float, int8, int4 | 1–2 | GEMV (`kernels.gemv`): the RMSNorm before it and the SwiGLU and residual add after it fused in |
-| float | ≤ 16 | skinny Triton matmul (`batched_kernels.skinny_linear`) |
-| int4 | ≤ 64 | tiled int4 matmul on the packed words (`kernels.int4_linear`) |
-| float | more | cuBLAS |
-| int8, int4 | more | the weight dequantized (int4 by a kernel), in 64 MB blocks up to 1,024 rows, then cuBLAS |
+tests hold the kernels to. `linear` chooses a weight's kernel by the weight's kind and the
+number of rows (the table in README.md).
 
 Numerics differ from the eager model in one deliberate way: the residual stream is kept in
 fp32 (float64 for a float64 model) rather than the model dtype, and the GEMV rows normalise
 and apply SwiGLU in fp32 without rounding in between.
-"""  # noqa: E501 (a table)
+"""
 
 from __future__ import annotations
 
@@ -70,11 +61,11 @@ class LinearWeights:
 
     @classmethod
     def of(cls, module: nn.Module, dtype: torch.dtype) -> LinearWeights:
+        bias = getattr(module, "bias", None)  # of any of the three kinds below
+        bias = bias.detach() if bias is not None else None
         if isinstance(module, RowParallelLinear):
-            bias = module.bias.detach() if module.bias is not None else None
             return replace(cls.of(module.local, dtype), bias=bias, all_reduce=True)
         if isinstance(module, QuantizedLinear):
-            bias = module.bias.detach() if module.bias is not None else None
             weight = module.weight
             if module.bits == 4 and module.in_features % 8 == 0:
                 weight = weight.view(torch.int32)  # [N, K/2] bytes → [N, K/8] words
@@ -83,7 +74,6 @@ class LinearWeights:
                 module.out_features, dtype,
             )  # fmt: skip
         assert isinstance(module, nn.Linear)
-        bias = module.bias.detach() if module.bias is not None else None
         weight = module.weight.detach()
         return cls(weight, None, bias, 16, module.in_features, module.out_features, dtype)
 
@@ -125,15 +115,21 @@ class LinearWeights:
         if self.bits == 16:
             return w.to(dtype)
         assert self.scale is not None
-        scale = self.scale[rows]
-        if self.packed:
-            kernels = triton_for(w)
-            if kernels is not None:
-                out = torch.empty(w.shape[0], self.in_features, dtype=dtype, device=w.device)
-                kernels.dequant_int4(w, scale, out)
-                return out
-            w = w.view(torch.int8)  # back to the checkpoint's [N, K/2] bytes
-        return dequantize_weight(w, scale, self.bits, dtype)
+        return dequantize(w, self.scale[rows], self.bits, dtype)
+
+
+def dequantize(weight: Tensor, scale: Tensor, bits: int, dtype: torch.dtype) -> Tensor:
+    """int8 [N, K], int4 bytes [N, K/2] or int4 words [N, K/8], scale [N] → floats [N, K]:
+    int4 words by one kernel pass where the kernels run (bit for bit the torch ops' result)."""
+    if weight.dtype == torch.int32:
+        kernels = triton_for(weight)
+        if kernels is not None:
+            rows, words = weight.shape
+            out = torch.empty(rows, words * 8, dtype=dtype, device=weight.device)
+            kernels.dequant_int4(weight, scale, out)
+            return out
+        weight = weight.view(torch.int8)  # back to the checkpoint's [N, K/2] bytes
+    return dequantize_weight(weight, scale, bits, dtype)
 
 
 @dataclass

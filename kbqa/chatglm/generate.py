@@ -3,10 +3,7 @@
 `generate` yields new token ids as Python ints. It stops at an eos id (not yielded), after
 max_new_tokens, when `stop(generated_ids)` returns True (the last token is yielded first), or
 when `cancel` is set. Stop strings belong to the text layer, which passes them as `stop`.
-
-Which steps run (`steps_for`): on CUDA with the kernels (and chatglm2's layout), the batching
-engine's parts with one row (`EngineSteps`: the fast forward, its decode step as CUDA graphs,
-whole prompts as prefill graphs); elsewhere the eager model (`EagerSteps`).
+Which steps run is `steps_for`'s choice (README.md, "Which code runs").
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -28,28 +24,19 @@ from kbqa.chatglm.prefill_graphs import ChunkGraphs, PrefillGraphs
 from kbqa.chatglm.sampling import SamplingParams, sample_rows
 
 CACHE_ROUNDING = 256  # cache lengths are rounded up so that nearby requests reuse one cache
-# Prompts longer than the prefill graphs take go in chunks of this many tokens, each chunk's
-# MLP in blocks of forward.MLP_COLUMNS intermediate features, so that a chunk's activations
-# stay ~43 MB next to fp16's 12.49 GB of weights and 0.24 GB of cache at 8k (the 8k goal of
-# 12.8 GB is still missed by ~60 MB, bench/RESULTS.md). Every chunk reads all the weights
-# once: 256-token chunks (the MLP in 128-row blocks, so its weights twice) made an 8k prompt
-# cost 6.4x per token what a 2k one does, 1,024-token chunks 2.7x (eager, H200). Quantized
-# weights are dequantized once per chunk, so they take longer chunks (their memory has room:
-# 4 GB of weights).
+# Prompts longer than the prefill graphs take go in chunks of this many tokens (each chunk's
+# MLP in blocks of forward.MLP_COLUMNS features), so that a chunk's activations stay ~43 MB
+# beside fp16's 12.49 GB of weights and 0.24 GB of cache at 8k. Every chunk reads all the
+# weights once: 256-token chunks made an 8k prompt cost 6.4x per token what a 2k one does,
+# 1,024-token ones 2.7x (eager, H200, bench/RESULTS.md). Quantized weights are dequantized
+# once per chunk, so they take longer chunks (4 GB of weights leave their memory room).
 PREFILL_CHUNK = 1024
 QUANTIZED_PREFILL_CHUNK = 2048
 
 
-class Steps(Protocol):
-    """One sequence over a KV cache; both return fp32 logits [V] of the last token."""
-
-    def prefill(self, ids: Tensor) -> Tensor: ...
-
-    def decode(self, token: Tensor, pos: int) -> Tensor: ...
-
-
 class EagerSteps:
-    """The model's own forward over its own cache (the reference, and the path off CUDA)."""
+    """The model's own forward over its own cache (the reference, and the path off CUDA).
+    Both kinds of steps run one sequence; both return fp32 logits [V] of its last token."""
 
     def __init__(self, model: ChatGLM2Model) -> None:
         self.model = model
@@ -64,9 +51,8 @@ class EagerSteps:
 
 
 class EngineSteps:
-    """The batching engine's parts with one cache row: the fast forward (forward.py), its
-    decode step (a CUDA graph per key bucket on CUDA) and, on CUDA, whole prompts of up to
-    2,048 tokens as one prefill graph replay; longer prompts in chunks."""
+    """The batching engine's parts with one cache row: the fast forward (forward.py), and on
+    CUDA its decode step and prompts as graphs (README.md, "Which code runs")."""
 
     def __init__(self, model: ChatGLM2Model, max_seq: int) -> None:
         self.cache = SlotCache(model, 1, max_seq)
@@ -127,7 +113,9 @@ def engine_supported(model: ChatGLM2Model) -> bool:
     )
 
 
-def steps_for(model: ChatGLM2Model, needed: int, fast: bool | None = None) -> Steps:
+def steps_for(
+    model: ChatGLM2Model, needed: int, fast: bool | None = None
+) -> EagerSteps | EngineSteps:
     """Steps for a sequence of up to `needed` positions: EngineSteps when fast is True (or
     None and engine_supported), else the eager model. EngineSteps (with its graphs) is reused
     while the model's weights stay the same tensors and its cache is long enough."""
@@ -144,14 +132,6 @@ def steps_for(model: ChatGLM2Model, needed: int, fast: bool | None = None) -> St
     steps = EngineSteps(model, rounded)
     _ENGINES[model] = (key, steps)
     return steps
-
-
-def _cancelled(cancel: threading.Event | Callable[[], bool] | None) -> bool:
-    if cancel is None:
-        return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
-    return bool(cancel())
 
 
 def generate(
@@ -176,10 +156,7 @@ def generate(
     model's seq_length. One generation at a time per model: starting another ends this one.
     fast: the engine's fast forward with one row (None: on CUDA when the kernels run).
     """
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or repetition_penalty <= 0:
-        raise ValueError(
-            "need temperature >= 0, 0 < top_p <= 1, top_k >= 0 and repetition_penalty > 0"
-        )
+    params = SamplingParams(temperature, top_p, top_k, repetition_penalty, seed)  # checks them
     device = model.device
     ids = torch.as_tensor(input_ids, dtype=torch.long, device=device)
     if ids.ndim != 1 or ids.numel() == 0:
@@ -193,28 +170,22 @@ def generate(
         raise ValueError(f"token ids must be in [0, {vocab})")
     max_new_tokens = min(max_new_tokens, limit - prompt_len)
     eos = set(eos_token_ids) if eos_token_ids is not None else {model.config.eos_token_id}
-    return _generate(
-        model, ids, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, eos,
-        stop, cancel, fast,
-    )  # fmt: skip
+    cancelled = cancel.is_set if isinstance(cancel, threading.Event) else cancel
+    return _generate(model, ids, max_new_tokens, params, eos, stop, cancelled, fast)
 
 
 def _generate(
     model: ChatGLM2Model,
     ids: Tensor,
     max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    repetition_penalty: float,
-    seed: int | None,
+    params: SamplingParams,
     eos: set[int],
     stop: Callable[[list[int]], bool] | None,
-    cancel: threading.Event | Callable[[], bool] | None,
+    cancelled: Callable[[], bool] | None,
     fast: bool | None,
 ) -> Iterator[int]:
     # A separate generator function so that generate()'s argument errors raise at the call.
-    if max_new_tokens <= 0 or _cancelled(cancel):
+    if max_new_tokens <= 0 or (cancelled is not None and cancelled()):
         return
     device = model.device
     prompt_len = ids.numel()
@@ -222,11 +193,7 @@ def _generate(
     model.cache_owner = owner
     steps = steps_for(model, prompt_len + max_new_tokens, fast)
 
-    params = SamplingParams(temperature, top_p, top_k, repetition_penalty, seed)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
+    generator = params.generator(device)
     seen = torch.zeros(1, model.config.padded_vocab_size, dtype=torch.bool, device=device)
     seen[0, ids] = True
 
@@ -261,7 +228,7 @@ def _generate(
         yield token_id
         if step == max_new_tokens - 1 or (stop is not None and stop(generated)):
             return
-        if _cancelled(cancel):
+        if cancelled is not None and cancelled():
             return
         if model.cache_owner is not owner:
             raise RuntimeError("another generation started on this model; this one was ended")

@@ -8,7 +8,7 @@ dtype against it while mapping, and hands the (memory-mapped) tensors over with
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,7 +91,8 @@ def load_pretrained(
     device_map = plan(model, devices, dtype) if devices else None
     if device_map is not None:
         device = device_map.devices[0]
-    place = _placement(device, device_map)
+    # Where a checkpoint tensor goes: its layer range's device when split.
+    place = device_map.device_of if device_map is not None else lambda name: device
     expected = model.state_dict()
     state: dict[str, Tensor] = {}
     for name, tensor, file in iter_tensors(folder):
@@ -143,13 +144,6 @@ def load_pretrained(
     if device_map is not None:
         _record_split(model, device_map)
     return model
-
-
-def _placement(device: torch.device, device_map: DeviceMap | None) -> Callable[[str], torch.device]:
-    """Where a checkpoint tensor goes: its range's device when split, else `device`."""
-    if device_map is None:
-        return lambda name: device
-    return device_map.device_of
 
 
 def _record_split(model: ChatGLM2Model, device_map: DeviceMap) -> None:

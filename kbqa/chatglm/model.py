@@ -80,10 +80,8 @@ class PrefixEncoder(nn.Module):
         super().__init__()
         if not config.pre_seq_len:
             raise ValueError("PrefixEncoder needs config.pre_seq_len")
-        self.pre_seq_len = config.pre_seq_len
-        self.num_layers = config.num_layers
-        self.groups = config.kv_groups
-        self.kv_channels = config.kv_channels
+        # [P, L, G, D]: prefix positions, layers, key/value groups, kv_channels
+        self.shape = (config.pre_seq_len, config.num_layers, config.kv_groups, config.kv_channels)
         width = config.num_layers * 2 * config.kv_groups * config.kv_channels
         self.embedding = nn.Embedding(config.pre_seq_len, width)
         # Key names trans.0 / trans.2 come from the official nn.Sequential(Linear, Tanh, Linear).
@@ -100,37 +98,25 @@ class PrefixEncoder(nn.Module):
         rows = self.embedding.weight  # [P, L * 2 * G * D]: index i for prefix position i
         if self.trans is not None:
             rows = self.trans(rows)
-        p, n, g, d = self.pre_seq_len, self.num_layers, self.groups, self.kv_channels
+        p, n, g, d = self.shape
         kv = rows.view(p, n * 2, g, d).permute(1, 2, 0, 3)  # [L * 2, G, P, D]
         return kv.reshape(n, 2, g, p, d)  # [L, 2 (key, value), G, P, D]
 
 
 class KVCache(nn.Module):
-    """Keys/values for every cache slot: [max_batch, groups, slots, D].
+    """Keys/values for every cache slot: shape [max_batch, groups, slots, D] each.
 
     With P-tuning the first pre_seq_len slots hold the prefix; position p lives in slot
     pre_seq_len + p.
     """
 
-    def __init__(
-        self,
-        max_batch: int,
-        groups: int,
-        slots: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: Any,
-    ) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: Any) -> None:
         super().__init__()
-        shape = (max_batch, groups, slots, head_dim)
         self.k_cache: Tensor
         self.v_cache: Tensor
-        self.register_buffer(
-            "k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False
-        )
-        self.register_buffer(
-            "v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False
-        )
+        keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.register_buffer("k_cache", keys, persistent=False)
+        self.register_buffer("v_cache", torch.zeros_like(keys), persistent=False)
 
     def update(self, slots: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v [B, G, S, D] at slots [S]; return the whole cache [B, G, slots, D]."""
@@ -266,15 +252,13 @@ class ChatGLMTransformer(nn.Module):
         self.output_layer = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
         self.prefix_encoder = PrefixEncoder(config) if config.pre_seq_len else None
         self.rope: Tensor
-        self.register_buffer("rope", self._rope(), persistent=False)
-
-    def _rope(self, device: Any = None) -> Tensor:
-        cfg = self.config
-        return rope_table(cfg.seq_length, cfg.kv_channels, cfg.rope_ratio, device)
+        self.register_buffer("rope", None, persistent=False)
+        self.reset_rope(None)
 
     def reset_rope(self, device: Any) -> None:
-        """Recompute the (non-persistent) rotary table, e.g. after building on the meta device."""
-        self.rope = self._rope(device)
+        """(Re)compute the (non-persistent) rotary table, e.g. after building on the meta device."""
+        cfg = self.config
+        self.rope = rope_table(cfg.seq_length, cfg.kv_channels, cfg.rope_ratio, device)
 
     @property
     def prefix_len(self) -> int:
@@ -356,9 +340,8 @@ class ChatGLM2Model(nn.Module):
             attn = layer.self_attention
             device = layer.input_layernorm.weight.device  # a split model's cache is its layer's
             # attn.n_group: a tensor-parallel rank holds only its KV groups (tensor_parallel.py).
-            attn.kv_cache = KVCache(
-                max_batch_size, attn.n_group, slots, cfg.kv_channels, self.dtype, device
-            )
+            shape = (max_batch_size, attn.n_group, slots, cfg.kv_channels)
+            attn.kv_cache = KVCache(shape, self.dtype, device)
         self.max_batch_size = max_batch_size
         self.max_seq_length = max_seq_length
         self.refresh_prefix()

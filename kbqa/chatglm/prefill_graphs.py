@@ -1,32 +1,29 @@
-"""Whole prompts prefilled by one CUDA graph replay each.
+"""Prompts prefilled by one CUDA graph replay each: whole ones (`PrefillGraphs`) and the
+chunks of long ones (`ChunkGraphs`).
 
 The eager fused prefill launches ~15 kernels per layer from Python, ~420 for chatglm2-6b. On
 an H100 behind a slow host CPU that took ~45 ms whatever the prompt's length, more than the
 GPU's own 30 ms for 1.6k tokens, and each Triton launch lets other Python threads take the GIL:
 beside one spinning thread a prefill took seconds (bench/RESULTS.md).
 
-A whole prompt of up to `max_tokens` tokens instead goes, padded at its end to a multiple of
-`BUCKET` tokens, through the fast forward's prefill captured as a graph per padded length:
-into the cache's scratch row from position 0, then copied to its own row (a one-row cache's
-scratch row is its row). Attention is causal, so the
-padding after the prompt changes nothing at or before its last position, whose logits are
-picked by an index read from device memory. Graphs share one memory pool (they never run at
-once) and are captured on first use, so that a server starts without capturing shapes it
-may never see.
-
-With `capture=False` the same padded pass runs eagerly (the CPU tests' way to hold it to the
-unpadded prefill).
+A whole prompt of up to `max_tokens` tokens goes, padded at its end to a multiple of `BUCKET`
+tokens, through a graph per padded length: into the cache's scratch row from position 0, then
+copied to its own row (a one-row cache's scratch row is its row). Attention is causal, so the
+padding changes nothing at or before the prompt's last position, whose logits are picked by
+an index read from device memory. Graphs are captured on first use, so that a server starts
+without capturing shapes it may never see; with `capture=False` the same passes run eagerly
+(the CPU tests' way to hold them to the unpadded prefill).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable, Hashable
 
 import torch
 from torch import Tensor
 
-from kbqa.chatglm.batched import Graph, capture
+from kbqa.chatglm.batched import Graphs
 from kbqa.chatglm.forward import Forward, Segment
 
 log = logging.getLogger("kbqa.chatglm")
@@ -37,7 +34,34 @@ MAX_TOKENS = 2048
 """Longer prompts are GPU-bound anyway and keep the eager (chunked) prefill."""
 
 
-class PrefillGraphs:
+class _Graphed:
+    """Passes of `forward` as CUDA graphs (batched.Graphs; eagerly with capture False), off
+    for good once a capture or replay fails (memory, a kernel): the caller's eager path then
+    takes over, rewriting whatever was written."""
+
+    def __init__(self, forward: Forward, capture: bool) -> None:
+        self.forward = forward
+        self.cache = forward.cache
+        self.enabled = True
+        self._graphs = Graphs(capture)
+
+    @property
+    def graphs(self) -> int:
+        return len(self._graphs)
+
+    def _replay(self, key: Hashable, run: Callable[[], Tensor], what: str) -> Tensor | None:
+        """run()'s fp32 logits [1, V] as [V], or None when the graphs failed here."""
+        try:
+            logits = self._graphs(key, run)
+        except Exception:
+            log.exception("graphed %s failed; it runs eagerly from now on", what)
+            self.enabled = False
+            self._graphs.clear()
+            return None
+        return logits[0].clone()
+
+
+class PrefillGraphs(_Graphed):
     """Whole-prompt prefills of up to `max_tokens` tokens (and the cache's max_seq) through
     `forward`, captured as CUDA graphs unless `capture` is False."""
 
@@ -51,22 +75,12 @@ class PrefillGraphs:
     ) -> None:
         if bucket < 1:
             raise ValueError(f"bucket must be positive, got {bucket}")
+        super().__init__(forward, capture)
         self.bucket = bucket
-        self.forward = forward
-        self.cache = forward.cache
         self.max_tokens = min(max_tokens, self.cache.max_seq)
-        self.capture = capture
-        self.enabled = True
-        """False once a capture or replay failed: the eager prefill takes over for good."""
         device = self.cache.k.device
         self._ids = torch.zeros(self.max_tokens, dtype=torch.long, device=device)
         self._last = torch.zeros(1, dtype=torch.long, device=device)
-        self._graphs: dict[int, Graph] = {}
-        self._pool: Any = None
-
-    @property
-    def graphs(self) -> int:
-        return len(self._graphs)
 
     def fits(self, tokens: int) -> bool:
         return self.enabled and 0 < tokens <= self.max_tokens
@@ -88,27 +102,10 @@ class PrefillGraphs:
         size = self.padded(tokens)
         self._ids[:tokens].copy_(prompt)
         self._last.fill_(tokens - 1)
-        try:
-            logits = self._run(size)
-        except Exception:  # a capture that fails (memory, a kernel): the eager path stays
-            log.exception("graphed prefill failed; prompts prefill eagerly from now on")
-            self.enabled = False
-            self._graphs.clear()
-            return None
-        self.cache.move(self.cache.scratch, row, tokens)
-        return logits[0].clone()
-
-    def _run(self, size: int) -> Tensor:
-        if not self.capture:
-            return self._padded(size)
-        entry = self._graphs.get(size)
-        if entry is None:
-            entry = capture(lambda: self._padded(size), self._pool)
-            if self._pool is None:
-                self._pool = entry.graph.pool()
-            self._graphs[size] = entry
-        entry.graph.replay()
-        return entry.out
+        logits = self._replay(size, lambda: self._padded(size), "prefill")
+        if logits is not None:
+            self.cache.move(self.cache.scratch, row, tokens)
+        return logits
 
     def _padded(self, size: int) -> Tensor:
         """The padded prompt in the static buffer from position 0 into the scratch row: fp32
@@ -119,7 +116,7 @@ class PrefillGraphs:
         return logits
 
 
-class ChunkGraphs:
+class ChunkGraphs(_Graphed):
     """Chunks of a long prompt, `size` tokens at any position of cache row `row`, through one
     CUDA graph of `Forward.prefill_at` (captured on first use; eagerly with `capture=False`):
     the chunk's ids and first position are static device buffers. Eagerly a chunk is ~1,000
@@ -135,42 +132,22 @@ class ChunkGraphs:
         *,
         capture: bool = True,
     ) -> None:
-        self.forward = forward
+        super().__init__(forward, capture)
         self.size = size
         self.row = row
         self.mlp_columns = mlp_columns
-        self.capture = capture
-        self.enabled = True
-        """False once a capture or replay failed: chunks run eagerly from then on."""
-        device = forward.cache.k.device
+        device = self.cache.k.device
         self._ids = torch.zeros(size, dtype=torch.long, device=device)
         self._start = torch.zeros(1, dtype=torch.long, device=device)
-        self._graph: Graph | None = None
 
     def __call__(self, piece: Tensor, start: int) -> Tensor | None:
         """Prefill piece, ids [size], at positions start.. of the row: fp32 logits [V] of its
-        last token, or None when graphs failed here (then off; the caller runs it eagerly,
-        rewriting whatever was written)."""
+        last token, or None when graphs failed here (then off; the caller runs it eagerly)."""
         if piece.numel() != self.size:
             raise ValueError(f"a chunk of {piece.numel()} tokens, not {self.size}")
         self._ids.copy_(piece)
         self._start.fill_(start)
-        try:
-            logits = self._run()
-        except Exception:  # a capture that fails (memory, a kernel): the eager path stays
-            log.exception("graphed prefill chunk failed; chunks prefill eagerly from now on")
-            self.enabled = False
-            self._graph = None
-            return None
-        return logits[0].clone()
+        return self._replay(None, self._chunk, "prefill chunk")
 
-    def _run(self) -> Tensor:
-        def chunk() -> Tensor:
-            return self.forward.prefill_at(self._ids, self._start, self.row, self.mlp_columns)
-
-        if not self.capture:
-            return chunk()
-        if self._graph is None:
-            self._graph = capture(chunk, None)
-        self._graph.graph.replay()
-        return self._graph.out
+    def _chunk(self) -> Tensor:
+        return self.forward.prefill_at(self._ids, self._start, self.row, self.mlp_columns)

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from kbqa.chatglm.fused import dequantize
 from kbqa.chatglm.model import ChatGLM2Model, PrefixEncoder
-from kbqa.chatglm.quantize import QuantizedLinear, dequantize_weight
+from kbqa.chatglm.quantize import QuantizedLinear
 from kbqa.chatglm.train_block import block_forward, is_float_block
 from kbqa.chatglm.triton_use import kernels_run_on
 
@@ -54,11 +55,9 @@ def attach_prefix(
 def _dequantize(weight: Tensor, scale: Tensor, bits: int, dtype: torch.dtype) -> Tensor:
     """The float weight [out, in]: one Triton pass for int4 on CUDA (bit for bit the same as
     the torch ops, which make several passes over it: it is done three times a step)."""
-    if bits == 4 and kernels_run_on(weight.device):
-        from kbqa.chatglm.batched_kernels import dequant_int4
-
-        return dequant_int4(weight, scale, dtype)
-    return dequantize_weight(weight, scale, bits, dtype)
+    if bits == 4 and weight.shape[1] % 4 == 0 and kernels_run_on(weight.device):
+        weight = weight.view(torch.int32)  # whole words, which the kernel reads
+    return dequantize(weight, scale, bits, dtype)
 
 
 class _DequantizedMatmul(torch.autograd.Function):

@@ -118,13 +118,9 @@ def swap_linears(model: nn.Module, bits: int) -> None:
     """Replace the target nn.Linear modules by empty QuantizedLinear ones (for loading)."""
     for parent, attr, linear in _target_linears(model):
         assert isinstance(linear, nn.Linear)
-        device = linear.weight.device
-        has_bias = linear.bias is not None
-        setattr(
-            parent,
-            attr,
-            QuantizedLinear(linear.in_features, linear.out_features, has_bias, bits, device),
-        )
+        bias, device = linear.bias is not None, linear.weight.device
+        empty = QuantizedLinear(linear.in_features, linear.out_features, bias, bits, device)
+        setattr(parent, attr, empty)
 
 
 def quantize_model(model: nn.Module, bits: int) -> None:

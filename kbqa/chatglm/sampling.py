@@ -46,6 +46,10 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """A seeded request's own generator, or None (the global one)."""
+        return None if self.seed is None else torch.Generator(device).manual_seed(self.seed)
+
 
 def sample_rows(
     logits: Tensor,

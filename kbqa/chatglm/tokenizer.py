@@ -55,6 +55,9 @@ class ChatGLM2Tokenizer:
             name: self.n_words + i for i, name in enumerate(SPECIAL_TOKENS)
         }
         self._special_names = {i: name for name, i in self.special_ids.items()}
+        self.gmask_id, self.sop_id, self.eop_id = (
+            self.special_ids[name] for name in ("[gMASK]", "sop", "eop")
+        )
         self.eos_id: int = self.sp.eos_id()
         self.pad_id: int = self.sp.unk_id()
         self.strips_leading_space = self._probe_leading_space_strip()
@@ -69,18 +72,6 @@ class ChatGLM2Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.n_words + len(SPECIAL_TOKENS)
-
-    @property
-    def gmask_id(self) -> int:
-        return self.special_ids["[gMASK]"]
-
-    @property
-    def sop_id(self) -> int:
-        return self.special_ids["sop"]
-
-    @property
-    def eop_id(self) -> int:
-        return self.special_ids["eop"]
 
     @property
     def prefix_ids(self) -> list[int]:
