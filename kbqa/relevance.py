@@ -1,6 +1,6 @@
 """The 0..1 relevance that decides which retrieved chunks reach the model.
 
-    relevance = max(dense_weight * dense, lexical) * 0.8 ** (the question's numbers the chunk lacks)
+    relevance = max(dense_weight * dense, lexical) * the factors below (1 where one does not apply)
 
 - `dense` is the hit's score from storage: the cosine between the question's and the chunk's
   embeddings, clipped to 0..1 (or a reranker's score where one is configured).
@@ -32,14 +32,28 @@ chunk that lacks it rarely answers (it is how "ChatGLM2-6B 在 RTX 4090 上每�
 "jieba 的 F1 值" pass on chunks about the same model and tool). Each one missing keeps 0.8 of
 the relevance (MISSING_NUMBER_FACTOR); for a follow-up, only the new question's numbers count.
 
-Kinds of value: a question that asks for a duration, a price, a rate, an amount of memory, a
-percentage, a ratio, a date, a version, a GPU model, a processor or a person (kbqa.value_kinds)
-is answered only by a chunk holding a value of that kind; each kind the chunk lacks keeps
-MISSING_KIND_FACTOR (0.4) of the relevance, below `min_relevance` on its own.
-"训练 ChatGLM-6B 一共花了多少 GPU 小时" shares every content word with a chunk of ChatGLM-6B's
-README that gives no hours: the lexical share
-and the English-only embedding say "same topic"; the missing kind of value says "no answer"
-(bench/RESULTS.md, "Refusal by the kind of value asked").
+The value asked, in its passage: a question that asks for a kind of value — a duration, a
+price, a rate, an amount of memory, a percentage, a ratio, a date, a version, a GPU model, a
+processor, a person, or failing those any figure (how many, the maximum, 多少个) — is answered
+by a sentence that holds such a value together with what the question asks about
+(kbqa.value_kinds). `value_passage` finds the passages of VALUE_WINDOW sentences (the value's
+and one either side, with the chunk's path and heading) that hold a value of an asked kind and
+keeps the share of the question's terms found in the best of them over their share in the
+whole chunk, at least MISSING_KIND_FACTOR (0.4); a chunk holding no such value at all keeps
+MISSING_KIND_FACTOR, below `min_relevance` on its own. "训练 ChatGLM-6B 一共花了多少 GPU 小时"
+shares every content word with a chunk of ChatGLM-6B's README that gives no hours; "In which
+tiktoken release was o200k_base introduced?" meets a README with versions in it, none of them
+in the sentences about o200k_base. The lexical share and the English-only embedding say "same
+topic"; where the value sits says "no answer". Measured on nine read question sets and checked
+on sets held out from the choice (bench/RESULTS.md, "Fourth round"): it generalises where
+chunk-level rules did not, in English too, whose cosines alone cannot tell.
+
+Neighbours: a hit is also scored joined with the chunk before it and with the chunk after it
+in its document (kbqa.retrieval reads them), and keeps the best of the three. Chinese chunks
+are short (`ingest.chunk_size_zh` 250), and a question often meets half of its answer in each
+of two chunks: the model and batch size in one, the memory table in the next; a FAQ entry's
+question in one and its answer in the next. Alone, neither holds the question's numbers and
+names together and each was refused.
 
 Named documents: a Latin term of the question that names one of the candidate documents by
 its path (jieba for jieba/README.md, faiss for faiss-cpu.md) must occur in a chunk, or it keeps
@@ -92,7 +106,7 @@ from kbqa.stemming import stem
 from kbqa.storage.fusion import reads_chinese
 from kbqa.storage.keyword import STOPWORDS, has_cjk
 from kbqa.storage.types import SearchHit
-from kbqa.value_kinds import held_kinds, missing_kinds
+from kbqa.value_kinds import asked_kinds
 
 CJK_DENSE_WEIGHT = 0.5
 CROSS_LANGUAGE_SHARE = 0.5
@@ -109,6 +123,9 @@ SCATTERED_FACTOR = 0.8
 """Relevance kept by a chunk whose passages hold a Chinese question's identifiers only apart."""
 SCATTER_WINDOW = 5
 """Sentences of a passage (`scattered`): the sentence, two before and two after it."""
+VALUE_WINDOW = 3
+"""Sentences of a passage that holds the value asked (`value_passage`): the sentence with the
+value and one either side."""
 ABSENT_NAME_FACTOR = 0.5
 """Relevance kept for each name of the question (kbqa.question_names) that no candidate chunk
 of the hit's document holds."""
@@ -261,14 +278,21 @@ def lexical_score(question: str, hit: SearchHit, focus: str | None = None) -> fl
     it matches only the earlier questions, and the user may have changed the subject.
     """
     terms = query_terms(question)
-    total = sum(terms.values())
-    if total == 0:
+    if not terms:
         return 0.0
     haystack = _haystack(hit.source, hit.heading or "", hit.text)
     if focus is not None:
         focus_terms = query_terms(focus)
         if focus_terms and not any(_found(term, haystack) for term in focus_terms):
             return 0.0
+    return _share(terms, haystack)
+
+
+def _share(terms: dict[str, int], haystack: _Haystack) -> float:
+    """The weighted share of `terms` found in `haystack` (see `lexical_score`)."""
+    total = sum(terms.values())
+    if total == 0:
+        return 0.0
     chinese_question = any(has_cjk(term) for term in terms)
     if not haystack.chinese and chinese_question:
         return _cross_language_share(terms, haystack)
@@ -311,13 +335,40 @@ def relevance(
     weight: float = 1.0,
     focus: str | None = None,
     names: frozenset[str] = frozenset(),
-    held_nearby: frozenset[str] = frozenset(),
     named_nearby: frozenset[str] = frozenset(),
+    before: str = "",
+    after: str = "",
 ) -> float:
-    """max(weight * dense, lexical); `weight` from `dense_weight`, 1 for a reranker's score;
-    `names`: the documents the question names (kbqa.named_documents); `held_nearby`: the kinds of
-    value other chunks of the hit's document hold (kbqa.value_kinds.missing_kinds);
-    `named_nearby`: the question's names other chunks of the document hold (`names_held`)."""
+    """max(weight * dense, lexical) times the factors of the module docstring; `weight` from
+    `dense_weight`, 1 for a reranker's score; `names`: the documents the question names
+    (kbqa.named_documents); `named_nearby`: the question's names other chunks of the
+    document hold (`names_held`); `before`, `after`: the texts of the chunks
+    next to the hit in its document (see "Neighbours" in the module docstring)."""
+    texts = [hit.text]
+    texts += [f"{before}\n{hit.text}"] if before else []
+    texts += [f"{hit.text}\n{after}"] if after else []
+    return max(
+        _relevance(
+            question,
+            replace(hit, text=text),
+            weight=weight,
+            focus=focus,
+            names=names,
+            named_nearby=named_nearby,
+        )
+        for text in texts
+    )
+
+
+def _relevance(
+    question: str,
+    hit: SearchHit,
+    *,
+    weight: float,
+    focus: str | None,
+    names: frozenset[str],
+    named_nearby: frozenset[str],
+) -> float:
     dense = min(max(hit.score, 0.0), 1.0) * weight
     score = max(dense, lexical_score(question, hit, focus))
     haystack = _haystack(hit.source, hit.heading or "", hit.text)
@@ -328,9 +379,33 @@ def relevance(
         score
         * (SCATTERED_FACTOR if scattered(asked, hit) else 1.0)
         * MISSING_NUMBER_FACTOR ** (missing_numbers(asked, haystack) + missing_names)
-        * MISSING_KIND_FACTOR ** missing_kinds(asked, haystack.text, held_nearby)
         * ABSENT_NAME_FACTOR ** len(absent - _names(absent, haystack))
+        * value_passage(asked, hit)
     )
+
+
+def value_passage(question: str, hit: SearchHit) -> float:
+    """For a question asking for a kind of value (kbqa.value_kinds): the share of the
+    question's terms found in the chunk's best passage holding such a value (VALUE_WINDOW
+    sentences, with the chunk's path and heading), over their share in the whole chunk; at
+    least MISSING_KIND_FACTOR, 1 for a question asking for no kind of value. See "The value
+    asked, in its passage" in the module docstring."""
+    kinds = asked_kinds(question)
+    if not kinds:
+        return 1.0
+    terms = query_terms(question)
+    whole = _share(terms, _haystack(hit.source, hit.heading or "", hit.text))
+    if whole <= 0:
+        return 1.0
+    passages = _passages(hit.source, hit.heading or "", hit.text, VALUE_WINDOW // 2)
+    shares = [
+        _share(terms, passage)
+        for passage in passages
+        if any(kind.held.search(passage.text) for kind in kinds)
+    ]
+    if not shares:
+        return MISSING_KIND_FACTOR
+    return max(MISSING_KIND_FACTOR, min(1.0, max(shares) / whole))
 
 
 def scattered(question: str, hit: SearchHit) -> bool:
@@ -344,16 +419,16 @@ def scattered(question: str, hit: SearchHit) -> bool:
         return False
     return not any(
         all(_found(term, passage) >= 1 for term in identifiers)
-        for passage in _passages(hit.source, hit.heading or "", hit.text)
+        for passage in _passages(hit.source, hit.heading or "", hit.text, SCATTER_WINDOW // 2)
     )
 
 
 @lru_cache(maxsize=2048)
-def _passages(source: str, heading: str, text: str) -> tuple[_Haystack, ...]:
-    # Cached by content, like `_haystack`: a chunk is split once for all the questions.
+def _passages(source: str, heading: str, text: str, reach: int) -> tuple[_Haystack, ...]:
+    """Each sentence of `text` with `reach` sentences either side, and the path and heading.
+    Cached by content, like `_haystack`: a chunk is split once for all the questions."""
     spans = split_sentences(text) or [(0, len(text))]
     label = f"{source}\n{heading}\n"
-    reach = SCATTER_WINDOW // 2
     passages = []
     for i in range(len(spans)):
         start = spans[max(0, i - reach)][0]
@@ -371,19 +446,6 @@ def _names(names: Iterable[str], haystack: _Haystack) -> frozenset[str]:
         if (name in haystack.text if has_cjk(name) else _occurs(name, haystack))
         or stem(_squash(name)) in haystack.stems
     )
-
-
-def kinds_by_document(
-    question: str, hits: Iterable[SearchHit]
-) -> dict[tuple[str, str], frozenset[str]]:
-    """For each (kb, doc_id) among `hits`, the kinds of value asked by `question` that one of
-    its chunks holds (the `held_nearby` of `relevance`)."""
-    held: dict[tuple[str, str], frozenset[str]] = {}
-    for hit in hits:
-        key = (hit.kb, hit.doc_id)
-        haystack = _haystack(hit.source, hit.heading or "", hit.text)
-        held[key] = held.get(key, frozenset()) | held_kinds(question, haystack.text)
-    return held
 
 
 def names_held(question: str, hits: Iterable[SearchHit]) -> dict[tuple[str, str], frozenset[str]]:
@@ -412,8 +474,9 @@ def with_relevance(
     weight: float = 1.0,
     focus: str | None = None,
     names: frozenset[str] = frozenset(),
-    held_nearby: frozenset[str] = frozenset(),
     named_nearby: frozenset[str] = frozenset(),
+    before: str = "",
+    after: str = "",
 ) -> SearchHit:
     """`hit` with its relevance to `question` stored in extra["relevance"]."""
     score = relevance(
@@ -422,8 +485,9 @@ def with_relevance(
         weight=weight,
         focus=focus,
         names=names,
-        held_nearby=held_nearby,
         named_nearby=named_nearby,
+        before=before,
+        after=after,
     )
     return replace(hit, extra={**hit.extra, RELEVANCE: score})
 

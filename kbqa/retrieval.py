@@ -18,7 +18,6 @@ from kbqa.named_documents import documents_named, named_documents, naming_terms
 from kbqa.question_names import question_names
 from kbqa.relevance import (
     dense_weight,
-    kinds_by_document,
     names_held,
     query_terms,
     relevance_of,
@@ -171,8 +170,8 @@ class Retriever:
             weight = dense_weight(query, model)
             found += [(hit, weight) for hit in hits]
         named = named_documents(asked, {hit.source for hit, _ in found})
-        by_document = kinds_by_document(asked, [hit for hit, _ in found])
         names_by_document = names_held(asked, [hit for hit, _ in found])
+        around = self._neighbours([hit for hit, _ in found])
         merged = [
             with_relevance(
                 query,
@@ -180,8 +179,9 @@ class Retriever:
                 weight=weight,
                 focus=focus,
                 names=named,
-                held_nearby=by_document[(hit.kb, hit.doc_id)],
                 named_nearby=names_by_document[(hit.kb, hit.doc_id)],
+                before=around.get(hit.chunk_id, ("", ""))[0],
+                after=around.get(hit.chunk_id, ("", ""))[1],
             )
             for hit, weight in found
         ]
@@ -204,6 +204,26 @@ class Retriever:
             )
         except StorageError as e:
             raise ConfigError(str(e)) from None
+
+    def _neighbours(self, hits: Sequence[SearchHit]) -> dict[str, tuple[str, str]]:
+        """By chunk id of each hit: the texts of the chunks just before and after it in its
+        document ("" at either end). Relevance scores a hit with each of them too (see
+        "Neighbours" in kbqa.relevance): a short Chinese chunk often holds half an answer."""
+        wanted = {(hit.kb, hit.doc_id) for hit in hits}
+        ids = {hit.chunk_id for hit in hits}
+        around: dict[str, tuple[str, str]] = {}
+        for name, doc_id in wanted:
+            try:
+                document = self._open(name).document(doc_id)
+            except (NotFound, ConfigError, StorageError):
+                continue  # gone since it was searched: each hit is scored alone
+            texts = [chunk.text for chunk in document[1]] if document else []
+            for i, chunk in enumerate(document[1] if document else []):
+                if chunk.chunk_id in ids:
+                    before = texts[i - 1] if i > 0 else ""
+                    after = texts[i + 1] if i + 1 < len(texts) else ""
+                    around[chunk.chunk_id] = (before, after)
+        return around
 
     def _sources_of(self, kb: KnowledgeBase, info: KBInfo) -> list[str]:
         """`kb`'s document sources, read again when its counts of documents or chunks change."""

@@ -9,6 +9,10 @@ answered by a passage that holds a value of that kind: a number with a time unit
 rate, a byte size, a `%`, an `x`/`倍`, a date, a dotted version, a GPU model. So is a question
 asking for a processor or chip (a CPU or phone SoC model, cores, GHz) and one asking who made
 something (a passage naming an author, a maintainer, a team, or holding an e-mail address).
+A count or a limit asked with no unit of another kind (多少个字符, how many workers, the
+maximum) asks for a figure: any number answers it (NUMBER, the fallback kind). A timeout and
+"多久" ask for a duration (a schedule, daily or 每天, answers them), a version or release asked
+for as "the minimum Python version" or "in which tiktoken release" for a version.
 
 The patterns are deliberately loose on the passage's side (a table's header "tokens/s" far from
 its numbers counts, any number with GB counts) and strict on the question's side (only explicit
@@ -28,6 +32,8 @@ _NUMBER = r"(?:(?<![0-9a-z_.])\d(?:[\d,]*\d)?(?:\.\d+)?|[零〇一二两三四�
 """A number standing alone (not the tail of a hash or an identifier: 6436d), or in Chinese
 numerals (十天, 两小时)."""
 _NOT_LATIN = r"(?![a-z])"
+NUMBER = "number"
+"""The kind of a count or a limit asked with no unit of another kind: any figure answers it."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,10 @@ KINDS: tuple[ValueKind, ...] = (
         "duration",
         r"(?:多少|几)[\sa-z0-9个]*?(?:小时|天|分钟|秒钟?|周|星期)(?!气)"
         r"|how many (?:[\w-]+ )?(?:hours|days|minutes|seconds|weeks)"
-        r"|how long (?:does|did|do|will|would|to)\b|\bin (?:seconds|minutes|hours|days)\b",
+        r"|how long (?:does|did|do|will|would|to)\b|\bin (?:seconds|minutes|hours|days)\b"
+        r"|多久|多长时间|\btimeout\b|超时",
         rf"{_NUMBER}\s*(?:小时|天|分钟|秒|周|个月|h|hrs?|hours?|days?|min|mins|minutes?|s|secs?"
-        rf"|seconds?|ms|weeks?|months?){_NOT_LATIN}",
+        rf"|seconds?|ms|weeks?|months?){_NOT_LATIN}|\b(?:hourly|daily|weekly)\b|每(?:小时|天|周)",
     ),
     _kind(
         "money",
@@ -67,7 +74,9 @@ KINDS: tuple[ValueKind, ...] = (
     ),
     _kind(
         "memory",
-        r"显存|内存|\bmemory\b|\bvram\b|\bram\b|file size|文件大小|磁盘|disk space|存储空间",
+        r"显存|内存|\bmemory\b|\bvram\b|\bram\b|file size|文件大小|磁盘|disk space|存储空间"
+        r"|(?:镜像|文件|安装包|体积)[^，,。？?]*?多大"
+        r"|\bhow (?:big|large) is the (?:file|image|download)\b",
         rf"{_NUMBER}\s*(?:g|gb|gib|mb|mib|kb|kib|tb|tib|bytes?|字节){_NOT_LATIN}",
     ),
     _kind(
@@ -76,7 +85,7 @@ KINDS: tuple[ValueKind, ...] = (
         # table (| Accuracy (MMLU) | 45.47 |).
         r"百分之|百分比|\bpercent(?:age)?\b|%"
         r"|(?:召回|准确|精确|正确|命中|错误|通过|成功|识别)率[^，,。？?]*?(?:多少|几)",
-        rf"{_NUMBER}\s*\\?%|百分之|\bpercent\b|^\|.*\d\.\d",
+        rf"{_NUMBER}\s*\\?%|百分之|\bpercent\b|^\|.*\d\.\d|(?:^|; )[^:;\n]{{1,80}}: \d+\.\d",
     ),
     _kind(
         "ratio",
@@ -121,8 +130,18 @@ KINDS: tuple[ValueKind, ...] = (
     ),
     _kind(
         "version",
-        r"(?:哪个|什么|哪一)版本|版本号|\b(?:which|what) version\b",
+        r"(?:哪个|什么|哪一)版本|版本号|最低版本|哪一版"
+        r"|\b(?:which|what|minimum|oldest|latest|first) (?:[\w-]+ )?(?:versions?|releases?)\b"
+        r"|\bin which [\w-]+ (?:version|release)\b",
         r"\d+\.\d+|version\s*\d|版本\s*\d|(?<![a-z])v\d",
+    ),
+    _kind(
+        NUMBER,
+        # A count or a limit: the answer is a figure, whatever its unit.
+        r"多少(?:个|条|次|行|层|位|项|张|块|名|人|字|词|轮|种)|几(?:个|条|次|行|层|位|项|张|块|名|人|轮)"
+        r"|\bhow many\b|\b(?:maximum|minimum|max|min)\b|\bsize\b"
+        r"|上限|下限|最多|最大|最长|最少|最小",
+        r"(?<![a-z_])\d",
     ),
 )
 
@@ -135,7 +154,10 @@ def _fold(text: str) -> str:
 def asked_kinds(question: str) -> tuple[ValueKind, ...]:
     """The kinds of value `question` asks for (often none: "how do I …", "why …")."""
     text = _fold(question)
-    return tuple(kind for kind in KINDS if kind.asked.search(text))
+    kinds = tuple(kind for kind in KINDS if kind.asked.search(text))
+    # A figure is the fallback: "多少个小时" asks for a duration, not for any number.
+    specific = tuple(kind for kind in kinds if kind.name != NUMBER)
+    return specific or kinds
 
 
 def held_kinds(question: str, passage: str) -> frozenset[str]:

@@ -10,6 +10,7 @@ from kbqa.named_documents import named_documents
 from kbqa.relevance import (
     CJK_DENSE_WEIGHT,
     CROSS_LANGUAGE_SHARE,
+    MISSING_KIND_FACTOR,
     MISSING_NUMBER_FACTOR,
     SCATTERED_FACTOR,
     dense_weight,
@@ -18,6 +19,7 @@ from kbqa.relevance import (
     relevance,
     relevance_of,
     scattered,
+    value_passage,
     with_relevance,
 )
 from kbqa.storage.types import SearchHit
@@ -222,10 +224,52 @@ def test_identifiers_held_apart_cost_a_share_of_the_relevance() -> None:
     apart = hit("\n".join([news, *[filler] * 6, table]))
     together = hit("\n".join([news, table]))
     assert scattered(question, apart) and not scattered(question, together)
+    # Apart, the memory figure is also far from the model asked about (`value_passage`).
+    assert value_passage(question, together) == 1.0
     assert relevance(question, apart) == pytest.approx(
-        relevance(question, together) * SCATTERED_FACTOR
+        relevance(question, together) * SCATTERED_FACTOR * value_passage(question, apart)
     )
     # The chunk's path and heading belong to every passage; English questions are left out.
     headed = hit(table, heading="ChatGLM2-6B-32K")
     assert not scattered(question, headed)
     assert not scattered("How much memory does ChatGLM2-6B-32K need in INT4?", apart)
+
+
+# tiktoken's README (installed package METADATA), as ingest writes it: the versions stand in
+# the performance note, not beside o200k_base.
+TIKTOKEN = (
+    'import tiktoken\nenc = tiktoken.get_encoding("o200k_base")\n'
+    'assert enc.decode(enc.encode("hello world")) == "hello world"\n\n'
+    "The open source version of tiktoken can be installed from PyPI:\npip install tiktoken\n\n"
+    "Performance\n\ntiktoken is between 3-6x faster than a comparable open source tokeniser.\n\n"
+    "Performance measured on 1GB of text using the GPT-2 tokeniser, using GPT2TokenizerFast from "
+    "tokenizers==0.13.2, transformers==4.24.0 and tiktoken==0.2.0."
+)
+
+
+def test_the_value_asked_must_stand_beside_what_is_asked_about() -> None:
+    chunk = hit(TIKTOKEN, score=0.64, source="packages/tiktoken.md")
+    asked = "In which tiktoken release was the o200k_base encoding introduced?"
+    assert value_passage(asked, chunk) < 0.75  # versions, but in the performance note
+    assert relevance(asked, chunk) < 0.45
+    answered = "Which transformers release was used to measure tiktoken on 1GB of text?"
+    assert value_passage(answered, chunk) == 1.0
+    # A question asking for no kind of value is not concerned.
+    assert value_passage("How do I install tiktoken?", chunk) == 1.0
+
+
+def test_a_chunk_without_the_value_keeps_the_missing_kind_factor() -> None:
+    question = "训练 ChatGLM-6B 一共花了多少 GPU 小时？"
+    topical = hit("ChatGLM-6B 的训练在 GPU 上花了很多小时。")
+    assert value_passage(question, topical) == MISSING_KIND_FACTOR
+
+
+def test_a_hit_is_scored_with_its_neighbours() -> None:
+    # Qwen's FAQ: the question's words in one chunk, the cache folder in the next.
+    question = "Mac 上跑量化模型失败过，装完 OpenMP 以后要清理 Hugging Face 缓存里的哪个目录？"
+    asking = hit("Q：Mac 上运行量化模型失败，报错 clang: error: unsupported option '-fopenmp'")
+    answer = "A：安装 OpenMP 后，清理 Hugging Face 缓存 ~/.cache/huggingface/modules/ 再试。"
+    alone = relevance(question, asking)
+    assert alone < 0.45
+    assert relevance(question, asking, after=answer) > alone
+    assert relevance(question, asking, after=answer) >= 0.45

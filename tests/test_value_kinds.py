@@ -121,15 +121,43 @@ def test_only_the_new_question_of_a_follow_up_asks() -> None:
     assert relevance(joined, chunk, focus=focus) == lexical_score(joined, chunk, focus)
 
 
-def test_a_value_in_another_chunk_of_the_same_document_counts() -> None:
+def test_a_value_in_the_next_chunk_of_the_same_document_counts() -> None:
     # The matching words in one chunk, the table with the value in the next one.
     question = "ChatGLM2-6B 平均每秒能输出多少个字符？"
     intro = hit("ChatGLM2-6B 提高了生成速度，生成 2000 个字符的平均速度对比如下：")
+    table = "| 模型 | 推理速度 (字符/秒) |\n|---|---|\n| ChatGLM2-6B | 44.62 |"
     assert relevance(question, intro) == pytest.approx(
         lexical_score(question, intro) * MISSING_KIND_FACTOR
     )
-    nearby = frozenset({"rate"})
-    assert relevance(question, intro, held_nearby=nearby) == lexical_score(question, intro)
+    assert relevance(question, intro, after=table) >= lexical_score(question, intro)
+    # A neighbour only helps: the chunk before, unrelated, changes nothing.
+    assert relevance(question, intro, before="安装依赖。") == relevance(question, intro)
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("用户名最长可以有多少个字符？", ["number"]),  # a count with no unit of another kind
+        ("用 ADGEN 训练要几个小时？", ["duration"]),  # 几个 with a unit: that kind only
+        ("How many worker processes does it start by default?", ["number"]),
+        ("In which tiktoken release was the o200k_base encoding introduced?", ["version"]),
+        ("What is the minimum Python version required to install Typer?", ["version"]),
+        ("一般系统里 cron 多久会自动跑一次 mandb？", ["duration"]),
+        ("What is the default timeout of a request?", ["duration"]),
+        ("官方的 Docker 镜像下载下来有多大？", ["memory"]),
+        ("ChatGLM-6B 的参数规模有多大？", []),  # a model's size is not a file's
+    ],
+)
+def test_counts_versions_timeouts_and_sizes_are_asked(question: str, expected: list[str]) -> None:
+    assert kinds(question) == expected
+
+
+def test_schedules_and_table_scores_hold_their_kinds() -> None:
+    assert missing_kinds("cron 多久跑一次 mandb？", "mandb 通常由 cron 每天运行一次。") == 0
+    assert missing_kinds("How long between runs?", "It is run daily by cron.") == 0
+    # ingest writes a table row as "header: value; header: value"
+    row = "量化等级: int4; accuracy (mmlu): 43.13; accuracy (c-eval dev): 50.30"
+    assert missing_kinds("INT4 量化后 MMLU 准确率降到了多少？", row) == 0
 
 
 def test_retrieval_finds_the_kind_in_a_neighbouring_chunk(tmp_path: Path) -> None:
