@@ -1,4 +1,5 @@
-"""Retriever: how many candidates each KB hands over before the merge by relevance."""
+"""Retriever: how many candidates each KB hands over before the merge by relevance, the
+documents a question names, and the neighbouring chunks a hit is scored with."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 
 from kbqa.ingest.pipeline import ingest_paths
+from kbqa.relevance import dense_weight, relevance, relevance_of
 from kbqa.retrieval import Retriever
 from kbqa.storage.kb import KnowledgeBase
 from tests.answering_support import settings_for
@@ -69,3 +71,40 @@ def test_a_document_the_question_names_is_searched_too(tmp_path: Path) -> None:
         # A question naming no document gets the KB-wide search alone.
         plain = retriever.search("报错时想全局关掉彩色输出应该设置哪个环境变量？", ["kb"], 40)
     assert "typer.md" not in {hit.source for hit in plain}
+
+
+def test_a_hit_is_scored_with_the_chunks_next_to_it(tmp_path: Path) -> None:
+    # ChatGLM2-6B's FAQ: an entry's question ends one short Chinese chunk, its answer opens
+    # the next. Alone, the chunk with the question lacks the user's OpenMP and cache
+    # folder; read with its neighbour, it answers.
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "FAQ.md").write_text(
+        "# 常见问题\n\n"
+        "## Q1\n\n"
+        "**Mac直接加载量化后的模型出现提示 `clang: error: unsupported option '-fopenmp'**\n\n"
+        "这是由于 Mac 由于本身缺乏 omp 导致的，此时可运行但是单核。需要单独安装 openmp 依赖，"
+        "即可在 Mac 下使用 OMP：\n\n```bash\n# 参考`https://mac.r-project.org/openmp/`\n"
+        "curl -O https://mac.r-project.org/openmp/openmp-14.0.6-darwin20-Release.tar.gz\n"
+        "sudo tar fvxz openmp-14.0.6-darwin20-Release.tar.gz -C /\n```\n\n"
+        "此时会安装下面几个文件：`/usr/local/lib/libomp.dylib`, `/usr/local/include/ompt.h`, "
+        "`/usr/local/include/omp.h`, `/usr/local/include/omp-tools.h`。\n\n"
+        "> 注意：如果你之前运行 `ChatGLM2-6B` 项目失败过，最好清一下 Hugging Face 的缓存，"
+        "即默认下运行 `rm -rf ${HOME}/.cache/huggingface/modules/transformers_modules/"
+        "chatglm-6b-int4`。由于使用了 `rm` 命令，请明确知道自己在删除什么。\n",
+        encoding="utf-8",
+    )
+    settings = settings_for(tmp_path / "home")
+    assert not ingest_paths(settings, "kb", [docs]).failed
+    question = (
+        "之前在 Mac 上跑 ChatGLM2-6B 量化模型失败过，装好 openmp 以后还要清掉 Hugging Face "
+        "缓存里的哪个目录？"
+    )
+    with Retriever(settings) as retriever:
+        chunks = retriever.kb("kb").document(retriever.kb("kb").documents()[0].doc_id)
+        hits = retriever.search(question, ["kb"], 5)
+    assert chunks is not None and len(chunks[1]) > 1  # the entry spans chunks
+    best = hits[0]
+    alone = relevance(question, best, weight=dense_weight(question, "default"))
+    assert relevance_of(best) > alone
+    assert relevance_of(best) >= 0.45
