@@ -29,6 +29,7 @@ from kbqa.storage.config import open_kb
 from kbqa.storage.embeddings import Embedder, EmbeddingUnavailable, get_embedder
 from kbqa.storage.errors import InvalidKBName, KBNotFound, StorageError
 from kbqa.storage.kb import KnowledgeBase
+from kbqa.storage.keyword import has_cjk
 from kbqa.storage.names import validate_kb_name
 from kbqa.storage.types import KBInfo, SearchHit, Vectors
 
@@ -171,7 +172,11 @@ class Retriever:
             found += [(hit, weight) for hit in hits]
         named = named_documents(asked, {hit.source for hit, _ in found})
         names_by_document = names_held(asked, [hit for hit, _ in found])
-        around = self._neighbours([hit for hit, _ in found])
+        # Neighbours for Chinese questions only: their chunks are short (chunk_size_zh) and
+        # their relevance is lexical; an English question leans on the cosine, which a
+        # neighbour does not change, and joined chunks only let other documents outrank
+        # (bench/RESULTS.md, "Fourth round").
+        around = self._neighbours([hit for hit, _ in found]) if has_cjk(asked) else {}
         merged = [
             with_relevance(
                 query,
