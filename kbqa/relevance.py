@@ -48,12 +48,14 @@ topic"; where the value sits says "no answer". Measured on nine read question se
 on sets held out from the choice (bench/RESULTS.md, "Fourth round"): it generalises where
 chunk-level rules did not, in English too, whose cosines alone cannot tell.
 
-Neighbours: a hit is also scored joined with the chunk before it and with the chunk after it
-in its document (kbqa.retrieval reads them), and keeps the best of the three. Chinese chunks
+Neighbours: for a Chinese question, a hit is also scored joined with the chunk before it and
+with the chunk after it in its document (kbqa.retrieval reads them), and keeps the best of the
+three. Chinese chunks
 are short (`ingest.chunk_size_zh` 250), and a question often meets half of its answer in each
 of two chunks: the model and batch size in one, the memory table in the next; a FAQ entry's
 question in one and its answer in the next. Alone, neither holds the question's numbers and
-names together and each was refused.
+names together and each was refused. English chunks are longer and an English question leans
+on the cosine, which a neighbour does not change: joined, they only let other documents outrank.
 
 Named documents: a Latin term of the question that names one of the candidate documents by
 its path (jieba for jieba/README.md, faiss for faiss-cpu.md) must occur in a chunk, or it keeps

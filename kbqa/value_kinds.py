@@ -163,16 +163,12 @@ def asked_kinds(question: str) -> tuple[ValueKind, ...]:
 def held_kinds(question: str, passage: str) -> frozenset[str]:
     """The names of the kinds `question` asks for that `passage` holds a value of.
 
-    `passage` is taken as it is given: kbqa.relevance passes its folded haystack."""
+    `passage` is taken as it is given, folded as `_fold` folds (kbqa.relevance's haystacks are)."""
     return frozenset(kind.name for kind in asked_kinds(question) if kind.held.search(passage))
 
 
-def missing_kinds(question: str, passage: str, held_nearby: frozenset[str] = frozenset()) -> int:
-    """How many of the kinds `question` asks for neither `passage` nor `held_nearby` holds.
-
-    `held_nearby`: the kinds other chunks of the passage's document hold. A document often
-    splits an answer over two chunks — "生成 2000 个字符的平均速度对比如下" in one, the table of
-    字符/秒 in the next — and the chunk that matches the question's words is then the one without
-    the value; it is not the document that lacks it."""
-    held = held_kinds(question, passage) | held_nearby
+def missing_kinds(question: str, passage: str) -> int:
+    """How many of the kinds `question` asks for `passage` holds no value of (kbqa.evidence
+    weighs a sentence by it; kbqa.relevance asks where in a chunk the value stands instead)."""
+    held = held_kinds(question, passage)
     return sum(1 for kind in asked_kinds(question) if kind.name not in held)
