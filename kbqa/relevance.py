@@ -212,17 +212,30 @@ class _Haystack:
     set of its words without their `.`, `-`, `_` (see `_squashed`), and whether it holds any
     Chinese."""
 
-    __slots__ = ("chinese", "squashed", "stems", "text", "words")
+    __slots__ = ("_latin", "_squashed", "_stems", "chinese", "text", "words")
 
     def __init__(self, text: str) -> None:
         self.text = text
         # Chinese text writes Latin words without spaces around them ("只用CPU运行"): the
         # Chinese characters end a word as a space does.
-        latin = _CJK_RUN.sub(" ", text)
-        self.words = frozenset(_RUN.findall(latin))
-        self.squashed = frozenset(_squash(word) for word in _WORD.findall(latin))
-        self.stems = frozenset(stem(word) for word in self.squashed)
+        self._latin = _CJK_RUN.sub(" ", text)
+        self.words = frozenset(_RUN.findall(self._latin))
         self.chinese = has_cjk(text)
+        # Built on first use: most passages (kbqa.relevance scores many per chunk) never ask.
+        self._squashed: frozenset[str] | None = None
+        self._stems: frozenset[str] | None = None
+
+    @property
+    def squashed(self) -> frozenset[str]:
+        if self._squashed is None:
+            self._squashed = frozenset(_squash(word) for word in _WORD.findall(self._latin))
+        return self._squashed
+
+    @property
+    def stems(self) -> frozenset[str]:
+        if self._stems is None:
+            self._stems = frozenset(stem(word) for word in self.squashed)
+        return self._stems
 
 
 _CONNECTORS = re.compile(r"[._\-]")
@@ -254,14 +267,12 @@ def _found(term: str, haystack: _Haystack) -> float:
 def _occurs(term: str, haystack: _Haystack) -> bool:
     # Whole words only ("int" must not match "print"); a plural also counts.
     if term.startswith("-"):  # an option: as written, "-g" is not in "-gid" nor "5 g"
-        option = rf"(?<!-)(?<!{_LATIN_CHAR}){re.escape(term)}(?!-)(?!{_LATIN_CHAR})"
-        return re.search(option, haystack.text) is not None
+        return _whole_word(term).search(haystack.text) is not None
     if _RUN.fullmatch(term):  # the same test as the pattern below, on the text's word runs
         words = haystack.words
         found = term in words or f"{term}s" in words or f"{term}es" in words
     else:  # "chatglm2-6b", "450.80.02": spans several runs
-        pattern = rf"(?<!{_LATIN_CHAR}){re.escape(term)}(?:s|es)?(?!{_LATIN_CHAR})"
-        found = re.search(pattern, haystack.text) is not None
+        found = _whole_word(term).search(haystack.text) is not None
     if found:
         return True
     squashed = _squash(term)
@@ -270,6 +281,15 @@ def _occurs(term: str, haystack: _Haystack) -> bool:
         if squashed in variants or f"{squashed}s" in variants or f"{squashed}es" in variants:
             return True
     return term.endswith("s") and len(term) > 3 and _occurs(term[:-1], haystack)
+
+
+@lru_cache(maxsize=1024)
+def _whole_word(term: str) -> re.Pattern[str]:
+    """The pattern `_occurs` searches for a term of several runs or an option (compiled once
+    per term: a question's terms are looked for in every passage of every candidate)."""
+    if term.startswith("-"):
+        return re.compile(rf"(?<!-)(?<!{_LATIN_CHAR}){re.escape(term)}(?!-)(?!{_LATIN_CHAR})")
+    return re.compile(rf"(?<!{_LATIN_CHAR}){re.escape(term)}(?:s|es)?(?!{_LATIN_CHAR})")
 
 
 def lexical_score(question: str, hit: SearchHit, focus: str | None = None) -> float:
@@ -349,30 +369,29 @@ def relevance(
     texts = [hit.text]
     texts += [f"{before}\n{hit.text}"] if before else []
     texts += [f"{hit.text}\n{after}"] if after else []
-    return max(
-        _relevance(
-            question,
-            replace(hit, text=text),
-            weight=weight,
-            focus=focus,
-            names=names,
-            named_nearby=named_nearby,
-        )
-        for text in texts
-    )
+    best = 0.0
+    for text in texts:
+        joined = replace(hit, text=text)
+        best = max(best, _relevance(question, joined, weight, focus, names, named_nearby, best))
+    return best
 
 
 def _relevance(
     question: str,
     hit: SearchHit,
-    *,
     weight: float,
     focus: str | None,
     names: frozenset[str],
     named_nearby: frozenset[str],
+    beaten: float,
 ) -> float:
+    """The relevance of `hit` as it is, or 0 when it cannot exceed `beaten` (every factor is
+    at most 1: a joined text whose words match no better than the best so far is not read
+    passage by passage)."""
     dense = min(max(hit.score, 0.0), 1.0) * weight
     score = max(dense, lexical_score(question, hit, focus))
+    if score <= beaten:
+        return 0.0
     haystack = _haystack(hit.source, hit.heading or "", hit.text)
     asked = focus or question
     missing_names = sum(1 for name in names if not _occurs(name, haystack))
