@@ -108,3 +108,30 @@ def test_a_hit_is_scored_with_the_chunks_next_to_it(tmp_path: Path) -> None:
     alone = relevance(question, best, weight=dense_weight(question, "default"))
     assert relevance_of(best) > alone
     assert relevance_of(best) >= 0.45
+
+
+def test_neighbours_are_read_for_chinese_questions_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # English chunks are long and an English question leans on the cosine: joined with their
+    # neighbours, other documents' chunks only outranked the answer (bench/eval_retrieval.py).
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.md").write_text(
+        "# Notes\n\nThe cache lives in ~/.cache/kbqa.\n\n## 缓存\n\n缓存目录在 ~/.cache/kbqa。\n"
+    )
+    settings = settings_for(tmp_path / "home")
+    assert not ingest_paths(settings, "kb", [docs]).failed
+    read: list[str] = []
+    document = KnowledgeBase.document
+
+    def spy(kb: KnowledgeBase, doc_id: str) -> Any:
+        read.append(doc_id)
+        return document(kb, doc_id)
+
+    monkeypatch.setattr(KnowledgeBase, "document", spy)
+    with Retriever(settings) as retriever:
+        assert retriever.search("Where does the cache live?", ["kb"], 5)
+        assert read == []
+        assert retriever.search("缓存目录在哪里？", ["kb"], 5)
+    assert len(read) == 1  # the one document, read once for all its candidates
