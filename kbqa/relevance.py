@@ -44,18 +44,19 @@ MISSING_KIND_FACTOR, below `min_relevance` on its own. "训练 ChatGLM-6B 一共
 shares every content word with a chunk of ChatGLM-6B's README that gives no hours; "In which
 tiktoken release was o200k_base introduced?" meets a README with versions in it, none of them
 in the sentences about o200k_base. The lexical share and the English-only embedding say "same
-topic"; where the value sits says "no answer". Measured on nine read question sets and checked
-on sets held out from the choice (bench/RESULTS.md, "Fourth round"): it generalises where
-chunk-level rules did not, in English too, whose cosines alone cannot tell.
+topic"; where the value sits says "no answer". It replaced a chunk-level rule (a kind missing
+from the chunk and from its document's other candidates) and, unlike the rules before it,
+moved the question sets written after them too (bench/RESULTS.md, "Fourth round"); English
+questions about the right product that ask for no kind of value still pass on the cosine.
 
 Neighbours: for a Chinese question, a hit is also scored joined with the chunk before it and
 with the chunk after it in its document (kbqa.retrieval reads them), and keeps the best of the
-three. Chinese chunks
-are short (`ingest.chunk_size_zh` 250), and a question often meets half of its answer in each
-of two chunks: the model and batch size in one, the memory table in the next; a FAQ entry's
-question in one and its answer in the next. Alone, neither holds the question's numbers and
-names together and each was refused. English chunks are longer and an English question leans
-on the cosine, which a neighbour does not change: joined, they only let other documents outrank.
+three. Chinese chunks are short (`ingest.chunk_size_zh` 250), and a question often meets half
+of its answer in each of two chunks: the model and batch size in one, the memory table in the
+next; a FAQ entry's question in one and its answer in the next. Alone, neither holds the
+question's numbers and names together and each was refused. English chunks are longer and an
+English question leans on the cosine, which a neighbour does not change: joined, they only let
+other documents outrank.
 
 Named documents: a Latin term of the question that names one of the candidate documents by
 its path (jieba for jieba/README.md, faiss for faiss-cpu.md) must occur in a chunk, or it keeps
