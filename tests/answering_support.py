@@ -19,6 +19,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 
 from kbqa.settings import Settings, load_settings
+from tests.model_cache import link_models
 
 DATA = Path(__file__).parent / "data" / "answering"
 _lock = threading.Lock()
@@ -32,7 +33,7 @@ def shared_home() -> Path:
         if _home is None:
             from kbqa.ingest.pipeline import ingest_paths
 
-            home = Path(tempfile.mkdtemp(prefix="kbqa-answering-"))
+            home = link_models(Path(tempfile.mkdtemp(prefix="kbqa-answering-")))
             atexit.register(shutil.rmtree, home, True)
             settings = load_settings(home=home)
             for kb in ("ops", "hr"):

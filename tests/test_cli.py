@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_support import kbqa
+from tests.model_cache import link_models
 
 
 @pytest.fixture
@@ -204,7 +205,8 @@ def test_a_bug_in_any_command_is_one_line_exit_1(
 
 
 def test_console_script_runs_without_traceback(tmp_path: Path, docs: Path) -> None:
-    env = {**os.environ, "KBQA_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    home = link_models(tmp_path / "home")  # the embedding's ONNX export is made once per run
+    env = {**os.environ, "KBQA_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     kbqa_bin = Path(sys.executable).parent / "kbqa"
     done = subprocess.run(
         [str(kbqa_bin), "ingest", str(docs), "--json"], env=env, capture_output=True, text=True

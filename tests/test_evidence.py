@@ -24,6 +24,7 @@ from kbqa.retrieval import Retriever
 from kbqa.sentences import split_sentences
 from kbqa.settings import Settings, load_settings
 from tests.fake_chat import FakeChat
+from tests.model_cache import link_models
 
 KB = "facts"
 DOCUMENTS = {
@@ -50,7 +51,7 @@ BRIDGE = "青石桥全长多少米？"
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from kbqa.ingest.pipeline import ingest_paths
 
-    home = tmp_path_factory.mktemp("evidence-home")
+    home = link_models(tmp_path_factory.mktemp("evidence-home"))
     docs = tmp_path_factory.mktemp("evidence-docs")
     for name, text in DOCUMENTS.items():
         (docs / name).write_text(text, encoding="utf-8")
@@ -222,7 +223,10 @@ class SilentDefault(DefaultChat):
 
 
 def test_auto_with_the_bundled_model_extracts_for_a_chinese_question(home: Path) -> None:
-    answer = chain(home, SilentDefault(max_new_tokens=24)).ask(BRIDGE, KB)
+    # The model's converted copy from the shared cache: converting the GGUF (~20 s) is
+    # tests/llm/test_default.py's subject, not this test's.
+    model = SilentDefault(cache_dir=str(home / "cache"), max_new_tokens=24)
+    answer = chain(home, model).ask(BRIDGE, KB)
     assert answer.answer_mode == "extracted" and not answer.refused
     assert answer.answer.startswith("以下内容摘自知识库文档：\n")
     assert "72 米" in answer.answer and "[1]" in answer.answer

@@ -17,6 +17,7 @@ from kbqa.ingest.pipeline import ingest_paths
 from kbqa.kb_admin import list_documents, list_kbs
 from kbqa.settings import Settings, load_settings
 from kbqa.storage.kb import KnowledgeBase
+from tests.model_cache import link_models
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +63,7 @@ def _first_ingest_caught_midway(tmp_path: Path) -> tuple[subprocess.Popen[str], 
     folder.mkdir()
     (folder / "held.txt").write_text(f"{HOLD_WORD}: Aurora stores each KB in its own folder.\n")
     (folder / "other.txt").write_text("Aurora keeps its settings in config.toml.\n")
-    home = tmp_path / "home"
+    home = link_models(tmp_path / "home")  # the embedding's ONNX export is made once per run
     kb_dir = load_settings(home).kbs_dir / "default"
     env = {
         **os.environ,

@@ -22,6 +22,7 @@ from kbqa.ingest.tables import TableSection
 from kbqa.ingest.types import LoadError
 from kbqa.kb_admin import list_documents
 from kbqa.settings import load_settings
+from tests.model_cache import link_models
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("unstructured") is None,
@@ -191,7 +192,8 @@ def test_without_the_extra_they_are_skipped_as_unsupported(tmp_path: Path) -> No
     folder = tmp_path / "docs"
     make_documents(folder)
     (folder / "notes.txt").write_text("Plain notes stay readable.", encoding="utf-8")
-    command = [sys.executable, "-c", _WITHOUT_THE_EXTRA, str(folder), str(tmp_path / "home")]
+    home = link_models(tmp_path / "home")  # the embedding's ONNX export is made once per run
+    command = [sys.executable, "-c", _WITHOUT_THE_EXTRA, str(folder), str(home)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])

@@ -27,6 +27,7 @@ from langchain_core.language_models import BaseChatModel
 
 from kbqa.server.app import create_app
 from kbqa.settings import Settings, load_settings
+from tests.model_cache import link_models
 from tests.waiting import HANG_GUARD_S, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,17 +89,9 @@ def start_server(app: FastAPI, settings: Settings) -> LiveServer:
 
 
 def make_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
-    """A fresh KBQA_HOME whose model cache is shared between test sessions.
-
-    The converted SmolLM2 copy (~18 s to make) lives under pytest's base temp folder, which
-    outlives one session, so only the first run on a machine pays for the conversion.
-    """
-    home = tmp_path_factory.mktemp(name)
-    shared = tmp_path_factory.getbasetemp().parent / "kbqa-model-cache"
-    shared.mkdir(parents=True, exist_ok=True)
-    (home / "cache").mkdir()
-    (home / "cache" / "models").symlink_to(shared, target_is_directory=True)
-    return home
+    """A fresh KBQA_HOME whose converted models are the test process's (tests/model_cache.py):
+    SmolLM2 (~20 s to convert) and the ONNX embedding are made once, not once per home."""
+    return link_models(tmp_path_factory.mktemp(name))
 
 
 def server_settings(

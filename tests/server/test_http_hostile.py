@@ -37,6 +37,7 @@ from kbqa.server.app import create_app
 from kbqa.server.job_store import JobStore
 from kbqa.settings import load_settings
 from tests.fake_chat import FakeChat
+from tests.model_cache import link_models
 from tests.waiting import HANG_GUARD_S, wait_for
 
 PARSE_TIMEOUT_S = 8
@@ -209,7 +210,7 @@ def gone(pid: int) -> bool:
 
 
 def test_sigterm_stops_a_stuck_parse_and_exits(live: LiveServer, tmp_path: Path) -> None:
-    home = tmp_path / "home"
+    home = link_models(tmp_path / "home")
     log = (tmp_path / "serve.log").open("w")
     process, url = kbqa_serve(
         home,

@@ -17,6 +17,7 @@ from postgres_server import PostgresServer
 from server_helpers import NO_LLM, REPO, kbqa, kbqa_serve, wait_for_job, wait_until_serving
 
 from kbqa.storage.pg_lock import LOCK_CLASS
+from tests.model_cache import link_models
 from tests.waiting import wait_for
 
 Hosts = list[str]
@@ -36,7 +37,7 @@ def database(postgres_server: PostgresServer) -> str:
 def hosts(
     database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Hosts, list[Path]]]:
-    homes = [tmp_path_factory.mktemp(f"host{i}") for i in range(3)]
+    homes = [link_models(tmp_path_factory.mktemp(f"host{i}")) for i in range(3)]
     started = [_serve(home, database, home / "serve.log") for home in homes]
     with ExitStack() as stack:
         for process, _ in started:
