@@ -73,6 +73,21 @@ def sp_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_sentencepiece(tmp_path_factory.mktemp("spm") / "tokenizer.model")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for a module whose models are small (the tiny ChatGLM2, the bundled
+    135M SmolLM2): their matrices gain little from a second thread, and on a loaded 2-core
+    machine each parallel step waits for a thread the scheduler has not run yet, so a call
+    stalls for seconds (LangChain's standard tests on SmolLM2: ~170 s on two threads beside a
+    busy loop, ~70 s on one). The answers are the same; only the time differs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL cluster for the whole session, stopped at its end; skipped (with the

@@ -24,6 +24,9 @@ from kbqa.storage.kb import KnowledgeBase
 from tests.answering_support import prompt_text, settings_for, shared_home
 from tests.fake_chat import FakeChat
 
+# The bundled SmolLM2 answers in this process: why one thread, see tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FP16_QUESTION = "Lumen-7B 在 FP16 下需要多少显存？"
 
 

@@ -15,6 +15,9 @@ from tests import cli_support
 from tests.answering_support import settings_for, shared_home
 from tests.fake_chat import FakeChat
 
+# The bundled SmolLM2 answers in this process: why one thread, see tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 HARBOR = "How long are Harbor backups kept?"
 
 

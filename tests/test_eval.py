@@ -19,6 +19,9 @@ from tests.answering_support import DATA, settings_for, shared_home
 from tests.cli_support import kbqa
 from tests.fake_chat import FakeChat
 
+# The bundled SmolLM2 answers in this process: why one thread, see tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 QUESTIONS = [
     {"id": "fp16", "question": "Lumen-7B 用 FP16 加载要多少显存？", "facts": ["14 GB"],
      "sources": ["lumen_deploy_zh.md"]},

@@ -18,6 +18,9 @@ from kbqa.finetune_eval import exact_match, rouge_l
 from tests.answering_support import settings_for, shared_home
 from tests.cli_support import kbqa
 
+# The bundled SmolLM2 answers in this process: why one thread, see tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = {**ChatGLM2.from_config("tiny").config.to_dict(), "padded_vocab_size": 512}
 PAIRS: list[dict[str, Any]] = [
     {"prompt": "你好", "response": "你好！有什么可以帮你的吗？"},

@@ -7,7 +7,6 @@ time: with the preset's 65,024 rows a random model would mostly pick ids that no
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,3 @@ def tiny_checkpoint(
     save_pretrained(tiny_parts[0], folder)
     (folder / "tokenizer.model").write_bytes(sp_model_path.read_bytes())
     return folder
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model's matrices are too small to split across threads; with the default
-    threads a loaded 2-core machine stalls for seconds per call."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

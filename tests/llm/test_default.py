@@ -23,7 +23,7 @@ from kbqa.llm.errors import LLMUnavailable
 from kbqa.llm.local_model import DEFAULT_CACHE_NAME, LocalModel, load_local_model
 from tests.answering_support import shared_home
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

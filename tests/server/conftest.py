@@ -12,6 +12,12 @@ from kbqa.ingest.pipeline import ingest_paths
 from kbqa.server.app import create_app
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_on_one_thread(one_torch_thread: None) -> None:
+    """The bundled model answers in these servers' threads: torch on one thread while they do
+    (why: one_torch_thread in tests/conftest.py)."""
+
+
 @pytest.fixture(scope="session")
 def docs_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home with the `default` KB holding DOCUMENTS."""
