@@ -82,7 +82,10 @@ class PostgresServer:
     def destroy(self) -> None:
         with contextlib.suppress(PostgresError):  # already stopped
             self.stop("immediate")
-        shutil.rmtree(self.dir, ignore_errors=True)
+        # `rm` in a process of its own: shutil.rmtree unlinks the cluster's files (~300 for each
+        # database a test made) one call at a time, each taking the GIL back, so one busy thread
+        # in the test process slows it tenfold (60 databases: 7 s instead of 0.9 s).
+        subprocess.run(["rm", "-rf", "--", str(self.dir)], check=False)
 
     def _run(self, program: str, *args: str) -> None:
         command = [str(self._bindir / program), *args]
