@@ -4,13 +4,24 @@ one clear line when the server cannot be reached."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from kbqa.cli import app
+from kbqa.storage import pg_pool
 
 URL = "postgresql://kbqa:s3cret@127.0.0.1:9/kbqa"  # port 9: nothing listens there
+
+
+@pytest.fixture(autouse=True)
+def no_pool_left_behind() -> Iterator[None]:
+    """The in-process CLI opens this process's pool for URL; left open, its threads would go on
+    reconnecting to nothing (and logging it) through the rest of the session."""
+    yield
+    pg_pool.close(URL)
 
 
 def test_config_show_hides_the_password(tmp_path: Path) -> None:
