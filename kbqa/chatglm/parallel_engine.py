@@ -103,6 +103,7 @@ class Followers:
         self.lost: RankLost | None = None
         self.on_lost: Callable[[RankLost], None] | None = None
         self._stopping = threading.Event()
+        self._checking = threading.Lock()
         self._watch = threading.Thread(target=self._watch_ranks, name="kbqa-tp-watch", daemon=True)
         self._watch.start()
 
@@ -136,6 +137,12 @@ class Followers:
         return self._check() or error
 
     def _check(self) -> RankLost | None:
+        # One thread at a time (the watcher and a failed collective both get here): two reaping
+        # the same process at once, the loser's waitpid fails and it would see no exit status.
+        with self._checking:
+            return self._check_locked()
+
+    def _check_locked(self) -> RankLost | None:
         if self.lost is None:
             dead = [(rank, code) for rank, code in ended(self.processes) if code is not None]
             if dead:
