@@ -6,7 +6,7 @@ its rows sit in the chunk before. Retrieval finds the chunk whose words match th
 the figure asked for is then a neighbour away. Quoting (kbqa.answer_mode.extract) scores the
 neighbours' sentences too, and a neighbour that is quoted joins the sources it is cited from.
 
-The KB is read through its public API (`KnowledgeBase.document`: a document's chunks in
+The KB is read through its public API (`KnowledgeBase.around`: a chunk and its neighbours in
 reading order), on the handle the retriever keeps open; a KB or document gone meanwhile simply
 has no neighbours.
 """
@@ -55,14 +55,17 @@ def adjacent_chunks(open_kb: OpenKB, sources: Sequence[Source], around: int = AR
     """The chunks just before and just after each of the first `around` sources in its
     document, not already among `sources`, each once. `open_kb`: the KBs, open (this closes
     none of them)."""
-    wanted = list(sources[:around])
     known = {s.chunk_id for s in sources}
     nearby = Nearby()
-    for source in wanted:
+    for source in sources[:around]:
         try:
-            chunks = _around(open_kb(source.kb), source)
+            found = open_kb(source.kb).around(source.doc_id, {source.chunk_id})
         except (NotFound, ConfigError, StorageError):
             continue  # deleted or damaged since it was searched: quote from what was found
+        if source.chunk_id not in found:
+            continue
+        place = found[source.chunk_id]
+        chunks = [c for c in (place.before, place.chunk, place.after) if c is not None]
         for before, chunk in pairwise(chunks):
             if chunk.chunk_id is not None:
                 nearby.leads.setdefault(chunk.chunk_id, before.text)
@@ -71,18 +74,6 @@ def adjacent_chunks(open_kb: OpenKB, sources: Sequence[Source], around: int = AR
                 known.add(chunk.chunk_id)
                 nearby.sources.append(_as_source(source, chunk))
     return nearby
-
-
-def _around(kb: KnowledgeBase, source: Source) -> list[ChunkRecord]:
-    """The chunk before `source`'s, its own, and the one after, those that exist."""
-    document = kb.document(source.doc_id)
-    if document is None:
-        return []
-    _, chunks = document
-    at = next((i for i, c in enumerate(chunks) if c.chunk_id == source.chunk_id), None)
-    if at is None:
-        return []
-    return chunks[max(at - 1, 0) : at + 2]
 
 
 def _as_source(anchor: Source, chunk: ChunkRecord) -> Source:

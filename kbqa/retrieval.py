@@ -214,21 +214,19 @@ class Retriever:
         """By chunk id of each hit: the texts of the chunks just before and after it in its
         document ("" at either end). Relevance scores a hit with each of them too (see
         "Neighbours" in kbqa.relevance): a short Chinese chunk often holds half an answer."""
-        wanted = {(hit.kb, hit.doc_id) for hit in hits}
-        ids = {hit.chunk_id for hit in hits}
-        around: dict[str, tuple[str, str]] = {}
-        for name, doc_id in wanted:
+        ids_by_document: dict[tuple[str, str], set[str]] = {}
+        for hit in hits:
+            ids_by_document.setdefault((hit.kb, hit.doc_id), set()).add(hit.chunk_id)
+        texts: dict[str, tuple[str, str]] = {}
+        for (name, doc_id), ids in ids_by_document.items():
             try:
-                document = self._open(name).document(doc_id)
+                found = self._open(name).around(doc_id, ids)
             except (NotFound, ConfigError, StorageError):
                 continue  # gone since it was searched: each hit is scored alone
-            texts = [chunk.text for chunk in document[1]] if document else []
-            for i, chunk in enumerate(document[1] if document else []):
-                if chunk.chunk_id in ids:
-                    before = texts[i - 1] if i > 0 else ""
-                    after = texts[i + 1] if i + 1 < len(texts) else ""
-                    around[chunk.chunk_id] = (before, after)
-        return around
+            for chunk_id, around in found.items():
+                before, after = around.before, around.after
+                texts[chunk_id] = (before.text if before else "", after.text if after else "")
+        return texts
 
     def _sources_of(self, kb: KnowledgeBase, info: KBInfo) -> list[str]:
         """`kb`'s document sources, read again when its counts of documents or chunks change."""

@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +47,15 @@ from kbqa.storage.places import database_of
 from kbqa.storage.search import hybrid_search
 from kbqa.storage.sqlite_store import SqliteStore
 from kbqa.storage.store import Store, read_valid_meta
-from kbqa.storage.types import ChunkRecord, DocumentInfo, DocumentUpsert, KBInfo, SearchHit, Vectors
+from kbqa.storage.types import (
+    Around,
+    ChunkRecord,
+    DocumentInfo,
+    DocumentUpsert,
+    KBInfo,
+    SearchHit,
+    Vectors,
+)
 from kbqa.storage.vector_index import VectorIndex, resolve_kind, write_index
 
 LOCK_FILE = ".lock"
@@ -293,6 +301,21 @@ class KnowledgeBase:
         doc_id, path, root, source, content_hash, size, mtime = info
         document = DocumentInfo(doc_id, path, root, source, content_hash, size, mtime, len(chunks))
         return document, chunks
+
+    def around(self, doc_id: str, chunk_ids: Collection[str]) -> dict[str, Around]:
+        """By chunk id, each of `chunk_ids` in document `doc_id` with its neighbours in reading
+        order (one read of the document); ids not in it, or an unknown document, are left out.
+        A short chunk often holds half an answer: the caption closes one, the table opens the
+        next (kbqa.relevance and kbqa.neighbours read them)."""
+        document = self.document(doc_id)
+        chunks = document[1] if document else []
+        found: dict[str, Around] = {}
+        for i, chunk in enumerate(chunks):
+            if chunk.chunk_id is not None and chunk.chunk_id in chunk_ids:
+                before = chunks[i - 1] if i > 0 else None
+                after = chunks[i + 1] if i + 1 < len(chunks) else None
+                found[chunk.chunk_id] = Around(before, chunk, after)
+        return found
 
     def search(
         self,

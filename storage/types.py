@@ -29,6 +29,15 @@ class ChunkRecord:
 
 
 @dataclass(frozen=True)
+class Around:
+    """A chunk with the chunks just before and after it in its document's reading order."""
+
+    before: ChunkRecord | None
+    chunk: ChunkRecord
+    after: ChunkRecord | None
+
+
+@dataclass(frozen=True)
 class DocumentUpsert:
     """One document to add or replace, all of its chunks and their vectors."""
 

@@ -146,6 +146,25 @@ def test_get_chunks_keeps_order_and_skips_missing(
     ]
 
 
+def test_around_gives_each_chunk_with_its_neighbours(
+    kb: KnowledgeBase, rng: np.random.Generator
+) -> None:
+    doc = make_doc("/docs/a.txt", ["one", "two", "three"], unit_vectors(rng, 3))
+    kb.sync([doc], [])
+    (info,) = kb.documents()
+    ids = {h.text: h.chunk_id for h in kb.search(doc.vectors[0], "", 3)}
+    found = kb.around(info.doc_id, {ids["one"], ids["three"], "missing"})
+    assert set(found) == {ids["one"], ids["three"]}
+    first, last = found[ids["one"]], found[ids["three"]]
+    assert (first.before, first.chunk.text, first.after and first.after.text) == (
+        None,
+        "one",
+        "two",
+    )
+    assert (last.before and last.before.text, last.chunk.text, last.after) == ("two", "three", None)
+    assert kb.around("no-such-document", {ids["two"]}) == {}
+
+
 def test_fixed_ids_and_metadata_round_trip(kbs_dir: Path, kb: KnowledgeBase) -> None:
     chunk = ChunkRecord("t", 3, "H > I", 0, "embed t", chunk_id="c1", metadata={"k": [1, "二"]})
     doc = make_doc("/docs/a.txt", ["t"], unit_vectors(np.random.default_rng(0), 1))
