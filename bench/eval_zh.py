@@ -58,8 +58,13 @@ def _is_zh(text: str) -> bool:
     return has_cjk(text)
 
 
+def lang_of(q: dict[str, Any]) -> str:
+    """The question's language: its `lang` field, else whether it holds Chinese."""
+    return str(q.get("lang") or ("zh" if _is_zh(q["question"]) else "en"))
+
+
 def group_of(q: dict[str, Any]) -> str:
-    lang = q.get("lang") or ("zh" if _is_zh(q["question"]) else "en")
+    lang = lang_of(q)
     if q.get("unanswerable"):
         return f"unanswerable {lang}"
     # The first expected source says what the question is about; later ones are alternatives
@@ -147,8 +152,7 @@ def report(rows: list[Row], min_relevance: float, label: str) -> None:
     for lang in ("zh", "en", "all"):
 
         def of_lang(r: Row, lang: str = lang) -> bool:
-            q_lang = r.q.get("lang") or ("zh" if _is_zh(r.q["question"]) else "en")
-            return lang in ("all", q_lang)
+            return lang in ("all", lang_of(r.q))
 
         un = [r for r in rows if r.group.startswith("unanswerable") and of_lang(r)]
         an = [r for r in answerable if of_lang(r)]
