@@ -179,11 +179,13 @@ def _gemv_configs(split: bool) -> list[triton.Config]:
 # tunes anyway), so that decode starts without a tuning pass of ~100 compiles, which also
 # allocates a 256 MB buffer to flush the L2. Other shapes are tuned on first use.
 TUNED: dict[tuple[int, int, int], tuple[int, int, int, int, int]] = {
-    # fp16 (and bf16) weights: qkv, h→4h (GLU), dense, 4h→h, output layer
-    (16, 4608, 4096): (8, 512, 4, 1, 3),
-    (16, 13696, 4096): (16, 256, 4, 1, 3),
-    (16, 4096, 4096): (16, 1024, 4, 1, 3),
-    (16, 4096, 13696): (16, 512, 4, 2, 3),
+    # fp16 (and bf16) weights: qkv, h→4h (GLU), dense, 4h→h, output layer; the first four
+    # from the sweep (H100, 2026-12-07: one decode step's GEMVs 5,385 → 5,188 µs, `generate`
+    # 218.5 → 224.8 tok/s)
+    (16, 4608, 4096): (8, 512, 4, 1, 4),
+    (16, 13696, 4096): (4, 2048, 4, 1, 4),
+    (16, 4096, 4096): (32, 128, 8, 4, 3),
+    (16, 4096, 13696): (8, 1024, 4, 4, 3),
     (16, 65024, 4096): (8, 512, 4, 1, 3),
     # int4: many rows per program for the short outputs, with K split over 8 programs; qkv,
     # dense and 4h→h from bench/chatglm_engine_gemv_gpu.py's sweep (H100, 2026-12-07: one
@@ -442,11 +444,13 @@ INT4_MATMUL_MAX_ROWS = 64
 # Winners of the autotuner on an H100 (2026-12-07) for chatglm2-6b's decode, by (M_PAD, N, K):
 # (BM, BN, BW, warps, stages); other shapes are tuned on first use (KBQA_GEMV_AUTOTUNE=1: all).
 INT4_TUNED: dict[tuple[int, int, int], tuple[int, int, int, int, int]] = {
-    # 3–16 rows: qkv, dense, h→4h (gate and up, no GLU fused), 4h→h
-    (16, 4608, 4096): (16, 32, 32, 4, 4),
+    # 3–16 rows: qkv, dense, h→4h (gate and up, no GLU fused), 4h→h; qkv, h→4h and 4h→h
+    # from the sweep (H100, 2026-12-07: h→4h 78.7 → 57.1 µs, the engine's 16 streams 2,769 →
+    # 3,156 tok/s)
+    (16, 4608, 4096): (16, 64, 16, 4, 5),
     (16, 4096, 4096): (16, 32, 32, 4, 4),
-    (16, 27392, 4096): (16, 32, 32, 4, 4),
-    (16, 4096, 13696): (16, 32, 32, 4, 4),
+    (16, 27392, 4096): (16, 128, 16, 4, 3),
+    (16, 4096, 13696): (16, 32, 64, 4, 5),
     (32, 4608, 4096): (64, 64, 32, 4, 3),
     (32, 4096, 4096): (32, 32, 32, 4, 4),
     (32, 27392, 4096): (64, 64, 32, 4, 3),
