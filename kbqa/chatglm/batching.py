@@ -9,7 +9,11 @@ and a loop, on a background thread, that repeats one step:
    first and in one pass of the fast forward; on CUDA a whole prompt of up to 2,048 tokens is
    one prefill graph replay instead, never cut (running streams pause once for its GPU time,
    ~30 ms at 1.6k tokens on an H100, not for several launch-bound chunks); a request whose
-   prompt is done samples its first token and joins the decoding rows;
+   prompt is done samples its first token and joins the decoding rows. A newcomer whose
+   prompt begins with at least `REUSED_PREFIX_MIN` tokens of a prompt already in the cache
+   (the same instructions and retrieved passages before a different question, as when many
+   users ask over the same documents) copies those positions from that row and prefills only
+   the rest;
 3. all decoding rows run one token together (`DecodeStep`), each samples with its own
    settings, and finished ones leave. On CUDA the next step is queued on the sampled tokens
    before they are read back (`look_ahead`), so the device does not wait for this thread.
@@ -44,6 +48,11 @@ from kbqa.chatglm.prefill_graphs import PrefillGraphs
 from kbqa.chatglm.sampling import SamplingParams, sample_rows
 
 log = logging.getLogger("kbqa.chatglm")
+
+REUSED_PREFIX_MIN = 256
+"""Shortest shared prompt prefix copied from another row rather than prefilled: a copy reads
+and writes the prefix's keys and values once (~30 MB per 1,000 tokens for ChatGLM2-6B), while
+the rest of the prompt then runs eagerly rather than as a whole-prompt graph replay."""
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 Cancel = threading.Event | Callable[[], bool]
@@ -162,6 +171,7 @@ class EngineStats:
     row_swaps: int = 0  # a finished prompt took its row from a younger one still prefilling
     graph_prefills: int = 0  # whole prompts prefilled by a graph replay
     steps_ahead: int = 0  # decode steps queued before the last one's tokens were read, and used
+    reused_prefix_tokens: int = 0  # prompt tokens copied from another row instead of prefilled
 
 
 class BatchEngine:
@@ -405,6 +415,7 @@ class BatchEngine:
         """Run the next prompt pieces of the prefilling sequences (oldest first, within this
         step's token budget): whole prompts that fit the prefill graphs one replay each, the
         other pieces together in one eager pass. Those whose prompt is done start decoding."""
+        self._reuse_prefixes()
         pieces = self._plan_prefill()
         logits: dict[int, Tensor] = {}  # id(seq) → its last position's logits [V]
         eager: list[tuple[_Seq, int]] = []
@@ -430,6 +441,26 @@ class BatchEngine:
         finished = [seq for seq in self._prefilling if seq.done == len(seq.request.prompt)]
         for seq in finished:
             self._start_decoding(seq, logits[id(seq)])
+
+    def _reuse_prefixes(self) -> None:
+        """Newcomers that have prefilled nothing copy the longest prompt prefix they share
+        with a row whose prompt is (partly) in the cache, where it is long enough."""
+        donors = [s for s in self._running + self._prefilling if s.done >= REUSED_PREFIX_MIN]
+        for seq in self._prefilling:
+            if seq.done or not donors:
+                continue
+            prompt = seq.request.prompt
+            best, length = None, 0
+            for donor in donors:
+                shared = _shared_prefix(prompt, donor.request.prompt, donor.done)
+                if shared > length:
+                    best, length = donor, shared
+            length = min(length, len(prompt) - 1)  # the last token's logits are wanted
+            if best is None or length < REUSED_PREFIX_MIN:
+                continue
+            self._copy_row(best.row, seq.row, length)
+            seq.done = seq.length = length
+            self.stats.reused_prefix_tokens += length
 
     def _plan_prefill(self) -> list[tuple[_Seq, int]]:
         """(sequence, prompt tokens it runs this step), oldest first. The budget is
@@ -623,3 +654,17 @@ class BatchEngine:
                 self.max_batch, vocab, dtype=torch.bool, device=self.model.device
             )
         return self._seen
+
+
+def _shared_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """How many leading tokens a and b share, at most `limit` (slices compared by halving)."""
+    low, high = 0, min(len(a), len(b), limit)
+    if a[:REUSED_PREFIX_MIN] != b[:REUSED_PREFIX_MIN]:
+        return 0  # the common case, decided at once
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low

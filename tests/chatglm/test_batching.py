@@ -129,6 +129,25 @@ def test_prompts_prefill_together_and_rows_are_reused_in_any_order(model: ChatGL
         assert request.tokens == _alone(model, prompt, n)
 
 
+def test_newcomers_copy_a_shared_prompt_prefix_and_answer_as_alone(model: ChatGLM2) -> None:
+    # The same 300 tokens (instructions and passages) before different questions: newcomers
+    # copy them from the row that prefilled them and prefill only their own tail.
+    (shared,) = _prompts([300], seed=5)
+    tails = _prompts([1, 7, 40], seed=6)
+    same = [*shared, *tails[1]]  # the first prompt again, whole: all but its last token copied
+    early = [*shared[:200], *tails[2]]  # parts from the others before 256 tokens: prefilled
+    first = [*shared, *tails[1]]
+    engine = BatchEngine(model, max_batch=4, max_seq=400, prefill_chunk=64)
+    requests = [engine.submit(first, max_new_tokens=NEW, stop_ids=[])]
+    engine.step()  # prefills `first` whole (the only one waiting) and starts decoding it
+    prompts = [first, [*shared, *tails[0]], same, early]
+    requests += [engine.submit(p, max_new_tokens=NEW, stop_ids=[]) for p in prompts[1:]]
+    _drain(engine)
+    assert engine.stats.reused_prefix_tokens == 300 + len(same) - 1
+    for request, prompt in zip(requests, prompts, strict=True):
+        assert request.tokens == _alone(model, prompt)
+
+
 @pytest.mark.parametrize("quantize", [None, "int4"])
 def test_a_prefill_of_several_segments_matches_the_eager_model(quantize: str | None) -> None:
     """The fast forward (here its torch ops) prefills three sequences in one pass, one of them
