@@ -352,6 +352,9 @@ def serve(args: argparse.Namespace) -> None:
         server.should_exit = True
         thread.join(60)
     sources = measured.pop("first_sources", [])
+    # What the engine did for the HTTP part (reused prompt prefixes among them, where the tree
+    # has them), before the in-process timings below add to it.
+    R["engine_stats_http"] = dict(vars(getattr(chat.engine, "stats", object())))
     try:
         if not args.http_only:
             R["stages"] = stage_profile(settings, chat, args.dry_run)
