@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from eval_retrieval import EmbeddingCache
-from eval_zh import KB, build, lang_of, load_questions
+from eval_zh import KB, build, lang_of, load_questions, search_as_asked
 
 PROMPT = (
     "Passage:\n{passage}\n\nQuestion: {question}\n\n"
@@ -156,18 +156,13 @@ class Idf:
 
 
 def collect(settings: Any, questions: list[dict[str, Any]]) -> list[Item]:
-    from kbqa.prompting import retrieval_query
     from kbqa.relevance import relevance_of
     from kbqa.retrieval import Retriever
 
     retriever = Retriever(settings)
     items = []
     for q in questions:
-        history = [(a, b) for a, b in q.get("history", [])]
-        query = retrieval_query(history, q["question"])
-        hits = retriever.search(
-            query, [KB], settings.retrieval.top_k, focus=q["question"] if history else None
-        )
+        hits = search_as_asked(retriever, q, settings.retrieval.top_k)
         kept = retriever.relevant(hits)
         top = relevance_of(hits[0]) if hits else 0.0
         passages = [h.text for h in kept[:2]]

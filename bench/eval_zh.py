@@ -99,17 +99,24 @@ def build(work: Path, rebuild: bool) -> Any:
     return settings
 
 
-def evaluate(settings: Any, questions: list[dict[str, Any]]) -> list[Row]:
+def search_as_asked(retriever: Any, q: dict[str, Any], k: int) -> list[Any]:
+    """The hits `kbqa ask` searches with for question record `q` (a follow-up as its earlier
+    questions plus itself, focused on itself)."""
     from kbqa.prompting import retrieval_query
+
+    history = [(a, b) for a, b in q.get("history", [])]
+    query = retrieval_query(history, q["question"])
+    return list(retriever.search(query, [KB], k, focus=q["question"] if history else None))
+
+
+def evaluate(settings: Any, questions: list[dict[str, Any]]) -> list[Row]:
     from kbqa.relevance import relevance_of
     from kbqa.retrieval import Retriever
 
     retriever = Retriever(settings)
     rows = []
     for q in questions:
-        history = [(a, b) for a, b in q.get("history", [])]
-        query = retrieval_query(history, q["question"])
-        hits = retriever.search(query, [KB], K, focus=q["question"] if history else None)
+        hits = search_as_asked(retriever, q, K)
         expected = q.get("sources", [])
         facts = [norm(f) for f in q.get("facts", [])]
         source_rank = fact_rank = None
