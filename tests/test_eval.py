@@ -65,6 +65,13 @@ def test_retrieval_only_json_is_the_contract_shape(home: Path, tmp_path: Path) -
     assert result["citation"] == {"precision": None}
     assert result["latency_ms"]["p50"] > 0 and result["latency_ms"]["p95"] >= 0
     assert result["failed"] == []
+    # fp16, int4 and cook are asked in Chinese; keep, port and moon in English.
+    languages = result["by_language"]
+    assert [(lang, part["n"]) for lang, part in languages.items()] == [("cjk", 3), ("other", 3)]
+    for part in languages.values():
+        assert part["retrieval"]["hit@5"] == 1.0 and part["refusal"]["recall"] == 1.0
+        assert set(part) == {"n", "retrieval", "refusal", "answer", "citation", "evidence",
+                             "latency_ms"}  # fmt: skip
 
 
 def test_a_question_whose_source_is_not_retrieved_is_reported_failed(
@@ -204,6 +211,9 @@ def test_report_page_escapes_hostile_text(home: Path, tmp_path: Path) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert (report / "relevance.png").stat().st_size > 1000
     assert "report:" in out and "1 questions failed" in out
+    # The metrics per question language beside the totals, on the page and the terminal.
+    assert "<th>all</th><th>cjk (3)</th><th>other (4)</th>" in page
+    assert "cjk (3)" in out and "other (4)" in out
 
 
 def test_source_matching_is_whole_path_components() -> None:
@@ -256,6 +266,37 @@ def test_metrics_are_null_without_anything_to_score() -> None:
     assert summary["refusal"]["recall"] is None and summary["refusal"]["precision"] is None
     assert summary["answer"]["fact_recall"] is None
     assert summary["latency_ms"] == {"p50": 1.0, "p95": 1.0}
+
+
+def test_refusal_is_scored_per_question_language() -> None:
+    from kbqa.evaluation.metrics import by_language, metric_table
+
+    def record(question: str, unanswerable: bool, refused: bool) -> EvalRecord:
+        case = EvalCase(line=1, question=question, unanswerable=unanswerable, facts=("f",))
+        return EvalRecord(case, [Retrieved("a.md", "f", 0.5, "kb")], refused, latency_ms=1.0)
+
+    records = [
+        record("显存要多少？", unanswerable=True, refused=True),
+        record("哪个端口？", unanswerable=True, refused=True),
+        record("Which port?", unanswerable=True, refused=False),
+        record("How much memory?", unanswerable=True, refused=True),
+        record("How long?", unanswerable=False, refused=True),
+    ]
+    languages = by_language(records, retrieval_only=True)
+    assert languages["cjk"]["n"] == 2 and languages["other"]["n"] == 3
+    assert languages["cjk"]["refusal"] == {
+        "precision": 1.0, "recall": 1.0, "answerable_refused": None}  # fmt: skip
+    assert languages["other"]["refusal"] == {
+        "precision": 0.5, "recall": 0.5, "answerable_refused": 1.0}  # fmt: skip
+
+    result = {**summarise(records, retrieval_only=True), "by_language": languages}
+    headings, rows = metric_table(result)
+    assert headings == ["all", "cjk (2)", "other (3)"]
+    assert ("refusal", "recall", ["0.750", "1.000", "0.500"]) in rows
+    # One language: no columns that repeat the totals.
+    alone = {**summarise(records[:2], retrieval_only=True)}
+    alone["by_language"] = by_language(records[:2], retrieval_only=True)
+    assert metric_table(alone)[0] == ["all"]
 
 
 def test_latency_percentiles_interpolate() -> None:

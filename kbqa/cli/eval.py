@@ -105,13 +105,12 @@ def eval_command(
 
 
 def _print_result(result: dict[str, Any]) -> None:
-    table = Table("metric", "value", title=f"kbqa eval — {result['n']} questions")
-    for group in ("retrieval", "refusal", "answer", "citation", "evidence", "latency_ms"):
-        for name, value in result[group].items():
-            shown = (
-                "—" if value is None else f"{value:.3f}" if group != "latency_ms" else str(value)
-            )
-            table.add_row(f"{group} {name}", shown)
+    from kbqa.evaluation.metrics import metric_table
+
+    headings, rows = metric_table(result)
+    table = Table("metric", *headings, title=f"kbqa eval — {result['n']} questions")
+    for group, name, shown in rows:
+        table.add_row(f"{group} {name}", *shown)
     table.add_row("min_relevance", str(result["min_relevance"]))
     if "calibrated_min_relevance" in result:
         point = result["calibration"]["at_threshold"]

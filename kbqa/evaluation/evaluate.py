@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from kbqa.errors import UsageError
 from kbqa.evaluation.calibration import Calibration, calibrate
 from kbqa.evaluation.cases import EvalCase
-from kbqa.evaluation.metrics import problems, summarise
+from kbqa.evaluation.metrics import by_language, problems, summarise
 from kbqa.evaluation.runner import EvalRecord, Progress, run_cases
 from kbqa.jsonlines import BadLine
 from kbqa.retrieval import Retriever
@@ -102,7 +102,10 @@ def evaluate(
         min_relevance=retriever.min_relevance(names[0]),
         calibration=calibration,
     )
-    evaluation.summary = summarise(records, retrieval_only=retrieval_only)
+    evaluation.summary = {
+        **summarise(records, retrieval_only=retrieval_only),
+        "by_language": by_language(records, retrieval_only=retrieval_only),
+    }
     return evaluation
 
 

@@ -13,6 +13,11 @@
 - evidence precision: answered questions with facts whose top evidence sentence contains
   one of them / such questions that have evidence.
 A metric is None where nothing in the file can score it.
+
+The same numbers per question language (`by_language`): "cjk" for questions written with
+Chinese or Japanese characters, "other" for the rest. The two are scored on different scales
+(kbqa.relevance: a Chinese question's relevance is mostly its lexical share, another's mostly
+the embedding's cosine), so one threshold can refuse well in one language and not the other.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from typing import Any
 
 from kbqa.evaluation.cases import source_matches
 from kbqa.evaluation.runner import RETRIEVAL_DEPTH, EvalRecord, Retrieved
+from kbqa.storage.keyword import has_cjk
+
+METRIC_GROUPS = ("retrieval", "refusal", "answer", "citation", "evidence", "latency_ms")
+"""The result's metric groups, in the order people are shown them."""
 
 _SPACE = re.compile(r"\s+")
 _MARKUP = re.compile(r"[*`]")
@@ -77,6 +86,44 @@ def summarise(records: Sequence[EvalRecord], *, retrieval_only: bool) -> dict[st
         "evidence": {"precision": None if retrieval_only else _evidence(records)},
         "latency_ms": _latency(records),
     }
+
+
+def language_of(question: str) -> str:
+    """ "cjk" for a question written with Chinese or Japanese characters, else "other"."""
+    return "cjk" if has_cjk(question) else "other"
+
+
+def by_language(records: Sequence[EvalRecord], *, retrieval_only: bool) -> dict[str, Any]:
+    """`summarise` for each question language the file has, with its question count `n`."""
+    groups: dict[str, list[EvalRecord]] = {}
+    for record in records:
+        groups.setdefault(language_of(record.case.question), []).append(record)
+    return {
+        language: {"n": len(group), **summarise(group, retrieval_only=retrieval_only)}
+        for language, group in sorted(groups.items())
+    }
+
+
+def metric_table(result: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, list[str]]]]:
+    """The metrics of a `kbqa eval` result as people read them (the terminal, the report):
+    the column headings ("all", then each question language with its count where the file has
+    more than one) and a row (group, metric, the value shown in each column) per metric."""
+    languages = result.get("by_language", {})
+    columns = [("all", result)]
+    if len(languages) > 1:
+        columns += [(f"{language} ({part['n']})", part) for language, part in languages.items()]
+    rows = [
+        (group, name, [_shown(group, part[group][name]) for _, part in columns])
+        for group in METRIC_GROUPS
+        for name in result[group]
+    ]
+    return [heading for heading, _ in columns], rows
+
+
+def _shown(group: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    return str(value) if group == "latency_ms" else f"{value:.3f}"
 
 
 def _retrieval(records: Sequence[EvalRecord]) -> dict[str, float | None]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kbqa.evaluation.evaluate import Evaluation
+from kbqa.evaluation.metrics import metric_table
 
 PAGE = "index.html"
 _STYLE = """
@@ -53,15 +54,18 @@ def _kb_label(result: dict[str, Any]) -> str:
 
 
 def _metrics_table(result: dict[str, Any]) -> str:
-    rows = []
-    for group in ("retrieval", "refusal", "answer", "citation", "evidence", "latency_ms"):
-        for name, value in result[group].items():
-            shown = "—" if value is None else f"{value:.3f}" if group != "latency_ms" else value
-            rows.append(f"<tr><td>{_e(group)}</td><td>{_e(name)}</td><td>{_e(shown)}</td></tr>")
+    headings, table = metric_table(result)
+    rows = [
+        f"<tr><td>{_e(group)}</td><td>{_e(name)}</td>"
+        + "".join(f"<td>{_e(value)}</td>" for value in shown)
+        + "</tr>"
+        for group, name, shown in table
+    ]
     if "calibrated_min_relevance" in result:
         value = result["calibrated_min_relevance"]
         rows.append(f"<tr><td>calibration</td><td>min_relevance</td><td>{value}</td></tr>")
-    head = "<tr><th>group</th><th>metric</th><th>value</th></tr>"
+    head = "<tr><th>group</th><th>metric</th>" + "".join(f"<th>{_e(h)}</th>" for h in headings)
+    head += "</tr>"
     return f"<h2>Metrics</h2><table>{head}{''.join(rows)}</table>"
 
 
