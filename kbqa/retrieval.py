@@ -4,6 +4,10 @@ Each KB keeps the embedding model it was built with, so the question is embedded
 distinct model among the KBs asked. Hits from all KBs are scored with the same 0..1 relevance
 (kbqa.relevance) and merged by it, the KB's own fusion score breaking ties. With
 `retrieval.reranker` set, a cross-encoder (kbqa.rerank) rescores the merged candidates.
+
+A KB that cannot be read raises its storage error as it is (kbqa.storage.errors: KBDamaged,
+DatabaseUnavailable, …), so the CLI and the server report it as they report it everywhere
+else (a damaged KB: exit 1, HTTP 500 `kb_damaged`), not as a configuration problem.
 """
 
 from __future__ import annotations
@@ -101,8 +105,6 @@ class Retriever:
                 known = KnowledgeBase.list_names(self.settings.kbs_dir)
                 hint = f" (existing: {', '.join(known)})" if known else " (run kbqa ingest first)"
                 raise NotFound(f"knowledge base {name} does not exist{hint}") from None
-            except StorageError as e:
-                raise ConfigError(str(e)) from None
             self._kbs[name] = (kb, _identity(kb.path))
             return kb
 
@@ -115,7 +117,7 @@ class Retriever:
 
     def kb(self, name: str) -> KnowledgeBase:
         """KB `name`, opened on first use and kept open (not to be closed by the caller);
-        NotFound or ConfigError as for `search`."""
+        NotFound or the storage error as for `search`."""
         return self._open(name)
 
     def embedder_for(self, kb: str) -> Embedder:
@@ -203,12 +205,9 @@ class Retriever:
         k: int,
         sources: list[str] | None = None,
     ) -> list[SearchHit]:
-        try:
-            return kb.search(
-                vector, query, k, candidates=self.settings.retrieval.candidates, sources=sources
-            )
-        except StorageError as e:
-            raise ConfigError(str(e)) from None
+        return kb.search(
+            vector, query, k, candidates=self.settings.retrieval.candidates, sources=sources
+        )
 
     def _neighbours(self, hits: Sequence[SearchHit]) -> dict[str, tuple[str, str]]:
         """By chunk id of each hit: the texts of the chunks just before and after it in its
@@ -221,7 +220,7 @@ class Retriever:
         for (name, doc_id), ids in ids_by_document.items():
             try:
                 found = self._open(name).around(doc_id, ids)
-            except (NotFound, ConfigError, StorageError):
+            except (NotFound, StorageError):
                 continue  # gone since it was searched: each hit is scored alone
             for chunk_id, around in found.items():
                 before, after = around.before, around.after

@@ -244,6 +244,7 @@ def chat(
     """Interactive question answering with history (clear, Ctrl-C, exit)."""
     from kbqa.errors import KBQAError
     from kbqa.llm.errors import LLMUnavailable
+    from kbqa.storage.errors import StorageError
 
     kbs = kb or ["default"]
     with command(home, config, json_out) as run:
@@ -279,7 +280,7 @@ def chat(
                     print_json(answer.to_json())
                 else:
                     answer = stream_answer(chain, text, kbs, history, top_k, cancel)
-        except (KBQAError, LLMUnavailable) as e:  # this question failed; the session goes on
+        except (KBQAError, LLMUnavailable, StorageError) as e:  # this one failed; go on
             stderr.print(f"error: {e}", markup=False, highlight=False)
             continue
         history.append([text, answer.answer])
