@@ -123,6 +123,18 @@ _HTTP_CODES = {
 }
 
 
+class ShuttingDown(ApiError):
+    """The server is stopping: it takes no new answer or upload (503, retry on the next one)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            503,
+            "shutting_down",
+            "the server is shutting down; retry on the next one",
+            headers={"Retry-After": "5"},
+        )
+
+
 def api_error_for(exc: Exception) -> ApiError | None:
     """The ApiError a storage, ingest or answering error stands for; None if it is a bug."""
     if isinstance(exc, ApiError):

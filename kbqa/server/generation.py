@@ -25,7 +25,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
-from kbqa.server.errors import ApiError
+from kbqa.server.errors import ApiError, ShuttingDown
 
 T = TypeVar("T")
 log = logging.getLogger("kbqa.server")
@@ -50,16 +50,6 @@ class GenerationTimeout(ApiError):
             "timeout",
             f"the answer took longer than the {timeout_s:g} s request timeout",
             headers={"Retry-After": str(retry_after_s)},
-        )
-
-
-class ShuttingDown(ApiError):
-    def __init__(self) -> None:
-        super().__init__(
-            503,
-            "shutting_down",
-            "the server is shutting down; retry on the next one",
-            headers={"Retry-After": "5"},
         )
 
 

@@ -53,7 +53,7 @@ from kbqa.ingest.isolation import DEADLINE, FileParser, ParseStopped, Stop, Work
 from kbqa.ingest.loaders import SUPPORTED_EXTENSIONS
 from kbqa.ingest.pipeline import IngestReport, ingest_paths
 from kbqa.kb_admin import list_documents
-from kbqa.server.errors import ApiError, api_error_for
+from kbqa.server.errors import ApiError, ShuttingDown, api_error_for
 from kbqa.server.job_store import ACTIVE_STATES, Job, JobKind, JobStore, OwnerLock
 from kbqa.server.pg_jobs import PgJobStore, PgOwnerLock
 from kbqa.settings import Settings
@@ -279,7 +279,7 @@ class JobManager:
             owner=self.owner,
         )
         if self._enqueue(job, paths) is None:
-            raise ApiError(503, "stopping", "the server is stopping", headers={"Retry-After": "5"})
+            raise ShuttingDown()
         return dataclasses.replace(job)
 
     def submit_watch(self, kb: str, folder: Path) -> tuple[Job, Future[None]] | None:

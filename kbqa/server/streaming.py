@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from kbqa.server.errors import ApiError, api_error_for
-from kbqa.server.generation import ShuttingDown, Ticket
+from kbqa.server.errors import ApiError, ShuttingDown, api_error_for
+from kbqa.server.generation import Ticket
 from kbqa.server.state import ServerState
 
 T = TypeVar("T")

@@ -26,7 +26,7 @@ from server_helpers import (
     wait_until_serving,
 )
 
-from kbqa.server.generation import ShuttingDown
+from kbqa.server.errors import ShuttingDown
 from kbqa.server.runner import GRACEFUL_SHUTDOWN_S
 from tests.fake_chat import FakeChat
 

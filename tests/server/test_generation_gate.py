@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from kbqa.server.generation import GenerationGate, GenerationTimeout, QueueFull, ShuttingDown
+from kbqa.server.errors import ShuttingDown
+from kbqa.server.generation import GenerationGate, GenerationTimeout, QueueFull
 from tests.waiting import HANG_GUARD_S
 
 

@@ -325,3 +325,18 @@ def test_history_settings_are_validated(tmp_path: Path, key: str, value: str) ->
     with pytest.raises(SettingsError, match=f"server.{key}"):
         load_settings(tmp_path, overrides={"server": {key: value}})
     assert load_settings(tmp_path, overrides={"server": {key: "3"}}).server.model_dump()[key] == 3
+
+
+def test_an_upload_after_shutdown_is_the_one_shutting_down_error(tmp_path: Path) -> None:
+    from kbqa.server.errors import ShuttingDown
+    from kbqa.server.jobs import JobManager
+
+    manager = JobManager(load_settings(tmp_path / "home", overrides={"server": {"api_key": ""}}))
+    manager.start()
+    manager.shutdown()
+    upload = tmp_path / "note.txt"
+    upload.write_text("a note", encoding="utf-8")
+    with pytest.raises(ShuttingDown) as raised:
+        manager.submit("default", [upload])
+    assert (raised.value.status, raised.value.code) == (503, "shutting_down")
+    assert raised.value.headers["Retry-After"] == "5"
