@@ -3,7 +3,7 @@ same script times this tree and an older one (PYTHONPATH=<old tree> python3 this
 
 Full-size random weights, FP16 and INT4. Measures: single-stream generate (prefill of a
 2,000-token prompt, decode tok/s at 2k context), the batching engine at 1 and 16 streams
-(decode tok/s, prefill of 2,000 tokens), prefill of an 8,192-token prompt against a 2,048-token
+(`--streams 1 16 64` for more; decode tok/s, prefill of 2,000 tokens), prefill of an 8,192-token prompt against a 2,048-token
 one (per token) with the peak memory of the 8k run, the time from starting a warming-up
 engine to its first token, and (where the tree has them) the logits of the fast forward
 against the eager model. Prints a table last; writes JSON.
@@ -223,11 +223,12 @@ def measure(label: str, quantize: str | None, args: argparse.Namespace, out: str
 
     def engine() -> dict[str, Any]:
         found: dict[str, Any] = {}
-        eng = BatchEngine(model, max_batch=16, max_seq=ctx + args.new * 3).start()
+        streams = sorted(set(args.streams))
+        eng = BatchEngine(model, max_batch=streams[-1], max_seq=ctx + args.new * 3).start()
         try:
-            for n in (1, 16):
+            for n in streams:
                 prompts = [prompt(ctx, 10 + i, vocab) for i in range(n)]
-                new = args.new if n == 1 else args.new * 3  # long enough for all 16 to overlap
+                new = args.new if n == 1 else args.new * 3  # long enough for all n to overlap
                 run_engine(eng, prompts, new)  # captures the graphs these shapes need
                 found[f"{n}_streams"] = engine_rate(run_engine(eng, prompts, new))
             found["stats"] = dict(vars(getattr(eng, "stats", object())))  # steps_ahead etc.
@@ -290,6 +291,9 @@ def main() -> None:
     parser.add_argument("--skip-warm-up", action="store_true")
     parser.add_argument("--skip-long", action="store_true", help="no 8k-token prompt")
     parser.add_argument("--skip-streams", action="store_true", help="no decode rates")
+    parser.add_argument(
+        "--streams", type=int, nargs="+", default=[1, 16], help="engine stream counts (1 16 64)"
+    )
     parser.add_argument(
         "--tuned", nargs="*", help="sweeps' JSON (GEMV, attention) whose winners to launch with"
     )
