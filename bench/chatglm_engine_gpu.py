@@ -3,10 +3,10 @@ same script times this tree and an older one (PYTHONPATH=<old tree> python3 this
 
 Full-size random weights, FP16 and INT4. Measures: single-stream generate (prefill of a
 2,000-token prompt, decode tok/s at 2k context), the batching engine at 1 and 16 streams
-(`--streams 1 16 64` for more; decode tok/s, prefill of 2,000 tokens), prefill of an 8,192-token prompt against a 2,048-token
-one (per token) with the peak memory of the 8k run, the time from starting a warming-up
-engine to its first token, and (where the tree has them) the logits of the fast forward
-against the eager model. Prints a table last; writes JSON.
+(`--streams 1 16 64` for more; decode tok/s, prefill of 2,000 tokens), prefill of an
+8,192-token prompt against a 2,048-token one (per token) with the peak memory of the 8k run,
+the time from starting a warming-up engine to its first token, and (where the tree has them)
+the logits of the fast forward against the eager model. Prints a table last; writes JSON.
 
     PYTHONPATH=. python3 bench/chatglm_engine_gpu.py --label new --out $OUT/new.json
 """
