@@ -22,6 +22,12 @@ Time to first token = from sending the request to receiving the first `{"type":"
 event. One user: sequential requests (p50, p95); 16 users: rounds of 16 requests sent at once
 (p50, p95), and output token events per second over the rounds' wall time.
 
+The 8 documents and the random questions make many of the 16 users retrieve the same passages in
+the same order, so their prompts share ~1,500 leading tokens, which the engine copies rather
+than prefills (`engine_stats_http.reused_prefix_tokens`). `--distinct-passages` measures the
+other case: 64 documents, each of 16 users at once asking about a different one, no prompt
+prefix shared (the dry run: 0 tokens copied).
+
     PYTHONPATH=. python3 bench/http_e2e_gpu.py --out $OUT/http_e2e.json
     PYTHONPATH=. python3 bench/http_e2e_gpu.py --dry-run --out /tmp/http_e2e.json
 """
@@ -55,6 +61,10 @@ _WORD_TEXT = (
 WORDS = _WORD_TEXT.split()
 
 CONTEXT_DOCS, DOC_TOKENS, TOP_K, MAX_NEW = 8, 370, 4, 64
+DISTINCT_DOCS = 64
+"""Documents of a `--distinct-passages` run: each names its own unit, and each of 16 users at
+once asks about a different one, so their prompts part after the template's instructions and
+no prompt prefix is shared (the harder case for the engine; see bench/RESULTS.md)."""
 
 
 def pct(values: list[float], q: float) -> float:
@@ -121,12 +131,14 @@ def save_embedding_model(root: Path) -> Path:
     return out
 
 
-def write_documents(folder: Path, tokenizer: Any) -> list[int]:
+def write_documents(folder: Path, tokenizer: Any, count: int, units: bool) -> list[int]:
+    """`count` documents of ~DOC_TOKENS tokens; with `units`, document i begins by naming unit
+    i, which a question can then ask about."""
     folder.mkdir(parents=True)
     rng = random.Random(2)
     sizes = []
-    for i in range(CONTEXT_DOCS):
-        parts: list[str] = []
+    for i in range(count):
+        parts: list[str] = [f"Report of unit{i}."] if units else []
         while tokenizer.count_tokens(" ".join(parts)) < DOC_TOKENS:
             parts.append(sentence(rng))
         text = " ".join(parts)
@@ -290,7 +302,9 @@ def serve(args: argparse.Namespace) -> None:
     tokenizer = ChatGLM2Tokenizer(train_tokenizer(tmp / "tokenizer.model"))
     R["sp_vocab"] = tokenizer.n_words
     embedding = save_embedding_model(tmp / "embedding")
-    R["doc_tokens"] = write_documents(tmp / "docs", tokenizer)
+    count = DISTINCT_DOCS if args.distinct_passages else CONTEXT_DOCS
+    R["distinct_passages"] = args.distinct_passages
+    R["doc_tokens"] = write_documents(tmp / "docs", tokenizer, count, args.distinct_passages)
     context_tokens = 2048 - MAX_NEW
     settings = load_settings(
         tmp / "home",
@@ -341,7 +355,8 @@ def serve(args: argparse.Namespace) -> None:
     try:
         client = subprocess.run(
             [sys.executable, __file__, "--client", str(port), "--out", args.out]
-            + (["--dry-run"] if args.dry_run else []),
+            + (["--dry-run"] if args.dry_run else [])
+            + (["--distinct-passages"] if args.distinct_passages else []),
             capture_output=True,
             text=True,
             timeout=args.client_timeout,
@@ -356,7 +371,7 @@ def serve(args: argparse.Namespace) -> None:
     # has them), before the in-process timings below add to it.
     R["engine_stats_http"] = dict(vars(getattr(chat.engine, "stats", object())))
     try:
-        if not args.http_only:
+        if not (args.http_only or args.distinct_passages):  # these share one context
             R["stages"] = stage_profile(settings, chat, args.dry_run)
             context = "\n\n".join(sources)
             R["engine_only"] = engine_baseline(chat, tokenizer, context, args.dry_run)
@@ -413,14 +428,22 @@ async def ask(client: Any, port: int, question: str) -> dict[str, Any]:
     }
 
 
-async def measure(port: int, dry_run: bool) -> dict[str, Any]:
+async def measure(port: int, dry_run: bool, distinct: bool) -> dict[str, Any]:
     import httpx
 
     rng = random.Random(3)
     n_single, rounds = (3, 1) if dry_run else (20, 4)
+    units: list[int] = []
 
     def question() -> str:
-        return "What does the report say about " + " ".join(rng.sample(WORDS, 4)) + "?"
+        """With `distinct`, about a unit drawn without repeats from a draw of 16 (a round of
+        16 users starts a draw of its own: `units.clear()`)."""
+        words = " ".join(rng.sample(WORDS, 4))
+        if not distinct:
+            return f"What does the report say about {words}?"
+        if not units:
+            units.extend(rng.sample(range(DISTINCT_DOCS), 16))
+        return f"What does the report of unit{units.pop()} say about {words}?"
 
     out: dict[str, Any] = {}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -457,6 +480,7 @@ async def measure(port: int, dry_run: bool) -> dict[str, Any]:
         wall = 0.0
         for _ in range(rounds):
             t0 = time.perf_counter()
+            units.clear()
             batch = await asyncio.gather(*(ask(client, port, question()) for _ in range(16)))
             wall += time.perf_counter() - t0
             many += batch
@@ -488,9 +512,15 @@ def main() -> None:
         "--switch-interval-ms", type=float, default=0, help="sys.setswitchinterval (0: keep)"
     )
     parser.add_argument("--http-only", action="store_true", help="skip the in-process timings")
+    parser.add_argument(
+        "--distinct-passages",
+        action="store_true",
+        help="16 users at once ask about 16 different documents (no shared prompt prefix)",
+    )
     args = parser.parse_args()
     if args.client:
-        print(json.dumps(asyncio.run(measure(args.client, args.dry_run))), flush=True)
+        measured = measure(args.client, args.dry_run, args.distinct_passages)
+        print(json.dumps(asyncio.run(measured)), flush=True)
     else:
         serve(args)
 
