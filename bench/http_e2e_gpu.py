@@ -451,6 +451,7 @@ async def measure(port: int, dry_run: bool, distinct: bool) -> dict[str, Any]:
         first = await ask(client, port, question())  # warm-up: loads, graph capture, …
         out["first_sources"] = first["sources"]
         out["warmup_first_ttft_ms"] = round(first["ttft_ms"], 1)
+        units.clear()
         await asyncio.gather(*(ask(client, port, question()) for _ in range(16)))
         single = [await ask(client, port, question()) for _ in range(n_single)]
         ttft = [r["ttft_ms"] for r in single]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 from kbqa.answer import Source
-from kbqa.errors import NotFound
+from kbqa.errors import ConfigError, NotFound
 from kbqa.storage.errors import StorageError
 from kbqa.storage.kb import KnowledgeBase
 from kbqa.storage.types import ChunkRecord
@@ -60,7 +60,7 @@ def adjacent_chunks(open_kb: OpenKB, sources: Sequence[Source], around: int = AR
     for source in sources[:around]:
         try:
             found = open_kb(source.kb).around(source.doc_id, {source.chunk_id})
-        except (NotFound, StorageError):
+        except (NotFound, ConfigError, StorageError):
             continue  # deleted or damaged since it was searched: quote from what was found
         if source.chunk_id not in found:
             continue

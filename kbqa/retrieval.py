@@ -5,9 +5,11 @@ distinct model among the KBs asked. Hits from all KBs are scored with the same 0
 (kbqa.relevance) and merged by it, the KB's own fusion score breaking ties. With
 `retrieval.reranker` set, a cross-encoder (kbqa.rerank) rescores the merged candidates.
 
-A KB that cannot be read raises its storage error as it is (kbqa.storage.errors: KBDamaged,
-DatabaseUnavailable, …), so the CLI and the server report it as they report it everywhere
-else (a damaged KB: exit 1, HTTP 500 `kb_damaged`), not as a configuration problem.
+A KB whose files are damaged, or whose database cannot be reached, raises that storage error
+as it is (KBDamaged, DatabaseUnavailable), so the CLI and the server report it as they do
+everywhere else (exit 1; HTTP 500 `kb_damaged`, 503 `database_unavailable`). Any other storage
+error while reading (a Milvus server down, a missing extra) is a ConfigError: exit 2, HTTP 503
+`unavailable`, worth retrying once the service is back.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from kbqa.rerank import rerank_hits
 from kbqa.settings import Settings
 from kbqa.storage.config import open_kb
 from kbqa.storage.embeddings import Embedder, EmbeddingUnavailable, get_embedder
-from kbqa.storage.errors import InvalidKBName, KBNotFound, StorageError
+from kbqa.storage.errors import (
+    DatabaseUnavailable,
+    InvalidKBName,
+    KBDamaged,
+    KBNotFound,
+    StorageError,
+)
 from kbqa.storage.kb import KnowledgeBase
 from kbqa.storage.keyword import has_cjk
 from kbqa.storage.names import validate_kb_name
@@ -75,7 +83,8 @@ class Retriever:
         self.close()
 
     def check_names(self, names: Sequence[str]) -> list[str]:
-        """Valid, distinct KB names in the order given; raises UsageError/NotFound otherwise."""
+        """Valid, distinct KB names in the order given; raises UsageError/NotFound otherwise
+        (and a KB that cannot be read, as `_read_error` says)."""
         if not names:
             raise UsageError("no knowledge base given")
         checked: list[str] = []
@@ -105,6 +114,8 @@ class Retriever:
                 known = KnowledgeBase.list_names(self.settings.kbs_dir)
                 hint = f" (existing: {', '.join(known)})" if known else " (run kbqa ingest first)"
                 raise NotFound(f"knowledge base {name} does not exist{hint}") from None
+            except StorageError as e:
+                raise _read_error(e) from None
             self._kbs[name] = (kb, _identity(kb.path))
             return kb
 
@@ -117,7 +128,7 @@ class Retriever:
 
     def kb(self, name: str) -> KnowledgeBase:
         """KB `name`, opened on first use and kept open (not to be closed by the caller);
-        NotFound or the storage error as for `search`."""
+        NotFound, or a storage error as `_read_error` says."""
         return self._open(name)
 
     def embedder_for(self, kb: str) -> Embedder:
@@ -205,9 +216,12 @@ class Retriever:
         k: int,
         sources: list[str] | None = None,
     ) -> list[SearchHit]:
-        return kb.search(
-            vector, query, k, candidates=self.settings.retrieval.candidates, sources=sources
-        )
+        try:
+            return kb.search(
+                vector, query, k, candidates=self.settings.retrieval.candidates, sources=sources
+            )
+        except StorageError as e:
+            raise _read_error(e) from None
 
     def _neighbours(self, hits: Sequence[SearchHit]) -> dict[str, tuple[str, str]]:
         """By chunk id of each hit: the texts of the chunks just before and after it in its
@@ -220,7 +234,7 @@ class Retriever:
         for (name, doc_id), ids in ids_by_document.items():
             try:
                 found = self._open(name).around(doc_id, ids)
-            except (NotFound, StorageError):
+            except (NotFound, ConfigError, StorageError):
                 continue  # gone since it was searched: each hit is scored alone
             for chunk_id, around in found.items():
                 before, after = around.before, around.after
@@ -274,3 +288,10 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return stat.st_dev, stat.st_ino
+
+
+def _read_error(error: StorageError) -> Exception:
+    """What a storage error met while reading a KB is raised as (see the module docstring)."""
+    if isinstance(error, KBDamaged | DatabaseUnavailable):
+        return error
+    return ConfigError(str(error))

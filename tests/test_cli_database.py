@@ -46,3 +46,15 @@ def test_an_unreachable_database_is_one_line_without_the_password(tmp_path: Path
     assert listed.exit_code == 1
     assert listed.stderr.count("\n") == 1 and "PostgreSQL at" in listed.stderr
     assert "s3cret" not in listed.stderr and "***" in listed.stderr
+
+
+def test_questions_over_an_unreachable_database_say_so_and_exit_1(tmp_path: Path) -> None:
+    # The documented exit status of a database that cannot be reached, on the read path too
+    # (search and eval open the KB through the Retriever): not a configuration error (2).
+    env = {"KBQA_STORAGE__DATABASE": URL}
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "how much memory?"}) + "\n", encoding="utf-8")
+    for args in (["search", "how much memory?"], ["eval", str(questions), "--retrieval-only"]):
+        found = CliRunner().invoke(app, [*args, "--home", str(tmp_path)], env=env)
+        assert found.exit_code == 1, (args, found.stderr)
+        assert "PostgreSQL at" in found.stderr and "s3cret" not in found.stderr

@@ -63,7 +63,8 @@ def _metrics_table(result: dict[str, Any]) -> str:
     ]
     if "calibrated_min_relevance" in result:
         value = result["calibrated_min_relevance"]
-        rows.append(f"<tr><td>calibration</td><td>min_relevance</td><td>{value}</td></tr>")
+        padding = "<td></td>" * (len(headings) - 1)
+        rows.append(f"<tr><td>calibration</td><td>min_relevance</td><td>{value}</td>{padding}</tr>")
     head = "<tr><th>group</th><th>metric</th>" + "".join(f"<th>{_e(h)}</th>" for h in headings)
     head += "</tr>"
     return f"<h2>Metrics</h2><table>{head}{''.join(rows)}</table>"

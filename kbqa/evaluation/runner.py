@@ -92,6 +92,7 @@ def _run_one(
     top_k: int | None,
 ) -> EvalRecord:
     from kbqa.errors import KBQAError
+    from kbqa.storage.errors import StorageError
 
     started = time.perf_counter()
     query = retrieval_query(case.history, case.question) if case.history else case.question
@@ -105,7 +106,7 @@ def _run_one(
         return EvalRecord(case, retrieved[:RETRIEVAL_DEPTH], refused, retrieval_ms)
     try:
         answer = chain.ask(case.question, list(kbs), [list(t) for t in case.history], top_k)
-    except KBQAError as e:
+    except (KBQAError, StorageError) as e:  # this question failed; the others go on
         return EvalRecord(case, retrieved[:RETRIEVAL_DEPTH], refused, retrieval_ms, error=str(e))
     sources = [source.to_json() for source in answer.sources]
     return EvalRecord(

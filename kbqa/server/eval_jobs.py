@@ -24,7 +24,7 @@ from kbqa.evaluation.cases import EvalCase
 from kbqa.evaluation.evaluate import evaluate
 from kbqa.jsonlines import BadLine
 from kbqa.retrieval import Retriever
-from kbqa.server.errors import api_error_for
+from kbqa.server.errors import ShuttingDown, api_error_for
 from kbqa.server.schemas import EvalJobProgress, EvalJobStatus
 from kbqa.settings import Settings
 
@@ -63,6 +63,7 @@ class EvalJobs:
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, EvalJob] = OrderedDict()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbqa-eval")
+        self._closing = False
 
     def submit(
         self,
@@ -74,9 +75,12 @@ class EvalJobs:
     ) -> EvalJob:
         job = EvalJob(id="eval-" + uuid.uuid4().hex, kb=kb, questions_total=len(spec.cases))
         with self._lock:
+            if self._closing:
+                raise ShuttingDown()
             self._jobs[job.id] = job
             self._forget_old()
-        self._executor.submit(self._run, job, settings, retriever, chain, spec)
+            # Under the lock, so that shutdown() never misses a job submitted as it starts.
+            self._executor.submit(self._run, job, settings, retriever, chain, spec)
         return dataclasses.replace(job)
 
     def get(self, job_id: str) -> EvalJob | None:
@@ -85,7 +89,10 @@ class EvalJobs:
             return None if job is None else dataclasses.replace(job)
 
     def shutdown(self) -> None:
-        """Let the running evaluation finish; forget the queued ones."""
+        """Let the running evaluation finish; forget the queued ones. A later `submit` is
+        ShuttingDown (503)."""
+        with self._lock:
+            self._closing = True
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _run(

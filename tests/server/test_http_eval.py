@@ -124,3 +124,18 @@ def make_home_plain(tmp_path: Path) -> Path:
     home = tmp_path / "home"
     home.mkdir()
     return home
+
+
+def test_an_evaluation_submitted_after_shutdown_is_the_shutting_down_error(tmp_path: Path) -> None:
+    from kbqa.evaluation.cases import EvalCase
+    from kbqa.retrieval import Retriever
+    from kbqa.server.errors import ShuttingDown
+    from kbqa.server.eval_jobs import EvalJobs, EvalRequestSpec
+
+    settings = load_settings(tmp_path / "home", overrides={"server": {"api_key": ""}})
+    jobs = EvalJobs()
+    jobs.shutdown()
+    spec = EvalRequestSpec([EvalCase(line=1, question="q")], [], True, False, None)
+    with pytest.raises(ShuttingDown) as raised:
+        jobs.submit(settings, Retriever(settings), None, "default", spec)
+    assert (raised.value.status, raised.value.code) == (503, "shutting_down")
